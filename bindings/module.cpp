@@ -1,0 +1,345 @@
+// jobforge._core: the pybind11 binding of the C++ engine. Thin by design: it converts types,
+// releases the GIL around every call that can block, and takes it for every call into Python.
+// Behaviour lives in cpp/ and python/jobforge/.
+#include <pybind11/functional.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+
+#include "jobforge/engine.hpp"
+
+namespace py = pybind11;
+using namespace jobforge;
+
+namespace {
+
+// A Python object that may be released from any thread: it takes the GIL to drop its reference
+// (and leaks it if the interpreter is already gone).
+class PyRef {
+ public:
+  explicit PyRef(py::object obj) : obj_(std::move(obj)) {}
+  ~PyRef() {
+    if (!Py_IsInitialized()) {
+      obj_.release();
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    obj_ = py::object();
+  }
+  const py::object& get() const { return obj_; }
+
+ private:
+  py::object obj_;
+};
+
+// A processor written in Python. The callable is jobforge's own adapter
+// (python/jobforge/_processors.py), which returns ("ok", result_json), ("cancelled", message) or
+// ("error", message, traceback, permanent).
+class PythonProcessor final : public Processor {
+ public:
+  explicit PythonProcessor(py::object adapter) : adapter_(std::make_shared<PyRef>(std::move(adapter))) {}
+
+  std::string run(Context& ctx, const std::string& payload_json) override {
+    py::gil_scoped_acquire gil;
+    py::tuple out;
+    try {
+      out = adapter_->get()(ctx.shared_from_this(), py::str(payload_json));
+    } catch (py::error_already_set& e) {
+      throw ProcessorFailure(std::string("jobforge adapter failed: ") + e.what(), "", false);
+    }
+    const std::string kind = out[0].cast<std::string>();
+    if (kind == "ok") return out[1].cast<std::string>();
+    if (kind == "cancelled") throw JobCancelled(out[1].cast<std::string>());
+    throw ProcessorFailure(out[1].cast<std::string>(), out[2].cast<std::string>(),
+                           out[3].cast<bool>());
+  }
+
+ private:
+  std::shared_ptr<PyRef> adapter_;
+};
+
+py::object error_class(const char* name) {
+  return py::module_::import("jobforge.errors").attr(name);
+}
+
+void translate_errors(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const UnknownJobType& e) {
+    PyErr_SetString(error_class("UnknownJobType").ptr(), e.what());
+  } catch (const ValidationError& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const StoreError& e) {
+    PyErr_SetString(error_class("StoreError").ptr(), e.what());
+  } catch (const JobCancelled& e) {
+    PyErr_SetString(error_class("JobCancelled").ptr(), e.what());
+  } catch (const InvalidTransition& e) {
+    PyErr_SetString(error_class("InvalidTransition").ptr(), e.what());
+  } catch (const Error& e) {
+    PyErr_SetString(error_class("JobforgeError").ptr(), e.what());
+  }
+}
+
+// Engines are destroyed with the GIL released: stopping joins worker threads that may be
+// waiting for the GIL to finish a Python processor.
+struct ReleaseGilDeleter {
+  void operator()(Engine* e) const {
+    py::gil_scoped_release release;
+    delete e;
+  }
+};
+using EngineHolder = std::unique_ptr<Engine, ReleaseGilDeleter>;
+
+std::optional<int64_t> opt_ms(const std::optional<int64_t>& v) { return v; }
+
+JobSpec make_spec(const std::string& type, std::string payload_json, std::optional<int> priority,
+                  std::optional<int> max_attempts, std::optional<int64_t> timeout_ms,
+                  std::optional<int64_t> retry_delay_ms, int64_t delay_ms,
+                  std::optional<std::string> parent_id, bool user_initiated) {
+  JobSpec s;
+  s.type = type;
+  s.payload_json = std::move(payload_json);
+  s.priority = priority;
+  s.max_attempts = max_attempts;
+  s.timeout_ms = opt_ms(timeout_ms);
+  s.retry_delay_ms = opt_ms(retry_delay_ms);
+  s.delay_ms = delay_ms;
+  s.parent_id = std::move(parent_id);
+  s.user_initiated = user_initiated;
+  return s;
+}
+
+py::dict stats_dict(const Stats& st) {
+  py::dict d;
+  d["total"] = st.total;
+  for (int i = 0; i < kStatusCount; ++i)
+    d[py::str(std::string(to_string(static_cast<Status>(i))))] = st.by_status[i];
+  return d;
+}
+
+std::optional<Status> status_arg(const std::optional<std::string>& s) {
+  if (!s) return std::nullopt;
+  auto parsed = parse_status(*s);
+  if (!parsed)
+    throw ValidationError("status", "status must be one of created, queued, running, completed, "
+                                    "failed, cancelled, timeout; got '" + *s + "'");
+  return parsed;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "jobforge's C++ engine (private; use the jobforge package)";
+  m.attr("__version__") = JOBFORGE_VERSION;
+  py::register_exception_translator(&translate_errors);
+
+  py::class_<Job>(m, "JobRecord")
+      .def_readonly("id", &Job::id)
+      .def_readonly("type", &Job::type)
+      .def_property_readonly("status", [](const Job& j) { return std::string(to_string(j.status)); })
+      .def_readonly("priority", &Job::priority)
+      .def_readonly("payload_json", &Job::payload_json)
+      .def_readonly("progress", &Job::progress)
+      .def_readonly("progress_current", &Job::progress_current)
+      .def_readonly("progress_total", &Job::progress_total)
+      .def_readonly("message", &Job::message)
+      .def_readonly("result_json", &Job::result_json)
+      .def_readonly("error", &Job::error)
+      .def_readonly("error_detail", &Job::error_detail)
+      .def_readonly("attempts", &Job::attempts)
+      .def_readonly("max_attempts", &Job::max_attempts)
+      .def_readonly("timeout_ms", &Job::timeout_ms)
+      .def_readonly("retry_delay_ms", &Job::retry_delay_ms)
+      .def_readonly("parent_id", &Job::parent_id)
+      .def_readonly("user_initiated", &Job::user_initiated)
+      .def_readonly("cancel_requested", &Job::cancel_requested)
+      .def_readonly("created_at", &Job::created_at)
+      .def_readonly("queued_at", &Job::queued_at)
+      .def_readonly("started_at", &Job::started_at)
+      .def_readonly("completed_at", &Job::completed_at)
+      .def_readonly("run_at", &Job::run_at)
+      .def_readonly("timeout_at", &Job::timeout_at)
+      .def_readonly("lease_owner", &Job::lease_owner);
+
+  py::class_<Event>(m, "EventRecord")
+      .def_property_readonly("type", [](const Event& e) { return std::string(to_string(e.type)); })
+      .def_readonly("job_id", &Event::job_id)
+      .def_readonly("job_type", &Event::job_type)
+      .def_property_readonly("status", [](const Event& e) { return std::string(to_string(e.status)); })
+      .def_property_readonly("previous_status",
+                             [](const Event& e) { return std::string(to_string(e.previous_status)); })
+      .def_readonly("progress", &Event::progress)
+      .def_readonly("progress_current", &Event::progress_current)
+      .def_readonly("progress_total", &Event::progress_total)
+      .def_readonly("message", &Event::message)
+      .def_readonly("result_json", &Event::result_json)
+      .def_readonly("error", &Event::error)
+      .def_readonly("attempt", &Event::attempt)
+      .def_readonly("timestamp", &Event::timestamp);
+
+  py::class_<Context, std::shared_ptr<Context>>(m, "Context")
+      .def_property_readonly("job_id", &Context::job_id)
+      .def_property_readonly("job_type", &Context::job_type)
+      .def_property_readonly("attempt", &Context::attempt)
+      .def_property_readonly("cancelled", &Context::cancelled)
+      .def_property_readonly("stop_reason",
+                             [](const Context& c) {
+                               switch (c.stop_reason()) {
+                                 case StopReason::none: return "";
+                                 case StopReason::cancelled: return "cancelled";
+                                 case StopReason::timeout: return "timeout";
+                                 case StopReason::shutdown: return "shutdown";
+                               }
+                               return "";
+                             })
+      .def("check_cancelled", &Context::check_cancelled)
+      .def(
+          "progress",
+          [](Context& c, double current, std::optional<double> total,
+             std::optional<std::string> message) {
+            c.progress(current, total.value_or(0), message ? std::string_view(*message) : std::string_view());
+          },
+          py::arg("current"), py::arg("total") = py::none(), py::arg("message") = py::none());
+
+  py::class_<Engine, EngineHolder>(m, "Engine")
+      .def(py::init([](const std::string& path, int workers, int64_t retry_delay_ms,
+                       bool allow_unknown_types, int64_t poll_ms, int64_t heartbeat_ms,
+                       int64_t lease_ms, int64_t progress_event_ms, bool synchronous_full) {
+             EngineConfig c;
+             c.path = path;
+             c.workers = workers;
+             c.default_retry_delay_ms = retry_delay_ms;
+             c.allow_unknown_types = allow_unknown_types;
+             c.poll_ms = poll_ms;
+             c.heartbeat_ms = heartbeat_ms;
+             c.lease_ms = lease_ms;
+             c.progress_event_ms = progress_event_ms;
+             c.sqlite.synchronous_full = synchronous_full;
+             py::gil_scoped_release release;
+             return EngineHolder(new Engine(c));
+           }),
+           py::arg("path"), py::arg("workers") = 4, py::arg("retry_delay_ms") = 1000,
+           py::arg("allow_unknown_types") = false, py::arg("poll_ms") = 250,
+           py::arg("heartbeat_ms") = 5000, py::arg("lease_ms") = 30000,
+           py::arg("progress_event_ms") = 50, py::arg("synchronous_full") = false)
+      .def_property_readonly("worker_id", &Engine::worker_id)
+      .def_property_readonly("path", [](const Engine& e) { return e.config().path; })
+      .def_property_readonly("workers", [](const Engine& e) { return e.config().workers; })
+      .def("register_python_processor",
+           [](Engine& e, const std::string& type, py::object adapter, std::optional<int64_t> timeout_ms,
+              std::optional<int> max_attempts, std::optional<int64_t> retry_delay_ms,
+              std::optional<int> priority) {
+             ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, priority};
+             auto p = std::make_shared<PythonProcessor>(std::move(adapter));
+             py::gil_scoped_release release;
+             e.register_processor(type, std::move(p), o);
+           },
+           py::arg("type"), py::arg("adapter"), py::arg("timeout_ms") = py::none(),
+           py::arg("max_attempts") = py::none(), py::arg("retry_delay_ms") = py::none(),
+           py::arg("priority") = py::none())
+      .def("has_processor", &Engine::has_processor)
+      .def("processor_types", &Engine::processor_types)
+      .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
+      .def("stop", &Engine::stop, py::arg("wait") = true, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("running", &Engine::running)
+      .def(
+          "enqueue",
+          [](Engine& e, const std::string& type, std::string payload_json, std::optional<int> priority,
+             std::optional<int> max_attempts, std::optional<int64_t> timeout_ms,
+             std::optional<int64_t> retry_delay_ms, int64_t delay_ms,
+             std::optional<std::string> parent_id, bool user_initiated) {
+            JobSpec spec = make_spec(type, std::move(payload_json), priority, max_attempts,
+                                     timeout_ms, retry_delay_ms, delay_ms, std::move(parent_id),
+                                     user_initiated);
+            py::gil_scoped_release release;
+            return e.enqueue(spec);
+          },
+          py::arg("type"), py::arg("payload_json"), py::arg("priority") = py::none(),
+          py::arg("max_attempts") = py::none(), py::arg("timeout_ms") = py::none(),
+          py::arg("retry_delay_ms") = py::none(), py::arg("delay_ms") = 0,
+          py::arg("parent_id") = py::none(), py::arg("user_initiated") = true)
+      .def(
+          "enqueue_many",
+          [](Engine& e, const std::string& type, std::vector<std::string> payloads,
+             std::optional<int> priority, std::optional<int> max_attempts,
+             std::optional<int64_t> timeout_ms, std::optional<int64_t> retry_delay_ms,
+             int64_t delay_ms, std::optional<std::string> parent_id, bool user_initiated) {
+            std::vector<JobSpec> specs;
+            specs.reserve(payloads.size());
+            for (auto& p : payloads)
+              specs.push_back(make_spec(type, std::move(p), priority, max_attempts, timeout_ms,
+                                        retry_delay_ms, delay_ms, parent_id, user_initiated));
+            py::gil_scoped_release release;
+            return e.enqueue_many(specs);
+          },
+          py::arg("type"), py::arg("payloads"), py::arg("priority") = py::none(),
+          py::arg("max_attempts") = py::none(), py::arg("timeout_ms") = py::none(),
+          py::arg("retry_delay_ms") = py::none(), py::arg("delay_ms") = 0,
+          py::arg("parent_id") = py::none(), py::arg("user_initiated") = true)
+      .def("get", &Engine::get, py::arg("job_id"), py::call_guard<py::gil_scoped_release>())
+      .def(
+          "jobs",
+          [](Engine& e, std::optional<std::string> status, std::optional<std::string> type,
+             std::optional<std::string> parent, int limit, int offset) {
+            JobQuery q;
+            q.status = status_arg(status);
+            q.type = std::move(type);
+            q.parent_id = std::move(parent);
+            q.limit = limit;
+            q.offset = offset;
+            py::gil_scoped_release release;
+            return e.jobs(q);
+          },
+          py::arg("status") = py::none(), py::arg("type") = py::none(),
+          py::arg("parent") = py::none(), py::arg("limit") = 100, py::arg("offset") = 0)
+      .def("active", &Engine::active, py::arg("limit") = 1000,
+           py::call_guard<py::gil_scoped_release>())
+      .def("stats",
+           [](Engine& e) {
+             Stats st;
+             {
+               py::gil_scoped_release release;
+               st = e.stats();
+             }
+             return stats_dict(st);
+           })
+      .def("cancel", &Engine::cancel, py::call_guard<py::gil_scoped_release>())
+      .def("retry", &Engine::retry, py::call_guard<py::gil_scoped_release>())
+      .def("abort_all", &Engine::abort_all, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "wait",
+          [](Engine& e, const std::string& id, std::optional<int64_t> timeout_ms) {
+            py::gil_scoped_release release;
+            std::optional<std::chrono::milliseconds> t;
+            if (timeout_ms) t = std::chrono::milliseconds(std::max<int64_t>(0, *timeout_ms));
+            return e.wait(id, t);
+          },
+          py::arg("job_id"), py::arg("timeout_ms") = py::none())
+      .def(
+          "subscribe",
+          [](Engine& e, py::object callback) {
+            // One GIL acquisition per batch of events; the Python side fans out to subscribers.
+            auto ref = std::make_shared<PyRef>(std::move(callback));
+            return e.events().subscribe([ref](const std::vector<Event>& batch) {
+              if (!Py_IsInitialized()) return;
+              py::gil_scoped_acquire gil;
+              try {
+                ref->get()(py::cast(batch));
+              } catch (py::error_already_set& err) {
+                err.discard_as_unraisable("jobforge event delivery");
+              }
+            });
+          },
+          py::arg("callback"))
+      .def("unsubscribe", [](Engine& e, SubscriptionId id) { e.events().unsubscribe(id); },
+           py::call_guard<py::gil_scoped_release>())
+      .def("flush_events", [](Engine& e) { e.store().flush(); e.events().flush(); },
+           py::call_guard<py::gil_scoped_release>())
+      .def("on_delivery_thread", [](Engine& e) { return e.events().on_delivery_thread(); })
+      .def("close",
+           [](Engine& e) {
+             py::gil_scoped_release release;
+             e.stop(true);
+           });
+}

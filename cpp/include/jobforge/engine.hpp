@@ -1,0 +1,94 @@
+// The engine: the public C++ facade. It resolves options, validates input, and runs the
+// dispatcher, the worker threads and maintenance over a Store; events leave through the EventBus.
+// Invariant: a job runs only while this process holds its lease, and its end is decided once,
+// by `decide_outcome`.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "jobforge/events.hpp"
+#include "jobforge/job.hpp"
+#include "jobforge/processor.hpp"
+#include "jobforge/store.hpp"
+
+namespace jobforge {
+
+struct EngineConfig {
+  std::string path = "jobs.db";
+  int workers = 4;
+  int prefetch = -1;                   // claimed jobs waiting for a worker; -1: same as workers
+  int64_t default_timeout_ms = 300'000;
+  int default_max_attempts = 3;
+  int64_t default_retry_delay_ms = 1'000;
+  int default_priority = priority::normal;
+  bool allow_unknown_types = false;    // producer-only processes may enqueue any type
+  size_t max_payload_bytes = 16u << 20;
+  int64_t lease_ms = 30'000;           // a claimed job's lease; heartbeats renew it
+  int64_t heartbeat_ms = 5'000;
+  int64_t poll_ms = 250;               // idle dispatcher re-checks the store (other processes)
+  int64_t progress_flush_ms = 1'000;   // progress reaches the store at most this often per job
+  int64_t progress_event_ms = 50;      // progress events at most this often per job
+  SqliteOptions sqlite;
+};
+
+class RunningJob;
+
+class Engine {
+ public:
+  explicit Engine(EngineConfig config);
+  ~Engine();  // stop(true)
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const EngineConfig& config() const noexcept;
+  const std::string& worker_id() const noexcept;
+
+  // Registers (or replaces) the processor of a job type. Allowed before and after start().
+  void register_processor(const std::string& type, std::shared_ptr<Processor> processor,
+                          ProcessorOptions options = {});
+  bool has_processor(const std::string& type) const;
+  std::vector<std::string> processor_types() const;
+
+  void start();
+  // wait = true: running jobs finish; false: they are asked to stop and go back to the queue.
+  // Jobs claimed but not started go back to the queue either way.
+  void stop(bool wait = true);
+  bool running() const noexcept;
+
+  // Durable on return. Throws ValidationError / UnknownJobType and writes nothing on bad input.
+  Job enqueue(const JobSpec& spec);
+  std::vector<Job> enqueue_many(const std::vector<JobSpec>& specs);
+
+  std::optional<Job> get(const std::string& job_id);
+  std::vector<Job> jobs(const JobQuery& query);
+  std::vector<Job> active(int limit = 1000);
+  Stats stats();
+
+  bool cancel(const std::string& job_id);
+  bool retry(const std::string& job_id);
+  int64_t abort_all();
+
+  // Waits until the job is final; nullopt on timeout. Throws ValidationError for an unknown id.
+  std::optional<Job> wait(const std::string& job_id,
+                          std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+
+  EventBus& events() noexcept;
+  Store& store() noexcept;
+
+ private:
+  friend class RunningJob;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The native processors every engine has: "noop" (returns null) and "sleep" (payload
+// {"seconds": s}; sleeps in slices, reports progress, honours cancellation).
+std::shared_ptr<Processor> make_noop_processor();
+std::shared_ptr<Processor> make_sleep_processor();
+
+}  // namespace jobforge

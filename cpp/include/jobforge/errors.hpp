@@ -1,0 +1,71 @@
+// jobforge errors: one exception type per kind of failure a caller can act on.
+// Validation errors name the field and the value; store errors carry the backend's code and message.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace jobforge {
+
+// Base of every error jobforge raises on purpose.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Bad input from the caller (field, rule, value in the message). Nothing was written.
+class ValidationError : public Error {
+ public:
+  ValidationError(std::string field, const std::string& message)
+      : Error(message), field_(std::move(field)) {}
+  const std::string& field() const noexcept { return field_; }
+
+ private:
+  std::string field_;
+};
+
+// enqueue of a type that has no processor (and the engine does not allow unknown types).
+class UnknownJobType : public ValidationError {
+ public:
+  explicit UnknownJobType(const std::string& type)
+      : ValidationError("type", "unknown job type '" + type + "': no processor is registered for it") {}
+};
+
+// A status change the lifecycle does not allow.
+class InvalidTransition : public Error {
+ public:
+  using Error::Error;
+};
+
+// The store failed (I/O, corrupt file, not a database, locked past the retry budget).
+class StoreError : public Error {
+ public:
+  StoreError(int code, const std::string& message) : Error(message), code_(code) {}
+  int code() const noexcept { return code_; }
+
+ private:
+  int code_;
+};
+
+// Thrown inside a processor (by Context::check_cancelled) when the job was cancelled or timed out.
+class JobCancelled : public Error {
+ public:
+  JobCancelled() : Error("job was cancelled") {}
+  explicit JobCancelled(const std::string& why) : Error(why) {}
+};
+
+// Thrown by a processor to fail the attempt with a message and a detail (e.g. a traceback).
+// permanent = true fails the job without further attempts.
+class ProcessorFailure : public Error {
+ public:
+  ProcessorFailure(const std::string& message, std::string detail, bool permanent = false)
+      : Error(message), detail_(std::move(detail)), permanent_(permanent) {}
+  const std::string& detail() const noexcept { return detail_; }
+  bool permanent() const noexcept { return permanent_; }
+
+ private:
+  std::string detail_;
+  bool permanent_;
+};
+
+}  // namespace jobforge

@@ -1,0 +1,98 @@
+// The job model: what enqueue takes (JobSpec), what the store returns (Job), the status lifecycle.
+// Invariant: every status change goes through `can_transition`; the table in job.cpp is the only
+// place that says which changes are legal.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace jobforge {
+
+enum class Status : uint8_t { created, queued, running, completed, failed, cancelled, timeout };
+inline constexpr int kStatusCount = 7;
+
+std::string_view to_string(Status s) noexcept;
+std::optional<Status> parse_status(std::string_view s) noexcept;
+bool is_final(Status s) noexcept;
+// The lifecycle: created → queued → running → completed | failed | cancelled | timeout, plus
+// running → queued (retry, recovery), queued|created → cancelled, final (not completed) → queued.
+bool can_transition(Status from, Status to) noexcept;
+// Every status from which `to` may be reached, for guards in SQL (`status IN (...)`).
+std::vector<Status> statuses_leading_to(Status to);
+
+// Named priority levels: 1 is the highest, 10 the lowest.
+namespace priority {
+inline constexpr int urgent = 1, high = 3, normal = 5, low = 7, maintenance = 10;
+inline constexpr int min = 1, max = 10;
+}  // namespace priority
+
+// What the caller asks for. Unset optionals take the processor's defaults, then the engine's.
+struct JobSpec {
+  std::string type;
+  std::string payload_json = "null";
+  std::optional<int> priority;
+  std::optional<int> max_attempts;
+  std::optional<int64_t> timeout_ms;
+  std::optional<int64_t> retry_delay_ms;
+  int64_t delay_ms = 0;
+  std::optional<std::string> parent_id;
+  bool user_initiated = true;
+};
+
+// A job as stored. Timestamps are Unix milliseconds; 0 means "not set".
+struct Job {
+  int64_t rowid = 0;
+  std::string id;
+  std::string type;
+  Status status = Status::created;
+  int priority = priority::normal;
+  std::string payload_json = "null";
+  int progress = 0;  // 0..100
+  double progress_current = 0;
+  double progress_total = 0;  // 0: unknown total
+  std::string message;
+  std::optional<std::string> result_json;
+  std::optional<std::string> error;
+  std::optional<std::string> error_detail;
+  int attempts = 0;
+  int max_attempts = 3;
+  int64_t timeout_ms = 300'000;
+  int64_t retry_delay_ms = 1'000;
+  std::optional<std::string> parent_id;
+  bool user_initiated = true;
+  bool cancel_requested = false;
+  int64_t created_at = 0;
+  int64_t queued_at = 0;
+  int64_t started_at = 0;
+  int64_t completed_at = 0;
+  int64_t run_at = 0;
+  int64_t timeout_at = 0;
+  std::string lease_owner;
+  int64_t lease_expires_at = 0;
+};
+
+// Counts by status, kept by the store in the same transactions that change statuses.
+struct Stats {
+  int64_t total = 0;
+  int64_t by_status[kStatusCount] = {};
+  int64_t count(Status s) const noexcept { return by_status[static_cast<int>(s)]; }
+};
+
+// Filters for listing jobs, newest first.
+struct JobQuery {
+  std::optional<Status> status;
+  std::vector<Status> statuses;  // alternative to `status`: any of these
+  std::optional<std::string> type;
+  std::optional<std::string> parent_id;
+  int limit = 100;
+  int offset = 0;
+};
+
+int64_t now_ms() noexcept;
+// A 36-character UUID, version 7 (time-ordered), so inserts append to the primary key's B-tree.
+std::string new_job_id();
+
+}  // namespace jobforge

@@ -1,0 +1,60 @@
+// The processor interface: what a job type's handler implements, native or Python.
+// Invariant: a processor sees only its Context and its payload; it never touches the store.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "jobforge/errors.hpp"
+
+namespace jobforge {
+
+// Why a running job was asked to stop.
+enum class StopReason : uint8_t { none, cancelled, timeout, shutdown };
+
+// What a processor sees of its job while it runs. Implemented by the engine; every method is
+// safe to call from the processor's thread and cheap enough for tight loops.
+// Contexts are shared (enable_shared_from_this) so a binding may keep one alive after its job.
+class Context : public std::enable_shared_from_this<Context> {
+ public:
+  virtual ~Context() = default;
+  virtual const std::string& job_id() const noexcept = 0;
+  virtual const std::string& job_type() const noexcept = 0;
+  virtual int attempt() const noexcept = 0;  // 1 on the first run
+  virtual StopReason stop_reason() const noexcept = 0;
+  bool cancelled() const noexcept { return stop_reason() != StopReason::none; }
+  // Throws JobCancelled when the job was cancelled, timed out or the engine is shutting down.
+  void check_cancelled() const {
+    switch (stop_reason()) {
+      case StopReason::none: return;
+      case StopReason::cancelled: throw JobCancelled("job was cancelled");
+      case StopReason::timeout: throw JobCancelled("job timed out");
+      case StopReason::shutdown: throw JobCancelled("engine is shutting down");
+    }
+  }
+  // Reports progress. With total > 0 the percentage is current/total; without, current is a
+  // percentage 0..100. An empty message keeps the previous one.
+  virtual void progress(double current, double total = 0, std::string_view message = {}) = 0;
+};
+
+// A job type's handler. run() is called once per attempt on a worker thread; it returns the
+// result as JSON text ("null" for none) or throws: ProcessorFailure or any std::exception fails
+// the attempt, JobCancelled ends it as cancelled/timeout.
+class Processor {
+ public:
+  virtual ~Processor() = default;
+  virtual std::string run(Context& ctx, const std::string& payload_json) = 0;
+};
+
+// Defaults a processor gives its jobs; a job's own options override them.
+struct ProcessorOptions {
+  std::optional<int64_t> timeout_ms;
+  std::optional<int> max_attempts;
+  std::optional<int64_t> retry_delay_ms;
+  std::optional<int> priority;
+};
+
+}  // namespace jobforge

@@ -1,0 +1,147 @@
+// The store: the one place job state lives. Every backend (SQLite now, PostgreSQL later)
+// implements this interface. Invariant: a Transition reaches the commit listener only after the
+// change it describes is durable.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "jobforge/job.hpp"
+
+namespace jobforge {
+
+// A job ready to insert: every option resolved by the engine.
+struct NewJob {
+  std::string id;
+  std::string type;
+  int priority;
+  std::string payload_json;
+  int max_attempts;
+  int64_t timeout_ms;
+  int64_t retry_delay_ms;
+  int64_t created_at;
+  int64_t run_at;
+  std::optional<std::string> parent_id;
+  bool user_initiated;
+};
+
+// A committed status change, for events and waiters.
+struct Transition {
+  std::string job_id;
+  std::string job_type;
+  Status from;
+  Status to;
+  int attempt = 0;
+  int progress = 0;
+  std::optional<std::string> result_json;
+  std::optional<std::string> error;
+  int64_t at = 0;
+};
+using CommitListener = std::function<void(std::vector<Transition>&)>;
+
+struct ClaimRequest {
+  std::string owner;               // worker id that will hold the lease
+  int limit = 1;
+  int64_t now = 0;
+  int64_t lease_ms = 30'000;
+  std::vector<std::string> types;  // only jobs of these types
+};
+
+// The end of one attempt, decided by the engine. Only the lease holder may apply it.
+struct Outcome {
+  int64_t rowid = 0;
+  std::string job_id;
+  std::string job_type;
+  std::string owner;
+  Status to = Status::completed;  // completed | failed | cancelled | timeout | queued (retry)
+  bool release = false;           // queued without using up the attempt (shutdown)
+  int attempt = 0;
+  std::optional<std::string> result_json;
+  std::optional<std::string> error;
+  std::optional<std::string> error_detail;
+  int64_t run_at = 0;  // for a retry
+  int progress = 0;
+  double progress_current = 0, progress_total = 0;
+  std::string message;
+  int64_t at = 0;
+};
+
+struct ProgressUpdate {
+  int64_t rowid;
+  int progress;
+  double current, total;
+  std::string message;
+};
+
+struct WorkerInfo {
+  std::string id;
+  std::string hostname;
+  int64_t pid = 0;
+  std::string version;
+  int64_t started_at = 0;
+  int64_t heartbeat_at = 0;
+  std::string state;
+};
+
+enum class CancelResult { not_found, not_cancellable, cancelled, requested };
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Called on the store's own thread after each commit, with the transitions it made durable.
+  virtual void set_commit_listener(CommitListener listener) = 0;
+
+  // Durable on return. Throws ValidationError (e.g. unknown parent) and writes nothing then.
+  virtual void insert(const std::vector<NewJob>& jobs) = 0;
+  // Marks up to `limit` due queued jobs running under the owner's lease, in priority order
+  // (1 first), then run_at, then insertion order. Durable on return.
+  virtual std::vector<Job> claim(const ClaimRequest& request) = 0;
+  // Applied in the next group commit; the caller does not wait.
+  virtual void finish(Outcome outcome) = 0;
+  virtual void save_progress(std::vector<ProgressUpdate> updates) = 0;
+
+  virtual CancelResult cancel(const std::string& job_id, int64_t now) = 0;
+  // Cancels every queued job and requests cancellation of every running one; returns how many.
+  virtual int64_t cancel_all(int64_t now, std::vector<std::string>* running_ids) = 0;
+  virtual bool retry(const std::string& job_id, int64_t now) = 0;
+  // Ids of the owner's running jobs whose cancellation was requested (e.g. by another process).
+  virtual std::vector<std::string> cancel_requests(const std::string& owner) = 0;
+
+  virtual void register_worker(const WorkerInfo& worker) = 0;
+  // Refreshes the worker row and extends the leases of its running jobs.
+  virtual void heartbeat(const std::string& worker_id, int64_t now, int64_t lease_ms) = 0;
+  virtual void deregister_worker(const std::string& worker_id) = 0;
+  virtual std::vector<WorkerInfo> workers() = 0;
+  // Takes back running jobs whose owner is dead (per `is_dead`) or whose lease expired: a new
+  // attempt if any is left, else failed. Returns how many jobs were taken back.
+  virtual int64_t recover_orphans(int64_t now, const std::string& self_id,
+                                  const std::function<bool(const WorkerInfo&)>& is_dead) = 0;
+
+  virtual std::optional<Job> get(const std::string& job_id) = 0;
+  virtual std::vector<Job> list(const JobQuery& query) = 0;
+  virtual Stats stats() = 0;
+  // The earliest run_at among queued jobs of these types, if any.
+  virtual std::optional<int64_t> next_run_at(const std::vector<std::string>& types) = 0;
+
+  // Waits until everything submitted so far is committed.
+  virtual void flush() = 0;
+  virtual void close() = 0;
+};
+
+struct SqliteOptions {
+  bool synchronous_full = false;  // FULL: durable against power loss; NORMAL: against crashes
+  int busy_timeout_ms = 5'000;
+  int max_batch_ops = 4'096;      // group commit: at most this many operations per transaction
+  int group_commit_window_us = 0; // wait this long for more operations before committing
+  int readers = 4;
+};
+
+// Opens (creating and migrating as needed) a SQLite store. Throws StoreError.
+std::unique_ptr<Store> open_sqlite_store(const std::string& path, const SqliteOptions& options = {});
+
+}  // namespace jobforge

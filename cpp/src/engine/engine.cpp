@@ -1,0 +1,812 @@
+// The engine's machinery: option resolution and validation, the dispatcher (claims due jobs in
+// priority order into a small ready queue), the worker threads, and maintenance (timeouts,
+// progress flushes, heartbeats, dead-worker rescue, cancel requests from other processes).
+#include "jobforge/engine.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+#include <unordered_map>
+
+#ifndef JOBFORGE_VERSION
+#define JOBFORGE_VERSION "0.0.0"
+#endif
+
+namespace jobforge {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string seconds_text(int64_t ms) {
+  std::ostringstream out;
+  out << static_cast<double>(ms) / 1000.0;
+  return out.str();
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "localhost";
+  return buf;
+}
+
+}  // namespace
+
+// One claimed job, from the claim until its outcome is submitted. It is the processor's Context.
+class RunningJob final : public Context {
+ public:
+  RunningJob(Engine::Impl* engine, Job job) : engine_(engine), job(std::move(job)) {}
+
+  const std::string& job_id() const noexcept override { return job.id; }
+  const std::string& job_type() const noexcept override { return job.type; }
+  int attempt() const noexcept override { return job.attempts; }
+  StopReason stop_reason() const noexcept override { return stop.load(std::memory_order_relaxed); }
+  void progress(double current, double total, std::string_view message) override;
+
+  // Asks the job to stop; the first reason wins.
+  bool request_stop(StopReason reason) noexcept {
+    StopReason expected = StopReason::none;
+    return stop.compare_exchange_strong(expected, reason);
+  }
+
+  struct ProgressState {
+    int percent = 0;
+    double current = 0, total = 0;
+    std::string message;
+  };
+  ProgressState progress_snapshot() const {
+    std::lock_guard lock(progress_mutex_);
+    return progress_;
+  }
+
+  Engine::Impl* engine_;
+  Job job;
+  std::atomic<StopReason> stop{StopReason::none};
+  std::atomic<bool> started{false}, finished{false};
+  Clock::time_point started_steady{};
+  Clock::time_point deadline{Clock::time_point::max()};
+
+  mutable std::mutex progress_mutex_;
+  ProgressState progress_;
+  bool progress_dirty_ = false;           // guarded by progress_mutex_
+  Clock::time_point last_progress_event_{};  // guarded by progress_mutex_
+};
+
+struct Engine::Impl {
+  struct Registration {
+    std::shared_ptr<Processor> processor;
+    ProcessorOptions options;
+  };
+
+  explicit Impl(EngineConfig cfg) : config(std::move(cfg)) {
+    if (config.workers < 1)
+      throw ValidationError("workers", "workers must be at least 1, got " +
+                                           std::to_string(config.workers));
+    if (config.prefetch < 0) config.prefetch = config.workers;
+    hostname = host_name();
+    worker_id = hostname + ":" + std::to_string(getpid()) + ":" + new_job_id().substr(24);
+    store = open_sqlite_store(config.path, config.sqlite);
+    store->set_commit_listener([this](std::vector<Transition>& t) { on_commit(t); });
+  }
+
+  ~Impl() {
+    stop(true);
+    store->close();
+    bus.stop();
+  }
+
+  // ---- registry ----------------------------------------------------------------------------
+
+  void register_processor(const std::string& type, std::shared_ptr<Processor> p,
+                          ProcessorOptions options) {
+    if (type.empty()) throw ValidationError("type", "job type must not be empty");
+    if (!p) throw ValidationError("processor", "processor for '" + type + "' is null");
+    {
+      std::lock_guard lock(registry_mutex);
+      registry[type] = Registration{std::move(p), options};
+      types_cache.clear();
+      for (auto& [name, reg] : registry) types_cache.push_back(name);
+    }
+    wake_dispatcher();
+  }
+
+  std::optional<Registration> registration(const std::string& type) const {
+    std::lock_guard lock(registry_mutex);
+    auto it = registry.find(type);
+    if (it == registry.end()) return std::nullopt;
+    return it->second;
+  }
+
+  std::vector<std::string> types() const {
+    std::lock_guard lock(registry_mutex);
+    return types_cache;
+  }
+
+  // ---- enqueue -----------------------------------------------------------------------------
+
+  // Resolves a spec against the processor's and the engine's defaults and validates every field.
+  NewJob resolve(const JobSpec& spec, int64_t now) const {
+    if (spec.type.empty()) throw ValidationError("type", "job type must not be empty");
+    auto reg = registration(spec.type);
+    if (!reg && !config.allow_unknown_types) throw UnknownJobType(spec.type);
+    const ProcessorOptions defaults = reg ? reg->options : ProcessorOptions{};
+
+    NewJob j;
+    j.id = new_job_id();
+    j.type = spec.type;
+    j.priority = spec.priority.value_or(defaults.priority.value_or(config.default_priority));
+    if (j.priority < priority::min || j.priority > priority::max)
+      throw ValidationError("priority", "priority must be between 1 and 10, got " +
+                                            std::to_string(j.priority));
+    j.max_attempts =
+        spec.max_attempts.value_or(defaults.max_attempts.value_or(config.default_max_attempts));
+    if (j.max_attempts < 1)
+      throw ValidationError("max_attempts", "max_attempts must be at least 1, got " +
+                                                std::to_string(j.max_attempts));
+    j.timeout_ms = spec.timeout_ms.value_or(defaults.timeout_ms.value_or(config.default_timeout_ms));
+    if (j.timeout_ms <= 0)
+      throw ValidationError("timeout", "timeout must be greater than 0 seconds, got " +
+                                           seconds_text(j.timeout_ms));
+    j.retry_delay_ms = spec.retry_delay_ms.value_or(
+        defaults.retry_delay_ms.value_or(config.default_retry_delay_ms));
+    if (j.retry_delay_ms < 0)
+      throw ValidationError("retry_delay", "retry_delay must be 0 or more seconds, got " +
+                                               seconds_text(j.retry_delay_ms));
+    if (spec.delay_ms < 0)
+      throw ValidationError("delay", "delay must be 0 or more seconds, got " +
+                                         seconds_text(spec.delay_ms));
+    if (spec.payload_json.size() > config.max_payload_bytes)
+      throw ValidationError("payload", "payload is " + std::to_string(spec.payload_json.size()) +
+                                           " bytes, more than the limit of " +
+                                           std::to_string(config.max_payload_bytes));
+    if (!nlohmann::json::accept(spec.payload_json))
+      throw ValidationError("payload", "payload is not valid JSON: '" +
+                                           spec.payload_json.substr(0, 80) + "'");
+    j.payload_json = spec.payload_json;
+    j.created_at = now;
+    j.run_at = now + spec.delay_ms;
+    j.parent_id = spec.parent_id;
+    j.user_initiated = spec.user_initiated;
+    return j;
+  }
+
+  static Job to_job(const NewJob& n) {
+    Job j;
+    j.id = n.id;
+    j.type = n.type;
+    j.status = Status::queued;
+    j.priority = n.priority;
+    j.payload_json = n.payload_json;
+    j.max_attempts = n.max_attempts;
+    j.timeout_ms = n.timeout_ms;
+    j.retry_delay_ms = n.retry_delay_ms;
+    j.parent_id = n.parent_id;
+    j.user_initiated = n.user_initiated;
+    j.created_at = n.created_at;
+    j.queued_at = n.created_at;
+    j.run_at = n.run_at;
+    return j;
+  }
+
+  std::vector<Job> enqueue(const std::vector<JobSpec>& specs) {
+    const int64_t now = now_ms();
+    std::vector<NewJob> rows;
+    rows.reserve(specs.size());
+    for (const auto& spec : specs) rows.push_back(resolve(spec, now));
+    store->insert(rows);
+    wake_dispatcher();
+    std::vector<Job> out;
+    out.reserve(rows.size());
+    for (const auto& r : rows) out.push_back(to_job(r));
+    return out;
+  }
+
+  // ---- events and waiters ------------------------------------------------------------------
+
+  // On the store's writer thread, right after a commit.
+  void on_commit(std::vector<Transition>& transitions) {
+    std::vector<Event> events;
+    events.reserve(transitions.size() * 2);
+    bool any_final = false;
+    for (auto& t : transitions) {
+      Event e;
+      e.job_id = t.job_id;
+      e.job_type = t.job_type;
+      e.status = t.to;
+      e.previous_status = t.from;
+      e.progress = t.progress;
+      e.attempt = t.attempt;
+      e.error = t.error;
+      e.result_json = t.result_json;
+      e.timestamp = t.at;
+      e.type = EventType::status_changed;
+      events.push_back(e);
+      EventType specific;
+      switch (t.to) {
+        case Status::queued:
+          specific = t.from == Status::running ? EventType::retry : EventType::queued;
+          break;
+        case Status::running: specific = EventType::started; break;
+        case Status::completed: specific = EventType::completed; break;
+        case Status::failed: specific = EventType::failed; break;
+        case Status::cancelled: specific = EventType::cancelled; break;
+        case Status::timeout: specific = EventType::timeout; break;
+        default: continue;
+      }
+      any_final = any_final || is_final(t.to);
+      e.type = specific;
+      events.push_back(std::move(e));
+    }
+    bus.publish(std::move(events));
+    if (any_final) {
+      std::lock_guard lock(waiters_mutex);
+      ++final_generation;
+      waiters_cv.notify_all();
+    }
+  }
+
+  std::optional<Job> wait(const std::string& job_id, std::optional<std::chrono::milliseconds> timeout) {
+    const auto deadline = timeout ? Clock::now() + *timeout : Clock::time_point::max();
+    for (;;) {
+      uint64_t generation;
+      {
+        std::lock_guard lock(waiters_mutex);
+        generation = final_generation;
+      }
+      auto job = get(job_id);
+      if (!job) throw ValidationError("job_id", "unknown job id '" + job_id + "'");
+      if (is_final(job->status)) return job;
+      const auto now = Clock::now();
+      if (now >= deadline) return std::nullopt;
+      // Jobs finished by other processes are seen by polling; ours wake us at once.
+      const auto until = std::min(deadline, now + std::chrono::milliseconds(config.poll_ms));
+      std::unique_lock lock(waiters_mutex);
+      waiters_cv.wait_until(lock, until, [&] { return final_generation != generation; });
+    }
+  }
+
+  // ---- queries -----------------------------------------------------------------------------
+
+  // The latest progress of a job running here is in memory; the store has it at a bounded rate.
+  void overlay_progress(Job& job) {
+    if (job.status != Status::running) return;
+    std::shared_ptr<RunningJob> rj;
+    {
+      std::lock_guard lock(jobs_mutex);
+      auto it = claimed.find(job.id);
+      if (it == claimed.end()) return;
+      rj = it->second;
+    }
+    auto p = rj->progress_snapshot();
+    job.progress = p.percent;
+    job.progress_current = p.current;
+    job.progress_total = p.total;
+    job.message = p.message;
+  }
+
+  std::optional<Job> get(const std::string& job_id) {
+    auto job = store->get(job_id);
+    if (job) overlay_progress(*job);
+    return job;
+  }
+
+  // ---- control -----------------------------------------------------------------------------
+
+  std::shared_ptr<RunningJob> find_claimed(const std::string& id) {
+    std::lock_guard lock(jobs_mutex);
+    auto it = claimed.find(id);
+    return it == claimed.end() ? nullptr : it->second;
+  }
+
+  bool cancel(const std::string& job_id) {
+    switch (store->cancel(job_id, now_ms())) {
+      case CancelResult::cancelled: return true;
+      case CancelResult::requested:
+        if (auto rj = find_claimed(job_id)) rj->request_stop(StopReason::cancelled);
+        return true;
+      default: return false;
+    }
+  }
+
+  int64_t abort_all() {
+    std::vector<std::string> running_ids;
+    const int64_t n = store->cancel_all(now_ms(), &running_ids);
+    for (const auto& id : running_ids)
+      if (auto rj = find_claimed(id)) rj->request_stop(StopReason::cancelled);
+    return n;
+  }
+
+  bool retry(const std::string& job_id) {
+    const bool ok = store->retry(job_id, now_ms());
+    if (ok) wake_dispatcher();
+    return ok;
+  }
+
+  // ---- lifecycle ---------------------------------------------------------------------------
+
+  void start() {
+    std::lock_guard lifecycle(lifecycle_mutex);
+    if (started) return;
+    const int64_t now = now_ms();
+    store->register_worker(WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now,
+                                      "running"});
+    recover_orphans();
+    {
+      std::lock_guard lock(jobs_mutex);
+      stopping = false;
+      hard_stop = false;
+    }
+    started = true;
+    dispatcher = std::thread([this] { dispatcher_loop(); });
+    for (int i = 0; i < config.workers; ++i) workers.emplace_back([this] { worker_loop(); });
+    maintenance = std::thread([this] { maintenance_loop(); });
+  }
+
+  void stop(bool wait_for_running) {
+    std::lock_guard lifecycle(lifecycle_mutex);
+    if (!started) return;
+    {
+      std::lock_guard lock(jobs_mutex);
+      stopping = true;
+      hard_stop = !wait_for_running;
+      if (hard_stop)
+        for (auto& [id, rj] : claimed) rj->request_stop(StopReason::shutdown);
+      dispatch_cv.notify_all();
+      ready_cv.notify_all();
+    }
+    dispatcher.join();
+    // Jobs claimed but not started go back to the queue, their attempt not used up.
+    std::deque<std::shared_ptr<RunningJob>> unstarted;
+    {
+      std::lock_guard lock(jobs_mutex);
+      unstarted.swap(ready);
+      for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      ready_cv.notify_all();
+    }
+    for (auto& rj : unstarted) {
+      rj->request_stop(StopReason::shutdown);
+      submit_outcome(*rj, decide_outcome(*rj, RunResult{}));
+    }
+    for (auto& w : workers) w.join();
+    workers.clear();
+    {
+      std::lock_guard lock(maintenance_mutex);
+      maintenance_stop = true;
+      maintenance_cv.notify_all();
+    }
+    maintenance.join();
+    maintenance_stop = false;
+    try {
+      store->deregister_worker(worker_id);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: could not deregister worker: %s\n", e.what());
+    }
+    store->flush();
+    bus.flush();
+    started = false;
+  }
+
+  void wake_dispatcher() {
+    std::lock_guard lock(jobs_mutex);
+    dispatch_wake = true;
+    dispatch_cv.notify_all();
+  }
+
+  // ---- dispatcher --------------------------------------------------------------------------
+
+  void dispatcher_loop() {
+    const int capacity_total = config.workers + config.prefetch;
+    for (;;) {
+      int capacity;
+      {
+        std::unique_lock lock(jobs_mutex);
+        dispatch_cv.wait(lock, [&] {
+          return stopping || static_cast<int>(claimed.size()) < capacity_total;
+        });
+        if (stopping) return;
+        capacity = capacity_total - static_cast<int>(claimed.size());
+        dispatch_wake = false;
+      }
+      const auto types_now = types();
+      std::vector<Job> jobs;
+      try {
+        jobs = store->claim(ClaimRequest{worker_id, capacity, now_ms(), config.lease_ms, types_now});
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "jobforge: claim failed: %s\n", e.what());
+        std::unique_lock lock(jobs_mutex);
+        dispatch_cv.wait_for(lock, std::chrono::milliseconds(config.poll_ms),
+                             [&] { return stopping; });
+        continue;
+      }
+      if (!jobs.empty()) {
+        std::lock_guard lock(jobs_mutex);
+        for (auto& j : jobs) {
+          auto rj = std::make_shared<RunningJob>(this, std::move(j));
+          claimed.emplace(rj->job.id, rj);
+          ready.push_back(std::move(rj));
+        }
+        ready_cv.notify_all();
+      }
+      if (static_cast<int>(jobs.size()) == capacity) continue;
+      // Nothing more is due: sleep until the next delayed job, a local wake-up, or the poll.
+      int64_t wake_in = config.poll_ms;
+      try {
+        if (auto next = store->next_run_at(types_now)) wake_in = std::min(wake_in, *next - now_ms());
+      } catch (const std::exception&) {
+      }
+      if (wake_in <= 0) continue;
+      std::unique_lock lock(jobs_mutex);
+      dispatch_cv.wait_for(lock, std::chrono::milliseconds(wake_in),
+                           [&] { return stopping || dispatch_wake; });
+    }
+  }
+
+  // ---- workers -----------------------------------------------------------------------------
+
+  struct RunResult {
+    bool ran = false;
+    bool ok = false;
+    bool cancelled_by_processor = false;  // the processor threw JobCancelled
+    bool permanent = false;
+    std::string result_json;
+    std::string error, error_detail;
+  };
+
+  void worker_loop() {
+    for (;;) {
+      std::shared_ptr<RunningJob> rj;
+      {
+        std::unique_lock lock(jobs_mutex);
+        ready_cv.wait(lock, [&] { return !ready.empty() || stopping; });
+        if (ready.empty()) return;  // stopping, nothing left to start
+        rj = std::move(ready.front());
+        ready.pop_front();
+      }
+      RunResult result;
+      if (rj->stop_reason() == StopReason::none) result = run(*rj);
+      submit_outcome(*rj, decide_outcome(*rj, result));
+      {
+        std::lock_guard lock(jobs_mutex);
+        claimed.erase(rj->job.id);
+        dispatch_cv.notify_all();
+      }
+    }
+  }
+
+  RunResult run(RunningJob& rj) {
+    RunResult r;
+    auto reg = registration(rj.job.type);
+    if (!reg) {
+      // Unregistered since the claim: give the job back untouched.
+      rj.request_stop(StopReason::shutdown);
+      return r;
+    }
+    rj.started_steady = Clock::now();
+    rj.deadline = rj.started_steady + std::chrono::milliseconds(rj.job.timeout_ms);
+    rj.started = true;
+    {
+      std::lock_guard lock(maintenance_mutex);
+      maintenance_cv.notify_all();  // a new deadline to watch
+    }
+    r.ran = true;
+    try {
+      r.result_json = reg->processor->run(rj, rj.job.payload_json);
+      if (r.result_json.empty()) r.result_json = "null";
+      r.ok = true;
+    } catch (const JobCancelled& e) {
+      r.cancelled_by_processor = true;
+      r.error = e.what();
+    } catch (const ProcessorFailure& e) {
+      r.error = e.what();
+      r.error_detail = e.detail();
+      r.permanent = e.permanent();
+    } catch (const std::exception& e) {
+      r.error = e.what();
+    } catch (...) {
+      r.error = "processor raised an unknown exception";
+    }
+    return r;
+  }
+
+  // The one place where the end of an attempt is decided.
+  Outcome decide_outcome(RunningJob& rj, const RunResult& r) {
+    Outcome o;
+    o.rowid = rj.job.rowid;
+    o.job_id = rj.job.id;
+    o.job_type = rj.job.type;
+    o.owner = worker_id;
+    o.attempt = rj.job.attempts;
+    o.at = now_ms();
+    const auto p = rj.progress_snapshot();
+    o.progress = p.percent;
+    o.progress_current = p.current;
+    o.progress_total = p.total;
+    o.message = p.message;
+    switch (rj.stop_reason()) {
+      case StopReason::timeout:
+        o.to = Status::timeout;
+        o.error = "job timed out after " + seconds_text(rj.job.timeout_ms) + " s";
+        return o;
+      case StopReason::cancelled:
+        o.to = Status::cancelled;
+        o.error = "cancelled";
+        return o;
+      case StopReason::shutdown:
+        if (r.ok) break;  // it finished anyway: keep the result
+        o.to = Status::queued;
+        o.release = true;
+        o.run_at = o.at;
+        return o;
+      case StopReason::none: break;
+    }
+    if (r.ok) {
+      o.to = Status::completed;
+      o.result_json = r.result_json;
+      o.progress = 100;
+      return o;
+    }
+    if (r.cancelled_by_processor) {
+      o.to = Status::cancelled;
+      o.error = r.error;
+      return o;
+    }
+    o.error = r.error;
+    if (!r.error_detail.empty()) o.error_detail = r.error_detail;
+    if (r.permanent || rj.job.attempts >= rj.job.max_attempts) {
+      o.to = Status::failed;
+    } else {
+      o.to = Status::queued;
+      o.run_at = o.at + rj.job.retry_delay_ms;
+    }
+    return o;
+  }
+
+  void submit_outcome(RunningJob& rj, Outcome o) {
+    rj.finished = true;
+    try {
+      store->finish(std::move(o));
+    } catch (const std::exception& e) {
+      // The store is closed: the job stays running under an expiring lease and is recovered.
+      std::fprintf(stderr, "jobforge: could not record the end of job %s: %s\n",
+                   rj.job.id.c_str(), e.what());
+    }
+    if (o.to == Status::queued) wake_dispatcher();
+  }
+
+  // ---- maintenance -------------------------------------------------------------------------
+
+  static bool worker_is_dead(const WorkerInfo& w, const std::string& my_host, int64_t now,
+                             int64_t stale_ms) {
+    if (w.hostname == my_host && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
+        errno == ESRCH)
+      return true;
+    return w.heartbeat_at < now - stale_ms;
+  }
+
+  void recover_orphans() {
+    const int64_t stale = std::max(3 * config.heartbeat_ms, config.lease_ms);
+    try {
+      store->recover_orphans(now_ms(), worker_id, [&](const WorkerInfo& w) {
+        return worker_is_dead(w, hostname, now_ms(), stale);
+      });
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: recovery failed: %s\n", e.what());
+    }
+  }
+
+  void maintenance_loop() {
+    auto next_flush = Clock::now() + std::chrono::milliseconds(config.progress_flush_ms);
+    auto next_heartbeat = Clock::now() + std::chrono::milliseconds(config.heartbeat_ms);
+    auto next_poll = Clock::now() + std::chrono::milliseconds(config.poll_ms);
+    for (;;) {
+      auto now = Clock::now();
+      auto wake = std::min({next_flush, next_heartbeat, next_poll});
+      std::vector<std::shared_ptr<RunningJob>> running;
+      {
+        std::lock_guard lock(jobs_mutex);
+        for (auto& [id, rj] : claimed) running.push_back(rj);
+      }
+      for (auto& rj : running) {
+        if (!rj->started || rj->finished) continue;
+        if (now >= rj->deadline)
+          rj->request_stop(StopReason::timeout);
+        else
+          wake = std::min(wake, rj->deadline);
+      }
+      {
+        std::unique_lock lock(maintenance_mutex);
+        if (maintenance_stop) break;
+        maintenance_cv.wait_until(lock, wake, [&] { return maintenance_stop; });
+        if (maintenance_stop) break;
+      }
+      now = Clock::now();
+      if (now >= next_flush) {
+        flush_progress(running);
+        next_flush = now + std::chrono::milliseconds(config.progress_flush_ms);
+      }
+      if (now >= next_heartbeat) {
+        try {
+          store->heartbeat(worker_id, now_ms(), config.lease_ms);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "jobforge: heartbeat failed: %s\n", e.what());
+        }
+        recover_orphans();
+        next_heartbeat = now + std::chrono::milliseconds(config.heartbeat_ms);
+      }
+      if (now >= next_poll) {
+        try {
+          for (const auto& id : store->cancel_requests(worker_id))
+            if (auto rj = find_claimed(id)) rj->request_stop(StopReason::cancelled);
+        } catch (const std::exception&) {
+        }
+        next_poll = now + std::chrono::milliseconds(config.poll_ms);
+      }
+    }
+    std::vector<std::shared_ptr<RunningJob>> running;
+    {
+      std::lock_guard lock(jobs_mutex);
+      for (auto& [id, rj] : claimed) running.push_back(rj);
+    }
+    flush_progress(running);
+  }
+
+  void flush_progress(const std::vector<std::shared_ptr<RunningJob>>& running) {
+    std::vector<ProgressUpdate> updates;
+    for (auto& rj : running) {
+      if (rj->finished) continue;
+      std::lock_guard lock(rj->progress_mutex_);
+      if (!rj->progress_dirty_) continue;
+      rj->progress_dirty_ = false;
+      updates.push_back(ProgressUpdate{rj->job.rowid, rj->progress_.percent, rj->progress_.current,
+                                       rj->progress_.total, rj->progress_.message});
+    }
+    try {
+      store->save_progress(std::move(updates));
+    } catch (const std::exception&) {
+    }
+  }
+
+  void publish_progress(RunningJob& rj, const RunningJob::ProgressState& p) {
+    Event e;
+    e.type = EventType::progress;
+    e.job_id = rj.job.id;
+    e.job_type = rj.job.type;
+    e.status = Status::running;
+    e.previous_status = Status::running;
+    e.progress = p.percent;
+    e.progress_current = p.current;
+    e.progress_total = p.total;
+    e.message = p.message;
+    e.attempt = rj.job.attempts;
+    e.timestamp = now_ms();
+    bus.publish(std::move(e));
+  }
+
+  EngineConfig config;
+  std::string hostname, worker_id;
+  std::unique_ptr<Store> store;
+  EventBus bus;
+
+  mutable std::mutex registry_mutex;
+  std::unordered_map<std::string, Registration> registry;
+  std::vector<std::string> types_cache;
+
+  std::mutex lifecycle_mutex;
+  bool started = false;
+
+  std::mutex jobs_mutex;  // guards everything below up to the threads
+  std::condition_variable dispatch_cv, ready_cv;
+  std::unordered_map<std::string, std::shared_ptr<RunningJob>> claimed;  // ready or running
+  std::deque<std::shared_ptr<RunningJob>> ready;
+  bool stopping = false, hard_stop = false, dispatch_wake = false;
+
+  std::mutex maintenance_mutex;
+  std::condition_variable maintenance_cv;
+  bool maintenance_stop = false;
+
+  std::mutex waiters_mutex;
+  std::condition_variable waiters_cv;
+  uint64_t final_generation = 0;
+
+  std::thread dispatcher, maintenance;
+  std::vector<std::thread> workers;
+};
+
+void RunningJob::progress(double current, double total, std::string_view message) {
+  if (finished.load(std::memory_order_relaxed)) return;
+  if (!std::isfinite(current)) current = 0;
+  if (!std::isfinite(total) || total < 0) total = 0;
+  const double pct = total > 0 ? 100.0 * current / total : current;
+  const int percent = static_cast<int>(std::lround(std::clamp(pct, 0.0, 100.0)));
+  const auto now = Clock::now();
+  ProgressState snapshot;
+  bool publish = false;
+  {
+    std::lock_guard lock(progress_mutex_);
+    progress_.current = current;
+    progress_.total = total;
+    progress_.percent = percent;
+    if (!message.empty()) progress_.message.assign(message);
+    progress_dirty_ = true;
+    if (now - last_progress_event_ >=
+        std::chrono::milliseconds(engine_->config.progress_event_ms)) {
+      last_progress_event_ = now;
+      publish = true;
+      snapshot = progress_;
+    }
+  }
+  if (publish) engine_->publish_progress(*this, snapshot);
+}
+
+Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {
+  register_processor("noop", make_noop_processor());
+  register_processor("sleep", make_sleep_processor());
+}
+
+Engine::~Engine() = default;
+
+const EngineConfig& Engine::config() const noexcept { return impl_->config; }
+const std::string& Engine::worker_id() const noexcept { return impl_->worker_id; }
+
+void Engine::register_processor(const std::string& type, std::shared_ptr<Processor> processor,
+                                ProcessorOptions options) {
+  impl_->register_processor(type, std::move(processor), options);
+}
+
+bool Engine::has_processor(const std::string& type) const {
+  return impl_->registration(type).has_value();
+}
+
+std::vector<std::string> Engine::processor_types() const { return impl_->types(); }
+
+void Engine::start() { impl_->start(); }
+void Engine::stop(bool wait) { impl_->stop(wait); }
+bool Engine::running() const noexcept { return impl_->started; }
+
+Job Engine::enqueue(const JobSpec& spec) { return impl_->enqueue({spec}).front(); }
+std::vector<Job> Engine::enqueue_many(const std::vector<JobSpec>& specs) {
+  return impl_->enqueue(specs);
+}
+
+std::optional<Job> Engine::get(const std::string& job_id) { return impl_->get(job_id); }
+
+std::vector<Job> Engine::jobs(const JobQuery& query) {
+  if (query.limit < 0)
+    throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
+  if (query.offset < 0)
+    throw ValidationError("offset", "offset must be 0 or more, got " + std::to_string(query.offset));
+  auto out = impl_->store->list(query);
+  for (auto& j : out) impl_->overlay_progress(j);
+  return out;
+}
+
+std::vector<Job> Engine::active(int limit) {
+  JobQuery q;
+  q.statuses = {Status::created, Status::queued, Status::running};
+  q.limit = limit;
+  return jobs(q);
+}
+
+Stats Engine::stats() { return impl_->store->stats(); }
+bool Engine::cancel(const std::string& job_id) { return impl_->cancel(job_id); }
+bool Engine::retry(const std::string& job_id) { return impl_->retry(job_id); }
+int64_t Engine::abort_all() { return impl_->abort_all(); }
+
+std::optional<Job> Engine::wait(const std::string& job_id,
+                                std::optional<std::chrono::milliseconds> timeout) {
+  return impl_->wait(job_id, timeout);
+}
+
+EventBus& Engine::events() noexcept { return impl_->bus; }
+Store& Engine::store() noexcept { return *impl_->store; }
+
+}  // namespace jobforge

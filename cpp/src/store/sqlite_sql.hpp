@@ -1,0 +1,225 @@
+// Every SQL statement of the SQLite store, named, in one place. Migrations are numbered and
+// applied in order under PRAGMA user_version; migration 1 is exactly the seed schema, so a
+// database created by the seed systems opens and is migrated in place.
+#pragma once
+
+namespace jobforge::sqlite::sql {
+
+inline constexpr const char* kConnectionPragmas = R"sql(
+PRAGMA journal_mode = WAL;
+PRAGMA foreign_keys = OFF;
+PRAGMA temp_store = MEMORY;
+PRAGMA cache_size = -16000;
+)sql";
+
+// The seed schema, verbatim in substance: table `jobs` and its six single-column indexes.
+inline constexpr const char* kMigration1 = R"sql(
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY,
+  type TEXT NOT NULL,
+  status TEXT NOT NULL DEFAULT 'created',
+  priority INTEGER NOT NULL DEFAULT 5,
+  payload TEXT NOT NULL,
+  progress INTEGER DEFAULT 0,
+  result TEXT,
+  error TEXT,
+  attempts INTEGER DEFAULT 0,
+  max_attempts INTEGER DEFAULT 3,
+  parent_job_id TEXT,
+  user_initiated INTEGER DEFAULT 1,
+  timeout_seconds INTEGER DEFAULT 300,
+  created_at INTEGER NOT NULL,
+  queued_at INTEGER,
+  started_at INTEGER,
+  completed_at INTEGER,
+  timeout_at INTEGER,
+  FOREIGN KEY (parent_job_id) REFERENCES jobs(id)
+);
+CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS idx_jobs_type ON jobs(type);
+CREATE INDEX IF NOT EXISTS idx_jobs_priority ON jobs(priority);
+CREATE INDEX IF NOT EXISTS idx_jobs_user_initiated ON jobs(user_initiated);
+CREATE INDEX IF NOT EXISTS idx_jobs_parent_id ON jobs(parent_job_id);
+CREATE INDEX IF NOT EXISTS idx_jobs_created_at ON jobs(created_at);
+)sql";
+
+// The engine's columns, lean indexes (a partial index over queued jobs in claim order), per-status
+// counters kept by triggers in the same transaction, and the workers table.
+inline constexpr const char* kMigration2 = R"sql(
+ALTER TABLE jobs ADD COLUMN run_at INTEGER;
+ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE jobs ADD COLUMN timeout_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN retry_delay_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN error_detail TEXT;
+ALTER TABLE jobs ADD COLUMN progress_current REAL NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN progress_total REAL NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN progress_message TEXT;
+ALTER TABLE jobs ADD COLUMN progress_stage TEXT;
+ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+ALTER TABLE jobs ADD COLUMN lease_expires_at INTEGER;
+ALTER TABLE jobs ADD COLUMN updated_at INTEGER;
+
+UPDATE jobs SET run_at = COALESCE(queued_at, created_at),
+                timeout_ms = COALESCE(timeout_seconds, 300) * 1000;
+
+DROP INDEX IF EXISTS idx_jobs_status;
+DROP INDEX IF EXISTS idx_jobs_type;
+DROP INDEX IF EXISTS idx_jobs_priority;
+DROP INDEX IF EXISTS idx_jobs_user_initiated;
+DROP INDEX IF EXISTS idx_jobs_parent_id;
+CREATE INDEX idx_jobs_claim ON jobs(priority, run_at) WHERE status = 'queued';
+CREATE INDEX idx_jobs_status_created ON jobs(status, created_at);
+CREATE INDEX idx_jobs_type_created ON jobs(type, created_at);
+CREATE INDEX idx_jobs_parent_id ON jobs(parent_job_id) WHERE parent_job_id IS NOT NULL;
+CREATE INDEX idx_jobs_running_owner ON jobs(lease_owner) WHERE status = 'running';
+
+CREATE TABLE job_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+INSERT INTO job_counts (status, n) VALUES
+  ('created', 0), ('queued', 0), ('running', 0), ('completed', 0),
+  ('failed', 0), ('cancelled', 0), ('timeout', 0);
+INSERT OR IGNORE INTO job_counts (status, n) SELECT DISTINCT status, 0 FROM jobs;
+UPDATE job_counts SET n = (SELECT count(*) FROM jobs WHERE jobs.status = job_counts.status);
+CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+  UPDATE job_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF status ON jobs WHEN OLD.status <> NEW.status BEGIN
+  UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
+  UPDATE job_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+  UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
+END;
+
+CREATE TABLE workers (
+  id TEXT PRIMARY KEY,
+  hostname TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  version TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  heartbeat_at INTEGER NOT NULL,
+  state TEXT NOT NULL DEFAULT 'running'
+);
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2};
+inline constexpr int kSchemaVersion = 2;
+
+// Columns read into a Job, in the order read_job expects.
+#define JOBFORGE_JOB_COLUMNS                                                                 \
+  "rowid, id, type, status, priority, payload, progress, progress_current, progress_total, " \
+  "progress_message, result, error, error_detail, attempts, max_attempts, timeout_ms, "      \
+  "timeout_seconds, retry_delay_ms, parent_job_id, user_initiated, cancel_requested, "      \
+  "created_at, queued_at, started_at, completed_at, run_at, timeout_at, lease_owner, "       \
+  "lease_expires_at"
+
+inline constexpr const char* kInsertJob = R"sql(
+INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_id,
+                  user_initiated, timeout_seconds, timeout_ms, retry_delay_ms, created_at,
+                  queued_at, run_at, updated_at)
+VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, (?8 + 999) / 1000, ?8, ?9, ?10, ?10, ?11, ?10)
+)sql";
+
+inline constexpr const char* kJobExists = "SELECT 1 FROM jobs WHERE id = ?1";
+
+// Claim: the inner SELECT walks idx_jobs_claim in priority order; `+type` keeps the planner on
+// that index. RETURNING does not promise order, so the store sorts what it returns.
+inline constexpr const char* kClaimPrefix =
+    "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?1, "
+    "updated_at = ?1, lease_owner = ?2, lease_expires_at = ?3, cancel_requested = 0, "
+    "timeout_at = ?1 + COALESCE(timeout_ms, timeout_seconds * 1000, 300000) "
+    "WHERE rowid IN (SELECT rowid FROM jobs INDEXED BY idx_jobs_claim "
+    "WHERE status = 'queued' AND run_at <= ?1 "
+    "AND +type IN (";
+inline constexpr const char* kClaimSuffix =
+    ") ORDER BY priority, run_at LIMIT ?4) RETURNING " JOBFORGE_JOB_COLUMNS;
+
+inline constexpr const char* kNextRunAtPrefix =
+    "SELECT MIN(run_at) FROM jobs WHERE status = 'queued' AND +type IN (";
+
+// One statement for every end of an attempt; only the lease holder's update matches.
+inline constexpr const char* kFinish = R"sql(
+UPDATE jobs SET status = ?1, result = ?2, error = ?3, error_detail = ?4, progress = ?5,
+       progress_current = ?6, progress_total = ?7, progress_message = ?8, completed_at = ?9,
+       run_at = COALESCE(?10, run_at), queued_at = COALESCE(?11, queued_at),
+       attempts = attempts - ?12, updated_at = ?13, lease_owner = NULL, lease_expires_at = NULL,
+       cancel_requested = 0
+WHERE rowid = ?14 AND status = 'running' AND lease_owner = ?15
+)sql";
+
+inline constexpr const char* kSaveProgress = R"sql(
+UPDATE jobs SET progress = ?1, progress_current = ?2, progress_total = ?3,
+       progress_message = ?4, updated_at = ?5
+WHERE rowid = ?6 AND status = 'running'
+)sql";
+
+inline constexpr const char* kStatusById = "SELECT rowid, type, status, attempts FROM jobs WHERE id = ?1";
+
+inline constexpr const char* kCancelQueued = R"sql(
+UPDATE jobs SET status = 'cancelled', error = 'cancelled', completed_at = ?1, updated_at = ?1
+WHERE rowid = ?2 AND status = ?3
+)sql";
+
+inline constexpr const char* kRequestCancel = R"sql(
+UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE rowid = ?2 AND status = 'running'
+)sql";
+
+inline constexpr const char* kCancelAllWithStatus = R"sql(
+UPDATE jobs SET status = 'cancelled', error = 'cancelled', completed_at = ?1, updated_at = ?1
+WHERE status = ?2 RETURNING id, type, attempts
+)sql";
+
+inline constexpr const char* kRequestCancelAllRunning = R"sql(
+UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE status = 'running' RETURNING id
+)sql";
+
+inline constexpr const char* kRetry = R"sql(
+UPDATE jobs SET status = 'queued', attempts = 0, result = NULL, error = NULL,
+       error_detail = NULL, progress = 0, progress_current = 0, progress_total = 0,
+       progress_message = NULL, run_at = ?1, queued_at = ?1, started_at = NULL,
+       completed_at = NULL, timeout_at = NULL, cancel_requested = 0, updated_at = ?1
+WHERE rowid = ?2 AND status = ?3
+)sql";
+
+inline constexpr const char* kUpsertWorker = R"sql(
+INSERT INTO workers (id, hostname, pid, version, started_at, heartbeat_at, state)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')
+ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, state = 'running'
+)sql";
+
+inline constexpr const char* kHeartbeatWorker =
+    "UPDATE workers SET heartbeat_at = ?1 WHERE id = ?2";
+inline constexpr const char* kExtendLeases =
+    "UPDATE jobs SET lease_expires_at = ?1 WHERE status = 'running' AND lease_owner = ?2";
+inline constexpr const char* kSetWorkerState = "UPDATE workers SET state = ?1 WHERE id = ?2";
+inline constexpr const char* kDeleteOldWorkers =
+    "DELETE FROM workers WHERE state <> 'running' AND heartbeat_at < ?1";
+inline constexpr const char* kListWorkers =
+    "SELECT id, hostname, pid, version, started_at, heartbeat_at, state FROM workers "
+    "ORDER BY started_at";
+
+// Running jobs whose owner is not a live worker (or whose lease ran out) go back to the queue,
+// or fail when no attempt is left.
+inline constexpr const char* kRecoverOrphans = R"sql(
+UPDATE jobs SET
+  status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
+  error = 'worker ' || COALESCE(lease_owner, '(unknown)') || ' was lost while running the job',
+  run_at = ?1, queued_at = ?1, updated_at = ?1,
+  completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ?1 END,
+  lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
+WHERE status = 'running' AND COALESCE(lease_owner, '') <> ?2
+  AND (lease_owner IS NULL
+       OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running')
+       OR lease_expires_at < ?1)
+RETURNING id, type, status, attempts
+)sql";
+
+inline constexpr const char* kCancelRequests =
+    "SELECT id FROM jobs WHERE status = 'running' AND lease_owner = ?1 AND cancel_requested = 1";
+
+inline constexpr const char* kGetJob = "SELECT " JOBFORGE_JOB_COLUMNS " FROM jobs WHERE id = ?1";
+inline constexpr const char* kListPrefix = "SELECT " JOBFORGE_JOB_COLUMNS " FROM jobs";
+inline constexpr const char* kStats = "SELECT status, n FROM job_counts";
+
+}  // namespace jobforge::sqlite::sql

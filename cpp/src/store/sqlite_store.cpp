@@ -1,0 +1,693 @@
+// SqliteStore: WAL, one writer connection owned by one writer thread that group-commits every
+// queued operation, and a pool of reader connections for queries (WAL: readers never block it).
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "jobforge/errors.hpp"
+#include "jobforge/store.hpp"
+#include "store/sqlite_db.hpp"
+#include "store/sqlite_sql.hpp"
+
+namespace jobforge {
+namespace {
+
+using sqlite::Database;
+using sqlite::ScopedReset;
+using sqlite::Statement;
+using sqlite::StatementCache;
+namespace sql = sqlite::sql;
+
+constexpr int kOpenFlags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+
+bool is_transient(const StoreError& e) {
+  const int primary = e.code() & 0xff;
+  return primary == SQLITE_BUSY || primary == SQLITE_LOCKED;
+}
+
+Job read_job(const Statement& s) {
+  Job j;
+  j.rowid = s.get_int(0);
+  j.id = s.get_text(1);
+  j.type = s.get_text(2);
+  j.status = parse_status(s.get_text(3)).value_or(Status::created);
+  j.priority = static_cast<int>(s.get_int(4));
+  j.payload_json = s.get_text(5);
+  j.progress = static_cast<int>(s.get_int(6));
+  j.progress_current = s.get_double(7);
+  j.progress_total = s.get_double(8);
+  j.message = s.get_text(9);
+  j.result_json = s.get_optional_text(10);
+  j.error = s.get_optional_text(11);
+  j.error_detail = s.get_optional_text(12);
+  j.attempts = static_cast<int>(s.get_int(13));
+  j.max_attempts = static_cast<int>(s.get_int(14));
+  j.timeout_ms = s.is_null(15) ? s.get_int(16) * 1000 : s.get_int(15);
+  j.retry_delay_ms = s.is_null(17) ? 1000 : s.get_int(17);
+  j.parent_id = s.get_optional_text(18);
+  j.user_initiated = s.get_int(19) != 0;
+  j.cancel_requested = s.get_int(20) != 0;
+  j.created_at = s.get_int(21);
+  j.queued_at = s.get_int(22);
+  j.started_at = s.get_int(23);
+  j.completed_at = s.get_int(24);
+  j.run_at = s.get_int(25);
+  j.timeout_at = s.get_int(26);
+  j.lease_owner = s.get_text(27);
+  j.lease_expires_at = s.get_int(28);
+  return j;
+}
+
+std::string in_list(const std::vector<std::string>& values, int first_param) {
+  std::string out;
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i) out += ", ";
+    out += "?" + std::to_string(first_param + static_cast<int>(i));
+  }
+  return out.empty() ? "NULL" : out;
+}
+
+// What an operation sees inside the writer's transaction.
+struct WriteContext {
+  Database& db;
+  StatementCache& statements;
+  std::vector<Transition> transitions;
+};
+
+// One unit of work for the writer. apply() may run more than once (a batch that fails is rolled
+// back and its operations replayed one by one), so it keeps its results in its own state.
+struct WriteOp {
+  std::function<void(WriteContext&)> apply;
+  std::function<void()> committed;                  // optional
+  std::function<void(std::exception_ptr)> failed;   // optional
+};
+
+class SqliteStore final : public Store {
+ public:
+  SqliteStore(const std::string& path, const SqliteOptions& options)
+      : path_(path), options_(options), writer_db_(path, kOpenFlags, options.busy_timeout_ms),
+        writer_statements_(writer_db_) {
+    configure(writer_db_);
+    migrate();
+    writer_ = std::thread([this] { writer_loop(); });
+  }
+
+  ~SqliteStore() override { close(); }
+
+  void set_commit_listener(CommitListener listener) override {
+    std::lock_guard lock(mutex_);
+    listener_ = std::move(listener);
+  }
+
+  // ---- writes ------------------------------------------------------------------------------
+
+  void insert(const std::vector<NewJob>& jobs) override {
+    if (jobs.empty()) return;
+    submit_and_wait([&jobs](WriteContext& w) {
+      Statement& ins = w.statements.get(sql::kInsertJob);
+      Statement& exists = w.statements.get(sql::kJobExists);
+      for (const NewJob& j : jobs) {
+        if (j.parent_id) {
+          ScopedReset r(exists);
+          exists.bind(1, *j.parent_id);
+          if (!exists.step())
+            throw ValidationError("parent", "parent job '" + *j.parent_id + "' does not exist");
+        }
+        ScopedReset r(ins);
+        ins.bind(1, j.id).bind(2, j.type).bind(3, j.priority).bind(4, j.payload_json);
+        ins.bind(5, j.max_attempts).bind(6, j.parent_id).bind(7, j.user_initiated ? 1 : 0);
+        ins.bind(8, j.timeout_ms).bind(9, j.retry_delay_ms).bind(10, j.created_at).bind(11, j.run_at);
+        ins.run();
+        w.transitions.push_back(
+            Transition{j.id, j.type, Status::created, Status::queued, 0, 0, {}, {}, j.created_at});
+      }
+    });
+  }
+
+  std::vector<Job> claim(const ClaimRequest& req) override {
+    std::vector<Job> claimed;
+    if (req.limit <= 0 || req.types.empty()) return claimed;
+    const std::string sql_text =
+        std::string(sql::kClaimPrefix) + in_list(req.types, 5) + sql::kClaimSuffix;
+    submit_and_wait([&](WriteContext& w) {
+      claimed.clear();
+      Statement& s = w.statements.get_dynamic(sql_text);
+      ScopedReset r(s);
+      s.bind(1, req.now).bind(2, req.owner).bind(3, req.now + req.lease_ms).bind(4, req.limit);
+      for (size_t i = 0; i < req.types.size(); ++i) s.bind(5 + static_cast<int>(i), req.types[i]);
+      while (s.step()) claimed.push_back(read_job(s));
+      for (const Job& j : claimed)
+        w.transitions.push_back(Transition{j.id, j.type, Status::queued, Status::running,
+                                           j.attempts, j.progress, {}, {}, req.now});
+    });
+    std::sort(claimed.begin(), claimed.end(), [](const Job& a, const Job& b) {
+      if (a.priority != b.priority) return a.priority < b.priority;
+      if (a.run_at != b.run_at) return a.run_at < b.run_at;
+      return a.rowid < b.rowid;
+    });
+    return claimed;
+  }
+
+  void finish(Outcome o) override {
+    submit(WriteOp{[o = std::move(o)](WriteContext& w) {
+                     Statement& s = w.statements.get(sql::kFinish);
+                     ScopedReset r(s);
+                     const bool requeue = o.to == Status::queued;
+                     s.bind(1, to_string(o.to)).bind(2, o.result_json).bind(3, o.error);
+                     s.bind(4, o.error_detail).bind(5, o.progress).bind(6, o.progress_current);
+                     s.bind(7, o.progress_total).bind(8, o.message);
+                     if (requeue) {
+                       s.bind_null(9).bind(10, o.run_at).bind(11, o.at);
+                     } else {
+                       s.bind(9, o.at).bind_null(10).bind_null(11);
+                     }
+                     s.bind(12, o.release ? 1 : 0).bind(13, o.at).bind(14, o.rowid).bind(15, o.owner);
+                     s.run();
+                     if (w.db.changes() == 0) return;  // lease lost: someone else owns it now
+                     w.transitions.push_back(Transition{o.job_id, o.job_type, Status::running, o.to,
+                                                        o.attempt, o.progress, o.result_json,
+                                                        o.error, o.at});
+                   },
+                   {}, {}});
+  }
+
+  void save_progress(std::vector<ProgressUpdate> updates) override {
+    if (updates.empty()) return;
+    submit(WriteOp{[u = std::move(updates)](WriteContext& w) {
+                     Statement& s = w.statements.get(sql::kSaveProgress);
+                     const int64_t now = now_ms();
+                     for (const auto& p : u) {
+                       ScopedReset r(s);
+                       s.bind(1, p.progress).bind(2, p.current).bind(3, p.total);
+                       s.bind(4, p.message).bind(5, now).bind(6, p.rowid);
+                       s.run();
+                     }
+                   },
+                   {}, {}});
+  }
+
+  CancelResult cancel(const std::string& job_id, int64_t now) override {
+    CancelResult result = CancelResult::not_found;
+    submit_and_wait([&](WriteContext& w) {
+      result = CancelResult::not_found;
+      Statement& q = w.statements.get(sql::kStatusById);
+      int64_t rowid = 0;
+      std::string type;
+      Status status = Status::created;
+      int attempts = 0;
+      {
+        ScopedReset r(q);
+        q.bind(1, job_id);
+        if (!q.step()) return;
+        rowid = q.get_int(0);
+        type = q.get_text(1);
+        status = parse_status(q.get_text(2)).value_or(Status::created);
+        attempts = static_cast<int>(q.get_int(3));
+      }
+      if (status == Status::running) {
+        Statement& s = w.statements.get(sql::kRequestCancel);
+        ScopedReset r(s);
+        s.bind(1, now).bind(2, rowid).run();
+        result = CancelResult::requested;
+        return;
+      }
+      if (!can_transition(status, Status::cancelled)) {
+        result = CancelResult::not_cancellable;
+        return;
+      }
+      Statement& s = w.statements.get(sql::kCancelQueued);
+      ScopedReset r(s);
+      s.bind(1, now).bind(2, rowid).bind(3, to_string(status)).run();
+      result = CancelResult::cancelled;
+      w.transitions.push_back(Transition{job_id, type, status, Status::cancelled, attempts, 0, {},
+                                         std::string("cancelled"), now});
+    });
+    return result;
+  }
+
+  int64_t cancel_all(int64_t now, std::vector<std::string>* running_ids) override {
+    int64_t count = 0;
+    std::vector<std::string> running;
+    submit_and_wait([&](WriteContext& w) {
+      count = 0;
+      running.clear();
+      for (Status from : statuses_leading_to(Status::cancelled)) {
+        if (from == Status::running) continue;  // running jobs are asked, below
+        Statement& s = w.statements.get(sql::kCancelAllWithStatus);
+        ScopedReset r(s);
+        s.bind(1, now).bind(2, to_string(from));
+        while (s.step()) {
+          ++count;
+          w.transitions.push_back(Transition{s.get_text(0), s.get_text(1), from,
+                                             Status::cancelled, static_cast<int>(s.get_int(2)), 0,
+                                             {}, std::string("cancelled"), now});
+        }
+      }
+      Statement& s = w.statements.get(sql::kRequestCancelAllRunning);
+      ScopedReset r(s);
+      s.bind(1, now);
+      while (s.step()) running.push_back(s.get_text(0));
+      count += static_cast<int64_t>(running.size());
+    });
+    if (running_ids) *running_ids = std::move(running);
+    return count;
+  }
+
+  bool retry(const std::string& job_id, int64_t now) override {
+    bool ok = false;
+    submit_and_wait([&](WriteContext& w) {
+      ok = false;
+      Statement& q = w.statements.get(sql::kStatusById);
+      int64_t rowid = 0;
+      std::string type;
+      Status status;
+      {
+        ScopedReset r(q);
+        q.bind(1, job_id);
+        if (!q.step()) return;
+        rowid = q.get_int(0);
+        type = q.get_text(1);
+        auto parsed = parse_status(q.get_text(2));
+        if (!parsed) return;
+        status = *parsed;
+      }
+      // A manual retry takes a finished, unsuccessful job back; running → queued is the engine's.
+      if (!is_final(status) || !can_transition(status, Status::queued)) return;
+      Statement& s = w.statements.get(sql::kRetry);
+      ScopedReset r(s);
+      s.bind(1, now).bind(2, rowid).bind(3, to_string(status)).run();
+      ok = w.db.changes() == 1;
+      if (ok)
+        w.transitions.push_back(
+            Transition{job_id, type, status, Status::queued, 0, 0, {}, {}, now});
+    });
+    return ok;
+  }
+
+  void register_worker(const WorkerInfo& wi) override {
+    submit_and_wait([&](WriteContext& w) {
+      Statement& s = w.statements.get(sql::kUpsertWorker);
+      ScopedReset r(s);
+      s.bind(1, wi.id).bind(2, wi.hostname).bind(3, wi.pid).bind(4, wi.version);
+      s.bind(5, wi.started_at).bind(6, wi.heartbeat_at).run();
+    });
+  }
+
+  void heartbeat(const std::string& worker_id, int64_t now, int64_t lease_ms) override {
+    submit(WriteOp{[=](WriteContext& w) {
+                     Statement& hb = w.statements.get(sql::kHeartbeatWorker);
+                     {
+                       ScopedReset r(hb);
+                       hb.bind(1, now).bind(2, worker_id).run();
+                     }
+                     Statement& ext = w.statements.get(sql::kExtendLeases);
+                     ScopedReset r(ext);
+                     ext.bind(1, now + lease_ms).bind(2, worker_id).run();
+                   },
+                   {}, {}});
+  }
+
+  void deregister_worker(const std::string& worker_id) override {
+    submit_and_wait([&](WriteContext& w) {
+      Statement& s = w.statements.get(sql::kSetWorkerState);
+      ScopedReset r(s);
+      s.bind(1, "stopped").bind(2, worker_id).run();
+    });
+  }
+
+  std::vector<WorkerInfo> workers() override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get(sql::kListWorkers);
+    ScopedReset r(s);
+    std::vector<WorkerInfo> out;
+    while (s.step())
+      out.push_back(WorkerInfo{s.get_text(0), s.get_text(1), s.get_int(2), s.get_text(3),
+                               s.get_int(4), s.get_int(5), s.get_text(6)});
+    return out;
+  }
+
+  int64_t recover_orphans(int64_t now, const std::string& self_id,
+                          const std::function<bool(const WorkerInfo&)>& is_dead) override {
+    int64_t recovered = 0;
+    submit_and_wait([&](WriteContext& w) {
+      recovered = 0;
+      std::vector<std::string> dead;
+      {
+        Statement& s = w.statements.get(sql::kListWorkers);
+        ScopedReset r(s);
+        while (s.step()) {
+          WorkerInfo wi{s.get_text(0), s.get_text(1), s.get_int(2), s.get_text(3),
+                        s.get_int(4), s.get_int(5), s.get_text(6)};
+          if (wi.state == "running" && wi.id != self_id && is_dead(wi)) dead.push_back(wi.id);
+        }
+      }
+      for (const auto& id : dead) {
+        Statement& s = w.statements.get(sql::kSetWorkerState);
+        ScopedReset r(s);
+        s.bind(1, "dead").bind(2, id).run();
+      }
+      {
+        Statement& s = w.statements.get(sql::kDeleteOldWorkers);
+        ScopedReset r(s);
+        s.bind(1, now - 24 * 3600 * 1000).run();
+      }
+      Statement& s = w.statements.get(sql::kRecoverOrphans);
+      ScopedReset r(s);
+      s.bind(1, now).bind(2, self_id);
+      while (s.step()) {
+        ++recovered;
+        const Status to = parse_status(s.get_text(2)).value_or(Status::queued);
+        std::optional<std::string> error;
+        if (to == Status::failed) error = "worker was lost while running the job";
+        w.transitions.push_back(Transition{s.get_text(0), s.get_text(1), Status::running, to,
+                                           static_cast<int>(s.get_int(3)), 0, {}, error, now});
+      }
+    });
+    return recovered;
+  }
+
+  std::vector<std::string> cancel_requests(const std::string& owner) override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get(sql::kCancelRequests);
+    ScopedReset r(s);
+    s.bind(1, owner);
+    std::vector<std::string> ids;
+    while (s.step()) ids.push_back(s.get_text(0));
+    return ids;
+  }
+
+  // ---- reads -------------------------------------------------------------------------------
+
+  std::optional<Job> get(const std::string& job_id) override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get(sql::kGetJob);
+    ScopedReset r(s);
+    s.bind(1, job_id);
+    if (!s.step()) return std::nullopt;
+    return read_job(s);
+  }
+
+  std::vector<Job> list(const JobQuery& q) override {
+    std::string text = sql::kListPrefix;
+    std::vector<std::string> params;
+    std::vector<std::string> where;
+    std::vector<Status> statuses = q.statuses;
+    if (q.status) statuses.push_back(*q.status);
+    if (!statuses.empty()) {
+      std::string clause = "status IN (";
+      for (size_t i = 0; i < statuses.size(); ++i) {
+        params.emplace_back(to_string(statuses[i]));
+        clause += (i ? ", ?" : "?") + std::to_string(params.size());
+      }
+      where.push_back(clause + ")");
+    }
+    if (q.type) {
+      params.push_back(*q.type);
+      where.push_back("type = ?" + std::to_string(params.size()));
+    }
+    if (q.parent_id) {
+      params.push_back(*q.parent_id);
+      where.push_back("parent_job_id = ?" + std::to_string(params.size()));
+    }
+    for (size_t i = 0; i < where.size(); ++i) text += (i ? " AND " : " WHERE ") + where[i];
+    text += " ORDER BY created_at DESC, rowid DESC LIMIT ?" + std::to_string(params.size() + 1) +
+            " OFFSET ?" + std::to_string(params.size() + 2);
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get_dynamic(text);
+    ScopedReset r(s);
+    for (size_t i = 0; i < params.size(); ++i) s.bind(static_cast<int>(i) + 1, params[i]);
+    s.bind(static_cast<int>(params.size()) + 1, static_cast<int64_t>(q.limit));
+    s.bind(static_cast<int>(params.size()) + 2, static_cast<int64_t>(q.offset));
+    std::vector<Job> out;
+    while (s.step()) out.push_back(read_job(s));
+    return out;
+  }
+
+  Stats stats() override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get(sql::kStats);
+    ScopedReset r(s);
+    Stats st;
+    while (s.step()) {
+      const int64_t n = s.get_int(1);
+      st.total += n;
+      if (auto status = parse_status(s.get_text(0))) st.by_status[static_cast<int>(*status)] = n;
+    }
+    return st;
+  }
+
+  std::optional<int64_t> next_run_at(const std::vector<std::string>& types) override {
+    if (types.empty()) return std::nullopt;
+    const std::string text = std::string(sql::kNextRunAtPrefix) + in_list(types, 1) + ")";
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get_dynamic(text);
+    ScopedReset r(s);
+    for (size_t i = 0; i < types.size(); ++i) s.bind(static_cast<int>(i) + 1, types[i]);
+    if (!s.step() || s.is_null(0)) return std::nullopt;
+    return s.get_int(0);
+  }
+
+  void flush() override {
+    std::unique_lock lock(mutex_);
+    const uint64_t target = submitted_;
+    done_cv_.wait(lock, [&] { return completed_ >= target || writer_exited_; });
+  }
+
+  void close() override {
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_) return;
+      closed_ = true;
+      work_cv_.notify_all();
+    }
+    if (writer_.joinable()) writer_.join();
+  }
+
+ private:
+  struct Reader {
+    explicit Reader(const std::string& path, int busy_ms)
+        : db(path, SQLITE_OPEN_READWRITE, busy_ms), statements(db) {
+      db.exec("PRAGMA query_only = ON");
+    }
+    Database db;
+    StatementCache statements;
+  };
+
+  class ReaderPool {
+   public:
+    struct Lease {
+      ReaderPool* pool;
+      std::unique_ptr<Reader> reader;
+      Reader* operator->() { return reader.get(); }
+      ~Lease() {
+        if (reader) pool->release(std::move(reader));
+      }
+      Lease(ReaderPool* p, std::unique_ptr<Reader> r) : pool(p), reader(std::move(r)) {}
+      Lease(Lease&&) = default;
+    };
+    Lease acquire(SqliteStore& store) {
+      std::unique_lock lock(mutex_);
+      cv_.wait(lock, [&] { return !idle_.empty() || open_ < store.options_.readers; });
+      if (!idle_.empty()) {
+        auto r = std::move(idle_.back());
+        idle_.pop_back();
+        return Lease(this, std::move(r));
+      }
+      ++open_;
+      lock.unlock();
+      try {
+        return Lease(this, std::make_unique<Reader>(store.path_, store.options_.busy_timeout_ms));
+      } catch (...) {
+        lock.lock();
+        --open_;
+        cv_.notify_one();
+        throw;
+      }
+    }
+    void release(std::unique_ptr<Reader> r) {
+      std::lock_guard lock(mutex_);
+      idle_.push_back(std::move(r));
+      cv_.notify_one();
+    }
+
+   private:
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::vector<std::unique_ptr<Reader>> idle_;
+    int open_ = 0;
+  };
+
+  void configure(Database& db) {
+    db.exec(sql::kConnectionPragmas);  // also proves the file is a SQLite database
+    db.exec(options_.synchronous_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+  }
+
+  void migrate() {
+    const int64_t version = writer_db_.query_int("PRAGMA user_version");
+    if (version > sql::kSchemaVersion)
+      throw StoreError(SQLITE_ERROR, "database '" + path_ + "' has schema version " +
+                                         std::to_string(version) + ", newer than this jobforge (" +
+                                         std::to_string(sql::kSchemaVersion) + ")");
+    for (int v = static_cast<int>(version) + 1; v <= sql::kSchemaVersion; ++v) {
+      sqlite::Transaction txn(writer_db_);
+      writer_db_.exec(sql::kMigrations[v - 1]);
+      writer_db_.exec(("PRAGMA user_version = " + std::to_string(v)).c_str());
+      txn.commit();
+    }
+  }
+
+  void submit(WriteOp op) {
+    std::lock_guard lock(mutex_);
+    if (closed_) throw StoreError(SQLITE_MISUSE, "store '" + path_ + "' is closed");
+    queue_.push_back(std::move(op));
+    ++submitted_;
+    work_cv_.notify_one();
+  }
+
+  // Submits and blocks until the operation is committed; rethrows its error.
+  void submit_and_wait(std::function<void(WriteContext&)> apply) {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    std::exception_ptr error;
+    submit(WriteOp{std::move(apply),
+                   [&] {
+                     std::lock_guard l(m);
+                     done = true;
+                     cv.notify_one();
+                   },
+                   [&](std::exception_ptr e) {
+                     std::lock_guard l(m);
+                     error = e;
+                     done = true;
+                     cv.notify_one();
+                   }});
+    std::unique_lock l(m);
+    cv.wait(l, [&] { return done; });
+    if (error) std::rethrow_exception(error);
+  }
+
+  void writer_loop() {
+    std::vector<WriteOp> batch;
+    for (;;) {
+      {
+        std::unique_lock lock(mutex_);
+        work_cv_.wait(lock, [&] { return !queue_.empty() || closed_; });
+        if (queue_.empty() && closed_) break;
+        if (options_.group_commit_window_us > 0 &&
+            queue_.size() < static_cast<size_t>(options_.max_batch_ops)) {
+          work_cv_.wait_for(lock, std::chrono::microseconds(options_.group_commit_window_us), [&] {
+            return queue_.size() >= static_cast<size_t>(options_.max_batch_ops) || closed_;
+          });
+        }
+        const size_t n = std::min(queue_.size(), static_cast<size_t>(options_.max_batch_ops));
+        batch.clear();
+        for (size_t i = 0; i < n; ++i) {
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      }
+      run_batch(batch);
+      {
+        std::lock_guard lock(mutex_);
+        completed_ += batch.size();
+        done_cv_.notify_all();
+      }
+    }
+    std::lock_guard lock(mutex_);
+    writer_exited_ = true;
+    done_cv_.notify_all();
+  }
+
+  // Runs the operations in one transaction. If one fails, the whole batch is rolled back and each
+  // operation is replayed in a transaction of its own, so only the bad one fails.
+  void run_batch(std::vector<WriteOp>& batch) {
+    if (batch.empty()) return;
+    std::exception_ptr error;
+    if (try_commit(batch.data(), batch.size(), &error)) return;
+    if (batch.size() == 1) {
+      report_failure(batch[0], error);
+      return;
+    }
+    for (auto& op : batch) {
+      std::exception_ptr op_error;
+      if (!try_commit(&op, 1, &op_error)) report_failure(op, op_error);
+    }
+  }
+
+  bool try_commit(WriteOp* ops, size_t n, std::exception_ptr* error) {
+    for (int attempt = 0;; ++attempt) {
+      WriteContext w{writer_db_, writer_statements_, {}};
+      try {
+        sqlite::Transaction txn(writer_db_);
+        for (size_t i = 0; i < n; ++i) ops[i].apply(w);
+        txn.commit();
+      } catch (const StoreError& e) {
+        if (is_transient(e) && attempt < 200) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(std::min(5 * (attempt + 1), 100)));
+          continue;
+        }
+        *error = std::current_exception();
+        return false;
+      } catch (...) {
+        *error = std::current_exception();
+        return false;
+      }
+      CommitListener listener;
+      {
+        std::lock_guard lock(mutex_);
+        listener = listener_;
+      }
+      if (listener && !w.transitions.empty()) listener(w.transitions);
+      for (size_t i = 0; i < n; ++i)
+        if (ops[i].committed) ops[i].committed();
+      return true;
+    }
+  }
+
+  void report_failure(WriteOp& op, std::exception_ptr error) {
+    if (op.failed) {
+      op.failed(error);
+      return;
+    }
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: a background write to '%s' failed: %s\n", path_.c_str(),
+                   e.what());
+    }
+  }
+
+  std::string path_;
+  SqliteOptions options_;
+  Database writer_db_;
+  StatementCache writer_statements_;
+  ReaderPool readers_;
+
+  std::mutex mutex_;
+  std::condition_variable work_cv_, done_cv_;
+  std::deque<WriteOp> queue_;
+  uint64_t submitted_ = 0, completed_ = 0;
+  bool closed_ = false, writer_exited_ = false;
+  CommitListener listener_;
+  std::thread writer_;
+};
+
+}  // namespace
+
+std::unique_ptr<Store> open_sqlite_store(const std::string& path, const SqliteOptions& options) {
+  try {
+    return std::make_unique<SqliteStore>(path, options);
+  } catch (const StoreError& e) {
+    const std::string what = e.what();
+    if (what.find(path) != std::string::npos) throw;
+    throw StoreError(e.code(), "cannot open database '" + path + "': " + what);
+  }
+}
+
+}  // namespace jobforge

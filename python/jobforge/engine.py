@@ -1,0 +1,451 @@
+"""The Pythonic face of the engine: processors as decorators, jobs as objects, events as
+callbacks. Behaviour lives in the C++ engine (``jobforge._core``); this module converts
+arguments, names errors in Python terms and fans events out to Python subscribers."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import weakref
+from typing import Any, Callable, Iterable, Optional, Union
+
+from . import _core, _json
+from ._processors import make_adapter
+from .errors import JobforgeError
+from .job import STATUSES, Event, Job
+
+log = logging.getLogger("jobforge")
+
+PRIORITIES = {"urgent": 1, "high": 3, "normal": 5, "low": 7, "maintenance": 10}
+
+EVENT_TYPES = frozenset(
+    {
+        "job-status-changed", "job-queued", "job-started", "job-progress", "job-completed",
+        "job-failed", "job-cancelled", "job-timeout", "job-retry", "*",
+    }
+)  # fmt: skip
+
+PathLike = Union[str, "os.PathLike[str]"]
+_live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_engines() -> None:
+    # Worker threads must not outlive the interpreter; running jobs go back to the queue.
+    for engine in list(_live_engines):
+        try:
+            engine.stop(wait=False)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field} must be a number of seconds, got {type(value).__name__} {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{field} must be a finite number of seconds, got {value!r}")
+    ms = value * 1000.0
+    # Round away from zero so a tiny positive value stays positive and a negative one negative.
+    return int(math.ceil(ms)) if ms >= 0 else int(math.floor(ms))
+
+
+def _int_option(field: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _priority(value: Any) -> Optional[int]:
+    if isinstance(value, str):
+        if value not in PRIORITIES:
+            names = ", ".join(PRIORITIES)
+            raise ValueError(f"priority must be 1..10 or one of {names}; got {value!r}")
+        return PRIORITIES[value]
+    return _int_option("priority", value)
+
+
+class Subscription:
+    """A handle on an event subscription; ``unsubscribe()`` ends it."""
+
+    __slots__ = ("_engine", "event", "callback", "job_id", "job_type", "active")
+
+    def __init__(self, engine, event, callback, job_id, job_type):
+        self._engine = weakref.ref(engine)
+        self.event = event
+        self.callback = callback
+        self.job_id = job_id
+        self.job_type = job_type
+        self.active = True
+
+    def matches(self, ev: Event) -> bool:
+        return (
+            (self.event == "*" or self.event == ev.type)
+            and (self.job_id is None or self.job_id == ev.job_id)
+            and (self.job_type is None or self.job_type == ev.job_type)
+        )
+
+    def unsubscribe(self) -> None:
+        engine = self._engine()
+        if engine is not None:
+            engine.off(self)
+        self.active = False
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.event} active={self.active}>"
+
+
+class Engine:
+    """A jobforge engine on one SQLite file.
+
+    >>> engine = Engine("jobs.db", workers=4)
+    >>> @engine.processor("resize", timeout=30, max_attempts=3)
+    ... def resize(ctx, payload):
+    ...     ctx.progress(1, total=1, message="done")
+    ...     return {"ok": True}
+    >>> with engine:
+    ...     engine.enqueue("resize", {"path": "a.jpg"}).wait().result
+    {'ok': True}
+
+    ``workers`` threads run jobs in this process. Processors may be registered before or after
+    ``start()``. The native processors ``noop`` and ``sleep`` are always registered.
+    """
+
+    def __init__(
+        self,
+        path: PathLike = "jobs.db",
+        workers: int = 4,
+        *,
+        retry_delay: float = 1.0,
+        allow_unknown_types: bool = False,
+        poll_interval: float = 0.25,
+        heartbeat_interval: float = 5.0,
+        lease: float = 30.0,
+        progress_interval: float = 0.05,
+        durability: str = "normal",
+    ) -> None:
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str or path, got {type(path).__name__}")
+        workers = _int_option("workers", workers)
+        if workers is None or workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers!r}")
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise _errors().StoreError(
+                f"cannot open database '{path}': folder '{folder}' does not exist"
+            )
+        retry_ms = _seconds_to_ms("retry_delay", retry_delay)
+        if retry_ms is None or retry_ms < 0:
+            raise ValueError(f"retry_delay must be 0 or more seconds, got {retry_delay!r}")
+        self._core = _core.Engine(
+            path,
+            workers=workers,
+            retry_delay_ms=retry_ms,
+            allow_unknown_types=bool(allow_unknown_types),
+            poll_ms=max(1, _seconds_to_ms("poll_interval", poll_interval) or 1),
+            heartbeat_ms=max(1, _seconds_to_ms("heartbeat_interval", heartbeat_interval) or 1),
+            lease_ms=max(1, _seconds_to_ms("lease", lease) or 1),
+            progress_event_ms=max(0, _seconds_to_ms("progress_interval", progress_interval) or 0),
+            synchronous_full=durability == "full",
+        )
+        self.path = path
+        self._subs_lock = threading.Lock()
+        self._subs: list[Subscription] = []
+        self._core_subscription: Optional[int] = None
+        self._processors: dict[str, Callable] = {}
+        _live_engines.add(self)
+
+    # -- processors ----------------------------------------------------------------------------
+    def processor(
+        self,
+        type: str,
+        *,
+        timeout: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        retry_delay: Optional[float] = None,
+        priority: Union[int, str, None] = None,
+    ) -> Callable[[Callable], Callable]:
+        """Decorator registering ``fn(ctx, payload)`` as the processor of ``type``. The options
+        are defaults for jobs of this type; a job's own options override them."""
+
+        def decorator(fn: Callable) -> Callable:
+            self.register(
+                type, fn, timeout=timeout, max_attempts=max_attempts,
+                retry_delay=retry_delay, priority=priority,
+            )  # fmt: skip
+            return fn
+
+        return decorator
+
+    def register(
+        self,
+        type: str,
+        fn: Callable,
+        *,
+        timeout: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        retry_delay: Optional[float] = None,
+        priority: Union[int, str, None] = None,
+    ) -> None:
+        """Registers ``fn(ctx, payload)`` as the processor of ``type`` (see ``processor``)."""
+        if not isinstance(type, str) or not type:
+            raise ValueError(f"job type must be a non-empty str, got {type!r}")
+        if not callable(fn):
+            raise TypeError(f"processor for '{type}' must be callable, got {fn!r}")
+        timeout_ms = _seconds_to_ms("timeout", timeout)
+        if timeout_ms is not None and timeout_ms <= 0:
+            raise ValueError(f"timeout must be greater than 0 seconds, got {timeout!r}")
+        max_attempts = _int_option("max_attempts", max_attempts)
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
+        retry_ms = _seconds_to_ms("retry_delay", retry_delay)
+        if retry_ms is not None and retry_ms < 0:
+            raise ValueError(f"retry_delay must be 0 or more seconds, got {retry_delay!r}")
+        prio = _priority(priority)
+        if prio is not None and not 1 <= prio <= 10:
+            raise ValueError(f"priority must be between 1 and 10, got {prio}")
+        self._core.register_python_processor(
+            type, make_adapter(fn), timeout_ms=timeout_ms, max_attempts=max_attempts,
+            retry_delay_ms=retry_ms, priority=prio,
+        )  # fmt: skip
+        self._processors[type] = fn
+
+    @property
+    def processor_types(self) -> list[str]:
+        return sorted(self._core.processor_types())
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        """Starts the dispatcher, the worker threads and maintenance. Idempotent."""
+        self._core.start()
+        return self
+
+    def stop(self, wait: bool = True) -> None:
+        """Stops the engine. ``wait=True`` lets running jobs finish; ``wait=False`` asks them to
+        stop and puts them back in the queue. Claimed jobs not yet started return to the queue."""
+        self._core.stop(wait)
+
+    close = stop
+
+    @property
+    def running(self) -> bool:
+        return self._core.running
+
+    @property
+    def worker_id(self) -> str:
+        return self._core.worker_id
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(wait=True)
+
+    # -- enqueue -------------------------------------------------------------------------------
+    def _options(self, priority, max_attempts, timeout, retry_delay, delay, parent, user_initiated):
+        delay_ms = _seconds_to_ms("delay", delay) or 0
+        if parent is not None and not isinstance(parent, str):
+            parent = getattr(parent, "id", parent)
+            if not isinstance(parent, str):
+                raise TypeError(f"parent must be a job id or a Job, got {type(parent).__name__}")
+        return dict(
+            priority=_priority(priority),
+            max_attempts=_int_option("max_attempts", max_attempts),
+            timeout_ms=_seconds_to_ms("timeout", timeout),
+            retry_delay_ms=_seconds_to_ms("retry_delay", retry_delay),
+            delay_ms=delay_ms,
+            parent_id=parent,
+            user_initiated=bool(user_initiated),
+        )
+
+    def enqueue(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        priority: Union[int, str, None] = None,
+        max_attempts: Optional[int] = None,
+        timeout: Optional[float] = None,
+        delay: float = 0,
+        retry_delay: Optional[float] = None,
+        parent: Union[str, Job, None] = None,
+        user_initiated: bool = True,
+    ) -> Job:
+        """Stores a new job and returns it once it is durably committed.
+
+        ``priority`` 1 (highest) .. 10 (lowest) or a name (urgent, high, normal, low,
+        maintenance); ``timeout``, ``delay`` and ``retry_delay`` in seconds."""
+        opts = self._options(priority, max_attempts, timeout, retry_delay, delay, parent,
+                             user_initiated)  # fmt: skip
+        record = self._core.enqueue(type, _json.dumps(payload), **opts)
+        return Job(self, record)
+
+    def enqueue_many(
+        self,
+        type: str,
+        payloads: Iterable[Any],
+        *,
+        priority: Union[int, str, None] = None,
+        max_attempts: Optional[int] = None,
+        timeout: Optional[float] = None,
+        delay: float = 0,
+        retry_delay: Optional[float] = None,
+        parent: Union[str, Job, None] = None,
+        user_initiated: bool = True,
+    ) -> list[Job]:
+        """Stores many jobs of one type in one transaction: all of them or, on bad input, none."""
+        opts = self._options(priority, max_attempts, timeout, retry_delay, delay, parent,
+                             user_initiated)  # fmt: skip
+        encoded = []
+        for index, payload in enumerate(payloads):
+            encoded.append(_json.dumps(payload, f"payloads[{index}]"))
+        records = self._core.enqueue_many(type, encoded, **opts)
+        return [Job(self, r) for r in records]
+
+    # -- queries -------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Optional[Job]:
+        """The job with this id, or None."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str, got {type(job_id).__name__}")
+        record = self._core.get(job_id)
+        return None if record is None else Job(self, record)
+
+    def jobs(
+        self,
+        status: Optional[str] = None,
+        type: Optional[str] = None,
+        parent: Union[str, Job, None] = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs matching the filters, newest first."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+        if isinstance(parent, Job):
+            parent = parent.id
+        limit = _int_option("limit", limit)
+        offset = _int_option("offset", offset)
+        records = self._core.jobs(status=status, type=type, parent=parent, limit=limit,
+                                  offset=offset)  # fmt: skip
+        return [Job(self, r) for r in records]
+
+    def active(self, limit: int = 1000) -> list[Job]:
+        """Jobs that are created, queued or running, newest first."""
+        return [Job(self, r) for r in self._core.active(limit)]
+
+    def stats(self) -> dict[str, int]:
+        """Counts of jobs: ``total`` and one per status. Kept by the store, so no scan."""
+        return self._core.stats()
+
+    def wait(self, job_id: str, timeout: Optional[float] = None) -> Job:
+        """Waits for the job to end; see ``Job.wait``."""
+        return Job(self, self._wait_record(job_id, timeout))
+
+    def _wait_record(self, job_id: str, timeout: Optional[float]):
+        timeout_ms = _seconds_to_ms("timeout", timeout)
+        record = self._core.wait(job_id, timeout_ms)
+        if record is None:
+            current = self._core.get(job_id)
+            status = current.status if current is not None else "unknown"
+            raise TimeoutError(f"job {job_id} did not finish within {timeout} s (status: {status})")
+        return record
+
+    # -- control -------------------------------------------------------------------------------
+    def cancel(self, job_id: Union[str, Job]) -> bool:
+        """Cancels a job: a queued one at once; a running one sees ``ctx.cancelled`` and ends
+        ``cancelled``. False for an unknown id or a finished job."""
+        return self._core.cancel(job_id.id if isinstance(job_id, Job) else job_id)
+
+    def retry(self, job_id: Union[str, Job]) -> bool:
+        """Puts a failed, cancelled or timed-out job back in the queue with fresh attempts."""
+        return self._core.retry(job_id.id if isinstance(job_id, Job) else job_id)
+
+    def abort_all(self) -> int:
+        """Cancels every queued and running job; returns how many."""
+        return self._core.abort_all()
+
+    # -- events --------------------------------------------------------------------------------
+    def on(
+        self,
+        event: str,
+        callback: Callable[[Event], Any],
+        *,
+        job_id: Optional[str] = None,
+        job_type: Optional[str] = None,
+    ) -> Subscription:
+        """Calls ``callback(event)`` for each ``event`` ("job-status-changed", "job-progress",
+        "job-completed", "job-failed", ..., or "*" for all), optionally for one job or one type.
+        Callbacks run on the engine's delivery thread, after the state is committed; one that
+        raises is logged and stays subscribed."""
+        if event not in EVENT_TYPES:
+            raise ValueError(f"event must be one of {', '.join(sorted(EVENT_TYPES))}; got {event!r}")
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        sub = Subscription(self, event, callback, job_id, job_type)
+        with self._subs_lock:
+            self._subs = [*self._subs, sub]
+            if self._core_subscription is None:
+                self._core_subscription = self._core.subscribe(_make_dispatcher(self))
+        return sub
+
+    def off(self, subscription: Subscription) -> None:
+        """Ends a subscription made with ``on``."""
+        subscription.active = False
+        with self._subs_lock:
+            self._subs = [s for s in self._subs if s is not subscription]
+
+    def flush_events(self) -> None:
+        """Blocks until every event committed so far has been delivered to the callbacks."""
+        self._core.flush_events()
+
+    def _deliver(self, batch) -> None:
+        subs = self._subs
+        if not subs:
+            return
+        for record in batch:
+            ev = None
+            for sub in subs:
+                if not sub.active:
+                    continue
+                if ev is None:
+                    ev = Event(record)
+                if not sub.matches(ev):
+                    continue
+                try:
+                    sub.callback(ev)
+                except Exception:  # noqa: BLE001 - a subscriber never hurts the engine
+                    log.exception("jobforge: %s callback %r raised", ev.type, sub.callback)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<jobforge.Engine {self.path!r} {state}>"
+
+
+def _make_dispatcher(engine: Engine):
+    # The C++ side holds this callable; a weak reference lets an unused engine be collected.
+    ref = weakref.ref(engine)
+
+    def dispatch(batch) -> None:
+        target = ref()
+        if target is not None:
+            target._deliver(batch)
+
+    return dispatch
+
+
+def _errors():
+    from . import errors
+
+    return errors
+
+
+__all__ = ["Engine", "Subscription", "PRIORITIES", "EVENT_TYPES", "JobforgeError"]

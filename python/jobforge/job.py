@@ -1,0 +1,247 @@
+"""``Job`` and ``Event``: Python views of the engine's records, JSON decoded on first use."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from . import _json
+from .errors import JobforgeError
+
+if TYPE_CHECKING:
+    from .engine import Engine, Subscription
+
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timeout"})
+ACTIVE_STATUSES = ("created", "queued", "running")
+STATUSES = ("created", "queued", "running", "completed", "failed", "cancelled", "timeout")
+
+_UNSET: Any = object()
+
+
+def _ms_or_none(value: int) -> Optional[int]:
+    return value or None
+
+
+class Job:
+    """A job as last read from the store. ``refresh()`` re-reads it; ``wait()`` waits for its end.
+
+    Timestamps are Unix milliseconds (``None`` when not reached yet)."""
+
+    __slots__ = ("_engine", "_rec", "_payload", "_result")
+
+    def __init__(self, engine: "Engine", record: Any) -> None:
+        self._engine = engine
+        self._rec = record
+        self._payload = _UNSET
+        self._result = _UNSET
+
+    # -- identity and options ------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._rec.id
+
+    @property
+    def type(self) -> str:
+        return self._rec.type
+
+    @property
+    def status(self) -> str:
+        return self._rec.status
+
+    @property
+    def priority(self) -> int:
+        return self._rec.priority
+
+    @property
+    def payload(self) -> Any:
+        if self._payload is _UNSET:
+            self._payload = _json.loads(self._rec.payload_json)
+        return self._payload
+
+    @property
+    def max_attempts(self) -> int:
+        return self._rec.max_attempts
+
+    @property
+    def attempts(self) -> int:
+        return self._rec.attempts
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a run may take before it ends ``timeout``."""
+        return self._rec.timeout_ms / 1000.0
+
+    @property
+    def retry_delay(self) -> float:
+        return self._rec.retry_delay_ms / 1000.0
+
+    @property
+    def parent_id(self) -> Optional[str]:
+        return self._rec.parent_id
+
+    @property
+    def user_initiated(self) -> bool:
+        return self._rec.user_initiated
+
+    # -- progress and outcome -----------------------------------------------------------------
+    @property
+    def progress(self) -> int:
+        """Percent done, 0–100."""
+        return self._rec.progress
+
+    @property
+    def progress_current(self) -> float:
+        return self._rec.progress_current
+
+    @property
+    def progress_total(self) -> Optional[float]:
+        return self._rec.progress_total or None
+
+    @property
+    def message(self) -> str:
+        return self._rec.message
+
+    @property
+    def result(self) -> Any:
+        if self._result is _UNSET:
+            raw = self._rec.result_json
+            self._result = None if raw is None else _json.loads(raw)
+        return self._result
+
+    @property
+    def error(self) -> Optional[str]:
+        return self._rec.error
+
+    @property
+    def error_detail(self) -> Optional[str]:
+        """The traceback of the last failed attempt, when the processor is Python."""
+        return self._rec.error_detail
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._rec.cancel_requested
+
+    @property
+    def is_final(self) -> bool:
+        return self._rec.status in FINAL_STATUSES
+
+    # -- timestamps ----------------------------------------------------------------------------
+    @property
+    def created_at(self) -> Optional[int]:
+        return _ms_or_none(self._rec.created_at)
+
+    @property
+    def queued_at(self) -> Optional[int]:
+        return _ms_or_none(self._rec.queued_at)
+
+    @property
+    def started_at(self) -> Optional[int]:
+        return _ms_or_none(self._rec.started_at)
+
+    @property
+    def completed_at(self) -> Optional[int]:
+        return _ms_or_none(self._rec.completed_at)
+
+    @property
+    def run_at(self) -> Optional[int]:
+        return _ms_or_none(self._rec.run_at)
+
+    @property
+    def timeout_at(self) -> Optional[int]:
+        return _ms_or_none(self._rec.timeout_at)
+
+    @property
+    def duration(self) -> Optional[float]:
+        """Seconds between start and end of the last attempt, once finished."""
+        if not (self._rec.started_at and self._rec.completed_at):
+            return None
+        return (self._rec.completed_at - self._rec.started_at) / 1000.0
+
+    # -- actions -------------------------------------------------------------------------------
+    def refresh(self) -> "Job":
+        """Re-reads the job from the store and returns it (self)."""
+        record = self._engine._core.get(self.id)
+        if record is None:
+            raise JobforgeError(f"job '{self.id}' no longer exists in the store")
+        self._set(record)
+        return self
+
+    def wait(self, timeout: Optional[float] = None) -> "Job":
+        """Blocks (without holding the GIL) until the job is final and returns it refreshed.
+        Raises ``TimeoutError`` if ``timeout`` seconds pass first."""
+        self._set(self._engine._wait_record(self.id, timeout))
+        return self
+
+    def cancel(self) -> bool:
+        return self._engine.cancel(self.id)
+
+    def retry(self) -> bool:
+        return self._engine.retry(self.id)
+
+    def on_progress(self, callback: Callable[["Event"], Any]) -> "Subscription":
+        """Calls ``callback(event)`` for each progress event of this job."""
+        return self._engine.on("job-progress", callback, job_id=self.id)
+
+    def on_status(self, callback: Callable[["Event"], Any]) -> "Subscription":
+        return self._engine.on("job-status-changed", callback, job_id=self.id)
+
+    def to_dict(self) -> dict:
+        keys = (
+            "id type status priority payload progress progress_current progress_total message "
+            "result error error_detail attempts max_attempts timeout parent_id user_initiated "
+            "created_at queued_at started_at completed_at run_at"
+        ).split()
+        return {k: getattr(self, k) for k in keys}
+
+    def _set(self, record: Any) -> None:
+        self._rec = record
+        self._payload = _UNSET
+        self._result = _UNSET
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        extra = f" progress={self.progress}%" if self.status == "running" else ""
+        if self.error and self.status != "completed":
+            extra += f" error={self.error[:60]!r}"
+        return f"<Job {self.id[:8]} {self.type} {self.status}{extra}>"
+
+
+class Event:
+    """A lifecycle or progress event, delivered after the state it reports is committed."""
+
+    __slots__ = (
+        "type", "job_id", "job_type", "status", "previous_status", "progress",
+        "progress_current", "progress_total", "message", "error", "attempt", "timestamp",
+        "_result_json", "_result",
+    )  # fmt: skip
+
+    def __init__(self, record: Any) -> None:
+        self.type: str = record.type
+        self.job_id: str = record.job_id
+        self.job_type: str = record.job_type
+        self.status: str = record.status
+        self.previous_status: str = record.previous_status
+        self.progress: int = record.progress
+        self.progress_current: float = record.progress_current
+        self.progress_total: Optional[float] = record.progress_total or None
+        self.message: str = record.message
+        self.error: Optional[str] = record.error
+        self.attempt: int = record.attempt
+        self.timestamp: int = record.timestamp
+        self._result_json: Optional[str] = record.result_json
+        self._result: Any = _UNSET
+
+    @property
+    def result(self) -> Any:
+        if self._result is _UNSET:
+            raw = self._result_json
+            self._result = None if raw is None else _json.loads(raw)
+        return self._result
+
+    def __repr__(self) -> str:
+        detail = f" {self.progress}%" if self.type == "job-progress" else ""
+        return f"<Event {self.type} {self.job_id[:8]} {self.status}{detail}>"

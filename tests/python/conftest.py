@@ -1,0 +1,88 @@
+"""Shared fixtures for the jobforge Python suite.
+
+Every test runs against a real SQLite file in its own tmp_path, real worker threads and, where it
+matters, real child processes. Time limits in waits only guard against hangs; no test asserts
+that something is fast.
+"""
+
+import threading
+import time
+
+import pytest
+
+import jobforge
+
+@pytest.fixture
+def db_path(tmp_path):
+    """Path of a fresh (not yet existing) SQLite file."""
+    return str(tmp_path / "jobs.db")
+
+
+@pytest.fixture
+def make_engine(db_path):
+    """Factory for engines on `db_path` (or another path); every engine is stopped at teardown.
+
+    Engines are created but not started, so tests can enqueue before workers run.
+    retry_delay defaults to 0.05 s to keep retry tests short.
+    """
+    engines = []
+
+    def make(path=None, **options):
+        options.setdefault("retry_delay", 0.05)
+        engine = jobforge.Engine(path or db_path, **options)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in reversed(engines):
+        engine.stop(wait=False)
+
+
+@pytest.fixture
+def engine(make_engine):
+    """An engine with two workers on a fresh file, not started."""
+    return make_engine(workers=2)
+
+
+def _wait_until(predicate, timeout=5.0, interval=0.01, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def wait_until():
+    """wait_until(predicate, timeout=5.0, what=...) polls until predicate() is truthy."""
+    return _wait_until
+
+
+class Recorder:
+    """Thread-safe list of events (or anything) appended from callbacks."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items = []
+
+    def __call__(self, item):
+        with self._lock:
+            self._items.append(item)
+
+    @property
+    def items(self):
+        with self._lock:
+            return list(self._items)
+
+    def __len__(self):
+        with self._lock:
+            return len(self._items)
+
+
+@pytest.fixture
+def recorder():
+    """A fresh Recorder factory: `rec = recorder()`."""
+    return Recorder

@@ -1,17 +1,17 @@
 """jobforge: background jobs for Python, run by a multithreaded C++ engine on SQLite.
 
-    import jobforge
+import jobforge
 
-    engine = jobforge.Engine("jobs.db", workers=4)
+engine = jobforge.Engine("jobs.db", workers=4)
 
-    @engine.processor("resize", timeout=30, max_attempts=3)
-    def resize(ctx, payload):
-        ctx.progress(50, message="half way")
-        return {"path": payload["path"]}
+@engine.processor("resize", timeout=30, max_attempts=3)
+def resize(ctx, payload):
+    ctx.progress(50, message="half way")
+    return {"path": payload["path"]}
 
-    with engine:
-        job = engine.enqueue("resize", {"path": "a.jpg"}, priority=3)
-        print(job.wait().result)
+with engine:
+    job = engine.enqueue("resize", {"path": "a.jpg"}, priority=3)
+    print(job.wait().result)
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ EVENT_TYPES = frozenset(
 )  # fmt: skip
 
 PathLike = Union[str, "os.PathLike[str]"]
-_live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 @atexit.register
@@ -46,7 +46,9 @@ def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{field} must be a number of seconds, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{field} must be a number of seconds, got {type(value).__name__} {value!r}"
+        )
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{field} must be a finite number of seconds, got {value!r}")
     ms = value * 1000.0
@@ -224,7 +226,7 @@ class Engine:
         return sorted(self._core.processor_types())
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         """Starts the dispatcher, the worker threads and maintenance. Idempotent."""
         self._core.start()
         return self
@@ -244,7 +246,7 @@ class Engine:
     def worker_id(self) -> str:
         return self._core.worker_id
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -387,7 +389,9 @@ class Engine:
         Callbacks run on the engine's delivery thread, after the state is committed; one that
         raises is logged and stays subscribed."""
         if event not in EVENT_TYPES:
-            raise ValueError(f"event must be one of {', '.join(sorted(EVENT_TYPES))}; got {event!r}")
+            raise ValueError(
+                f"event must be one of {', '.join(sorted(EVENT_TYPES))}; got {event!r}"
+            )
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         sub = Subscription(self, event, callback, job_id, job_type)

@@ -28,7 +28,7 @@ class Job:
 
     __slots__ = ("_engine", "_rec", "_payload", "_result")
 
-    def __init__(self, engine: "Engine", record: Any) -> None:
+    def __init__(self, engine: Engine, record: Any) -> None:
         self._engine = engine
         self._rec = record
         self._payload = _UNSET
@@ -157,7 +157,7 @@ class Job:
         return (self._rec.completed_at - self._rec.started_at) / 1000.0
 
     # -- actions -------------------------------------------------------------------------------
-    def refresh(self) -> "Job":
+    def refresh(self) -> Job:
         """Re-reads the job from the store and returns it (self)."""
         record = self._engine._core.get(self.id)
         if record is None:
@@ -165,7 +165,7 @@ class Job:
         self._set(record)
         return self
 
-    def wait(self, timeout: Optional[float] = None) -> "Job":
+    def wait(self, timeout: Optional[float] = None) -> Job:
         """Blocks (without holding the GIL) until the job is final and returns it refreshed.
         Raises ``TimeoutError`` if ``timeout`` seconds pass first."""
         self._set(self._engine._wait_record(self.id, timeout))
@@ -177,11 +177,11 @@ class Job:
     def retry(self) -> bool:
         return self._engine.retry(self.id)
 
-    def on_progress(self, callback: Callable[["Event"], Any]) -> "Subscription":
+    def on_progress(self, callback: Callable[[Event], Any]) -> Subscription:
         """Calls ``callback(event)`` for each progress event of this job."""
         return self._engine.on("job-progress", callback, job_id=self.id)
 
-    def on_status(self, callback: Callable[["Event"], Any]) -> "Subscription":
+    def on_status(self, callback: Callable[[Event], Any]) -> Subscription:
         return self._engine.on("job-status-changed", callback, job_id=self.id)
 
     def to_dict(self) -> dict:

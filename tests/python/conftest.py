@@ -5,6 +5,11 @@ matters, real child processes. Time limits in waits only guard against hangs; no
 that something is fast.
 """
 
+import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -86,3 +91,62 @@ class Recorder:
 def recorder():
     """A fresh Recorder factory: `rec = recorder()`."""
     return Recorder
+
+
+class ChildProcess:
+    """A real Python child process running `script`; its stdout is read line by line."""
+
+    def __init__(self, script, *args):
+        env = dict(os.environ)
+        # The child imports jobforge exactly as this process does.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self._lines = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def read_until(self, prefix, timeout=10):
+        """The first line starting with `prefix`; other output (e.g. build logs) is skipped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"child printed no {prefix!r} line in time") from None
+            if line is None:
+                raise AssertionError(f"child exited before printing {prefix!r}")
+            if line.startswith(prefix):
+                return line
+
+    def kill(self):
+        """SIGKILL: the child dies without any chance to clean up."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        return self.process.returncode
+
+
+@pytest.fixture
+def spawn_child():
+    """spawn_child(script, *args) starts a ChildProcess; every child is killed at teardown."""
+    children = []
+
+    def spawn(script, *args):
+        child = ChildProcess(script, *args)
+        children.append(child)
+        return child
+
+    yield spawn
+    for child in children:
+        child.kill()
+        child.process.stdout.close()

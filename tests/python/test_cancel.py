@@ -8,6 +8,26 @@ import jobforge
 
 WAIT = 10  # generous guard against hangs, never a speed assertion
 
+# Runs in a child process: one job that runs until it sees ctx.cancelled.
+RUNNING_CHILD = r"""
+import sys, time
+import jobforge
+
+engine = jobforge.Engine(sys.argv[1], workers=1)
+
+@engine.processor("hold")
+def hold(ctx, payload):
+    print("RUNNING", flush=True)
+    while not ctx.cancelled:
+        time.sleep(0.01)
+    print("SAW_CANCEL", flush=True)
+
+job = engine.enqueue("hold", {})
+print("JOB", job.id, flush=True)
+engine.start()
+time.sleep(60)
+"""
+
 
 def _register_loop_until_cancelled(engine, name="loop"):
     started = threading.Event()
@@ -55,6 +75,32 @@ def test_running_job_sees_ctx_cancelled_and_ends_cancelled(engine):
 
     assert job.wait(timeout=WAIT).status == "cancelled"
     assert saw_cancelled.is_set()
+
+
+def test_running_job_cancelled_from_another_process(make_engine, spawn_child, db_path, wait_until):
+    child = spawn_child(RUNNING_CHILD, db_path)
+    job_id = child.read_until("JOB ").split()[1]
+    child.read_until("RUNNING")
+    engine = make_engine(workers=1)  # this process only cancels: no processor, not started
+    wait_until(lambda: engine.get(job_id).status == "running", what="child's job running")
+
+    assert engine.cancel(job_id) is True
+
+    child.read_until("SAW_CANCEL")
+    assert engine.wait(job_id, timeout=WAIT).status == "cancelled"
+
+
+def test_native_sleep_cancelled_while_running_stops_sleeping(engine, wait_until):
+    engine.start()
+    job = engine.enqueue("sleep", {"seconds": 5})
+    wait_until(lambda: engine.get(job.id).status == "running", what="sleep job running")
+
+    assert engine.cancel(job.id) is True
+
+    # wait(timeout=4) < 5 s of sleep: the native processor must honour the cancel.
+    done = job.wait(timeout=4)
+    assert done.status == "cancelled"
+    assert done.result is None
 
 
 def test_check_cancelled_raises_job_cancelled_in_a_running_job(engine):

@@ -1,6 +1,8 @@
-"""Enqueue: what a new job looks like, defaults, durability, persistence, batches, native processors."""
+"""Enqueue: what a new job looks like, defaults, durability, persistence, batches and the
+native processors."""
 
 import sqlite3
+import threading
 import time
 import uuid
 
@@ -47,7 +49,9 @@ def test_processor_options_are_the_defaults_of_its_jobs_and_enqueue_overrides_th
     from_processor = engine.enqueue("resize", {"path": "a.jpg"})
     overridden = engine.enqueue("resize", {"path": "b.jpg"}, priority=9, max_attempts=5, timeout=7)
 
-    assert (from_processor.priority, from_processor.max_attempts, from_processor.timeout) == (2, 2, 30)
+    assert from_processor.priority == 2
+    assert from_processor.max_attempts == 2
+    assert from_processor.timeout == 30
     assert (overridden.priority, overridden.max_attempts, overridden.timeout) == (9, 5, 7)
 
 
@@ -77,6 +81,35 @@ def test_enqueue_is_committed_to_the_file_when_it_returns(engine, db_path):
         ).fetchone()
     other_connection.close()
     assert row == ("noop", "queued")
+
+
+def test_enqueue_from_many_threads_at_once_keeps_every_job(engine):
+    threads, per_thread = 8, 50
+    barrier = threading.Barrier(threads)
+    ids, errors = [], []
+    lock = threading.Lock()
+
+    def produce(n):
+        barrier.wait()
+        try:
+            mine = [engine.enqueue("noop", {"thread": n, "i": i}).id for i in range(per_thread)]
+        except BaseException as exc:  # noqa: BLE001 - any exception fails this test
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                ids.extend(mine)
+
+    workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(WAIT)
+
+    assert errors == []
+    assert len(set(ids)) == threads * per_thread
+    assert engine.stats()["total"] == threads * per_thread
+    assert all(engine.get(job_id) is not None for job_id in ids[::37])
 
 
 def test_job_enqueued_in_one_engine_is_still_there_after_reopening(make_engine, db_path):

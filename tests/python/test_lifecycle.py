@@ -224,23 +224,60 @@ def test_stop_with_wait_lets_a_running_job_finish(engine):
     assert done.result == {"cancelled_seen": False}
 
 
-def test_stop_without_wait_cancels_a_running_job(engine, wait_until):
-    started = threading.Event()
-    saw_cancel = threading.Event()
+def _register_stoppable(engine, how, started, saw_cancel):
+    """A processor of type `how` that runs until asked to stop, then stops in that way."""
+    if how == "native-sleep":
+        return "sleep", {"seconds": 60}
 
-    @engine.processor("loop")
-    def loop(ctx, payload):
+    @engine.processor(how)
+    def stoppable(ctx, payload):
         started.set()
         while not ctx.cancelled:
             threading.Event().wait(0.01)
         saw_cancel.set()
+        if how == "raises-job-cancelled":
+            ctx.check_cancelled()
+        return "interrupted run"
 
+    return how, {}
+
+
+@pytest.mark.parametrize("how", ["returns", "raises-job-cancelled", "native-sleep"])
+def test_stop_without_wait_puts_a_running_job_back_in_the_queue_uncounted(
+    make_engine, wait_until, how
+):
+    engine = make_engine(workers=1)
+    started, saw_cancel = threading.Event(), threading.Event()
+    job_type, payload = _register_stoppable(engine, how, started, saw_cancel)
     engine.start()
-    job = engine.enqueue("loop", {})
-    assert started.wait(WAIT)
+    job = engine.enqueue(job_type, payload)
+    wait_until(lambda: engine.get(job.id).status == "running", what="status running")
+    if how != "native-sleep":
+        assert started.wait(WAIT)  # claimed is not yet started: wait for the processor itself
 
     engine.stop(wait=False)
 
-    assert saw_cancel.wait(WAIT)
-    wait_until(lambda: engine.get(job.id).status == "cancelled", what="status cancelled")
+    if how != "native-sleep":
+        assert saw_cancel.wait(WAIT)  # the processor was asked to stop through ctx.cancelled
 
+    def no_longer_running():
+        current = engine.get(job.id)
+        return current if current.status != "running" else None
+
+    stopped = wait_until(no_longer_running, what="stopped job no longer running")
+    assert stopped.status == "queued"
+    assert stopped.attempts == 0
+    assert stopped.result is None
+
+    # The next engine on the file runs it again as a first attempt.
+    next_engine = make_engine(workers=1)
+
+    @next_engine.processor(job_type)
+    def quick(ctx, payload):
+        return {"attempt": ctx.attempt}
+
+    next_engine.start()
+    rerun = next_engine.wait(job.id, timeout=WAIT)
+    assert rerun.status == "completed"
+    assert rerun.result == {"attempt": 1}
+    assert rerun.attempts == 1

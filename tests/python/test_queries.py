@@ -4,7 +4,9 @@ import threading
 
 WAIT = 10  # generous guard against hangs, never a speed assertion
 
-STATS_KEYS = {"total", "created", "queued", "running", "completed", "failed", "cancelled", "timeout"}
+STATS_KEYS = {
+    "total", "created", "queued", "running", "completed", "failed", "cancelled", "timeout"
+}
 
 
 def test_get_returns_the_job_with_its_fields(engine):
@@ -23,6 +25,12 @@ def test_jobs_lists_newest_first(engine):
     ids = [engine.enqueue("noop", {"i": i}).id for i in range(5)]
 
     assert [job.id for job in engine.jobs()] == ids[::-1]
+
+
+def test_jobs_lists_a_batch_newest_first(engine):
+    ids = [job.id for job in engine.enqueue_many("noop", [{"i": i} for i in range(20)])]
+
+    assert [job.id for job in engine.jobs(limit=20)] == ids[::-1]
 
 
 def test_jobs_limit_and_offset_page_through_newest_first(engine):
@@ -149,6 +157,26 @@ def test_stats_count_every_outcome(make_engine):
     }
     assert engine.jobs(status="queued")[0].id == delayed.id
     assert sum(stats[key] for key in STATS_KEYS - {"total"}) == stats["total"]
+
+
+def test_stats_follow_a_retried_job(engine):
+    should_fail = [True]
+
+    @engine.processor("fragile")
+    def fragile(ctx, payload):
+        if should_fail[0]:
+            raise ValueError("not yet")
+
+    engine.start()
+    job = engine.enqueue("fragile", {}, max_attempts=1).wait(timeout=WAIT)
+    assert (engine.stats()["failed"], engine.stats()["completed"]) == (1, 0)
+
+    should_fail[0] = False
+    assert job.retry() is True
+    job.wait(timeout=WAIT)
+
+    stats = engine.stats()
+    assert (stats["total"], stats["failed"], stats["completed"], stats["queued"]) == (1, 0, 1, 0)
 
 
 def test_stats_of_a_reopened_file_match_before_closing(make_engine):

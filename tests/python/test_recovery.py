@@ -1,12 +1,8 @@
 """Restart recovery: jobs left `running` by a process that died are run again when the file is
 next opened. The dying process is a real child process killed with SIGKILL."""
 
-import os
-import queue
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -14,6 +10,25 @@ import pytest
 WAIT = 10  # generous guard against hangs, never a speed assertion
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+
+# Runs in the child while the test looks on: one job that runs until it is cancelled.
+LIVE_CHILD = r"""
+import sys, time
+import jobforge
+
+engine = jobforge.Engine(sys.argv[1], workers=1)
+
+@engine.processor("hold")
+def hold(ctx, payload):
+    print("RUNNING", flush=True)
+    while not ctx.cancelled:
+        time.sleep(0.01)
+
+job = engine.enqueue("hold", {}, max_attempts=3)
+print("JOB", job.id, flush=True)
+engine.start()
+time.sleep(60)
+"""
 
 # Runs in the child: enqueues a long job (a Python processor that sleeps, or the native `sleep`
 # processor) plus a second job queued behind it, starts one worker and never finishes on its own.
@@ -43,35 +58,6 @@ time.sleep(60)
 """
 
 
-def _child_env():
-    env = dict(os.environ)
-    # The child imports jobforge exactly as this process does.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    return env
-
-
-def _start_reader(stream):
-    lines = queue.Queue()
-
-    def pump():
-        for line in stream:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def _next_line(lines, timeout=WAIT):
-    try:
-        line = lines.get(timeout=timeout)
-    except queue.Empty:
-        raise AssertionError("child printed nothing in time") from None
-    if line is None:
-        raise AssertionError("child exited early")
-    return line
-
-
 def _status_in_file(db_path, job_id):
     connection = sqlite3.connect(db_path, timeout=5)
     try:
@@ -81,41 +67,28 @@ def _status_in_file(db_path, job_id):
     return row[0] if row else None
 
 
-def _run_child_until_running_then_kill(db_path, kind, wait_until):
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, db_path, kind],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_child_env(),
-    )
+def _run_child_until_running_then_kill(spawn_child, db_path, kind, wait_until):
+    child = spawn_child(CHILD, db_path, kind)
     try:
-        lines = _start_reader(child.stdout)
-        first = _next_line(lines).split()
-        assert first[0] == "JOB", first
-        job_id = first[1]
-        behind_id = _next_line(lines).split()[1]
+        job_id = child.read_until("JOB ").split()[1]
+        behind_id = child.read_until("BEHIND ").split()[1]
         if kind == "python":
-            assert _next_line(lines) == "RUNNING"
+            child.read_until("RUNNING")
         # The child's `running` state must be durable before the crash, or there is nothing to
         # recover (a job whose running state was never committed is simply still queued).
         wait_until(lambda: _status_in_file(db_path, job_id) == "running", timeout=WAIT,
                    what="child's job committed as running")
     finally:
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-        child.wait(WAIT)
-        child.stdout.close()
-        child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
+        returncode = child.kill()
+    assert returncode == -signal.SIGKILL
     return job_id, behind_id
 
 
 @pytest.mark.parametrize("kind", ["python", "native"])
 def test_job_left_running_by_a_killed_process_runs_again_when_the_file_is_reopened(
-    make_engine, db_path, wait_until, kind
+    make_engine, spawn_child, db_path, wait_until, kind
 ):
-    job_id, behind_id = _run_child_until_running_then_kill(db_path, kind, wait_until)
+    job_id, behind_id = _run_child_until_running_then_kill(spawn_child, db_path, kind, wait_until)
     assert _status_in_file(db_path, job_id) == "running"
 
     engine = make_engine(workers=1)
@@ -138,14 +111,49 @@ def test_job_left_running_by_a_killed_process_runs_again_when_the_file_is_reopen
     assert engine.wait(behind_id, timeout=WAIT).status == "completed"
 
 
-def test_job_left_running_by_a_killed_process_is_queued_again_on_reopen(
-    make_engine, db_path, wait_until
+def test_job_left_running_by_a_killed_process_is_back_in_the_queue_after_restart(
+    make_engine, spawn_child, db_path, wait_until
 ):
-    job_id, _ = _run_child_until_running_then_kill(db_path, "native", wait_until)
+    job_id, behind_id = _run_child_until_running_then_kill(
+        spawn_child, db_path, "python", wait_until
+    )
 
-    engine = make_engine(workers=1)
+    # This engine has no processor for the dead process's job type, so nothing runs the
+    # recovered job: it must simply be queued again, with its one attempt counted.
+    engine = make_engine(workers=1, allow_unknown_types=True)
+    engine.start()
 
-    # Not started: nothing runs it, but the dead owner's job must be back in the queue.
     wait_until(lambda: engine.get(job_id).status == "queued", timeout=WAIT,
                what="dead process's job queued again")
+    recovered = engine.get(job_id)
+    assert recovered.attempts == 1
+    assert recovered.is_final is False
+    assert engine.get(behind_id).status == "queued"
     assert engine.stats()["running"] == 0
+
+
+def test_restart_does_not_take_a_running_job_from_a_live_process(
+    make_engine, spawn_child, db_path, wait_until
+):
+    child = spawn_child(LIVE_CHILD, db_path)
+    job_id = child.read_until("JOB ").split()[1]
+    child.read_until("RUNNING")
+    wait_until(lambda: _status_in_file(db_path, job_id) == "running", timeout=WAIT,
+               what="child's job committed as running")
+    stolen = []
+    engine = make_engine(workers=1)
+
+    @engine.processor("hold")
+    def hold(ctx, payload):
+        stolen.append(ctx.job_id)
+
+    engine.start()
+    # Absence cannot be awaited: give this engine's start-up recovery and a few dispatcher polls
+    # the chance to (wrongly) take the live child's job.
+    threading.Event().wait(0.6)
+
+    assert stolen == []
+    job = engine.get(job_id)
+    assert job.status == "running"
+    assert job.attempts == 1
+    assert child.process.poll() is None

@@ -30,6 +30,7 @@ def test_job_running_past_its_timeout_ends_timeout_and_processor_sees_cancelled(
 
     assert job.status == "timeout"
     assert job.is_final is True
+    assert job.attempts == 1  # a timeout ends the job; it is not retried
     assert saw_cancelled.is_set()
 
 
@@ -73,6 +74,19 @@ def test_check_cancelled_raises_job_cancelled_after_timeout_and_job_ends_timeout
 
     assert job.status == "timeout"
     assert len(raised) == 1
+
+
+def test_processor_that_ignores_its_timeout_still_ends_timeout_without_its_result(engine):
+    @engine.processor("oblivious")
+    def oblivious(ctx, payload):
+        threading.Event().wait(0.5)  # never looks at ctx.cancelled
+        return "too late"
+
+    engine.start()
+    job = engine.enqueue("oblivious", {}, timeout=0.2).wait(timeout=WAIT)
+
+    assert job.status == "timeout"
+    assert job.result is None
 
 
 def test_processor_timeout_is_the_default_of_its_jobs(engine):

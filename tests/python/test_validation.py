@@ -96,6 +96,51 @@ def test_negative_retry_delay_is_rejected_naming_field_and_value(engine):
     _assert_nothing_written(engine)
 
 
+@pytest.mark.parametrize("option", ["priority", "max_attempts"])
+def test_non_integer_count_option_is_rejected_naming_field_and_value(engine, option):
+    with pytest.raises((TypeError, ValueError)) as caught:
+        engine.enqueue("noop", {}, **{option: 2.5})
+
+    assert option in str(caught.value)
+    assert "2.5" in str(caught.value)
+    _assert_nothing_written(engine)
+
+
+def test_unknown_parent_job_id_is_rejected_naming_the_id(engine):
+    missing = str(uuid.uuid4())
+
+    with pytest.raises(ValueError) as caught:
+        engine.enqueue("noop", {}, parent=missing)
+
+    assert missing in str(caught.value)
+    _assert_nothing_written(engine)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("workers", 0), ("workers", -2), ("retry_delay", -1)]
+)
+def test_bad_engine_option_is_rejected_naming_field_and_value(db_path, option, value):
+    with pytest.raises(ValueError) as caught:
+        jobforge.Engine(db_path, **{option: value})
+
+    assert option in str(caught.value)
+    assert str(value) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("timeout", 0), ("max_attempts", 0), ("priority", 11), ("retry_delay", -1)],
+)
+def test_bad_processor_option_is_rejected_naming_field_and_value(engine, option, value):
+    with pytest.raises(ValueError) as caught:
+        @engine.processor("misconfigured", **{option: value})
+        def misconfigured(ctx, payload):
+            return None
+
+    assert option in str(caught.value)
+    assert str(value) in str(caught.value)
+
+
 def test_payload_that_is_not_json_serialisable_raises_type_error_naming_the_key_path(engine):
     with pytest.raises(TypeError) as caught:
         engine.enqueue("noop", {"a": [1, object()]})

@@ -21,7 +21,9 @@ namespace jobforge {
 struct EngineConfig {
   std::string path = "jobs.db";
   int workers = 4;
-  int prefetch = -1;                   // claimed jobs waiting for a worker; -1: same as workers
+  // Jobs claimed ahead of a free worker. A claimed job is `running` in the store (it holds a
+  // lease), so 0 keeps `running` truthful and priorities exact; more trades that for throughput.
+  int prefetch = 0;
   int64_t default_timeout_ms = 300'000;
   int default_max_attempts = 3;
   int64_t default_retry_delay_ms = 1'000;

@@ -58,7 +58,7 @@ struct Outcome {
   std::string job_type;
   std::string owner;
   Status to = Status::completed;  // completed | failed | cancelled | timeout | queued (retry)
-  bool release = false;           // queued without using up the attempt (shutdown)
+  bool release = false;           // the attempt is not counted (it never ran, or shutdown)
   int attempt = 0;
   std::optional<std::string> result_json;
   std::optional<std::string> error;

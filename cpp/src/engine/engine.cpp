@@ -91,7 +91,9 @@ struct Engine::Impl {
     if (config.workers < 1)
       throw ValidationError("workers", "workers must be at least 1, got " +
                                            std::to_string(config.workers));
-    if (config.prefetch < 0) config.prefetch = config.workers;
+    if (config.prefetch < 0)
+      throw ValidationError("prefetch", "prefetch must be 0 or more, got " +
+                                            std::to_string(config.prefetch));
     hostname = host_name();
     worker_id = hostname + ":" + std::to_string(getpid()) + ":" + new_job_id().substr(24);
     store = open_sqlite_store(config.path, config.sqlite);
@@ -534,14 +536,17 @@ struct Engine::Impl {
     switch (rj.stop_reason()) {
       case StopReason::timeout:
         o.to = Status::timeout;
+        o.release = !r.ran;
         o.error = "job timed out after " + seconds_text(rj.job.timeout_ms) + " s";
         return o;
       case StopReason::cancelled:
         o.to = Status::cancelled;
+        o.release = !r.ran;  // cancelled before it started: no attempt was used
         o.error = "cancelled";
         return o;
       case StopReason::shutdown:
-        if (r.ok) break;  // it finished anyway: keep the result
+        // Even a processor that returned normally may have cut its work short on seeing
+        // ctx.cancelled: run it again rather than risk a half-done "completed".
         o.to = Status::queued;
         o.release = true;
         o.run_at = o.at;

@@ -1,0 +1,605 @@
+"""The ``jobforge`` command line (also ``python -m jobforge``).
+
+    jobforge demo [--db PATH] [--fast] [--quiet]     a short live pipeline on a temporary database
+    jobforge stats [--json]                          job counts per status
+    jobforge list [--status S] [--type T] [--parent ID] [--limit N] [--json]
+    jobforge show ID [--json]                        one job in full
+    jobforge enqueue TYPE [--payload JSON] [--priority P] [--delay S] [--max-attempts N]
+                          [--timeout S] [--json]     prints the new job's id
+    jobforge cancel ID [--json]
+    jobforge retry ID [--json]
+
+Every command but ``demo`` works on the database given by ``--db PATH`` or the ``JOBFORGE_DB``
+environment variable (``demo`` only uses ``--db``, never the environment, so it cannot write its
+jobs into a real queue by accident). These commands open the file with
+``jobforge.Engine(path, allow_unknown_types=True)`` and never start it: they run no jobs, so
+``enqueue`` stores a job for the workers of another process. Only ``enqueue`` creates a missing
+database; the other commands refuse to.
+
+Errors are one line on stderr (``--debug`` adds the traceback). Exit codes:
+
+    0   success
+    1   operational failure: the store failed (not a database, locked, disk full), a job could
+        not be cancelled or retried in its current status, a demo job did not end as expected,
+        or an unexpected error
+    2   usage error or bad input: unknown option, malformed ``--payload`` JSON, invalid option
+        value (priority out of 1..10, negative delay, ...), no database given
+    3   not found: no job with that id, or the database file does not exist
+    130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_INTERRUPTED = 130
+
+ENV_DB = "JOBFORGE_DB"
+PROG = "jobforge"
+
+
+class CliError(Exception):
+    """An error reported as one line on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+
+def _priority(text: str) -> Any:
+    from .engine import PRIORITIES
+
+    if text in PRIORITIES:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        names = ", ".join(PRIORITIES)
+        raise argparse.ArgumentTypeError(
+            f"expected 1..10 or one of {names}, got {text!r}"
+        ) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .job import STATUSES
+
+    # Options accepted both before and after the command; SUPPRESS keeps a subcommand from
+    # overwriting a value given before it with its default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )  # fmt: skip
+    with_db = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_db.add_argument(
+        "--db", metavar="PATH", default=argparse.SUPPRESS,
+        help=f"SQLite database file (default: ${ENV_DB})",
+    )  # fmt: skip
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="jobforge: background jobs run by a C++ engine on SQLite.",
+        epilog=(
+            f"The database comes from --db PATH or ${ENV_DB}. Exit codes: 0 ok, 1 operational "
+            "failure, 2 usage or bad input, 3 job or database not found."
+        ),
+    )
+    parser.add_argument("--db", metavar="PATH", help=f"SQLite database file (default: ${ENV_DB})")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="run a short live demo pipeline",
+        description=(
+            "Runs a ~6 s media-library pipeline (scans, analyses, exports, cleanup) with live "
+            "progress, a retried job, a permanently failing job and a cancelled one, then prints "
+            f"a summary. Uses a temporary database unless --db is given (${ENV_DB} is ignored)."
+        ),
+    )  # fmt: skip
+    demo.add_argument(
+        "--db", metavar="PATH", default=argparse.SUPPRESS,
+        help="keep the demo's jobs in this database file (created if missing)",
+    )  # fmt: skip
+    demo.add_argument("--fast", action="store_true", help="shorter steps (~2 s in all)")
+    demo.add_argument(
+        "--quiet", action="store_true", help="no progress bars or event log, just the summary"
+    )
+    demo.add_argument("--workers", type=int, default=4, metavar="N", help="worker threads (4)")
+
+    stats = commands.add_parser(
+        "stats", parents=[with_db, as_json], help="count jobs per status",
+        description="Counts the jobs of the database per status.",
+    )  # fmt: skip
+    del stats
+
+    lst = commands.add_parser(
+        "list", parents=[with_db, as_json], help="list jobs, newest first",
+        description="Lists jobs, newest first, optionally filtered.",
+    )  # fmt: skip
+    lst.add_argument("--status", choices=STATUSES, help="only jobs in this status")
+    lst.add_argument("--type", metavar="TYPE", help="only jobs of this type")
+    lst.add_argument("--parent", metavar="ID", help="only children of this job")
+    lst.add_argument("--limit", type=_count, default=50, metavar="N", help="at most N jobs (50)")
+    lst.add_argument("--offset", type=_count, default=0, metavar="N", help="skip N jobs (0)")
+
+    show = commands.add_parser(
+        "show", parents=[with_db, as_json], help="show one job in full",
+        description="Shows one job: options, progress, payload, result, error and traceback.",
+    )  # fmt: skip
+    show.add_argument("id", metavar="ID", help="job id")
+
+    enqueue = commands.add_parser(
+        "enqueue", parents=[with_db, as_json], help="store a new job for the workers",
+        description=(
+            "Stores a new job (creating the database if needed) and prints its id. The job runs "
+            "when a worker process with a processor for TYPE serves this database."
+        ),
+    )  # fmt: skip
+    enqueue.add_argument("type", metavar="TYPE", help="job type")
+    enqueue.add_argument(
+        "--payload", metavar="JSON", default="null",
+        help="job payload as JSON; @FILE reads it from a file, - from stdin (default: null)",
+    )  # fmt: skip
+    enqueue.add_argument(
+        "--priority", type=_priority, metavar="P",
+        help="1 (highest) .. 10 (lowest) or urgent/high/normal/low/maintenance (default 5)",
+    )  # fmt: skip
+    enqueue.add_argument("--delay", type=_seconds, default=0, metavar="S", help="start after S s")
+    enqueue.add_argument(
+        "--max-attempts", type=int, metavar="N", help="attempts before it fails (default 3)"
+    )
+    enqueue.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="seconds an attempt may run (default 300)"
+    )
+    enqueue.add_argument(
+        "--retry-delay", type=_seconds, metavar="S", help="seconds between attempts"
+    )
+    enqueue.add_argument("--parent", metavar="ID", help="id of the parent job")
+
+    cancel = commands.add_parser(
+        "cancel", parents=[with_db, as_json], help="cancel a queued or running job",
+        description=(
+            "Cancels a job: a queued one at once; a running one is asked to stop and ends "
+            "cancelled when its processor notices."
+        ),
+    )  # fmt: skip
+    cancel.add_argument("id", metavar="ID", help="job id")
+
+    retry = commands.add_parser(
+        "retry", parents=[with_db, as_json], help="requeue a failed, cancelled or timed-out job",
+        description="Puts a failed, cancelled or timed-out job back in the queue, attempts reset.",
+    )  # fmt: skip
+    retry.add_argument("id", metavar="ID", help="job id")
+    return parser
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+
+        return str(__version__)
+    except Exception:  # noqa: BLE001 - --version must never fail
+        return "unknown"
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _db_path(args: argparse.Namespace) -> str:
+    path = args.db or os.environ.get(ENV_DB)
+    if not path:
+        raise CliError(f"no database given: pass --db PATH or set {ENV_DB}", EXIT_USAGE)
+    return path
+
+
+def _open(args: argparse.Namespace, *, create: bool = False):
+    """Opens the database without starting the engine; refuses a missing file unless create."""
+    import jobforge
+
+    path = _db_path(args)
+    if not create and not os.path.exists(path):
+        raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
+    return jobforge.Engine(path, allow_unknown_types=True)
+
+
+def _get(engine, job_id: str):
+    job = engine.get(job_id)
+    if job is None:
+        raise CliError(f"no job with id '{job_id}' in '{engine.path}'", EXIT_NOT_FOUND)
+    return job
+
+
+def _parse_payload(text: str) -> Any:
+    source = "--payload"
+    if text == "-":
+        source, text = "--payload from stdin", sys.stdin.read()
+    elif text.startswith("@"):
+        name = text[1:]
+        try:
+            with open(name, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise CliError(
+                f"cannot read --payload file '{name}': {exc.strerror}", EXIT_USAGE
+            ) from None
+        source = f"--payload file '{name}'"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(
+            f"{source} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})",
+            EXIT_USAGE,
+        ) from None
+
+
+def job_json(job) -> dict:
+    """Everything about a job, JSON-ready (timestamps in Unix ms, durations in seconds)."""
+    data = job.to_dict()
+    data.update(
+        is_final=job.is_final,
+        cancel_requested=job.cancel_requested,
+        retry_delay=job.retry_delay,
+        timeout_at=job.timeout_at,
+        duration=job.duration,
+    )
+    return data
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)  # full ids and messages when piped
+    return console
+
+
+_STYLES = {
+    "created": "dim", "queued": "blue", "running": "cyan", "completed": "green",
+    "failed": "red", "cancelled": "yellow", "timeout": "magenta",
+}  # fmt: skip
+
+
+def _status(status: str) -> str:
+    return f"[{_STYLES.get(status, '')}]{status}[/]"
+
+
+def _when(ms: int | None, now_ms: int | None = None) -> str:
+    if not ms:
+        return "-"
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    stamp = _dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp} ({_ago(ms, now_ms)})"
+
+
+def _ago(ms: int, now_ms: int) -> str:
+    delta = (now_ms - ms) / 1000
+    future = delta < 0
+    delta = abs(delta)
+    if delta < 60:
+        text = f"{delta:.0f}s"
+    elif delta < 3600:
+        text = f"{delta / 60:.0f}m"
+    elif delta < 86400:
+        text = f"{delta / 3600:.1f}h"
+    else:
+        text = f"{delta / 86400:.1f}d"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def _short_json(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}", EXIT_USAGE)
+    return demo.run(args.db, fast=args.fast, quiet=args.quiet, workers=args.workers)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .job import STATUSES
+
+    stats = _open(args).stats()
+    if args.json:
+        _print_json(stats)
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    for status in STATUSES:
+        table.add_row(_status(status), str(stats.get(status, 0)))
+    table.add_row("[bold]total", f"[bold]{stats.get('total', 0)}")
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    engine = _open(args)
+    jobs = engine.jobs(
+        status=args.status, type=args.type, parent=args.parent, limit=args.limit,
+        offset=args.offset,
+    )  # fmt: skip
+    if args.json:
+        _print_json([job_json(j) for j in jobs])
+        return EXIT_OK
+    console = _console()
+    if not jobs:
+        console.print("no jobs match", style="dim")
+        return EXIT_OK
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    now = int(time.time() * 1000)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("ID", no_wrap=True, min_width=36)
+    table.add_column("TYPE", no_wrap=True)
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("PRIO", justify="right")
+    table.add_column("PROGRESS", justify="right")
+    table.add_column("TRIES", justify="right")
+    table.add_column("CREATED", justify="right", no_wrap=True)
+    table.add_column("MESSAGE / ERROR", overflow="ellipsis", no_wrap=True, max_width=60)
+    for job in jobs:
+        info = job.error if job.error and job.status != "completed" else job.message
+        table.add_row(
+            job.id, Text(job.type), _status(job.status), str(job.priority), f"{job.progress}%",
+            f"{job.attempts}/{job.max_attempts}", _ago(job.created_at or now, now),
+            Text(info or ""),
+        )  # fmt: skip
+    console.print(table)
+    shown = len(jobs)
+    if shown == args.limit:
+        console.print(f"[dim]first {shown} jobs; --limit and --offset show others")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    engine = _open(args)
+    job = _get(engine, args.id)
+    if args.json:
+        _print_json(job_json(job))
+        return EXIT_OK
+    from rich.syntax import Syntax
+    from rich.table import Table
+    from rich.text import Text
+
+    now = int(time.time() * 1000)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+
+    def row(name: str, value: Any, markup: bool = False) -> None:
+        grid.add_row(name, value if markup or not isinstance(value, str) else Text(value))
+
+    row("id", job.id)
+    row("type", job.type)
+    requested = " (cancel requested)" if job.cancel_requested and not job.is_final else ""
+    row("status", _status(job.status) + requested, markup=True)
+    row("priority", str(job.priority))
+    progress = f"{job.progress}%"
+    if job.progress_total:
+        progress += f" ({job.progress_current:g}/{job.progress_total:g})"
+    if job.message:
+        progress += f"  {job.message}"
+    row("progress", progress)
+    row("attempts", f"{job.attempts} of {job.max_attempts}")
+    row("timeout", f"{job.timeout:g} s per attempt, retry delay {job.retry_delay:g} s")
+    origin = "user" if job.user_initiated else "system"
+    row("initiated by", origin)
+    if job.parent_id:
+        row("parent", job.parent_id)
+    children = engine.jobs(parent=job.id, limit=10000)
+    if children:
+        counts: dict[str, int] = {}
+        for child in children:
+            counts[child.status] = counts.get(child.status, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        row("children", f"{len(children)} ({summary})")
+    row("created", _when(job.created_at, now))
+    row("queued", _when(job.queued_at, now))
+    if job.run_at and job.status == "queued" and job.run_at > now:
+        row("runs at", _when(job.run_at, now))
+    row("started", _when(job.started_at, now))
+    row("finished", _when(job.completed_at, now))
+    if job.duration is not None:
+        row("duration", f"{job.duration:.3f} s")
+    row("payload", _pretty(job.payload))
+    if job.result is not None or job.status == "completed":
+        row("result", _pretty(job.result))
+    if job.error:
+        row("error", Text(job.error, style="red"))
+    console = _console()
+    console.print(grid)
+    if job.error_detail:
+        console.print("[bold]traceback of the last failed attempt:")
+        console.print(Syntax(job.error_detail.rstrip(), "pytb", word_wrap=True))
+    return EXIT_OK
+
+
+def _pretty(value: Any):
+    from rich.syntax import Syntax
+
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return Syntax(text, "json", word_wrap=True, background_color="default")
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    payload = _parse_payload(args.payload)
+    engine = _open(args, create=True)
+    try:
+        job = engine.enqueue(
+            args.type, payload, priority=args.priority, max_attempts=args.max_attempts,
+            timeout=args.timeout, delay=args.delay, retry_delay=args.retry_delay,
+            parent=args.parent,
+        )  # fmt: skip
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    if args.json:
+        _print_json(job_json(job))
+    else:
+        print(job.id)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    engine = _open(args)
+    job = _get(engine, args.id)
+    if job.is_final:
+        raise CliError(f"job {job.id} is already {job.status}; nothing to cancel")
+    if not engine.cancel(job.id):
+        status = _get(engine, job.id).status
+        raise CliError(f"job {job.id} could not be cancelled (status: {status})")
+    job = _get(engine, job.id)
+    if args.json:
+        _print_json(job_json(job))
+    elif job.status == "cancelled":
+        print(f"cancelled {job.id}")
+    else:
+        print(
+            f"cancel requested for {job.id} ({job.status}); it ends cancelled when its "
+            "processor notices"
+        )
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    engine = _open(args)
+    job = _get(engine, args.id)
+    if job.status not in ("failed", "cancelled", "timeout"):
+        raise CliError(
+            f"job {job.id} is {job.status}; only failed, cancelled or timeout jobs can be retried"
+        )
+    if not engine.retry(job.id):
+        status = _get(engine, job.id).status
+        raise CliError(f"job {job.id} could not be retried (status: {status})")
+    job = _get(engine, job.id)
+    if args.json:
+        _print_json(job_json(job))
+    else:
+        print(f"requeued {job.id} ({job.status}, attempts reset)")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "stats": cmd_stats,
+    "list": cmd_list,
+    "show": cmd_show,
+    "enqueue": cmd_enqueue,
+    "cancel": cmd_cancel,
+    "retry": cmd_retry,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit code (see the module docstring)."""
+    _tolerate_narrow_encodings()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return COMMANDS[args.command](args)
+    except CliError as exc:
+        if debug:
+            traceback.print_exc()
+        _error(str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `jobforge list | head`): not an error.
+        _silence_stdout()
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        from .errors import StoreError
+
+        if debug:
+            traceback.print_exc()
+        message = str(exc) or type(exc).__name__
+        if not isinstance(exc, StoreError):
+            message = f"{type(exc).__name__}: {message}"
+        hint = "" if debug else " (run with --debug for the traceback)"
+        _error(message + ("" if isinstance(exc, StoreError) else hint))
+        return EXIT_FAILURE
+
+
+def _tolerate_narrow_encodings() -> None:
+    # Tables and the demo use a few non-ASCII symbols (→, ✓, box lines); on a stream that cannot
+    # encode them (say LC_ALL=C without UTF-8 mode), print a replacement instead of crashing.
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):
+                pass
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1011 @@
+// SqliteStore, opened directly: schema and migrations, inserts, claims, leases, cancel, retry,
+// counters, recovery of dead owners, the commit listener, and errors. Real files, real threads.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "jobforge/errors.hpp"
+#include "jobforge/store.hpp"
+#include "test_support.hpp"
+
+using namespace jobforge;
+using jobforge::testing::RawDb;
+using jobforge::testing::TempDir;
+
+namespace {
+
+// The seed schema of DESIGN.md ("a database created with exactly that schema must open and be
+// migrated in place"), kept here verbatim rather than borrowed from the store's migration 1.
+constexpr const char* kSeedSchema = R"sql(
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY,
+  type TEXT NOT NULL,
+  status TEXT NOT NULL DEFAULT 'created',
+  priority INTEGER NOT NULL DEFAULT 5,
+  payload TEXT NOT NULL,
+  progress INTEGER DEFAULT 0,
+  result TEXT,
+  error TEXT,
+  attempts INTEGER DEFAULT 0,
+  max_attempts INTEGER DEFAULT 3,
+  parent_job_id TEXT,
+  user_initiated INTEGER DEFAULT 1,
+  timeout_seconds INTEGER DEFAULT 300,
+  created_at INTEGER NOT NULL,
+  queued_at INTEGER,
+  started_at INTEGER,
+  completed_at INTEGER,
+  timeout_at INTEGER,
+  FOREIGN KEY (parent_job_id) REFERENCES jobs(id)
+);
+CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS idx_jobs_type ON jobs(type);
+CREATE INDEX IF NOT EXISTS idx_jobs_priority ON jobs(priority);
+CREATE INDEX IF NOT EXISTS idx_jobs_user_initiated ON jobs(user_initiated);
+CREATE INDEX IF NOT EXISTS idx_jobs_parent_id ON jobs(parent_job_id);
+CREATE INDEX IF NOT EXISTS idx_jobs_created_at ON jobs(created_at);
+)sql";
+
+constexpr int64_t kT0 = 1'700'000'000'000;  // a fixed "now" for store calls that take one
+
+NewJob make_job(const std::string& type = "work", int priority = priority::normal,
+                int64_t run_at = kT0, int max_attempts = 3) {
+  NewJob j;
+  j.id = new_job_id();
+  j.type = type;
+  j.priority = priority;
+  j.payload_json = R"({"n":1})";
+  j.max_attempts = max_attempts;
+  j.timeout_ms = 60'000;
+  j.retry_delay_ms = 10;
+  j.created_at = kT0;
+  j.run_at = run_at;
+  j.user_initiated = true;
+  return j;
+}
+
+ClaimRequest claim_request(const std::string& owner, int limit = 1, int64_t now = kT0,
+                           std::vector<std::string> types = {"work"}) {
+  ClaimRequest r;
+  r.owner = owner;
+  r.limit = limit;
+  r.now = now;
+  r.lease_ms = 60'000;
+  r.types = std::move(types);
+  return r;
+}
+
+Outcome outcome_for(const Job& job, const std::string& owner, Status to) {
+  Outcome o;
+  o.rowid = job.rowid;
+  o.job_id = job.id;
+  o.job_type = job.type;
+  o.owner = owner;
+  o.to = to;
+  o.attempt = job.attempts;
+  o.at = kT0 + 1;
+  if (to == Status::completed) {
+    o.result_json = R"({"ok":true})";
+    o.progress = 100;
+  }
+  if (to == Status::failed) o.error = "it broke";
+  if (to == Status::queued) o.run_at = kT0 + 5;
+  return o;
+}
+
+WorkerInfo worker(const std::string& id, int64_t heartbeat_at) {
+  return WorkerInfo{id, "test-host", 0, "test", heartbeat_at, heartbeat_at, "running"};
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Store> open(const SqliteOptions& options = {}) {
+    return open_sqlite_store(path(), options);
+  }
+  std::string path() const { return dir.file("jobs.db"); }
+
+  Status status_of(Store& store, const std::string& id) {
+    auto job = store.get(id);
+    EXPECT_TRUE(job.has_value()) << id;
+    return job ? job->status : Status::created;
+  }
+
+  TempDir dir;
+};
+
+}  // namespace
+
+// ---- schema and migrations ----------------------------------------------------------------
+
+TEST_F(StoreTest, NewFileGetsTheFullSchemaInWalMode) {
+  { auto store = open(); }
+  RawDb raw(path());
+  EXPECT_EQ(raw.integer("PRAGMA user_version"), 2);
+  EXPECT_EQ(raw.text("PRAGMA journal_mode"), "wal");
+  for (const char* table : {"jobs", "job_counts", "workers"})
+    EXPECT_EQ(raw.integer(std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND "
+                                      "name='") + table + "'"),
+              1)
+        << table;
+  EXPECT_EQ(raw.integer("SELECT count(*) FROM sqlite_master WHERE name='idx_jobs_claim'"), 1);
+  EXPECT_EQ(raw.integer("SELECT count(*) FROM job_counts"), kStatusCount);
+}
+
+TEST_F(StoreTest, ReopeningAMigratedFileKeepsItsRows) {
+  const auto job = make_job();
+  {
+    auto store = open();
+    store->insert({job});
+  }
+  auto store = open();
+  ASSERT_TRUE(store->get(job.id).has_value());
+  EXPECT_EQ(store->stats().total, 1);
+  RawDb raw(path());
+  EXPECT_EQ(raw.integer("PRAGMA user_version"), 2);
+}
+
+TEST_F(StoreTest, SeedSchemaFileIsMigratedInPlaceKeepingRowsAndCounts) {
+  {
+    RawDb raw(path());
+    raw.exec(kSeedSchema);
+    // Rows as the seed systems wrote them: v4 ids, seconds for timeouts, no engine columns.
+    raw.exec(R"sql(
+      INSERT INTO jobs (id, type, status, priority, payload, attempts, max_attempts,
+                        timeout_seconds, created_at, queued_at)
+      VALUES ('6f1c2a0e-8d3b-4c55-9a61-0b7e2f4d9c11', 'work', 'queued', 3, '{"a":1}', 0, 3, 20,
+              1000, 1500);
+      INSERT INTO jobs (id, type, status, priority, payload, attempts, max_attempts,
+                        timeout_seconds, created_at, queued_at, started_at, completed_at, result)
+      VALUES ('0a4d1e5b-3c2f-4b7a-8e90-1d2c3b4a5f60', 'work', 'completed', 5, '{}', 1, 3, 300,
+              900, 900, 950, 990, '{"done":true}');
+      INSERT INTO jobs (id, type, status, priority, payload, attempts, max_attempts, error,
+                        created_at)
+      VALUES ('9b8a7c6d-5e4f-4a3b-b2c1-d0e9f8a7b6c5', 'other', 'failed', 7, 'null', 3, 3,
+              'boom', 800);
+    )sql");
+    ASSERT_EQ(raw.integer("PRAGMA user_version"), 0);
+    ASSERT_EQ(raw.integer("SELECT count(*) FROM sqlite_master WHERE type='index' AND "
+                          "name LIKE 'idx_jobs_%'"),
+              6);
+  }
+
+  auto store = open();
+  RawDb raw(path());
+  EXPECT_EQ(raw.integer("PRAGMA user_version"), 2);
+  EXPECT_EQ(raw.integer("SELECT count(*) FROM jobs"), 3);
+
+  const Stats stats = store->stats();
+  EXPECT_EQ(stats.total, 3);
+  EXPECT_EQ(stats.count(Status::queued), 1);
+  EXPECT_EQ(stats.count(Status::completed), 1);
+  EXPECT_EQ(stats.count(Status::failed), 1);
+  EXPECT_EQ(stats.count(Status::running), 0);
+
+  auto queued = store->get("6f1c2a0e-8d3b-4c55-9a61-0b7e2f4d9c11");
+  ASSERT_TRUE(queued.has_value());
+  EXPECT_EQ(queued->status, Status::queued);
+  EXPECT_EQ(queued->priority, 3);
+  EXPECT_EQ(queued->payload_json, R"({"a":1})");
+  EXPECT_EQ(queued->timeout_ms, 20'000);  // seconds carried over into milliseconds
+  EXPECT_EQ(queued->run_at, 1500);         // due from when it was queued
+
+  auto completed = store->get("0a4d1e5b-3c2f-4b7a-8e90-1d2c3b4a5f60");
+  ASSERT_TRUE(completed.has_value());
+  EXPECT_EQ(completed->status, Status::completed);
+  EXPECT_EQ(completed->result_json, std::optional<std::string>(R"({"done":true})"));
+
+  auto failed = store->get("9b8a7c6d-5e4f-4a3b-b2c1-d0e9f8a7b6c5");
+  ASSERT_TRUE(failed.has_value());
+  EXPECT_EQ(failed->error, std::optional<std::string>("boom"));
+  EXPECT_EQ(failed->attempts, 3);
+
+  // The migrated queued job is claimable like any other.
+  auto claimed = store->claim(claim_request("owner-a", 10, kT0));
+  ASSERT_EQ(claimed.size(), 1u);
+  EXPECT_EQ(claimed[0].id, "6f1c2a0e-8d3b-4c55-9a61-0b7e2f4d9c11");
+  EXPECT_EQ(claimed[0].attempts, 1);
+
+  // New rows live alongside the old ones, and the counters keep up.
+  store->insert({make_job()});
+  EXPECT_EQ(store->stats().total, 4);
+  EXPECT_EQ(store->stats().count(Status::running), 1);
+}
+
+TEST_F(StoreTest, SeedSchemaFileWithNoRowsIsMigrated) {
+  {
+    RawDb raw(path());
+    raw.exec(kSeedSchema);
+  }
+  auto store = open();
+  EXPECT_EQ(store->stats().total, 0);
+  const auto job = make_job();
+  store->insert({job});
+  EXPECT_EQ(status_of(*store, job.id), Status::queued);
+}
+
+TEST_F(StoreTest, FileFromANewerJobforgeIsRefused) {
+  {
+    RawDb raw(path());
+    raw.exec("PRAGMA user_version = 99");
+  }
+  try {
+    open();
+    FAIL() << "expected StoreError";
+  } catch (const StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find("99"), std::string::npos) << e.what();
+  }
+}
+
+// ---- errors opening -----------------------------------------------------------------------
+
+TEST_F(StoreTest, FileOfRandomBytesIsAStoreError) {
+  {
+    std::ofstream out(path(), std::ios::binary);
+    std::mt19937 rng(42);
+    for (int i = 0; i < 8192; ++i) out.put(static_cast<char>(rng() & 0xff));
+  }
+  try {
+    open();
+    FAIL() << "expected StoreError";
+  } catch (const StoreError& e) {
+    EXPECT_NE(e.code(), 0);
+    EXPECT_NE(std::string(e.what()).find(path()), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(StoreTest, MissingFolderIsAStoreErrorNamingThePath) {
+  const std::string missing = dir.file("no/such/folder/jobs.db");
+  try {
+    open_sqlite_store(missing);
+    FAIL() << "expected StoreError";
+  } catch (const StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "no"));
+}
+
+// ---- insert -------------------------------------------------------------------------------
+
+TEST_F(StoreTest, InsertIsDurableAndVisibleToGetAndList) {
+  auto store = open();
+  auto a = make_job("work", 2);
+  a.parent_id = std::nullopt;
+  a.user_initiated = false;
+  auto b = make_job("other", 9);
+  store->insert({a});
+  b.parent_id = a.id;
+  store->insert({b});
+
+  // Durable on return: another connection sees the rows at once.
+  RawDb raw(path());
+  EXPECT_EQ(raw.integer("SELECT count(*) FROM jobs"), 2);
+  EXPECT_EQ(raw.text("SELECT status FROM jobs WHERE id = '" + a.id + "'"), "queued");
+
+  auto got = store->get(a.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->id, a.id);
+  EXPECT_EQ(got->type, "work");
+  EXPECT_EQ(got->status, Status::queued);
+  EXPECT_EQ(got->priority, 2);
+  EXPECT_EQ(got->payload_json, a.payload_json);
+  EXPECT_EQ(got->attempts, 0);
+  EXPECT_EQ(got->max_attempts, 3);
+  EXPECT_EQ(got->timeout_ms, 60'000);
+  EXPECT_EQ(got->retry_delay_ms, 10);
+  EXPECT_EQ(got->created_at, kT0);
+  EXPECT_EQ(got->run_at, kT0);
+  EXPECT_FALSE(got->user_initiated);
+  EXPECT_FALSE(got->parent_id.has_value());
+  EXPECT_GT(got->rowid, 0);
+
+  EXPECT_FALSE(store->get("00000000-0000-7000-8000-000000000000").has_value());
+
+  EXPECT_EQ(store->list(JobQuery{}).size(), 2u);
+  JobQuery by_type;
+  by_type.type = "other";
+  auto others = store->list(by_type);
+  ASSERT_EQ(others.size(), 1u);
+  EXPECT_EQ(others[0].id, b.id);
+  JobQuery by_parent;
+  by_parent.parent_id = a.id;
+  auto children = store->list(by_parent);
+  ASSERT_EQ(children.size(), 1u);
+  EXPECT_EQ(children[0].parent_id, std::optional<std::string>(a.id));
+  JobQuery limited;
+  limited.limit = 1;
+  EXPECT_EQ(store->list(limited).size(), 1u);
+  JobQuery running;
+  running.status = Status::running;
+  EXPECT_TRUE(store->list(running).empty());
+}
+
+TEST_F(StoreTest, InsertIsDurableAcrossClose) {
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 100; ++i) jobs.push_back(make_job());
+  {
+    auto store = open();
+    store->insert(jobs);
+    store->close();
+  }
+  auto store = open();
+  EXPECT_EQ(store->stats().total, 100);
+  for (const auto& j : jobs) ASSERT_TRUE(store->get(j.id).has_value());
+}
+
+TEST_F(StoreTest, UnknownParentIsAValidationErrorAndNothingIsWritten) {
+  auto store = open();
+  auto good = make_job();
+  auto orphan = make_job();
+  orphan.parent_id = "00000000-0000-7000-8000-000000000000";
+  try {
+    store->insert({good, orphan});
+    FAIL() << "expected ValidationError";
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.field(), "parent");
+    EXPECT_NE(std::string(e.what()).find(*orphan.parent_id), std::string::npos) << e.what();
+  }
+  store->flush();
+  EXPECT_EQ(store->stats().total, 0);
+  EXPECT_FALSE(store->get(good.id).has_value());
+  RawDb raw(path());
+  EXPECT_EQ(raw.integer("SELECT count(*) FROM jobs"), 0);
+}
+
+// Group commit puts concurrent inserts in one transaction; the bad one must fail alone.
+TEST_F(StoreTest, OneFailingInsertInAGroupCommitDoesNotLoseTheOthers) {
+  SqliteOptions options;
+  options.group_commit_window_us = 20'000;  // make the writer gather the threads' inserts
+  auto store = open(options);
+  constexpr int kGoodThreads = 6;
+  std::vector<NewJob> good(kGoodThreads);
+  for (auto& j : good) j = make_job();
+  auto bad = make_job();
+  bad.parent_id = "00000000-0000-7000-8000-00000000dead";
+
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::atomic<int> good_ok{0}, bad_rejected{0}, other_errors{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i <= kGoodThreads; ++i) {
+    threads.emplace_back([&, i] {
+      ++ready;
+      while (!go.load()) std::this_thread::yield();
+      try {
+        if (i == kGoodThreads) {
+          store->insert({bad});
+        } else {
+          store->insert({good[i]});
+          ++good_ok;
+        }
+      } catch (const ValidationError&) {
+        if (i == kGoodThreads) ++bad_rejected;
+        else ++other_errors;
+      } catch (...) {
+        ++other_errors;
+      }
+    });
+  }
+  while (ready.load() < kGoodThreads + 1) std::this_thread::yield();
+  go = true;
+  for (auto& t : threads) t.join();
+
+  EXPECT_EQ(good_ok.load(), kGoodThreads);
+  EXPECT_EQ(bad_rejected.load(), 1);
+  EXPECT_EQ(other_errors.load(), 0);
+  EXPECT_EQ(store->stats().total, kGoodThreads);
+  for (const auto& j : good) EXPECT_EQ(status_of(*store, j.id), Status::queued);
+  EXPECT_FALSE(store->get(bad.id).has_value());
+}
+
+TEST_F(StoreTest, DuplicateIdIsRejectedWithoutLosingTheBatchNeighbours) {
+  SqliteOptions options;
+  options.group_commit_window_us = 20'000;
+  auto store = open(options);
+  auto original = make_job();
+  store->insert({original});
+  auto fresh = make_job();
+  auto duplicate = make_job();
+  duplicate.id = original.id;
+
+  std::exception_ptr dup_error;
+  std::thread t1([&] {
+    try {
+      store->insert({duplicate});
+    } catch (...) {
+      dup_error = std::current_exception();
+    }
+  });
+  std::thread t2([&] { store->insert({fresh}); });
+  t1.join();
+  t2.join();
+  ASSERT_TRUE(dup_error);
+  EXPECT_THROW(std::rethrow_exception(dup_error), Error);
+  EXPECT_EQ(store->stats().total, 2);
+  EXPECT_TRUE(store->get(fresh.id).has_value());
+}
+
+// ---- claim --------------------------------------------------------------------------------
+
+TEST_F(StoreTest, ClaimTakesPriorityThenRunAtThenInsertionOrder) {
+  auto store = open();
+  // (name, priority, run_at), inserted in this order.
+  struct Row {
+    const char* name;
+    int priority;
+    int64_t run_at;
+  };
+  const std::vector<Row> rows = {
+      {"p5-late", 5, kT0 - 10},   {"p9", 9, kT0 - 1000}, {"p1-b", 1, kT0 - 50},
+      {"p5-early", 5, kT0 - 20},  {"p1-a", 1, kT0 - 50}, {"p1-first", 1, kT0 - 60},
+      {"p5-late-2", 5, kT0 - 10}, {"p10", 10, kT0 - 5000},
+  };
+  std::map<std::string, std::string> name_of;
+  for (const auto& r : rows) {
+    auto j = make_job("work", r.priority, r.run_at);
+    name_of[j.id] = r.name;
+    store->insert({j});
+  }
+  std::vector<std::string> order;
+  for (;;) {
+    auto claimed = store->claim(claim_request("owner-a", 1));
+    if (claimed.empty()) break;
+    ASSERT_EQ(claimed.size(), 1u);
+    order.push_back(name_of[claimed[0].id]);
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"p1-first", "p1-b", "p1-a", "p5-early", "p5-late",
+                                             "p5-late-2", "p9", "p10"}));
+}
+
+TEST_F(StoreTest, ClaimOfManyReturnsThemInClaimOrder) {
+  auto store = open();
+  std::vector<std::string> expected(5);
+  // Inserted worst first.
+  for (int p = 10; p >= 6; --p) {
+    auto j = make_job("work", p);
+    expected[p - 6] = j.id;
+    store->insert({j});
+  }
+  auto claimed = store->claim(claim_request("owner-a", 3));
+  ASSERT_EQ(claimed.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(claimed[i].id, expected[i]);
+    EXPECT_EQ(claimed[i].status, Status::running);
+    EXPECT_EQ(claimed[i].attempts, 1);
+    EXPECT_EQ(claimed[i].lease_owner, "owner-a");
+    EXPECT_EQ(claimed[i].lease_expires_at, kT0 + 60'000);
+    EXPECT_EQ(claimed[i].started_at, kT0);
+  }
+  EXPECT_EQ(store->stats().count(Status::running), 3);
+  EXPECT_EQ(store->stats().count(Status::queued), 2);
+}
+
+TEST_F(StoreTest, DelayedJobIsNotClaimedBeforeItIsDue) {
+  auto store = open();
+  const auto delayed = make_job("work", priority::urgent, kT0 + 60'000);
+  store->insert({delayed});
+  EXPECT_TRUE(store->claim(claim_request("owner-a", 10, kT0)).empty());
+  EXPECT_TRUE(store->claim(claim_request("owner-a", 10, kT0 + 59'999)).empty());
+  EXPECT_EQ(store->next_run_at({"work"}), std::optional<int64_t>(kT0 + 60'000));
+  auto claimed = store->claim(claim_request("owner-a", 10, kT0 + 60'000));
+  ASSERT_EQ(claimed.size(), 1u);
+  EXPECT_EQ(claimed[0].id, delayed.id);
+}
+
+TEST_F(StoreTest, DueLowPriorityJobGoesBeforeANotYetDueUrgentOne) {
+  auto store = open();
+  const auto urgent_later = make_job("work", priority::urgent, kT0 + 1000);
+  const auto low_now = make_job("work", priority::low, kT0);
+  store->insert({urgent_later, low_now});
+  auto claimed = store->claim(claim_request("owner-a", 10, kT0));
+  ASSERT_EQ(claimed.size(), 1u);
+  EXPECT_EQ(claimed[0].id, low_now.id);
+}
+
+TEST_F(StoreTest, ClaimOnlyTakesRequestedTypes) {
+  auto store = open();
+  const auto a = make_job("alpha", priority::urgent);
+  const auto b = make_job("beta", priority::low);
+  const auto c = make_job("gamma", priority::normal);
+  store->insert({a, b, c});
+  auto claimed = store->claim(claim_request("owner-a", 10, kT0, {"beta"}));
+  ASSERT_EQ(claimed.size(), 1u);
+  EXPECT_EQ(claimed[0].id, b.id);
+  claimed = store->claim(claim_request("owner-a", 10, kT0, {"gamma", "alpha"}));
+  ASSERT_EQ(claimed.size(), 2u);
+  EXPECT_EQ(claimed[0].id, a.id);
+  EXPECT_EQ(claimed[1].id, c.id);
+  EXPECT_TRUE(store->claim(claim_request("owner-a", 10, kT0, {})).empty());
+  EXPECT_FALSE(store->next_run_at({"delta"}).has_value());
+}
+
+TEST_F(StoreTest, ConcurrentClaimsNeverHandOutAJobTwice) {
+  auto store = open();
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 200; ++i) jobs.push_back(make_job());
+  store->insert(jobs);
+  std::mutex m;
+  std::vector<std::string> seen;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (;;) {
+        auto claimed = store->claim(claim_request("owner-" + std::to_string(t), 3));
+        if (claimed.empty()) return;
+        std::lock_guard lock(m);
+        for (auto& j : claimed) seen.push_back(j.id);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(seen.size(), 200u);
+  EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()).size(), 200u);
+  EXPECT_EQ(store->stats().count(Status::running), 200);
+}
+
+// ---- finish -------------------------------------------------------------------------------
+
+TEST_F(StoreTest, FinishByTheLeaseHolderCompletesTheJob) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->finish(outcome_for(claimed[0], "owner-a", Status::completed));
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::completed);
+  EXPECT_EQ(got->result_json, std::optional<std::string>(R"({"ok":true})"));
+  EXPECT_EQ(got->progress, 100);
+  EXPECT_EQ(got->completed_at, kT0 + 1);
+  EXPECT_TRUE(got->lease_owner.empty());
+}
+
+TEST_F(StoreTest, FinishByAnotherOwnerChangesNothing) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->finish(outcome_for(claimed[0], "owner-b", Status::completed));
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::running);
+  EXPECT_EQ(got->lease_owner, "owner-a");
+  EXPECT_FALSE(got->result_json.has_value());
+  EXPECT_EQ(store->stats().count(Status::completed), 0);
+  EXPECT_EQ(store->stats().count(Status::running), 1);
+}
+
+TEST_F(StoreTest, FinishOfAJobNoLongerRunningChangesNothing) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->finish(outcome_for(claimed[0], "owner-a", Status::failed));
+  store->finish(outcome_for(claimed[0], "owner-a", Status::completed));  // a second end
+  store->flush();
+  EXPECT_EQ(status_of(*store, job.id), Status::failed);
+  const Stats s = store->stats();
+  EXPECT_EQ(s.count(Status::failed), 1);
+  EXPECT_EQ(s.count(Status::completed), 0);
+  EXPECT_EQ(s.total, 1);
+}
+
+TEST_F(StoreTest, FinishAsRetryRequeuesWithTheAttemptUsed) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  auto o = outcome_for(claimed[0], "owner-a", Status::queued);
+  o.error = "try again";
+  store->finish(o);
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::queued);
+  EXPECT_EQ(got->attempts, 1);
+  EXPECT_EQ(got->run_at, kT0 + 5);
+  EXPECT_TRUE(store->claim(claim_request("owner-a", 1, kT0 + 4)).empty());
+  auto again = store->claim(claim_request("owner-a", 1, kT0 + 5));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempts, 2);
+}
+
+TEST_F(StoreTest, FinishAsReleaseRequeuesWithoutUsingTheAttempt) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  auto o = outcome_for(claimed[0], "owner-a", Status::queued);
+  o.release = true;
+  store->finish(o);
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::queued);
+  EXPECT_EQ(got->attempts, 0);
+}
+
+TEST_F(StoreTest, SavedProgressIsReadBack) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->save_progress({ProgressUpdate{claimed[0].rowid, 40, 4, 10, "four of ten"}});
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->progress, 40);
+  EXPECT_DOUBLE_EQ(got->progress_current, 4);
+  EXPECT_DOUBLE_EQ(got->progress_total, 10);
+  EXPECT_EQ(got->message, "four of ten");
+}
+
+// ---- cancel and retry ---------------------------------------------------------------------
+
+TEST_F(StoreTest, CancelOfAQueuedJobCancelsIt) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  EXPECT_EQ(store->cancel(job.id, kT0 + 1), CancelResult::cancelled);
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::cancelled);
+  EXPECT_EQ(got->completed_at, kT0 + 1);
+  EXPECT_TRUE(store->claim(claim_request("owner-a", 10)).empty());
+}
+
+TEST_F(StoreTest, CancelOfARunningJobIsARequestToItsOwner) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  ASSERT_EQ(store->claim(claim_request("owner-a")).size(), 1u);
+  EXPECT_EQ(store->cancel(job.id, kT0 + 1), CancelResult::requested);
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::running);
+  EXPECT_TRUE(got->cancel_requested);
+  EXPECT_EQ(store->cancel_requests("owner-a"), std::vector<std::string>{job.id});
+  EXPECT_TRUE(store->cancel_requests("owner-b").empty());
+}
+
+TEST_F(StoreTest, CancelOfAFinalJobIsNotCancellable) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->finish(outcome_for(claimed[0], "owner-a", Status::completed));
+  store->flush();
+  EXPECT_EQ(store->cancel(job.id, kT0 + 2), CancelResult::not_cancellable);
+  EXPECT_EQ(status_of(*store, job.id), Status::completed);
+
+  const auto other = make_job();
+  store->insert({other});
+  ASSERT_EQ(store->cancel(other.id, kT0), CancelResult::cancelled);
+  EXPECT_EQ(store->cancel(other.id, kT0), CancelResult::not_cancellable);
+}
+
+TEST_F(StoreTest, CancelOfAnUnknownIdIsNotFound) {
+  auto store = open();
+  EXPECT_EQ(store->cancel("00000000-0000-7000-8000-000000000000", kT0), CancelResult::not_found);
+  EXPECT_EQ(store->cancel("", kT0), CancelResult::not_found);
+}
+
+TEST_F(StoreTest, RetryTakesAFailedJobBackToTheQueue) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->finish(outcome_for(claimed[0], "owner-a", Status::failed));
+  store->flush();
+  ASSERT_EQ(status_of(*store, job.id), Status::failed);
+
+  EXPECT_TRUE(store->retry(job.id, kT0 + 10));
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::queued);
+  EXPECT_EQ(got->attempts, 0);
+  EXPECT_FALSE(got->error.has_value());
+  EXPECT_EQ(got->run_at, kT0 + 10);
+  auto again = store->claim(claim_request("owner-a", 1, kT0 + 10));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempts, 1);
+}
+
+TEST_F(StoreTest, RetryTakesBackCancelledAndTimedOutButNotOthers) {
+  auto store = open();
+  const auto cancelled = make_job();
+  const auto queued = make_job();
+  const auto timed_out = make_job("slow");
+  const auto completed = make_job("fast");
+  store->insert({cancelled, queued, timed_out, completed});
+  ASSERT_EQ(store->cancel(cancelled.id, kT0), CancelResult::cancelled);
+  auto slow = store->claim(claim_request("owner-a", 1, kT0, {"slow"}));
+  auto fast = store->claim(claim_request("owner-a", 1, kT0, {"fast"}));
+  ASSERT_EQ(slow.size(), 1u);
+  ASSERT_EQ(fast.size(), 1u);
+  store->finish(outcome_for(slow[0], "owner-a", Status::timeout));
+  store->finish(outcome_for(fast[0], "owner-a", Status::completed));
+  store->flush();
+
+  EXPECT_TRUE(store->retry(cancelled.id, kT0));
+  EXPECT_TRUE(store->retry(timed_out.id, kT0));
+  EXPECT_FALSE(store->retry(completed.id, kT0));
+  EXPECT_FALSE(store->retry(queued.id, kT0));
+  EXPECT_FALSE(store->retry("00000000-0000-7000-8000-000000000000", kT0));
+  EXPECT_EQ(status_of(*store, completed.id), Status::completed);
+  EXPECT_EQ(store->stats().count(Status::queued), 3);
+}
+
+TEST_F(StoreTest, RetryOfARunningJobIsRefused) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  ASSERT_EQ(store->claim(claim_request("owner-a")).size(), 1u);
+  EXPECT_FALSE(store->retry(job.id, kT0));
+  EXPECT_EQ(status_of(*store, job.id), Status::running);
+}
+
+TEST_F(StoreTest, CancelAllCancelsQueuedAndRequestsRunning) {
+  auto store = open();
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 4; ++i) jobs.push_back(make_job());
+  store->insert(jobs);
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  auto done = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(done.size(), 1u);
+  store->finish(outcome_for(done[0], "owner-a", Status::completed));
+  store->flush();
+
+  std::vector<std::string> running_ids;
+  EXPECT_EQ(store->cancel_all(kT0 + 1, &running_ids), 3);  // 2 queued + 1 running
+  EXPECT_EQ(running_ids, std::vector<std::string>{claimed[0].id});
+  const Stats s = store->stats();
+  EXPECT_EQ(s.count(Status::cancelled), 2);
+  EXPECT_EQ(s.count(Status::running), 1);
+  EXPECT_EQ(s.count(Status::completed), 1);
+  EXPECT_EQ(s.count(Status::queued), 0);
+  auto running = store->get(claimed[0].id);
+  ASSERT_TRUE(running.has_value());
+  EXPECT_TRUE(running->cancel_requested);
+  EXPECT_EQ(store->cancel_all(kT0 + 2, nullptr), 1);  // only the running one is left to ask
+}
+
+// ---- counters -----------------------------------------------------------------------------
+
+TEST_F(StoreTest, StatsCountersMatchTheRowsAfterMixedTransitions) {
+  auto store = open();
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 10; ++i) jobs.push_back(make_job());
+  store->insert(jobs);
+  auto claimed = store->claim(claim_request("owner-a", 6));
+  ASSERT_EQ(claimed.size(), 6u);
+  store->finish(outcome_for(claimed[0], "owner-a", Status::completed));
+  store->finish(outcome_for(claimed[1], "owner-a", Status::completed));
+  store->finish(outcome_for(claimed[2], "owner-a", Status::failed));
+  store->finish(outcome_for(claimed[3], "owner-a", Status::timeout));
+  store->finish(outcome_for(claimed[4], "owner-a", Status::queued));  // retry
+  store->flush();
+  ASSERT_EQ(store->cancel(jobs[9].id, kT0), CancelResult::cancelled);
+  ASSERT_TRUE(store->retry(claimed[2].id, kT0));
+  store->flush();
+
+  const Stats s = store->stats();
+  EXPECT_EQ(s.total, 10);
+  EXPECT_EQ(s.count(Status::completed), 2);
+  EXPECT_EQ(s.count(Status::failed), 0);
+  EXPECT_EQ(s.count(Status::timeout), 1);
+  EXPECT_EQ(s.count(Status::cancelled), 1);
+  EXPECT_EQ(s.count(Status::running), 1);
+  EXPECT_EQ(s.count(Status::queued), 5);  // 3 never claimed + the retry + the manual retry
+  EXPECT_EQ(s.count(Status::created), 0);
+
+  RawDb raw(path());
+  for (int i = 0; i < kStatusCount; ++i) {
+    const std::string name(to_string(static_cast<Status>(i)));
+    EXPECT_EQ(raw.integer("SELECT count(*) FROM jobs WHERE status = '" + name + "'"),
+              s.by_status[i])
+        << name;
+  }
+}
+
+// ---- workers and recovery -----------------------------------------------------------------
+
+TEST_F(StoreTest, RegisteredWorkersAreListedAndHeartbeatsExtendLeases) {
+  auto store = open();
+  store->register_worker(worker("w-1", kT0));
+  auto job = make_job();
+  store->insert({job});
+  ASSERT_EQ(store->claim(claim_request("w-1")).size(), 1u);
+  store->heartbeat("w-1", kT0 + 1000, 60'000);
+  store->flush();
+  auto workers = store->workers();
+  ASSERT_EQ(workers.size(), 1u);
+  EXPECT_EQ(workers[0].id, "w-1");
+  EXPECT_EQ(workers[0].heartbeat_at, kT0 + 1000);
+  EXPECT_EQ(workers[0].state, "running");
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->lease_expires_at, kT0 + 61'000);
+  store->deregister_worker("w-1");
+  EXPECT_EQ(store->workers().at(0).state, "stopped");
+}
+
+TEST_F(StoreTest, RecoverOrphansRequeuesDeadOwnersJobsFailsExhaustedAndSparesTheLiving) {
+  auto store = open();
+  store->register_worker(worker("dead-owner", kT0 - 100'000));
+  store->register_worker(worker("live-owner", kT0));
+  const auto retryable = make_job("work", priority::urgent, kT0, 3);
+  const auto exhausted = make_job("work", priority::high, kT0, 1);
+  const auto living = make_job("work", priority::low, kT0, 3);
+  const auto waiting = make_job("work", priority::maintenance, kT0 + 100'000, 3);
+  store->insert({retryable, exhausted, living, waiting});
+  ASSERT_EQ(store->claim(claim_request("dead-owner", 2)).size(), 2u);
+  ASSERT_EQ(store->claim(claim_request("live-owner", 1)).size(), 1u);
+
+  std::vector<std::string> asked;
+  const int64_t n = store->recover_orphans(kT0 + 10, "self", [&](const WorkerInfo& w) {
+    asked.push_back(w.id);
+    return w.id == "dead-owner";
+  });
+  EXPECT_EQ(n, 2);
+  EXPECT_NE(std::find(asked.begin(), asked.end(), "dead-owner"), asked.end());
+
+  auto r = store->get(retryable.id);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, Status::queued);
+  EXPECT_EQ(r->attempts, 1);
+  EXPECT_TRUE(r->lease_owner.empty());
+
+  auto e = store->get(exhausted.id);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->status, Status::failed);
+  ASSERT_TRUE(e->error.has_value());
+  EXPECT_NE(e->error->find("dead-owner"), std::string::npos) << *e->error;
+
+  auto l = store->get(living.id);
+  ASSERT_TRUE(l.has_value());
+  EXPECT_EQ(l->status, Status::running);
+  EXPECT_EQ(l->lease_owner, "live-owner");
+
+  EXPECT_EQ(status_of(*store, waiting.id), Status::queued);
+  for (const auto& w : store->workers()) {
+    if (w.id == "dead-owner") {
+      EXPECT_EQ(w.state, "dead");
+    }
+  }
+
+  // The requeued job is claimable again, by anyone.
+  auto again = store->claim(claim_request("self", 10, kT0 + 10));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id, retryable.id);
+  EXPECT_EQ(again[0].attempts, 2);
+
+  const Stats s = store->stats();
+  EXPECT_EQ(s.count(Status::failed), 1);
+  EXPECT_EQ(s.count(Status::running), 2);
+  EXPECT_EQ(s.count(Status::queued), 1);
+}
+
+TEST_F(StoreTest, RecoverOrphansNeverTakesTheCallersOwnJobs) {
+  auto store = open();
+  store->register_worker(worker("self", kT0));
+  const auto job = make_job();
+  store->insert({job});
+  ASSERT_EQ(store->claim(claim_request("self")).size(), 1u);
+  EXPECT_EQ(store->recover_orphans(kT0 + 10, "self", [](const WorkerInfo&) { return true; }), 0);
+  EXPECT_EQ(status_of(*store, job.id), Status::running);
+}
+
+TEST_F(StoreTest, RecoverOrphansTakesBackAnExpiredLeaseOfALiveOwner) {
+  auto store = open();
+  store->register_worker(worker("slow-owner", kT0));
+  const auto job = make_job();
+  store->insert({job});
+  ASSERT_EQ(store->claim(claim_request("slow-owner")).size(), 1u);  // lease until kT0 + 60 s
+  EXPECT_EQ(store->recover_orphans(kT0 + 59'000, "self", [](const WorkerInfo&) { return false; }), 0);
+  EXPECT_EQ(store->recover_orphans(kT0 + 61'000, "self", [](const WorkerInfo&) { return false; }), 1);
+  EXPECT_EQ(status_of(*store, job.id), Status::queued);
+}
+
+// ---- commit listener ----------------------------------------------------------------------
+
+TEST_F(StoreTest, CommitListenerReceivesTransitionsAfterTheyAreCommitted) {
+  auto store = open();
+  std::mutex m;
+  std::vector<Transition> seen;
+  std::vector<std::string> status_in_file;  // read by another connection inside the listener
+  std::thread::id listener_thread;
+  const std::string file = path();
+  store->set_commit_listener([&](std::vector<Transition>& transitions) {
+    RawDb raw(file);
+    std::lock_guard lock(m);
+    listener_thread = std::this_thread::get_id();
+    for (auto& t : transitions) {
+      seen.push_back(t);
+      status_in_file.push_back(raw.text("SELECT status FROM jobs WHERE id = '" + t.job_id + "'"));
+    }
+  });
+
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->finish(outcome_for(claimed[0], "owner-a", Status::completed));
+  const auto other = make_job();
+  store->insert({other});
+  store->cancel(other.id, kT0);
+  store->flush();
+
+  std::lock_guard lock(m);
+  ASSERT_EQ(seen.size(), 5u);
+  EXPECT_EQ(seen[0].job_id, job.id);
+  EXPECT_EQ(seen[0].from, Status::created);
+  EXPECT_EQ(seen[0].to, Status::queued);
+  EXPECT_EQ(seen[1].from, Status::queued);
+  EXPECT_EQ(seen[1].to, Status::running);
+  EXPECT_EQ(seen[1].attempt, 1);
+  EXPECT_EQ(seen[2].from, Status::running);
+  EXPECT_EQ(seen[2].to, Status::completed);
+  EXPECT_EQ(seen[2].result_json, std::optional<std::string>(R"({"ok":true})"));
+  EXPECT_EQ(seen[3].job_id, other.id);
+  EXPECT_EQ(seen[3].to, Status::queued);
+  EXPECT_EQ(seen[4].job_id, other.id);
+  EXPECT_EQ(seen[4].from, Status::queued);
+  EXPECT_EQ(seen[4].to, Status::cancelled);
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(status_in_file[i], to_string(seen[i].to)) << "transition " << i;
+    EXPECT_EQ(seen[i].job_type, "work");
+  }
+  EXPECT_NE(listener_thread, std::this_thread::get_id());
+}
+
+TEST_F(StoreTest, CommitListenerHearsNothingOfARejectedInsertOrALostLease) {
+  auto store = open();
+  std::mutex m;
+  std::vector<Transition> seen;
+  store->set_commit_listener([&](std::vector<Transition>& transitions) {
+    std::lock_guard lock(m);
+    seen.insert(seen.end(), transitions.begin(), transitions.end());
+  });
+  auto orphan = make_job();
+  orphan.parent_id = "00000000-0000-7000-8000-000000000000";
+  EXPECT_THROW(store->insert({make_job(), orphan}), ValidationError);
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->finish(outcome_for(claimed[0], "owner-b", Status::completed));
+  store->flush();
+  std::lock_guard lock(m);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].to, Status::queued);
+  EXPECT_EQ(seen[1].to, Status::running);
+}
+
+// ---- closing ------------------------------------------------------------------------------
+
+TEST_F(StoreTest, WritesAfterCloseAreStoreErrors) {
+  auto store = open();
+  store->close();
+  EXPECT_THROW(store->insert({make_job()}), StoreError);
+  store->flush();  // returns at once
+  store->close();  // idempotent
+}

@@ -1,0 +1,130 @@
+// Shared helpers of the C++ suite: a per-test temporary folder for real SQLite files, a raw
+// sqlite3 handle for looking at a file behind the store's back, and generous waits that only
+// guard against hangs (they never assert how fast something is).
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+
+namespace jobforge::testing {
+
+// Long enough that only a hang (or a bug) hits it, even under TSan on a slow machine.
+inline constexpr std::chrono::milliseconds kPatience{30'000};
+
+// A fresh folder per test, removed at teardown.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::random_device rd;
+    std::string name = "jobforge-test-";
+    if (info) name += std::string(info->test_suite_name()) + "-" + info->name() + "-";
+    name += std::to_string(rd()) + std::to_string(rd());
+    for (char& c : name)
+      if (c == '/' || c == ' ') c = '_';
+    path_ = std::filesystem::temp_directory_path() / name;
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const noexcept { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A raw connection to a database file, to create seed files and read what the store wrote.
+class RawDb {
+ public:
+  explicit RawDb(const std::string& path) {
+    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+        SQLITE_OK) {
+      ADD_FAILURE() << "cannot open " << path << ": " << sqlite3_errmsg(db_);
+    }
+    sqlite3_busy_timeout(db_, 10'000);
+  }
+  ~RawDb() { sqlite3_close_v2(db_); }
+  RawDb(const RawDb&) = delete;
+  RawDb& operator=(const RawDb&) = delete;
+
+  void exec(const std::string& sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+      ADD_FAILURE() << "sql failed: " << (err ? err : "?") << "\n" << sql;
+      sqlite3_free(err);
+    }
+  }
+  // The first column of the first row as text ("" when there is no row or it is NULL).
+  std::string text(const std::string& sql) {
+    sqlite3_stmt* stmt = nullptr;
+    std::string out;
+    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) {
+      ADD_FAILURE() << "prepare failed: " << sqlite3_errmsg(db_) << "\n" << sql;
+      return out;
+    }
+    if (sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL)
+      out = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+    sqlite3_finalize(stmt);
+    return out;
+  }
+  int64_t integer(const std::string& sql) {
+    const std::string t = text(sql);
+    return t.empty() ? 0 : std::stoll(t);
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+// Polls `condition` until it holds or the patience runs out; returns whether it held.
+inline bool eventually(const std::function<bool()>& condition,
+                       std::chrono::milliseconds patience = kPatience) {
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() >= deadline) return condition();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+// A one-shot gate: threads wait until it is opened.
+class Gate {
+ public:
+  void open() {
+    std::lock_guard lock(mutex_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  bool wait(std::chrono::milliseconds patience = kPatience) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, patience, [&] { return open_; });
+  }
+  bool is_open() {
+    std::lock_guard lock(mutex_);
+    return open_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+}  // namespace jobforge::testing

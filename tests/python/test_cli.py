@@ -1,0 +1,357 @@
+"""The `jobforge` command line, run for real: `python -m jobforge ...` in a subprocess (no TTY, stdin
+closed) against a SQLite file in tmp_path. Exit codes: 0 ok, 1 operational failure, 2 usage or
+bad input, 3 not found."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+COMMANDS = ["demo", "stats", "list", "show", "enqueue", "cancel", "retry"]
+TIMEOUT = 120  # guards against hangs only
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.pop("JOBFORGE_DB", None)
+    # The editable install may print "Running cmake --build ..." on stdout at import; keep
+    # stdout the command's own so JSON output can be parsed.
+    env["SKBUILD_EDITABLE_VERBOSE"] = "0"
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(extra)
+    return env
+
+
+def jobforge(*args, env=None, timeout=TIMEOUT):
+    return subprocess.run(
+        [sys.executable, "-m", "jobforge", *map(str, args)],
+        check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env or _env(),
+        timeout=timeout,
+    )
+
+
+def ok(*args, **kwargs):
+    proc = jobforge(*args, **kwargs)
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return proc
+
+
+def as_json(*args, **kwargs):
+    return json.loads(ok(*args, "--json", **kwargs).stdout)
+
+
+def assert_one_line_error(proc, code, *fragments):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("jobforge: error: ")
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "jobs.db")
+
+
+# -- help and usage -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_of_every_command(command):
+    args = ["--help"] if command is None else [command, "--help"]
+    proc = ok(*args)
+    expected = "usage: jobforge" if command is None else f"usage: jobforge {command}"
+    assert proc.stdout.startswith(expected)
+    if command is None:
+        for name in COMMANDS:
+            assert name in proc.stdout
+        assert "Exit codes" in proc.stdout
+
+
+def test_no_command_prints_help_and_exits_2():
+    proc = jobforge()
+    assert proc.returncode == 2
+    assert "usage: jobforge" in proc.stderr
+
+
+def test_unknown_option_is_a_usage_error(db):
+    proc = jobforge("list", "--db", db, "--colour")
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --colour" in proc.stderr
+
+
+def test_no_database_given_is_a_usage_error():
+    assert_one_line_error(jobforge("stats"), 2, "--db", "JOBFORGE_DB")
+
+
+# -- demo -------------------------------------------------------------------------------------------
+
+
+def test_demo_runs_without_tty_and_prints_a_summary():
+    proc = ok("demo", "--fast")
+    out = proc.stdout
+    assert "Summary" in out
+    for status in ("completed", "failed", "cancelled"):
+        assert status in out
+    assert "engine.stats()" in out
+    assert "✗" not in out  # every expectation of the scenario held
+    assert "retry: 'Four Tet - Baby.aiff'" in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_keeps_its_jobs_with_db(db):
+    proc = ok("demo", "--fast", "--quiet", "--db", db)
+    assert "completed" in proc.stdout
+    assert "(attempt 1)" not in proc.stdout  # --quiet: no event log
+    jobs = as_json("list", "--db", db, "--limit", 100)
+    by_status = {}
+    for job in jobs:
+        by_status.setdefault(job["status"], []).append(job)
+    assert {j["type"] for j in jobs} == {"scan", "analyze", "export", "cleanup", "sleep"}
+    assert len(by_status["failed"]) == 1 and by_status["failed"][0]["attempts"] == 2
+    assert len(by_status["cancelled"]) == 1 and by_status["cancelled"][0]["type"] == "scan"
+    retried = [j for j in jobs if j["type"] == "analyze" and j["attempts"] == 2]
+    assert len(retried) == 1 and retried[0]["status"] == "completed"
+    stats = as_json("stats", "--db", db)
+    assert stats["total"] == len(jobs)
+    assert stats["queued"] == stats["running"] == 0
+    # The analyses are children of the scan that found them.
+    scan = next(j for j in by_status["completed"] if j["type"] == "scan")
+    children = as_json("list", "--db", db, "--parent", scan["id"])
+    assert len(children) == scan["result"]["analyze_jobs"] == 8
+
+
+def test_demo_ignores_jobforge_db_from_the_environment(tmp_path):
+    db = tmp_path / "real-queue.db"
+    ok("demo", "--fast", "--quiet", env=_env(JOBFORGE_DB=str(db)))
+    assert not db.exists()
+
+
+# -- enqueue, list, show, cancel, retry ------------------------------------------------------------
+
+
+def test_enqueue_list_show_cancel_retry(db):
+    payload = {"path": "/music/a.flac", "tags": ["bpm", "key"]}
+    proc = ok(
+        "enqueue", "analyze", "--db", db, "--payload", json.dumps(payload), "--priority", 3,
+        "--max-attempts", 2, "--timeout", 30,
+    )  # fmt: skip
+    job_id = proc.stdout.strip()
+    assert len(job_id) == 36 and proc.stderr == ""
+
+    listed = as_json("list", "--db", db)
+    assert [j["id"] for j in listed] == [job_id]
+    assert listed[0]["status"] == "queued"
+    assert as_json("list", "--db", db, "--status", "completed") == []
+    assert [j["id"] for j in as_json("list", "--db", db, "--type", "analyze")] == [job_id]
+
+    shown = as_json("show", job_id, "--db", db)
+    assert shown["id"] == job_id
+    assert shown["type"] == "analyze"
+    assert shown["payload"] == payload
+    assert (shown["priority"], shown["max_attempts"], shown["timeout"]) == (3, 2, 30.0)
+    assert shown["status"] == "queued" and shown["is_final"] is False
+
+    human = ok("show", job_id, "--db", db).stdout
+    assert job_id in human and "/music/a.flac" in human
+    assert job_id in ok("list", "--db", db).stdout
+
+    proc = ok("cancel", job_id, "--db", db)
+    assert f"cancelled {job_id}" in proc.stdout
+    assert as_json("show", job_id, "--db", db)["status"] == "cancelled"
+
+    # A finished job cannot be cancelled again: an operational failure, not a usage error.
+    assert_one_line_error(jobforge("cancel", job_id, "--db", db), 1, job_id, "cancelled")
+
+    assert as_json("retry", job_id, "--db", db)["status"] == "queued"
+    assert_one_line_error(jobforge("retry", job_id, "--db", db), 1, "queued")
+
+    stats = as_json("stats", "--db", db)
+    assert stats["total"] == 1 and stats["queued"] == 1
+    assert "queued" in ok("stats", "--db", db).stdout
+
+
+def test_database_from_environment_and_global_db_option(db):
+    job_id = ok("enqueue", "noop", env=_env(JOBFORGE_DB=db)).stdout.strip()
+    assert as_json("show", job_id, env=_env(JOBFORGE_DB=db))["type"] == "noop"
+    # --db before the command works too and wins over the environment.
+    assert json.loads(ok("--db", db, "stats", "--json").stdout)["total"] == 1
+    other = os.path.join(os.path.dirname(db), "other.db")
+    proc = jobforge("--db", other, "stats", env=_env(JOBFORGE_DB=db))
+    assert proc.returncode == 3
+
+
+def test_enqueue_options_reach_the_job(db, tmp_path):
+    parent = ok("enqueue", "batch", "--db", db).stdout.strip()
+    payload_file = tmp_path / "payload.json"
+    payload_file.write_text('{"seconds": 0.5}', encoding="utf-8")
+    job = as_json(
+        "enqueue", "sleep", "--db", db, "--payload", f"@{payload_file}", "--priority", "urgent",
+        "--delay", 60, "--retry-delay", 2.5, "--parent", parent,
+    )  # fmt: skip
+    assert job["payload"] == {"seconds": 0.5}
+    assert job["priority"] == 1
+    assert job["parent_id"] == parent
+    assert job["retry_delay"] == 2.5
+    assert job["run_at"] - job["created_at"] >= 59_000
+    assert as_json("show", parent, "--db", db)["payload"] is None  # default payload is null
+
+
+# -- errors and exit codes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["show", "cancel", "retry"])
+def test_unknown_id_exits_3(db, command):
+    ok("enqueue", "noop", "--db", db)
+    missing = "01a20000-0000-7000-8000-000000000000"
+    assert_one_line_error(jobforge(command, missing, "--db", db), 3, missing)
+
+
+@pytest.mark.parametrize("command", ["stats", "list", "show", "cancel", "retry"])
+def test_missing_database_exits_3_and_is_not_created(tmp_path, command):
+    db = tmp_path / "absent.db"
+    args = (
+        [command, "01a20000-0000-7000-8000-000000000000"]
+        if command in ("show", "cancel", "retry")
+        else [command]
+    )
+    assert_one_line_error(jobforge(*args, "--db", db), 3, str(db), "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("payload", ['{"path": "a.jpg",}', "{path: 1}", "not json", ""])
+def test_malformed_payload_exits_2_and_writes_nothing(tmp_path, payload):
+    db = tmp_path / "jobs.db"
+    proc = jobforge("enqueue", "resize", "--db", db, "--payload", payload)
+    assert_one_line_error(proc, 2, "--payload", "not valid JSON")
+    assert proc.stdout == ""
+    assert not db.exists()
+
+
+def test_unreadable_payload_file_exits_2(db, tmp_path):
+    missing = tmp_path / "nope.json"
+    assert_one_line_error(
+        jobforge("enqueue", "x", "--db", db, "--payload", f"@{missing}"), 2, "nope.json"
+    )
+
+
+@pytest.mark.parametrize(
+    "option, value, fragment",
+    [
+        ("--priority", "0", "priority must be between 1 and 10"),
+        ("--priority", "11", "priority must be between 1 and 10"),
+        ("--max-attempts", "0", "max_attempts"),
+        ("--timeout", "-1", "timeout"),
+        ("--delay", "-5", "delay"),
+    ],
+)
+def test_bad_option_values_exit_2_and_write_nothing(db, option, value, fragment):
+    ok("enqueue", "x", "--db", db)
+    proc = jobforge("enqueue", "x", "--db", db, option, value)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert as_json("stats", "--db", db)["total"] == 1
+
+
+@pytest.mark.parametrize("args", [["--priority", "soon"], ["--delay", "later"], ["--limit", "-1"]])
+def test_unparsable_option_values_are_argparse_errors(db, args):
+    command = "list" if args[0] == "--limit" else "enqueue"
+    extra = [] if command == "list" else ["x"]
+    proc = jobforge(command, *extra, "--db", db, *args)
+    assert proc.returncode == 2
+    assert f"argument {args[0]}" in proc.stderr
+
+
+def test_not_a_database_is_an_operational_failure(tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("this is not SQLite\n" * 100)
+    proc = jobforge("stats", "--db", bogus)
+    assert_one_line_error(proc, 1, "not a database")
+    debug = jobforge("stats", "--db", bogus, "--debug")
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "StoreError" in debug.stderr
+
+
+def test_missing_folder_for_enqueue_is_an_operational_failure(tmp_path):
+    proc = jobforge("enqueue", "x", "--db", tmp_path / "no" / "such" / "jobs.db")
+    assert_one_line_error(proc, 1, "does not exist")
+
+
+# -- across processes -------------------------------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time, jobforge
+    engine = jobforge.Engine(sys.argv[1], workers=1)
+
+    @engine.processor("loop")
+    def loop(ctx, payload):
+        while True:
+            ctx.progress(50, message="looping")
+            ctx.check_cancelled()
+            time.sleep(0.01)
+
+    engine.start()
+    job = engine.wait(sys.argv[2], timeout=60)
+    engine.stop()
+    print(job.status, flush=True)
+    """
+)
+
+
+def test_enqueued_job_runs_in_a_worker_process_and_is_cancelled_while_running(db):
+    job_id = ok("enqueue", "loop", "--db", db).stdout.strip()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, db, job_id],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=_env(),
+    )  # fmt: skip
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while as_json("show", job_id, "--db", db)["message"] != "looping":
+            assert time.monotonic() < deadline, "the worker never started the job"
+            assert worker.poll() is None, worker.communicate()
+            time.sleep(0.05)
+        assert as_json("stats", "--db", db)["running"] == 1
+        running = [j["id"] for j in as_json("list", "--db", db, "--status", "running")]
+        assert running == [job_id]
+
+        proc = ok("cancel", job_id, "--db", db)
+        assert "cancel" in proc.stdout
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert out.strip() == "cancelled"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    job = as_json("show", job_id, "--db", db)
+    assert job["status"] == "cancelled" and job["is_final"]
+
+
+def test_console_script_is_installed():
+    script = shutil.which("jobforge", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the jobforge console script is not installed next to this interpreter")
+    proc = subprocess.run(
+        [script, "--help"], check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        env=_env(), timeout=TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: jobforge")

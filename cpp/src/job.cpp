@@ -1,5 +1,6 @@
 #include "jobforge/job.hpp"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -55,14 +56,21 @@ int64_t now_ms() noexcept {
 }
 
 std::string new_job_id() {
-  // UUID version 7: 48 bits of Unix ms, then random bits. Within one millisecond a per-process
-  // counter in the random field keeps ids of this process increasing.
+  // UUID version 7: 48 bits of Unix ms and a 12-bit counter (RFC 9562, method 1), then random
+  // bits. (ms, counter) only moves forward in this process, borrowing from the next millisecond
+  // when 4096 ids are made within one, so the ids of one process are strictly increasing.
   thread_local std::mt19937_64 rng{std::random_device{}() ^
                                    (static_cast<uint64_t>(now_ms()) << 16) ^
                                    reinterpret_cast<uintptr_t>(&rng)};
-  static std::atomic<uint64_t> sequence{0};
-  const uint64_t ms = static_cast<uint64_t>(now_ms());
-  const uint64_t seq = sequence.fetch_add(1, std::memory_order_relaxed) & 0xfff;
+  static std::atomic<uint64_t> last{0};  // (ms << 12) | counter
+  const uint64_t floor = static_cast<uint64_t>(now_ms()) << 12;
+  uint64_t prev = last.load(std::memory_order_relaxed);
+  uint64_t next;
+  do {
+    next = std::max(floor, prev + 1);
+  } while (!last.compare_exchange_weak(prev, next, std::memory_order_relaxed));
+  const uint64_t ms = next >> 12;
+  const uint64_t seq = next & 0xfff;
   const uint64_t hi = (ms << 16) | (0x7ull << 12) | seq;
   const uint64_t lo = (rng() & 0x3fffffffffffffffull) | 0x8000000000000000ull;
   static constexpr char hex[] = "0123456789abcdef";

@@ -29,6 +29,9 @@ struct EngineConfig {
   int64_t default_retry_delay_ms = 1'000;
   int default_priority = priority::normal;
   bool allow_unknown_types = false;    // producer-only processes may enqueue any type
+  // Alone on the file, claim jobs in memory and write only their end (and their running state
+  // once they outlast a commit). Switched off automatically while other workers share the file.
+  bool claim_in_memory = true;
   size_t max_payload_bytes = 16u << 20;
   int64_t lease_ms = 30'000;           // a claimed job's lease; heartbeats renew it
   int64_t heartbeat_ms = 5'000;

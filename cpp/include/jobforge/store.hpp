@@ -49,6 +49,22 @@ struct ClaimRequest {
   int64_t now = 0;
   int64_t lease_ms = 30'000;
   std::vector<std::string> types;  // only jobs of these types
+  // true: the claim is committed before it returns (jobs are 'running' under a lease). false: the
+  // jobs are held in memory by this store and stay 'queued' in the file until mark_started's
+  // write or their end; only for a process alone on the file.
+  bool durable = true;
+};
+
+// A job claimed in memory has begun. Its running state is written with the next commit, unless
+// its end arrives first: then only the end is written (the running state is coalesced away).
+struct StartInfo {
+  int64_t rowid = 0;
+  std::string job_id;
+  std::string job_type;
+  std::string owner;
+  int attempt = 1;
+  int64_t started_at = 0;
+  int64_t lease_expires_at = 0;
 };
 
 // The end of one attempt, decided by the engine. Only the lease holder may apply it.
@@ -59,7 +75,9 @@ struct Outcome {
   std::string owner;
   Status to = Status::completed;  // completed | failed | cancelled | timeout | queued (retry)
   bool release = false;           // the attempt is not counted (it never ran, or shutdown)
+  bool claimed_in_memory = false; // the job may still be 'queued' in the store
   int attempt = 0;
+  int64_t started_at = 0;         // when the attempt began (0: not known / not started)
   std::optional<std::string> result_json;
   std::optional<std::string> error;
   std::optional<std::string> error_detail;
@@ -85,6 +103,7 @@ struct WorkerInfo {
   int64_t started_at = 0;
   int64_t heartbeat_at = 0;
   std::string state;
+  std::string claim_mode = "durable";  // "memory" or "durable"
 };
 
 enum class CancelResult { not_found, not_cancellable, cancelled, requested };
@@ -102,7 +121,10 @@ class Store {
   // (1 first), then run_at, then insertion order. Durable on return.
   virtual std::vector<Job> claim(const ClaimRequest& request) = 0;
   // Applied in the next group commit; the caller does not wait.
+  virtual void mark_started(StartInfo start) = 0;
   virtual void finish(Outcome outcome) = 0;
+  // Jobs claimed in memory that never started: the store stops holding them (nothing is written).
+  virtual void release(std::vector<int64_t> rowids) = 0;
   virtual void save_progress(std::vector<ProgressUpdate> updates) = 0;
 
   virtual CancelResult cancel(const std::string& job_id, int64_t now) = 0;
@@ -112,7 +134,18 @@ class Store {
   // Ids of the owner's running jobs whose cancellation was requested (e.g. by another process).
   virtual std::vector<std::string> cancel_requests(const std::string& owner) = 0;
 
-  virtual void register_worker(const WorkerInfo& worker) = 0;
+  // Registers the worker and, in the same transaction, chooses its claim mode: "memory" when
+  // allowed and no other live worker (per `is_dead`) is registered, else "durable". Returns it.
+  virtual std::string register_worker(const WorkerInfo& worker,
+                                      const std::function<bool(const WorkerInfo&)>& is_dead,
+                                      bool allow_memory) = 0;
+  // Registers a worker that claims durably.
+  std::string register_worker(const WorkerInfo& worker) {
+    return register_worker(worker, [](const WorkerInfo&) { return false; }, false);
+  }
+  // Sets the worker's claim mode; "memory" only succeeds (true) while no other live worker exists.
+  virtual bool set_claim_mode(const std::string& worker_id, const std::string& mode,
+                              const std::function<bool(const WorkerInfo&)>& is_dead) = 0;
   // Refreshes the worker row and extends the leases of its running jobs.
   virtual void heartbeat(const std::string& worker_id, int64_t now, int64_t lease_ms) = 0;
   virtual void deregister_worker(const std::string& worker_id) = 0;

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -72,6 +73,8 @@ class RunningJob final : public Context {
   Job job;
   std::atomic<StopReason> stop{StopReason::none};
   std::atomic<bool> started{false}, finished{false};
+  bool claimed_in_memory = false;  // still 'queued' in the store until its start is written
+  int64_t started_at = 0;          // Unix ms, once a worker runs it
   Clock::time_point started_steady{};
   Clock::time_point deadline{Clock::time_point::max()};
 
@@ -279,14 +282,22 @@ struct Engine::Impl {
   // ---- queries -----------------------------------------------------------------------------
 
   // The latest progress of a job running here is in memory; the store has it at a bounded rate.
+  // A job claimed in memory is still 'queued' in the store until its start is written.
   void overlay_progress(Job& job) {
-    if (job.status != Status::running) return;
+    if (job.status != Status::running && job.status != Status::queued) return;
     std::shared_ptr<RunningJob> rj;
     {
       std::lock_guard lock(jobs_mutex);
       auto it = claimed.find(job.id);
       if (it == claimed.end()) return;
       rj = it->second;
+    }
+    if (!rj->started || rj->finished) return;
+    if (job.status == Status::queued) {
+      job.status = Status::running;
+      job.attempts = rj->job.attempts;
+      job.started_at = rj->started_at;
+      job.lease_owner = worker_id;
     }
     auto p = rj->progress_snapshot();
     job.progress = p.percent;
@@ -310,6 +321,12 @@ struct Engine::Impl {
   }
 
   bool cancel(const std::string& job_id) {
+    // A job this process holds (claimed, maybe only in memory) is stopped here; its end is
+    // written as 'cancelled' by the worker.
+    if (auto rj = find_claimed(job_id); rj && !rj->finished) {
+      rj->request_stop(StopReason::cancelled);
+      if (rj->stop_reason() == StopReason::cancelled) return true;
+    }
     switch (store->cancel(job_id, now_ms())) {
       case CancelResult::cancelled: return true;
       case CancelResult::requested:
@@ -339,8 +356,11 @@ struct Engine::Impl {
     std::lock_guard lifecycle(lifecycle_mutex);
     if (started) return;
     const int64_t now = now_ms();
-    store->register_worker(WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now,
-                                      "running"});
+    const std::string mode = store->register_worker(
+        WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", ""},
+        [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
+    durable_claims = mode != "memory";
+    peers_durable = mode == "memory";  // alone: nobody to wait for
     recover_orphans();
     {
       std::lock_guard lock(jobs_mutex);
@@ -370,14 +390,12 @@ struct Engine::Impl {
     std::deque<std::shared_ptr<RunningJob>> unstarted;
     {
       std::lock_guard lock(jobs_mutex);
-      unstarted.swap(ready);
+      unstarted.assign(ready.begin(), ready.end());
+      ready.clear();
       for (auto& rj : unstarted) claimed.erase(rj->job.id);
       ready_cv.notify_all();
     }
-    for (auto& rj : unstarted) {
-      rj->request_stop(StopReason::shutdown);
-      submit_outcome(*rj, decide_outcome(*rj, RunResult{}));
-    }
+    release_unstarted(unstarted);
     for (auto& w : workers) w.join();
     workers.clear();
     {
@@ -397,6 +415,75 @@ struct Engine::Impl {
     started = false;
   }
 
+  // Claimed jobs that never started go back: one claimed in memory only stops being held (the
+  // store still has it queued); one claimed durably is put back in the queue, attempt uncounted.
+  void release_unstarted(std::deque<std::shared_ptr<RunningJob>>& jobs) {
+    std::vector<int64_t> in_memory;
+    for (auto& rj : jobs) {
+      rj->request_stop(StopReason::shutdown);
+      if (rj->claimed_in_memory) {
+        rj->finished = true;
+        in_memory.push_back(rj->job.rowid);
+      } else {
+        submit_outcome(*rj, decide_outcome(*rj, RunResult{}));
+      }
+    }
+    try {
+      store->release(std::move(in_memory));
+    } catch (const std::exception&) {
+    }
+  }
+
+  // Another live worker shares the file: claims must be committed before execution. Unstarted
+  // jobs claimed in memory go back; started ones get their running state written; then the
+  // worker row says 'durable', which is what a newcomer waits for before it claims.
+  void switch_to_durable_claims() {
+    std::lock_guard claim_lock(claim_mutex);
+    std::deque<std::shared_ptr<RunningJob>> unstarted;
+    {
+      std::lock_guard lock(jobs_mutex);
+      durable_claims = true;
+      for (auto it = ready.begin(); it != ready.end();) {
+        if ((*it)->claimed_in_memory) {
+          unstarted.push_back(*it);
+          it = ready.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      dispatch_cv.notify_all();
+    }
+    release_unstarted(unstarted);
+    store->flush();
+    store->set_claim_mode(worker_id, "durable", [this](const WorkerInfo& w) { return is_dead(w); });
+  }
+
+  // Alone again on the file: claim in memory, if the store agrees nobody else is live.
+  void try_memory_claims() {
+    std::lock_guard claim_lock(claim_mutex);
+    if (store->set_claim_mode(worker_id, "memory", [this](const WorkerInfo& w) { return is_dead(w); }))
+      durable_claims = false;
+  }
+
+  void check_claim_mode() {
+    bool others_live = false, others_in_memory = false;
+    for (const auto& w : store->workers()) {
+      if (w.id == worker_id || w.state != "running" || is_dead(w)) continue;
+      others_live = true;
+      others_in_memory = others_in_memory || w.claim_mode == "memory";
+    }
+    peers_durable = !others_in_memory;
+    if (!durable_claims && others_live)
+      switch_to_durable_claims();
+    else if (durable_claims && !others_live && config.claim_in_memory)
+      try_memory_claims();
+  }
+
+  bool is_dead(const WorkerInfo& w) const {
+    return worker_is_dead(w, hostname, now_ms(), std::max(3 * config.heartbeat_ms, config.lease_ms));
+  }
+
   void wake_dispatcher() {
     std::lock_guard lock(jobs_mutex);
     dispatch_wake = true;
@@ -405,13 +492,26 @@ struct Engine::Impl {
 
   // ---- dispatcher --------------------------------------------------------------------------
 
+  // How many jobs may be claimed ahead of the workers. Durable claims show as 'running', so
+  // they take config.prefetch. Claims in memory are invisible until a job starts: they go as deep
+  // as the jobs that the workers finish in about two milliseconds, up to 1024.
+  int claim_depth() const {
+    if (durable_claims) return config.workers + config.prefetch;
+    const double mean = mean_run_ns.load(std::memory_order_relaxed);
+    const double window_ns = 2e6;
+    const double ahead = mean > 0 ? window_ns / mean * config.workers : 4.0 * config.workers;
+    const int depth = static_cast<int>(std::min(1024.0, ahead));
+    return config.workers + std::max(config.prefetch, depth);
+  }
+
   void dispatcher_loop() {
-    const int capacity_total = config.workers + config.prefetch;
     for (;;) {
       int capacity;
+      int capacity_total = claim_depth();
       {
         std::unique_lock lock(jobs_mutex);
         dispatch_cv.wait(lock, [&] {
+          capacity_total = claim_depth();
           return stopping || static_cast<int>(claimed.size()) < capacity_total;
         });
         if (stopping) return;
@@ -421,22 +521,32 @@ struct Engine::Impl {
       const auto types_now = types();
       std::vector<Job> jobs;
       try {
-        jobs = store->claim(ClaimRequest{worker_id, capacity, now_ms(), config.lease_ms, types_now});
+        if (!peers_durable) check_claim_mode();  // a peer still claims in memory: wait for it
+        if (!peers_durable) {
+          std::unique_lock lock(jobs_mutex);
+          dispatch_cv.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(1, config.poll_ms / 4)),
+                               [&] { return stopping; });
+          continue;
+        }
+        std::lock_guard claim_lock(claim_mutex);
+        const bool durable = durable_claims;
+        jobs = store->claim(
+            ClaimRequest{worker_id, capacity, now_ms(), config.lease_ms, types_now, durable});
+        std::lock_guard lock(jobs_mutex);
+        for (auto& j : jobs) {
+          if (!durable) ++j.attempts;  // the store counts it when the start or the end is written
+          auto rj = std::make_shared<RunningJob>(this, std::move(j));
+          rj->claimed_in_memory = !durable;
+          claimed.emplace(rj->job.id, rj);
+          ready.insert(std::move(rj));
+        }
+        if (!jobs.empty()) ready_cv.notify_all();
       } catch (const std::exception& e) {
         std::fprintf(stderr, "jobforge: claim failed: %s\n", e.what());
         std::unique_lock lock(jobs_mutex);
         dispatch_cv.wait_for(lock, std::chrono::milliseconds(config.poll_ms),
                              [&] { return stopping; });
         continue;
-      }
-      if (!jobs.empty()) {
-        std::lock_guard lock(jobs_mutex);
-        for (auto& j : jobs) {
-          auto rj = std::make_shared<RunningJob>(this, std::move(j));
-          claimed.emplace(rj->job.id, rj);
-          ready.push_back(std::move(rj));
-        }
-        ready_cv.notify_all();
       }
       if (static_cast<int>(jobs.size()) == capacity) continue;
       // Nothing more is due: sleep until the next delayed job, a local wake-up, or the poll.
@@ -470,8 +580,8 @@ struct Engine::Impl {
         std::unique_lock lock(jobs_mutex);
         ready_cv.wait(lock, [&] { return !ready.empty() || stopping; });
         if (ready.empty()) return;  // stopping, nothing left to start
-        rj = std::move(ready.front());
-        ready.pop_front();
+        rj = *ready.begin();
+        ready.erase(ready.begin());
       }
       RunResult result;
       if (rj->stop_reason() == StopReason::none) result = run(*rj);
@@ -494,12 +604,30 @@ struct Engine::Impl {
     }
     rj.started_steady = Clock::now();
     rj.deadline = rj.started_steady + std::chrono::milliseconds(rj.job.timeout_ms);
+    rj.started_at = now_ms();
+    if (rj.claimed_in_memory) {
+      store->mark_started(StartInfo{rj.job.rowid, rj.job.id, rj.job.type, worker_id,
+                                    rj.job.attempts, rj.started_at,
+                                    rj.started_at + config.lease_ms});
+    } else {
+      rj.started_at = rj.job.started_at ? rj.job.started_at : rj.started_at;
+    }
     rj.started = true;
     {
       std::lock_guard lock(maintenance_mutex);
-      maintenance_cv.notify_all();  // a new deadline to watch
+      ++maintenance_generation;  // a new deadline to watch
+      maintenance_cv.notify_all();
     }
     r.ran = true;
+    struct RecordDuration {
+      Impl& impl;
+      Clock::time_point start;
+      ~RecordDuration() {
+        const double ns = std::chrono::duration<double, std::nano>(Clock::now() - start).count();
+        const double old = impl.mean_run_ns.load(std::memory_order_relaxed);
+        impl.mean_run_ns.store(old == 0 ? ns : old * 0.95 + ns * 0.05, std::memory_order_relaxed);
+      }
+    } record{*this, rj.started_steady};
     try {
       r.result_json = reg->processor->run(rj, rj.job.payload_json);
       if (r.result_json.empty()) r.result_json = "null";
@@ -527,6 +655,8 @@ struct Engine::Impl {
     o.job_type = rj.job.type;
     o.owner = worker_id;
     o.attempt = rj.job.attempts;
+    o.claimed_in_memory = rj.claimed_in_memory;
+    o.started_at = r.ran ? rj.started_at : 0;
     o.at = now_ms();
     const auto p = rj.progress_snapshot();
     o.progress = p.percent;
@@ -613,6 +743,11 @@ struct Engine::Impl {
     auto next_heartbeat = Clock::now() + std::chrono::milliseconds(config.heartbeat_ms);
     auto next_poll = Clock::now() + std::chrono::milliseconds(config.poll_ms);
     for (;;) {
+      uint64_t generation;
+      {
+        std::lock_guard lock(maintenance_mutex);
+        generation = maintenance_generation;
+      }
       auto now = Clock::now();
       auto wake = std::min({next_flush, next_heartbeat, next_poll});
       std::vector<std::shared_ptr<RunningJob>> running;
@@ -630,7 +765,9 @@ struct Engine::Impl {
       {
         std::unique_lock lock(maintenance_mutex);
         if (maintenance_stop) break;
-        maintenance_cv.wait_until(lock, wake, [&] { return maintenance_stop; });
+        maintenance_cv.wait_until(lock, wake, [&] {
+          return maintenance_stop || maintenance_generation != generation;
+        });
         if (maintenance_stop) break;
       }
       now = Clock::now();
@@ -651,7 +788,9 @@ struct Engine::Impl {
         try {
           for (const auto& id : store->cancel_requests(worker_id))
             if (auto rj = find_claimed(id)) rj->request_stop(StopReason::cancelled);
-        } catch (const std::exception&) {
+          check_claim_mode();
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "jobforge: maintenance poll failed: %s\n", e.what());
         }
         next_poll = now + std::chrono::milliseconds(config.poll_ms);
       }
@@ -708,15 +847,31 @@ struct Engine::Impl {
   std::mutex lifecycle_mutex;
   bool started = false;
 
+  std::mutex claim_mutex;  // a claim and a change of claim mode never overlap
+  std::atomic<bool> durable_claims{true};
+  std::atomic<bool> peers_durable{false};  // no other live worker claims in memory
+
   std::mutex jobs_mutex;  // guards everything below up to the threads
   std::condition_variable dispatch_cv, ready_cv;
   std::unordered_map<std::string, std::shared_ptr<RunningJob>> claimed;  // ready or running
-  std::deque<std::shared_ptr<RunningJob>> ready;
+  // Claimed jobs waiting for a worker, in claim order: a job claimed later at a higher priority
+  // still runs before those claimed ahead of it.
+  struct ClaimOrder {
+    bool operator()(const std::shared_ptr<RunningJob>& a, const std::shared_ptr<RunningJob>& b) const {
+      if (a->job.priority != b->job.priority) return a->job.priority < b->job.priority;
+      if (a->job.run_at != b->job.run_at) return a->job.run_at < b->job.run_at;
+      return a->job.rowid < b->job.rowid;
+    }
+  };
+  std::set<std::shared_ptr<RunningJob>, ClaimOrder> ready;
+  // Mean run time of recent jobs (ns), for the depth of claims in memory.
+  std::atomic<double> mean_run_ns{0};
   bool stopping = false, hard_stop = false, dispatch_wake = false;
 
   std::mutex maintenance_mutex;
   std::condition_variable maintenance_cv;
   bool maintenance_stop = false;
+  uint64_t maintenance_generation = 0;  // bumped when a job starts (a new deadline)
 
   std::mutex waiters_mutex;
   std::condition_variable waiters_cv;

@@ -103,8 +103,15 @@ CREATE TABLE workers (
 );
 )sql";
 
-inline constexpr const char* kMigrations[] = {kMigration1, kMigration2};
-inline constexpr int kSchemaVersion = 2;
+// How each worker claims: 'memory' (alone on the file: claims live in memory, only a job's end,
+// and its running state if it outlasts a commit, are written) or 'durable' (claims are committed
+// before execution). A process only claims in memory while no other live worker exists.
+inline constexpr const char* kMigration3 = R"sql(
+ALTER TABLE workers ADD COLUMN claim_mode TEXT NOT NULL DEFAULT 'durable';
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3};
+inline constexpr int kSchemaVersion = 3;
 
 // Columns read into a Job, in the order read_job expects.
 #define JOBFORGE_JOB_COLUMNS                                                                 \
@@ -135,17 +142,34 @@ inline constexpr const char* kClaimPrefix =
 inline constexpr const char* kClaimSuffix =
     ") ORDER BY priority, run_at LIMIT ?4) RETURNING " JOBFORGE_JOB_COLUMNS;
 
+// A claim in memory reads the due jobs in claim order; the store skips those it already holds.
+inline constexpr const char* kSelectDuePrefix =
+    "SELECT " JOBFORGE_JOB_COLUMNS " FROM jobs INDEXED BY idx_jobs_claim "
+    "WHERE status = 'queued' AND run_at <= ?1 AND +type IN (";
+inline constexpr const char* kSelectDueSuffix = ") ORDER BY priority, run_at LIMIT ?2";
+
+// The running state of a job claimed in memory, written once it outlasts a commit.
+inline constexpr const char* kMarkStarted = R"sql(
+UPDATE jobs SET status = 'running', attempts = ?1, started_at = ?2, updated_at = ?2,
+       lease_owner = ?3, lease_expires_at = ?4, cancel_requested = 0,
+       timeout_at = ?2 + COALESCE(timeout_ms, timeout_seconds * 1000, 300000)
+WHERE rowid = ?5 AND status = 'queued'
+)sql";
+
 inline constexpr const char* kNextRunAtPrefix =
     "SELECT MIN(run_at) FROM jobs WHERE status = 'queued' AND +type IN (";
 
-// One statement for every end of an attempt; only the lease holder's update matches.
+// One statement for every end of an attempt; only the lease holder's update matches. A job
+// claimed in memory may still be 'queued' in the store (?16): then its attempt count is set
+// (?12) rather than adjusted (?17 is 1 when the attempt is not counted).
 inline constexpr const char* kFinish = R"sql(
 UPDATE jobs SET status = ?1, result = ?2, error = ?3, error_detail = ?4, progress = ?5,
        progress_current = ?6, progress_total = ?7, progress_message = ?8, completed_at = ?9,
        run_at = COALESCE(?10, run_at), queued_at = COALESCE(?11, queued_at),
-       attempts = attempts - ?12, updated_at = ?13, lease_owner = NULL, lease_expires_at = NULL,
-       cancel_requested = 0
-WHERE rowid = ?14 AND status = 'running' AND lease_owner = ?15
+       attempts = CASE WHEN status = 'queued' THEN ?12 ELSE attempts - ?17 END,
+       started_at = COALESCE(?18, started_at), updated_at = ?13,
+       lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
+WHERE rowid = ?14 AND ((status = 'running' AND lease_owner = ?15) OR (?16 AND status = 'queued'))
 )sql";
 
 inline constexpr const char* kSaveProgress = R"sql(
@@ -183,10 +207,12 @@ WHERE rowid = ?2 AND status = ?3
 )sql";
 
 inline constexpr const char* kUpsertWorker = R"sql(
-INSERT INTO workers (id, hostname, pid, version, started_at, heartbeat_at, state)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')
-ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, state = 'running'
+INSERT INTO workers (id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)
+ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, state = 'running',
+                              claim_mode = excluded.claim_mode
 )sql";
+inline constexpr const char* kSetClaimMode = "UPDATE workers SET claim_mode = ?1 WHERE id = ?2";
 
 inline constexpr const char* kHeartbeatWorker =
     "UPDATE workers SET heartbeat_at = ?1 WHERE id = ?2";
@@ -196,7 +222,7 @@ inline constexpr const char* kSetWorkerState = "UPDATE workers SET state = ?1 WH
 inline constexpr const char* kDeleteOldWorkers =
     "DELETE FROM workers WHERE state <> 'running' AND heartbeat_at < ?1";
 inline constexpr const char* kListWorkers =
-    "SELECT id, hostname, pid, version, started_at, heartbeat_at, state FROM workers "
+    "SELECT id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode FROM workers "
     "ORDER BY started_at";
 
 // Running jobs whose owner is not a live worker (or whose lease ran out) go back to the queue,

@@ -8,6 +8,8 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "jobforge/errors.hpp"
 #include "jobforge/store.hpp"
@@ -63,6 +65,13 @@ Job read_job(const Statement& s) {
   return j;
 }
 
+WorkerInfo read_worker(const Statement& s) {
+  WorkerInfo w{s.get_text(0), s.get_text(1), s.get_int(2), s.get_text(3),
+               s.get_int(4),  s.get_int(5),  s.get_text(6)};
+  w.claim_mode = s.get_text(7);
+  return w;
+}
+
 std::string in_list(const std::vector<std::string>& values, int first_param) {
   std::string out;
   for (size_t i = 0; i < values.size(); ++i) {
@@ -85,7 +94,12 @@ struct WriteOp {
   std::function<void(WriteContext&)> apply;
   std::function<void()> committed;                  // optional
   std::function<void(std::exception_ptr)> failed;   // optional
+  // Order inside a transaction: ends of attempts and other updates first (0), then claims (1),
+  // which thus see those ends, then inserts (2), which a claim in memory must not see before
+  // they are committed.
+  int phase = 0;
 };
+enum Phase { kUpdates = 0, kClaims = 1, kInserts = 2 };
 
 class SqliteStore final : public Store {
  public:
@@ -108,7 +122,7 @@ class SqliteStore final : public Store {
 
   void insert(const std::vector<NewJob>& jobs) override {
     if (jobs.empty()) return;
-    submit_and_wait([&jobs](WriteContext& w) {
+    submit_and_wait(kInserts, [&jobs](WriteContext& w) {
       Statement& ins = w.statements.get(sql::kInsertJob);
       Statement& exists = w.statements.get(sql::kJobExists);
       for (const NewJob& j : jobs) {
@@ -132,19 +146,41 @@ class SqliteStore final : public Store {
   std::vector<Job> claim(const ClaimRequest& req) override {
     std::vector<Job> claimed;
     if (req.limit <= 0 || req.types.empty()) return claimed;
-    const std::string sql_text =
-        std::string(sql::kClaimPrefix) + in_list(req.types, 5) + sql::kClaimSuffix;
-    submit_and_wait([&](WriteContext& w) {
-      claimed.clear();
-      Statement& s = w.statements.get_dynamic(sql_text);
-      ScopedReset r(s);
-      s.bind(1, req.now).bind(2, req.owner).bind(3, req.now + req.lease_ms).bind(4, req.limit);
-      for (size_t i = 0; i < req.types.size(); ++i) s.bind(5 + static_cast<int>(i), req.types[i]);
-      while (s.step()) claimed.push_back(read_job(s));
-      for (const Job& j : claimed)
-        w.transitions.push_back(Transition{j.id, j.type, Status::queued, Status::running,
-                                           j.attempts, j.progress, {}, {}, req.now});
-    });
+    if (req.durable) {
+      const std::string sql_text =
+          std::string(sql::kClaimPrefix) + in_list(req.types, 5) + sql::kClaimSuffix;
+      submit_and_wait(kClaims, [&](WriteContext& w) {
+        claimed.clear();
+        Statement& s = w.statements.get_dynamic(sql_text);
+        ScopedReset r(s);
+        s.bind(1, req.now).bind(2, req.owner).bind(3, req.now + req.lease_ms).bind(4, req.limit);
+        for (size_t i = 0; i < req.types.size(); ++i) s.bind(5 + static_cast<int>(i), req.types[i]);
+        while (s.step()) claimed.push_back(read_job(s));
+        for (const Job& j : claimed)
+          w.transitions.push_back(Transition{j.id, j.type, Status::queued, Status::running,
+                                             j.attempts, j.progress, {}, {}, req.now});
+      });
+    } else {
+      // A read inside the writer's transaction: it sees the ends applied before it and none of
+      // the inserts after it, and it returns without waiting for the commit.
+      const std::string sql_text =
+          std::string(sql::kSelectDuePrefix) + in_list(req.types, 3) + sql::kSelectDueSuffix;
+      submit_and_wait(
+          kClaims,
+          [&](WriteContext& w) {
+            Statement& s = w.statements.get_dynamic(sql_text);
+            ScopedReset r(s);
+            s.bind(1, req.now).bind(2, static_cast<int64_t>(req.limit + held_.size()));
+            for (size_t i = 0; i < req.types.size(); ++i)
+              s.bind(3 + static_cast<int>(i), req.types[i]);
+            while (static_cast<int>(claimed.size()) < req.limit && s.step()) {
+              if (held_.count(s.get_int(0))) continue;
+              claimed.push_back(read_job(s));
+            }
+            for (const Job& j : claimed) held_.insert(j.rowid);
+          },
+          /*return_after_apply=*/true);
+    }
     std::sort(claimed.begin(), claimed.end(), [](const Job& a, const Job& b) {
       if (a.priority != b.priority) return a.priority < b.priority;
       if (a.run_at != b.run_at) return a.run_at < b.run_at;
@@ -153,8 +189,33 @@ class SqliteStore final : public Store {
     return claimed;
   }
 
+  void mark_started(StartInfo start) override {
+    std::lock_guard lock(mutex_);
+    if (closed_) throw StoreError(SQLITE_MISUSE, "store '" + path_ + "' is closed");
+    pending_starts_[start.rowid] = std::move(start);
+    work_cv_.notify_one();
+  }
+
+  void release(std::vector<int64_t> rowids) override {
+    if (rowids.empty()) return;
+    submit(WriteOp{[this, r = std::move(rowids)](WriteContext&) {
+                     for (int64_t id : r) held_.erase(id);
+                   },
+                   {}, {}, kUpdates});
+  }
+
   void finish(Outcome o) override {
-    submit(WriteOp{[o = std::move(o)](WriteContext& w) {
+    std::optional<StartInfo> coalesced;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = pending_starts_.find(o.rowid);
+      if (it != pending_starts_.end()) {
+        coalesced = std::move(it->second);  // its running state need never be written
+        pending_starts_.erase(it);
+      }
+    }
+    submit(WriteOp{[this, o = std::move(o), coalesced = std::move(coalesced)](WriteContext& w) {
+                     if (o.claimed_in_memory) held_.erase(o.rowid);
                      Statement& s = w.statements.get(sql::kFinish);
                      ScopedReset r(s);
                      const bool requeue = o.to == Status::queued;
@@ -166,14 +227,21 @@ class SqliteStore final : public Store {
                      } else {
                        s.bind(9, o.at).bind_null(10).bind_null(11);
                      }
-                     s.bind(12, o.release ? 1 : 0).bind(13, o.at).bind(14, o.rowid).bind(15, o.owner);
+                     s.bind(12, o.attempt - (o.release ? 1 : 0)).bind(13, o.at).bind(14, o.rowid);
+                     s.bind(15, o.owner).bind(16, o.claimed_in_memory ? 1 : 0);
+                     s.bind(17, o.release ? 1 : 0);
+                     if (o.started_at) s.bind(18, o.started_at); else s.bind_null(18);
                      s.run();
-                     if (w.db.changes() == 0) return;  // lease lost: someone else owns it now
+                     if (w.db.changes() == 0) return;  // lease lost, or cancelled from outside
+                     if (coalesced)
+                       w.transitions.push_back(Transition{o.job_id, o.job_type, Status::queued,
+                                                          Status::running, o.attempt, 0, {}, {},
+                                                          coalesced->started_at});
                      w.transitions.push_back(Transition{o.job_id, o.job_type, Status::running, o.to,
                                                         o.attempt, o.progress, o.result_json,
                                                         o.error, o.at});
                    },
-                   {}, {}});
+                   {}, {}, kUpdates});
   }
 
   void save_progress(std::vector<ProgressUpdate> updates) override {
@@ -193,7 +261,7 @@ class SqliteStore final : public Store {
 
   CancelResult cancel(const std::string& job_id, int64_t now) override {
     CancelResult result = CancelResult::not_found;
-    submit_and_wait([&](WriteContext& w) {
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
       result = CancelResult::not_found;
       Statement& q = w.statements.get(sql::kStatusById);
       int64_t rowid = 0;
@@ -233,7 +301,7 @@ class SqliteStore final : public Store {
   int64_t cancel_all(int64_t now, std::vector<std::string>* running_ids) override {
     int64_t count = 0;
     std::vector<std::string> running;
-    submit_and_wait([&](WriteContext& w) {
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
       count = 0;
       running.clear();
       for (Status from : statuses_leading_to(Status::cancelled)) {
@@ -260,7 +328,7 @@ class SqliteStore final : public Store {
 
   bool retry(const std::string& job_id, int64_t now) override {
     bool ok = false;
-    submit_and_wait([&](WriteContext& w) {
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
       ok = false;
       Statement& q = w.statements.get(sql::kStatusById);
       int64_t rowid = 0;
@@ -289,13 +357,31 @@ class SqliteStore final : public Store {
     return ok;
   }
 
-  void register_worker(const WorkerInfo& wi) override {
-    submit_and_wait([&](WriteContext& w) {
+  std::string register_worker(const WorkerInfo& wi,
+                              const std::function<bool(const WorkerInfo&)>& is_dead,
+                              bool allow_memory) override {
+    std::string mode;
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
+      mode = allow_memory && !other_live_worker(w, wi.id, is_dead) ? "memory" : "durable";
       Statement& s = w.statements.get(sql::kUpsertWorker);
       ScopedReset r(s);
       s.bind(1, wi.id).bind(2, wi.hostname).bind(3, wi.pid).bind(4, wi.version);
-      s.bind(5, wi.started_at).bind(6, wi.heartbeat_at).run();
+      s.bind(5, wi.started_at).bind(6, wi.heartbeat_at).bind(7, mode).run();
     });
+    return mode;
+  }
+
+  bool set_claim_mode(const std::string& worker_id, const std::string& mode,
+                      const std::function<bool(const WorkerInfo&)>& is_dead) override {
+    bool ok = false;
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
+      ok = mode != "memory" || !other_live_worker(w, worker_id, is_dead);
+      if (!ok) return;
+      Statement& s = w.statements.get(sql::kSetClaimMode);
+      ScopedReset r(s);
+      s.bind(1, mode).bind(2, worker_id).run();
+    });
+    return ok;
   }
 
   void heartbeat(const std::string& worker_id, int64_t now, int64_t lease_ms) override {
@@ -313,7 +399,7 @@ class SqliteStore final : public Store {
   }
 
   void deregister_worker(const std::string& worker_id) override {
-    submit_and_wait([&](WriteContext& w) {
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
       Statement& s = w.statements.get(sql::kSetWorkerState);
       ScopedReset r(s);
       s.bind(1, "stopped").bind(2, worker_id).run();
@@ -325,24 +411,21 @@ class SqliteStore final : public Store {
     Statement& s = reader->statements.get(sql::kListWorkers);
     ScopedReset r(s);
     std::vector<WorkerInfo> out;
-    while (s.step())
-      out.push_back(WorkerInfo{s.get_text(0), s.get_text(1), s.get_int(2), s.get_text(3),
-                               s.get_int(4), s.get_int(5), s.get_text(6)});
+    while (s.step()) out.push_back(read_worker(s));
     return out;
   }
 
   int64_t recover_orphans(int64_t now, const std::string& self_id,
                           const std::function<bool(const WorkerInfo&)>& is_dead) override {
     int64_t recovered = 0;
-    submit_and_wait([&](WriteContext& w) {
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
       recovered = 0;
       std::vector<std::string> dead;
       {
         Statement& s = w.statements.get(sql::kListWorkers);
         ScopedReset r(s);
         while (s.step()) {
-          WorkerInfo wi{s.get_text(0), s.get_text(1), s.get_int(2), s.get_text(3),
-                        s.get_int(4), s.get_int(5), s.get_text(6)};
+          WorkerInfo wi = read_worker(s);
           if (wi.state == "running" && wi.id != self_id && is_dead(wi)) dead.push_back(wi.id);
         }
       }
@@ -455,7 +538,10 @@ class SqliteStore final : public Store {
   void flush() override {
     std::unique_lock lock(mutex_);
     const uint64_t target = submitted_;
-    done_cv_.wait(lock, [&] { return completed_ >= target || writer_exited_; });
+    done_cv_.wait(lock, [&] {
+      return (completed_ >= target && pending_starts_.empty() && !starts_in_flight_) ||
+             writer_exited_;
+    });
   }
 
   void close() override {
@@ -522,6 +608,17 @@ class SqliteStore final : public Store {
     int open_ = 0;
   };
 
+  static bool other_live_worker(WriteContext& w, const std::string& self_id,
+                                const std::function<bool(const WorkerInfo&)>& is_dead) {
+    Statement& s = w.statements.get(sql::kListWorkers);
+    ScopedReset r(s);
+    while (s.step()) {
+      WorkerInfo other = read_worker(s);
+      if (other.id != self_id && other.state == "running" && !is_dead(other)) return true;
+    }
+    return false;
+  }
+
   void configure(Database& db) {
     db.exec(sql::kConnectionPragmas);  // also proves the file is a SQLite database
     db.exec(options_.synchronous_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
@@ -549,24 +646,38 @@ class SqliteStore final : public Store {
     work_cv_.notify_one();
   }
 
-  // Submits and blocks until the operation is committed; rethrows its error.
-  void submit_and_wait(std::function<void(WriteContext&)> apply) {
+  // Submits and blocks until the operation is committed (or, with return_after_apply, until it
+  // has run inside the writer's transaction: for reads); rethrows its error.
+  void submit_and_wait(int phase, std::function<void(WriteContext&)> apply,
+                       bool return_after_apply = false) {
     std::mutex m;
     std::condition_variable cv;
     bool done = false;
     std::exception_ptr error;
-    submit(WriteOp{std::move(apply),
-                   [&] {
-                     std::lock_guard l(m);
-                     done = true;
-                     cv.notify_one();
-                   },
-                   [&](std::exception_ptr e) {
-                     std::lock_guard l(m);
-                     error = e;
-                     done = true;
-                     cv.notify_one();
-                   }});
+    auto signal = [&](std::exception_ptr e) {
+      std::lock_guard l(m);
+      if (done) return;
+      error = e;
+      done = true;
+      cv.notify_one();
+    };
+    WriteOp op;
+    op.phase = phase;
+    if (return_after_apply) {
+      // Runs once: a replay of the batch must not deliver (or hold) the same rows twice.
+      auto delivered = std::make_shared<bool>(false);
+      op.apply = [apply = std::move(apply), delivered, &signal](WriteContext& w) {
+        if (*delivered) return;
+        apply(w);
+        *delivered = true;
+        signal(nullptr);
+      };
+    } else {
+      op.apply = std::move(apply);
+      op.committed = [&] { signal(nullptr); };
+    }
+    op.failed = [&](std::exception_ptr e) { signal(e); };
+    submit(std::move(op));
     std::unique_lock l(m);
     cv.wait(l, [&] { return done; });
     if (error) std::rethrow_exception(error);
@@ -574,11 +685,12 @@ class SqliteStore final : public Store {
 
   void writer_loop() {
     std::vector<WriteOp> batch;
+    std::vector<StartInfo> starts;
     for (;;) {
       {
         std::unique_lock lock(mutex_);
-        work_cv_.wait(lock, [&] { return !queue_.empty() || closed_; });
-        if (queue_.empty() && closed_) break;
+        work_cv_.wait(lock, [&] { return !queue_.empty() || !pending_starts_.empty() || closed_; });
+        if (queue_.empty() && pending_starts_.empty() && closed_) break;
         if (options_.group_commit_window_us > 0 &&
             queue_.size() < static_cast<size_t>(options_.max_batch_ops)) {
           work_cv_.wait_for(lock, std::chrono::microseconds(options_.group_commit_window_us), [&] {
@@ -591,17 +703,42 @@ class SqliteStore final : public Store {
           batch.push_back(std::move(queue_.front()));
           queue_.pop_front();
         }
+        starts.clear();
+        for (auto& [rowid, start] : pending_starts_) starts.push_back(std::move(start));
+        pending_starts_.clear();
+        starts_in_flight_ = starts.size();
       }
+      // Jobs that outlasted the commit window: their running state goes first in this batch.
+      if (!starts.empty()) batch.insert(batch.begin(), write_starts_op(std::move(starts)));
+      std::stable_sort(batch.begin(), batch.end(),
+                       [](const WriteOp& a, const WriteOp& b) { return a.phase < b.phase; });
       run_batch(batch);
       {
         std::lock_guard lock(mutex_);
-        completed_ += batch.size();
+        completed_ += batch.size() - (starts_in_flight_ ? 1 : 0);
+        starts_in_flight_ = 0;
         done_cv_.notify_all();
       }
     }
     std::lock_guard lock(mutex_);
     writer_exited_ = true;
     done_cv_.notify_all();
+  }
+
+  WriteOp write_starts_op(std::vector<StartInfo> starts) {
+    return WriteOp{[starts = std::move(starts)](WriteContext& w) {
+                     Statement& s = w.statements.get(sql::kMarkStarted);
+                     for (const StartInfo& st : starts) {
+                       ScopedReset r(s);
+                       s.bind(1, st.attempt).bind(2, st.started_at).bind(3, st.owner);
+                       s.bind(4, st.lease_expires_at).bind(5, st.rowid).run();
+                       if (w.db.changes() == 0) continue;  // cancelled from outside meanwhile
+                       w.transitions.push_back(Transition{st.job_id, st.job_type, Status::queued,
+                                                          Status::running, st.attempt, 0, {}, {},
+                                                          st.started_at});
+                     }
+                   },
+                   {}, {}, kUpdates};
   }
 
   // Runs the operations in one transaction. If one fails, the whole batch is rolled back and each
@@ -674,6 +811,9 @@ class SqliteStore final : public Store {
   std::deque<WriteOp> queue_;
   uint64_t submitted_ = 0, completed_ = 0;
   bool closed_ = false, writer_exited_ = false;
+  std::unordered_map<int64_t, StartInfo> pending_starts_;  // guarded by mutex_
+  size_t starts_in_flight_ = 0;                            // guarded by mutex_
+  std::unordered_set<int64_t> held_;  // jobs claimed in memory; writer thread only
   CommitListener listener_;
   std::thread writer_;
 };

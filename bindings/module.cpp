@@ -33,6 +33,36 @@ class PyRef {
   py::object obj_;
 };
 
+// The GIL as an ExecutionGate. Each worker thread keeps one Python thread state for its whole
+// life (creating one per acquisition costs more than a small Python job), deleted at thread exit.
+class PythonGate final : public ExecutionGate {
+ public:
+  void enter() override {
+    thread_local ThreadState state;
+    if (!state.tstate) state.tstate = PyThreadState_New(interpreter_);
+    PyEval_RestoreThread(state.tstate);
+  }
+  void leave() override { PyEval_SaveThread(); }
+  void set_interpreter(PyInterpreterState* interp) { interpreter_ = interp; }
+
+ private:
+  struct ThreadState {
+    PyThreadState* tstate = nullptr;
+    ~ThreadState() {
+      if (!tstate || !Py_IsInitialized()) return;
+      PyEval_RestoreThread(tstate);
+      PyThreadState_Clear(tstate);
+      PyThreadState_DeleteCurrent();
+    }
+  };
+  PyInterpreterState* interpreter_ = nullptr;
+};
+
+PythonGate& python_gate() {
+  static PythonGate gate;
+  return gate;
+}
+
 // A processor written in Python. The callable is jobforge's own adapter
 // (python/jobforge/_processors.py), which returns ("ok", result_json), ("cancelled", message) or
 // ("error", message, traceback, permanent).
@@ -40,8 +70,12 @@ class PythonProcessor final : public Processor {
  public:
   explicit PythonProcessor(py::object adapter) : adapter_(std::make_shared<PyRef>(std::move(adapter))) {}
 
+  ExecutionGate* gate() noexcept override { return &python_gate(); }
+
   std::string run(Context& ctx, const std::string& payload_json) override {
-    py::gil_scoped_acquire gil;
+    // The engine enters the gate first; a direct caller may not have.
+    std::optional<py::gil_scoped_acquire> gil;
+    if (!PyGILState_Check()) gil.emplace();
     py::tuple out;
     try {
       out = adapter_->get()(ctx.shared_from_this(), py::str(payload_json));
@@ -133,6 +167,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "jobforge's C++ engine (private; use the jobforge package)";
   m.attr("__version__") = JOBFORGE_VERSION;
   py::register_exception_translator(&translate_errors);
+  python_gate().set_interpreter(PyThreadState_Get()->interp);
 
   py::class_<Job>(m, "JobRecord")
       .def_readonly("id", &Job::id)

@@ -40,6 +40,16 @@ class Context : public std::enable_shared_from_this<Context> {
   virtual void progress(double current, double total = 0, std::string_view message = {}) = 0;
 };
 
+// Something a processor must hold to run, such as the Python GIL. A worker thread that runs
+// several jobs behind the same gate in a row enters it once for all of them (for a short while),
+// so a flood of small Python jobs costs one GIL acquisition per batch, not one per job.
+class ExecutionGate {
+ public:
+  virtual ~ExecutionGate() = default;
+  virtual void enter() = 0;
+  virtual void leave() = 0;
+};
+
 // A job type's handler. run() is called once per attempt on a worker thread; it returns the
 // result as JSON text ("null" for none) or throws: ProcessorFailure or any std::exception fails
 // the attempt, JobCancelled ends it as cancelled/timeout.
@@ -47,6 +57,8 @@ class Processor {
  public:
   virtual ~Processor() = default;
   virtual std::string run(Context& ctx, const std::string& payload_json) = 0;
+  // The gate run() needs, if any; the engine enters it before calling run().
+  virtual ExecutionGate* gate() noexcept { return nullptr; }
 };
 
 // Defaults a processor gives its jobs; a job's own options override them.

@@ -71,6 +71,7 @@ class RunningJob final : public Context {
 
   Engine::Impl* engine_;
   Job job;
+  std::shared_ptr<Processor> processor;  // resolved at the claim
   std::atomic<StopReason> stop{StopReason::none};
   std::atomic<bool> started{false}, finished{false};
   bool claimed_in_memory = false;  // still 'queued' in the store until its start is written
@@ -535,7 +536,9 @@ struct Engine::Impl {
         std::lock_guard lock(jobs_mutex);
         for (auto& j : jobs) {
           if (!durable) ++j.attempts;  // the store counts it when the start or the end is written
+          auto reg = registration(j.type);
           auto rj = std::make_shared<RunningJob>(this, std::move(j));
+          if (reg) rj->processor = reg->processor;
           rj->claimed_in_memory = !durable;
           claimed.emplace(rj->job.id, rj);
           ready.insert(std::move(rj));
@@ -573,18 +576,52 @@ struct Engine::Impl {
     std::string error, error_detail;
   };
 
+  static ExecutionGate* gate_of(const RunningJob& rj) {
+    return rj.processor ? rj.processor->gate() : nullptr;
+  }
+
   void worker_loop() {
+    // A gate (the GIL) this thread keeps across consecutive jobs behind it, for a short while.
+    constexpr int kMaxJobsPerGate = 64;
+    constexpr auto kMaxGateHold = std::chrono::milliseconds(2);
+    ExecutionGate* held = nullptr;
+    int jobs_under_gate = 0;
+    Clock::time_point held_since{};
     for (;;) {
       std::shared_ptr<RunningJob> rj;
       {
         std::unique_lock lock(jobs_mutex);
+        if (held) {
+          const bool keep = !ready.empty() && gate_of(**ready.begin()) == held &&
+                            jobs_under_gate < kMaxJobsPerGate &&
+                            Clock::now() - held_since < kMaxGateHold;
+          if (!keep) {
+            lock.unlock();
+            held->leave();
+            held = nullptr;
+            lock.lock();
+          }
+        }
         ready_cv.wait(lock, [&] { return !ready.empty() || stopping; });
-        if (ready.empty()) return;  // stopping, nothing left to start
+        if (ready.empty()) break;  // stopping, nothing left to start
         rj = *ready.begin();
         ready.erase(ready.begin());
       }
       RunResult result;
-      if (rj->stop_reason() == StopReason::none) result = run(*rj);
+      if (rj->stop_reason() == StopReason::none) {
+        ExecutionGate* gate = gate_of(*rj);
+        if (gate != held) {
+          if (held) held->leave();
+          held = gate;
+          if (held) {
+            held->enter();
+            jobs_under_gate = 0;
+            held_since = Clock::now();
+          }
+        }
+        ++jobs_under_gate;
+        result = run(*rj);
+      }
       submit_outcome(*rj, decide_outcome(*rj, result));
       {
         std::lock_guard lock(jobs_mutex);
@@ -592,12 +629,12 @@ struct Engine::Impl {
         dispatch_cv.notify_all();
       }
     }
+    if (held) held->leave();
   }
 
   RunResult run(RunningJob& rj) {
     RunResult r;
-    auto reg = registration(rj.job.type);
-    if (!reg) {
+    if (!rj.processor) {
       // Unregistered since the claim: give the job back untouched.
       rj.request_stop(StopReason::shutdown);
       return r;
@@ -629,7 +666,7 @@ struct Engine::Impl {
       }
     } record{*this, rj.started_steady};
     try {
-      r.result_json = reg->processor->run(rj, rj.job.payload_json);
+      r.result_json = rj.processor->run(rj, rj.job.payload_json);
       if (r.result_json.empty()) r.result_json = "null";
       r.ok = true;
     } catch (const JobCancelled& e) {

@@ -115,8 +115,11 @@ class ChildProcess:
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)
 
-    def read_until(self, prefix, timeout=10):
-        """The first line starting with `prefix`; other output (e.g. build logs) is skipped."""
+    def read_until(self, prefix, timeout=60):
+        """The first line starting with `prefix`; other output (e.g. build logs) is skipped.
+
+        The timeout is generous because the child's `import jobforge` may rebuild an editable
+        install first; it only guards against a hang."""
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -102,6 +102,9 @@ struct Engine::Impl {
     worker_id = hostname + ":" + std::to_string(getpid()) + ":" + new_job_id().substr(24);
     store = open_sqlite_store(config.path, config.sqlite);
     store->set_commit_listener([this](std::vector<Transition>& t) { on_commit(t); });
+    // Jobs a dead process left running are queued again as soon as the file is opened (and
+    // again at every start and heartbeat), not only when a worker starts.
+    recover_orphans();
   }
 
   ~Impl() {

@@ -85,6 +85,9 @@ class PythonProcessor final : public Processor {
     const std::string kind = out[0].cast<std::string>();
     if (kind == "ok") return out[1].cast<std::string>();
     if (kind == "cancelled") throw JobCancelled(out[1].cast<std::string>());
+    if (kind == "retry")  // ("retry", message, traceback, delay_ms)
+      throw ProcessorFailure(out[1].cast<std::string>(), out[2].cast<std::string>(), false,
+                             out[3].cast<int64_t>());
     throw ProcessorFailure(out[1].cast<std::string>(), out[2].cast<std::string>(),
                            out[3].cast<bool>());
   }
@@ -129,8 +132,8 @@ std::optional<int64_t> opt_ms(const std::optional<int64_t>& v) { return v; }
 
 JobSpec make_spec(const std::string& type, std::string payload_json, std::optional<int> priority,
                   std::optional<int> max_attempts, std::optional<int64_t> timeout_ms,
-                  std::optional<int64_t> retry_delay_ms, int64_t delay_ms,
-                  std::optional<std::string> parent_id, bool user_initiated) {
+                  std::optional<int64_t> retry_delay_ms, std::optional<std::string> backoff,
+                  int64_t delay_ms, std::optional<std::string> parent_id, bool user_initiated) {
   JobSpec s;
   s.type = type;
   s.payload_json = std::move(payload_json);
@@ -138,6 +141,7 @@ JobSpec make_spec(const std::string& type, std::string payload_json, std::option
   s.max_attempts = max_attempts;
   s.timeout_ms = opt_ms(timeout_ms);
   s.retry_delay_ms = opt_ms(retry_delay_ms);
+  s.backoff = std::move(backoff);
   s.delay_ms = delay_ms;
   s.parent_id = std::move(parent_id);
   s.user_initiated = user_initiated;
@@ -186,6 +190,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("max_attempts", &Job::max_attempts)
       .def_readonly("timeout_ms", &Job::timeout_ms)
       .def_readonly("retry_delay_ms", &Job::retry_delay_ms)
+      .def_readonly("backoff", &Job::backoff)
       .def_readonly("parent_id", &Job::parent_id)
       .def_readonly("user_initiated", &Job::user_initiated)
       .def_readonly("cancel_requested", &Job::cancel_requested)
@@ -264,15 +269,16 @@ PYBIND11_MODULE(_core, m) {
       .def("register_python_processor",
            [](Engine& e, const std::string& type, py::object adapter, std::optional<int64_t> timeout_ms,
               std::optional<int> max_attempts, std::optional<int64_t> retry_delay_ms,
-              std::optional<int> priority) {
-             ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, priority};
+              std::optional<std::string> backoff, std::optional<int> priority) {
+             if (backoff) Backoff::parse(*backoff);  // validate now, not at the first enqueue
+             ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, backoff, priority};
              auto p = std::make_shared<PythonProcessor>(std::move(adapter));
              py::gil_scoped_release release;
              e.register_processor(type, std::move(p), o);
            },
            py::arg("type"), py::arg("adapter"), py::arg("timeout_ms") = py::none(),
            py::arg("max_attempts") = py::none(), py::arg("retry_delay_ms") = py::none(),
-           py::arg("priority") = py::none())
+           py::arg("backoff") = py::none(), py::arg("priority") = py::none())
       .def("has_processor", &Engine::has_processor)
       .def("processor_types", &Engine::processor_types)
       .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
@@ -282,35 +288,39 @@ PYBIND11_MODULE(_core, m) {
           "enqueue",
           [](Engine& e, const std::string& type, std::string payload_json, std::optional<int> priority,
              std::optional<int> max_attempts, std::optional<int64_t> timeout_ms,
-             std::optional<int64_t> retry_delay_ms, int64_t delay_ms,
-             std::optional<std::string> parent_id, bool user_initiated) {
+             std::optional<int64_t> retry_delay_ms, std::optional<std::string> backoff,
+             int64_t delay_ms, std::optional<std::string> parent_id, bool user_initiated) {
             JobSpec spec = make_spec(type, std::move(payload_json), priority, max_attempts,
-                                     timeout_ms, retry_delay_ms, delay_ms, std::move(parent_id),
-                                     user_initiated);
+                                     timeout_ms, retry_delay_ms, std::move(backoff), delay_ms,
+                                     std::move(parent_id), user_initiated);
             py::gil_scoped_release release;
             return e.enqueue(spec);
           },
           py::arg("type"), py::arg("payload_json"), py::arg("priority") = py::none(),
           py::arg("max_attempts") = py::none(), py::arg("timeout_ms") = py::none(),
-          py::arg("retry_delay_ms") = py::none(), py::arg("delay_ms") = 0,
+          py::arg("retry_delay_ms") = py::none(), py::arg("backoff") = py::none(),
+          py::arg("delay_ms") = 0,
           py::arg("parent_id") = py::none(), py::arg("user_initiated") = true)
       .def(
           "enqueue_many",
           [](Engine& e, const std::string& type, std::vector<std::string> payloads,
              std::optional<int> priority, std::optional<int> max_attempts,
              std::optional<int64_t> timeout_ms, std::optional<int64_t> retry_delay_ms,
-             int64_t delay_ms, std::optional<std::string> parent_id, bool user_initiated) {
+             std::optional<std::string> backoff, int64_t delay_ms,
+             std::optional<std::string> parent_id, bool user_initiated) {
             std::vector<JobSpec> specs;
             specs.reserve(payloads.size());
             for (auto& p : payloads)
               specs.push_back(make_spec(type, std::move(p), priority, max_attempts, timeout_ms,
-                                        retry_delay_ms, delay_ms, parent_id, user_initiated));
+                                        retry_delay_ms, backoff, delay_ms, parent_id,
+                                        user_initiated));
             py::gil_scoped_release release;
             return e.enqueue_many(specs);
           },
           py::arg("type"), py::arg("payloads"), py::arg("priority") = py::none(),
           py::arg("max_attempts") = py::none(), py::arg("timeout_ms") = py::none(),
-          py::arg("retry_delay_ms") = py::none(), py::arg("delay_ms") = 0,
+          py::arg("retry_delay_ms") = py::none(), py::arg("backoff") = py::none(),
+          py::arg("delay_ms") = 0,
           py::arg("parent_id") = py::none(), py::arg("user_initiated") = true)
       .def("get", &Engine::get, py::arg("job_id"), py::call_guard<py::gil_scoped_release>())
       .def(

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <sstream>
+
+#include "jobforge/errors.hpp"
 #include <atomic>
 #include <chrono>
 #include <random>
@@ -48,6 +52,55 @@ std::vector<Status> statuses_leading_to(Status to) {
   for (int i = 0; i < kStatusCount; ++i)
     if (kTransitions[i][static_cast<int>(to)]) out.push_back(static_cast<Status>(i));
   return out;
+}
+
+int64_t Backoff::delay_ms(int64_t base_ms, int attempt, double unit) const noexcept {
+  const int n = std::max(1, attempt);
+  double d = static_cast<double>(base_ms);
+  switch (kind) {
+    case Kind::fixed: break;
+    case Kind::linear: d *= n; break;
+    case Kind::exponential: d *= std::pow(factor, n - 1); break;
+  }
+  if (max_ms > 0) d = std::min(d, static_cast<double>(max_ms));
+  if (jitter > 0) d *= 1.0 + jitter * (2.0 * unit - 1.0);
+  if (!std::isfinite(d) || d > 1e15) d = 1e15;  // ~31,000 years: "never", without overflow
+  return std::max<int64_t>(0, static_cast<int64_t>(std::llround(d)));
+}
+
+std::string Backoff::to_string() const {
+  switch (kind) {
+    case Kind::fixed: return "fixed";
+    case Kind::linear: return "linear";
+    case Kind::exponential: break;
+  }
+  std::ostringstream out;
+  out << "exponential:" << factor << ':' << max_ms << ':' << jitter;
+  return out.str();
+}
+
+Backoff Backoff::parse(std::string_view text) {
+  auto bad = [&](const std::string& why) {
+    return ValidationError("backoff", "backoff '" + std::string(text) + "' is invalid: " + why);
+  };
+  Backoff b;
+  if (text == "fixed" || text.empty()) return b;
+  if (text == "linear") {
+    b.kind = Kind::linear;
+    return b;
+  }
+  if (text.substr(0, 11) != "exponential") throw bad("kind must be fixed, linear or exponential");
+  b.kind = Kind::exponential;
+  if (text.size() == 11) return b;
+  std::istringstream in{std::string(text.substr(12))};
+  char c1 = 0, c2 = 0;
+  if (text[11] != ':' || !(in >> b.factor >> c1 >> b.max_ms >> c2 >> b.jitter) || c1 != ':' ||
+      c2 != ':' || !in.eof())
+    throw bad("expected exponential:<factor>:<max_ms>:<jitter>");
+  if (!(b.factor >= 1.0) || !std::isfinite(b.factor)) throw bad("factor must be at least 1");
+  if (b.max_ms < 0) throw bad("max must be 0 (none) or more");
+  if (!(b.jitter >= 0.0 && b.jitter <= 1.0)) throw bad("jitter must be between 0 and 1");
+  return b;
 }
 
 int64_t now_ms() noexcept {

@@ -18,8 +18,17 @@ from __future__ import annotations
 
 from ._core import Context
 from ._core import __version__ as __version__
+from .backoff import Exponential, Fixed, Linear
 from .engine import EVENT_TYPES, PRIORITIES, Engine, Subscription
-from .errors import InvalidTransition, JobCancelled, JobforgeError, StoreError, UnknownJobType
+from .errors import (
+    InvalidTransition,
+    JobCancelled,
+    JobforgeError,
+    PermanentError,
+    Retry,
+    StoreError,
+    UnknownJobType,
+)
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, STATUSES, Event, Job
 
 __all__ = [
@@ -33,6 +42,11 @@ __all__ = [
     "UnknownJobType",
     "JobCancelled",
     "InvalidTransition",
+    "Retry",
+    "PermanentError",
+    "Fixed",
+    "Linear",
+    "Exponential",
     "PRIORITIES",
     "EVENT_TYPES",
     "STATUSES",

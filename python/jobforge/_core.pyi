@@ -38,6 +38,8 @@ class JobRecord:
     @property
     def retry_delay_ms(self) -> int: ...
     @property
+    def backoff(self) -> str: ...
+    @property
     def parent_id(self) -> Optional[str]: ...
     @property
     def user_initiated(self) -> bool: ...
@@ -132,6 +134,7 @@ class Engine:
         timeout_ms: Optional[int] = None,
         max_attempts: Optional[int] = None,
         retry_delay_ms: Optional[int] = None,
+        backoff: Optional[str] = None,
         priority: Optional[int] = None,
     ) -> None: ...
     def has_processor(self, type: str) -> bool: ...
@@ -146,6 +149,7 @@ class Engine:
         max_attempts: Optional[int] = None,
         timeout_ms: Optional[int] = None,
         retry_delay_ms: Optional[int] = None,
+        backoff: Optional[str] = None,
         delay_ms: int = 0,
         parent_id: Optional[str] = None,
         user_initiated: bool = True,
@@ -158,6 +162,7 @@ class Engine:
         max_attempts: Optional[int] = None,
         timeout_ms: Optional[int] = None,
         retry_delay_ms: Optional[int] = None,
+        backoff: Optional[str] = None,
         delay_ms: int = 0,
         parent_id: Optional[str] = None,
         user_initiated: bool = True,

@@ -7,7 +7,7 @@ import traceback
 from typing import Any, Callable
 
 from . import _json
-from .errors import JobCancelled
+from .errors import JobCancelled, PermanentError, Retry
 
 ProcessorFn = Callable[[Any, Any], Any]
 
@@ -18,6 +18,11 @@ def make_adapter(fn: ProcessorFn):
             result = fn(ctx, _json.loads(payload_json))
         except JobCancelled as exc:
             return ("cancelled", str(exc) or "job was cancelled")
+        except Retry as exc:
+            delay_ms = -1 if exc.delay is None else int(round(exc.delay * 1000))
+            return ("retry", _describe(exc), traceback.format_exc(), delay_ms)
+        except PermanentError as exc:
+            return ("error", _describe(exc), traceback.format_exc(), True)
         except BaseException as exc:  # noqa: BLE001 - any failure of user code fails the attempt
             return ("error", _describe(exc), traceback.format_exc(), False)
         try:

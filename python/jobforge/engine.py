@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from . import _core, _json
 from ._processors import make_adapter
+from .backoff import BackoffSpec, Exponential, Fixed, Linear
 from .errors import JobforgeError
 from .job import STATUSES, Event, Job
 
@@ -54,6 +55,19 @@ def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
     ms = value * 1000.0
     # Round away from zero so a tiny positive value stays positive and a negative one negative.
     return int(math.ceil(ms)) if ms >= 0 else int(math.floor(ms))
+
+
+def _backoff(retry_delay: Optional[float], backoff: Optional[BackoffSpec]):
+    """(retry_delay_ms, backoff text) from the two ways of saying it."""
+    if backoff is None:
+        return _seconds_to_ms("retry_delay", retry_delay), None
+    if not isinstance(backoff, (Fixed, Linear, Exponential)):
+        raise TypeError(
+            f"backoff must be jobforge.Fixed, Linear or Exponential, got {type(backoff).__name__}"
+        )
+    if retry_delay is not None:
+        raise ValueError("give either retry_delay or backoff, not both (backoff carries the delay)")
+    return _seconds_to_ms("backoff", backoff.base), backoff.encode()
 
 
 def _int_option(field: str, value: Any) -> Optional[int]:
@@ -174,6 +188,7 @@ class Engine:
         timeout: Optional[float] = None,
         max_attempts: Optional[int] = None,
         retry_delay: Optional[float] = None,
+        backoff: Optional[BackoffSpec] = None,
         priority: Union[int, str, None] = None,
     ) -> Callable[[Callable], Callable]:
         """Decorator registering ``fn(ctx, payload)`` as the processor of ``type``. The options
@@ -182,7 +197,7 @@ class Engine:
         def decorator(fn: Callable) -> Callable:
             self.register(
                 type, fn, timeout=timeout, max_attempts=max_attempts,
-                retry_delay=retry_delay, priority=priority,
+                retry_delay=retry_delay, backoff=backoff, priority=priority,
             )  # fmt: skip
             return fn
 
@@ -196,6 +211,7 @@ class Engine:
         timeout: Optional[float] = None,
         max_attempts: Optional[int] = None,
         retry_delay: Optional[float] = None,
+        backoff: Optional[BackoffSpec] = None,
         priority: Union[int, str, None] = None,
     ) -> None:
         """Registers ``fn(ctx, payload)`` as the processor of ``type`` (see ``processor``)."""
@@ -209,7 +225,7 @@ class Engine:
         max_attempts = _int_option("max_attempts", max_attempts)
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
-        retry_ms = _seconds_to_ms("retry_delay", retry_delay)
+        retry_ms, backoff_text = _backoff(retry_delay, backoff)
         if retry_ms is not None and retry_ms < 0:
             raise ValueError(f"retry_delay must be 0 or more seconds, got {retry_delay!r}")
         prio = _priority(priority)
@@ -217,7 +233,7 @@ class Engine:
             raise ValueError(f"priority must be between 1 and 10, got {prio}")
         self._core.register_python_processor(
             type, make_adapter(fn), timeout_ms=timeout_ms, max_attempts=max_attempts,
-            retry_delay_ms=retry_ms, priority=prio,
+            retry_delay_ms=retry_ms, backoff=backoff_text, priority=prio,
         )  # fmt: skip
         self._processors[type] = fn
 
@@ -253,17 +269,21 @@ class Engine:
         self.stop(wait=True)
 
     # -- enqueue -------------------------------------------------------------------------------
-    def _options(self, priority, max_attempts, timeout, retry_delay, delay, parent, user_initiated):
+    def _options(
+        self, priority, max_attempts, timeout, retry_delay, backoff, delay, parent, user_initiated
+    ):
         delay_ms = _seconds_to_ms("delay", delay) or 0
         if parent is not None and not isinstance(parent, str):
             parent = getattr(parent, "id", parent)
             if not isinstance(parent, str):
                 raise TypeError(f"parent must be a job id or a Job, got {type(parent).__name__}")
+        retry_ms, backoff_text = _backoff(retry_delay, backoff)
         return dict(
             priority=_priority(priority),
             max_attempts=_int_option("max_attempts", max_attempts),
             timeout_ms=_seconds_to_ms("timeout", timeout),
-            retry_delay_ms=_seconds_to_ms("retry_delay", retry_delay),
+            retry_delay_ms=retry_ms,
+            backoff=backoff_text,
             delay_ms=delay_ms,
             parent_id=parent,
             user_initiated=bool(user_initiated),
@@ -279,6 +299,7 @@ class Engine:
         timeout: Optional[float] = None,
         delay: float = 0,
         retry_delay: Optional[float] = None,
+        backoff: Optional[BackoffSpec] = None,
         parent: Union[str, Job, None] = None,
         user_initiated: bool = True,
     ) -> Job:
@@ -286,7 +307,7 @@ class Engine:
 
         ``priority`` 1 (highest) .. 10 (lowest) or a name (urgent, high, normal, low,
         maintenance); ``timeout``, ``delay`` and ``retry_delay`` in seconds."""
-        opts = self._options(priority, max_attempts, timeout, retry_delay, delay, parent,
+        opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
                              user_initiated)  # fmt: skip
         record = self._core.enqueue(type, _json.dumps(payload), **opts)
         return Job(self, record)
@@ -301,11 +322,12 @@ class Engine:
         timeout: Optional[float] = None,
         delay: float = 0,
         retry_delay: Optional[float] = None,
+        backoff: Optional[BackoffSpec] = None,
         parent: Union[str, Job, None] = None,
         user_initiated: bool = True,
     ) -> list[Job]:
         """Stores many jobs of one type in one transaction: all of them or, on bad input, none."""
-        opts = self._options(priority, max_attempts, timeout, retry_delay, delay, parent,
+        opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
                              user_initiated)  # fmt: skip
         encoded = []
         for index, payload in enumerate(payloads):

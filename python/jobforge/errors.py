@@ -26,3 +26,25 @@ class InvalidTransition(JobforgeError):
 
 
 __all__ = ["JobforgeError", "StoreError", "UnknownJobType", "JobCancelled", "InvalidTransition"]
+
+
+class Retry(JobforgeError):
+    """Raised by a processor to end this attempt and ask for another after ``delay`` seconds
+    (the job's backoff when ``delay`` is None). Counts as an attempt: with none left, the job
+    ends ``failed``."""
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None):
+        super().__init__(message)
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))):
+            raise TypeError(f"delay must be a number of seconds, got {type(delay).__name__}")
+        if delay is not None and not delay >= 0:
+            raise ValueError(f"delay must be 0 or more seconds, got {delay!r}")
+        self.delay = delay
+
+
+class PermanentError(JobforgeError):
+    """Raised by a processor for a failure that another attempt cannot fix: the job ends
+    ``failed`` at once, whatever attempts are left."""
+
+
+__all__ += ["Retry", "PermanentError"]

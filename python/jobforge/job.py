@@ -75,6 +75,13 @@ class Job:
         return self._rec.retry_delay_ms / 1000.0
 
     @property
+    def backoff(self):
+        """The retry backoff: ``jobforge.Fixed``, ``Linear`` or ``Exponential``."""
+        from .backoff import decode
+
+        return decode(self._rec.backoff, self._rec.retry_delay_ms)
+
+    @property
     def parent_id(self) -> Optional[str]:
         return self._rec.parent_id
 

@@ -2,6 +2,7 @@
 // Validation errors name the field and the value; store errors carry the backend's code and message.
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -55,17 +56,22 @@ class JobCancelled : public Error {
 };
 
 // Thrown by a processor to fail the attempt with a message and a detail (e.g. a traceback).
-// permanent = true fails the job without further attempts.
+// permanent = true fails the job without further attempts; retry_after_ms >= 0 asks for the
+// next attempt after that delay instead of the job's backoff.
 class ProcessorFailure : public Error {
  public:
-  ProcessorFailure(const std::string& message, std::string detail, bool permanent = false)
-      : Error(message), detail_(std::move(detail)), permanent_(permanent) {}
+  ProcessorFailure(const std::string& message, std::string detail, bool permanent = false,
+                   int64_t retry_after_ms = -1)
+      : Error(message), detail_(std::move(detail)), permanent_(permanent),
+        retry_after_ms_(retry_after_ms) {}
   const std::string& detail() const noexcept { return detail_; }
   bool permanent() const noexcept { return permanent_; }
+  int64_t retry_after_ms() const noexcept { return retry_after_ms_; }
 
  private:
   std::string detail_;
   bool permanent_;
+  int64_t retry_after_ms_;
 };
 
 }  // namespace jobforge

@@ -29,6 +29,24 @@ inline constexpr int urgent = 1, high = 3, normal = 5, low = 7, maintenance = 10
 inline constexpr int min = 1, max = 10;
 }  // namespace priority
 
+// How long a failed attempt waits before the next: the one place for the backoff formulas.
+// base_ms is the job's retry_delay. fixed: base; linear: base × attempt; exponential:
+// base × factor^(attempt−1); then capped at max_ms (when > 0) and spread by ±jitter (0..1).
+struct Backoff {
+  enum class Kind : uint8_t { fixed, linear, exponential };
+  Kind kind = Kind::fixed;
+  double factor = 2.0;
+  int64_t max_ms = 0;
+  double jitter = 0.0;
+
+  // `attempt` is the attempt that just failed (1 for the first). `unit` in [0, 1) picks the jitter.
+  int64_t delay_ms(int64_t base_ms, int attempt, double unit = 0.5) const noexcept;
+  // Text form stored with the job: "fixed", "linear" or "exponential:<factor>:<max_ms>:<jitter>".
+  std::string to_string() const;
+  // Throws ValidationError naming the field "backoff".
+  static Backoff parse(std::string_view text);
+};
+
 // What the caller asks for. Unset optionals take the processor's defaults, then the engine's.
 struct JobSpec {
   std::string type;
@@ -37,6 +55,7 @@ struct JobSpec {
   std::optional<int> max_attempts;
   std::optional<int64_t> timeout_ms;
   std::optional<int64_t> retry_delay_ms;
+  std::optional<std::string> backoff;  // Backoff::to_string() form; default: fixed
   int64_t delay_ms = 0;
   std::optional<std::string> parent_id;
   bool user_initiated = true;
@@ -61,6 +80,7 @@ struct Job {
   int max_attempts = 3;
   int64_t timeout_ms = 300'000;
   int64_t retry_delay_ms = 1'000;
+  std::string backoff = "fixed";
   std::optional<std::string> parent_id;
   bool user_initiated = true;
   bool cancel_requested = false;

@@ -66,6 +66,7 @@ struct ProcessorOptions {
   std::optional<int64_t> timeout_ms;
   std::optional<int> max_attempts;
   std::optional<int64_t> retry_delay_ms;
+  std::optional<std::string> backoff;
   std::optional<int> priority;
 };
 

@@ -23,6 +23,7 @@ struct NewJob {
   int max_attempts;
   int64_t timeout_ms;
   int64_t retry_delay_ms;
+  std::string backoff;
   int64_t created_at;
   int64_t run_at;
   std::optional<std::string> parent_id;

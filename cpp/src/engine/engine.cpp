@@ -14,6 +14,7 @@
 #include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <set>
 #include <thread>
@@ -170,6 +171,7 @@ struct Engine::Impl {
     if (j.retry_delay_ms < 0)
       throw ValidationError("retry_delay", "retry_delay must be 0 or more seconds, got " +
                                                seconds_text(j.retry_delay_ms));
+    j.backoff = Backoff::parse(spec.backoff.value_or(defaults.backoff.value_or("fixed"))).to_string();
     if (spec.delay_ms < 0)
       throw ValidationError("delay", "delay must be 0 or more seconds, got " +
                                          seconds_text(spec.delay_ms));
@@ -198,6 +200,7 @@ struct Engine::Impl {
     j.max_attempts = n.max_attempts;
     j.timeout_ms = n.timeout_ms;
     j.retry_delay_ms = n.retry_delay_ms;
+    j.backoff = n.backoff;
     j.parent_id = n.parent_id;
     j.user_initiated = n.user_initiated;
     j.created_at = n.created_at;
@@ -225,7 +228,7 @@ struct Engine::Impl {
   void on_commit(std::vector<Transition>& transitions) {
     std::vector<Event> events;
     events.reserve(transitions.size() * 2);
-    bool any_final = false;
+    bool any_final = false, any_queued = false;
     for (auto& t : transitions) {
       Event e;
       e.job_id = t.job_id;
@@ -252,10 +255,12 @@ struct Engine::Impl {
         default: continue;
       }
       any_final = any_final || is_final(t.to);
+      any_queued = any_queued || t.to == Status::queued;
       e.type = specific;
       events.push_back(std::move(e));
     }
     bus.publish(std::move(events));
+    if (any_queued) wake_dispatcher();  // committed now: the dispatcher can see it
     if (any_final) {
       std::lock_guard lock(waiters_mutex);
       ++final_generation;
@@ -575,6 +580,7 @@ struct Engine::Impl {
     bool ok = false;
     bool cancelled_by_processor = false;  // the processor threw JobCancelled
     bool permanent = false;
+    int64_t retry_after_ms = -1;  // the processor asked for this delay
     std::string result_json;
     std::string error, error_detail;
   };
@@ -679,6 +685,7 @@ struct Engine::Impl {
       r.error = e.what();
       r.error_detail = e.detail();
       r.permanent = e.permanent();
+      r.retry_after_ms = e.retry_after_ms();
     } catch (const std::exception& e) {
       r.error = e.what();
     } catch (...) {
@@ -740,9 +747,21 @@ struct Engine::Impl {
       o.to = Status::failed;
     } else {
       o.to = Status::queued;
-      o.run_at = o.at + rj.job.retry_delay_ms;
+      o.run_at = o.at + (r.retry_after_ms >= 0 ? r.retry_after_ms : retry_delay(rj.job));
     }
     return o;
+  }
+
+  int64_t retry_delay(const Job& job) {
+    Backoff backoff;
+    try {
+      backoff = Backoff::parse(job.backoff);
+    } catch (const ValidationError&) {
+      // Written by a newer jobforge or by hand: fall back to the fixed delay.
+    }
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    const double unit = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    return backoff.delay_ms(job.retry_delay_ms, job.attempts, unit);
   }
 
   void submit_outcome(RunningJob& rj, Outcome o) {
@@ -754,7 +773,6 @@ struct Engine::Impl {
       std::fprintf(stderr, "jobforge: could not record the end of job %s: %s\n",
                    rj.job.id.c_str(), e.what());
     }
-    if (o.to == Status::queued) wake_dispatcher();
   }
 
   // ---- maintenance -------------------------------------------------------------------------

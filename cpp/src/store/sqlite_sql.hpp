@@ -110,8 +110,13 @@ inline constexpr const char* kMigration3 = R"sql(
 ALTER TABLE workers ADD COLUMN claim_mode TEXT NOT NULL DEFAULT 'durable';
 )sql";
 
-inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3};
-inline constexpr int kSchemaVersion = 3;
+// Retry backoff kind (Backoff::to_string(); NULL: fixed at retry_delay_ms).
+inline constexpr const char* kMigration4 = R"sql(
+ALTER TABLE jobs ADD COLUMN backoff TEXT;
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4};
+inline constexpr int kSchemaVersion = 4;
 
 // Columns read into a Job, in the order read_job expects.
 #define JOBFORGE_JOB_COLUMNS                                                                 \
@@ -119,13 +124,14 @@ inline constexpr int kSchemaVersion = 3;
   "progress_message, result, error, error_detail, attempts, max_attempts, timeout_ms, "      \
   "timeout_seconds, retry_delay_ms, parent_job_id, user_initiated, cancel_requested, "      \
   "created_at, queued_at, started_at, completed_at, run_at, timeout_at, lease_owner, "       \
-  "lease_expires_at"
+  "lease_expires_at, backoff"
 
 inline constexpr const char* kInsertJob = R"sql(
 INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_id,
                   user_initiated, timeout_seconds, timeout_ms, retry_delay_ms, created_at,
-                  queued_at, run_at, updated_at)
-VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, (?8 + 999) / 1000, ?8, ?9, ?10, ?10, ?11, ?10)
+                  queued_at, run_at, updated_at, backoff)
+VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, (?8 + 999) / 1000, ?8, ?9, ?10, ?10, ?11, ?10,
+        NULLIF(?12, 'fixed'))
 )sql";
 
 inline constexpr const char* kJobExists = "SELECT 1 FROM jobs WHERE id = ?1";

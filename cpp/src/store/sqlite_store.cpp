@@ -62,6 +62,7 @@ Job read_job(const Statement& s) {
   j.timeout_at = s.get_int(26);
   j.lease_owner = s.get_text(27);
   j.lease_expires_at = s.get_int(28);
+  j.backoff = s.is_null(29) ? "fixed" : s.get_text(29);
   return j;
 }
 
@@ -136,6 +137,7 @@ class SqliteStore final : public Store {
         ins.bind(1, j.id).bind(2, j.type).bind(3, j.priority).bind(4, j.payload_json);
         ins.bind(5, j.max_attempts).bind(6, j.parent_id).bind(7, j.user_initiated ? 1 : 0);
         ins.bind(8, j.timeout_ms).bind(9, j.retry_delay_ms).bind(10, j.created_at).bind(11, j.run_at);
+        ins.bind(12, j.backoff);
         ins.run();
         w.transitions.push_back(
             Transition{j.id, j.type, Status::created, Status::queued, 0, 0, {}, {}, j.created_at});

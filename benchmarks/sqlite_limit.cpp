@@ -1,7 +1,9 @@
 // The raw-SQLite limit: the same durable work as the engine, with the sqlite3 C API and nothing
-// else (no threads, no queue, no engine). Same schema and indexes as the engine (its migration SQL
-// is included from cpp/src/store/sqlite_sql.hpp, so the two stay in sync), same insert and claim
-// statements, WAL, synchronous=NORMAL, prepared statements, time-ordered (UUID v7-style) ids.
+// else (no threads, no queue, no engine). Same schema, indexes and triggers as the engine (its
+// connection pragmas and migrations are included from cpp/src/store/sqlite_sql.hpp, so the two stay
+// in sync), WAL, synchronous=NORMAL, prepared statements, time-ordered (UUID v7-style) ids.
+// The statements below are the engine's insert, claim and finish as of the first engine commit,
+// kept here (not included) so the limit does not move when the engine's statements change.
 //
 //   sqlite_limit PATH insert-single N              one insert per transaction
 //   sqlite_limit PATH insert-batch  N [BATCH]      BATCH inserts per transaction (default 10000)
@@ -14,10 +16,14 @@
 //   sqlite_limit PATH lifecycle-one N [BATCH]      one write per job: each transaction picks the
 //                                                  next BATCH queued jobs in claim order and writes
 //                                                  only their final state (default BATCH 512)
+//   --type=NAME (anywhere)                         the jobs' type (default "noop")
 //
-// The lifecycle modes insert their N jobs first (untimed). Output: one JSON line
-// {"mode":…, "n":…, "batch":…, "seconds":…, "rate":…, "sqlite":…}. PATH must not exist yet
-// (or be an empty file): the program creates the database with the engine's migrations.
+// A new PATH is created with the engine's migrations (an existing one is migrated like the engine
+// does). The lifecycle modes drain the queued jobs of the type that PATH already holds (a copy of
+// a prepared file, say) or, if it holds none, insert N first; either way that part is untimed.
+// Inserted payloads are {"i": n}. Output: one JSON line
+// {"mode":…, "n":…, "batch":…, "seconds":…, "rate":…, "sqlite":…}; exit 3 if a check fails
+// (a job not completed exactly once).
 #include <sqlite3.h>
 
 #include <chrono>
@@ -34,6 +40,38 @@
 namespace sql = jobforge::sqlite::sql;
 
 namespace {
+
+constexpr const char* kInsert = R"sql(
+INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_id,
+                  user_initiated, timeout_seconds, timeout_ms, retry_delay_ms, created_at,
+                  queued_at, run_at, updated_at)
+VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, (?8 + 999) / 1000, ?8, ?9, ?10, ?10, ?11, ?10)
+)sql";
+
+// The claim: the inner SELECT walks the partial index idx_jobs_claim in priority order.
+constexpr const char* kClaim = R"sql(
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?1, updated_at = ?1,
+       lease_owner = ?2, lease_expires_at = ?3, cancel_requested = 0,
+       timeout_at = ?1 + COALESCE(timeout_ms, timeout_seconds * 1000, 300000)
+WHERE rowid IN (SELECT rowid FROM jobs INDEXED BY idx_jobs_claim
+                WHERE status = 'queued' AND run_at <= ?1 AND +type IN (?5)
+                ORDER BY priority, run_at LIMIT ?4)
+RETURNING rowid, id, type, status, priority, payload, progress, progress_current, progress_total,
+          progress_message, result, error, error_detail, attempts, max_attempts, timeout_ms,
+          timeout_seconds, retry_delay_ms, parent_job_id, user_initiated, cancel_requested,
+          created_at, queued_at, started_at, completed_at, run_at, timeout_at, lease_owner,
+          lease_expires_at
+)sql";
+
+// The end of an attempt, only for the lease holder.
+constexpr const char* kFinish = R"sql(
+UPDATE jobs SET status = ?1, result = ?2, error = ?3, error_detail = ?4, progress = ?5,
+       progress_current = ?6, progress_total = ?7, progress_message = ?8, completed_at = ?9,
+       run_at = COALESCE(?10, run_at), queued_at = COALESCE(?11, queued_at),
+       attempts = attempts - ?12, updated_at = ?13, lease_owner = NULL, lease_expires_at = NULL,
+       cancel_requested = 0
+WHERE rowid = ?14 AND status = 'running' AND lease_owner = ?15
+)sql";
 
 [[noreturn]] void die(sqlite3* db, const char* what) {
   std::fprintf(stderr, "sqlite_limit: %s: %s\n", what, db ? sqlite3_errmsg(db) : "?");
@@ -111,19 +149,21 @@ struct Db {
       exec(db, ("PRAGMA user_version = " + std::to_string(m)).c_str());
       exec(db, "COMMIT");
     }
-    insert = prepare(db, sql::kInsertJob);
+    insert = prepare(db, kInsert);
   }
   ~Db() {
     sqlite3_finalize(insert);
     sqlite3_close_v2(db);
   }
 
+  std::string type = "noop";
+
   void insert_job(int64_t i, int64_t now) {
     const std::string id = new_id();
     const std::string payload = "{\"i\": " + std::to_string(i) + "}";
     sqlite3_stmt* s = insert;
     sqlite3_bind_text(s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
-    sqlite3_bind_text(s, 2, "noop", 4, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, type.data(), static_cast<int>(type.size()), SQLITE_STATIC);
     sqlite3_bind_int(s, 3, 5);
     sqlite3_bind_text(s, 4, payload.data(), static_cast<int>(payload.size()), SQLITE_TRANSIENT);
     sqlite3_bind_int(s, 5, 3);
@@ -143,6 +183,15 @@ struct Db {
       for (int64_t k = 0; k < batch && i < n; ++k, ++i) insert_job(i, now);
       exec(db, "COMMIT");
     }
+  }
+
+  int64_t count_queued() {
+    sqlite3_stmt* s = prepare(db, "SELECT count(*) FROM jobs WHERE status = 'queued' AND type = ?1");
+    sqlite3_bind_text(s, 1, type.data(), static_cast<int>(type.size()), SQLITE_STATIC);
+    if (sqlite3_step(s) != SQLITE_ROW) die(db, "count");
+    const int64_t n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return n;
   }
 
   int64_t count_completed() {
@@ -165,9 +214,8 @@ struct Db {
 // in transaction k-1): the pipelined shape of an engine whose claims are durable before a job
 // runs and whose finishes are group-committed with the next claim.
 void lifecycle(Db& d, int64_t n, int batch) {
-  const std::string claim_text = std::string(sql::kClaimPrefix) + "?5" + sql::kClaimSuffix;
-  sqlite3_stmt* claim = prepare(d.db, claim_text);
-  sqlite3_stmt* finish = prepare(d.db, sql::kFinish);
+  sqlite3_stmt* claim = prepare(d.db, kClaim);
+  sqlite3_stmt* finish = prepare(d.db, kFinish);
   const char* owner = "bench:1:limit";
   const int64_t lease_ms = 30000;
   std::vector<int64_t> previous, current;
@@ -180,7 +228,7 @@ void lifecycle(Db& d, int64_t n, int batch) {
     sqlite3_bind_text(claim, 2, owner, -1, SQLITE_STATIC);
     sqlite3_bind_int64(claim, 3, now + lease_ms);
     sqlite3_bind_int(claim, 4, batch);
-    sqlite3_bind_text(claim, 5, "noop", 4, SQLITE_STATIC);
+    sqlite3_bind_text(claim, 5, d.type.data(), static_cast<int>(d.type.size()), SQLITE_STATIC);
     int rc;
     while ((rc = sqlite3_step(claim)) == SQLITE_ROW) current.push_back(sqlite3_column_int64(claim, 0));
     if (rc != SQLITE_DONE) die(d.db, "claim");
@@ -238,7 +286,7 @@ WHERE rowid = ?3 AND status = 'queued'
     const int64_t now = now_ms();
     rowids.clear();
     sqlite3_bind_int64(pick, 1, now);
-    sqlite3_bind_text(pick, 2, "noop", 4, SQLITE_STATIC);
+    sqlite3_bind_text(pick, 2, d.type.data(), static_cast<int>(d.type.size()), SQLITE_STATIC);
     sqlite3_bind_int(pick, 3, batch);
     int rc;
     while ((rc = sqlite3_step(pick)) == SQLITE_ROW) rowids.push_back(sqlite3_column_int64(pick, 0));
@@ -267,21 +315,30 @@ WHERE rowid = ?3 AND status = 'queued'
 int usage() {
   std::fprintf(stderr,
                "usage: sqlite_limit PATH insert-single N | insert-batch N [BATCH] | "
-               "lifecycle N [BATCH] | lifecycle-one N [BATCH]\n");
+               "lifecycle N [BATCH] | lifecycle-one N [BATCH]   [--type=NAME]\n");
   return 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) return usage();
-  const char* path = argv[1];
-  const std::string mode = argv[2];
-  const int64_t n = std::atoll(argv[3]);
+  std::vector<std::string> args;
+  std::string type = "noop";
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--type=", 7) == 0)
+      type = argv[i] + 7;
+    else
+      args.emplace_back(argv[i]);
+  }
+  if (args.size() < 3 || type.empty()) return usage();
+  const std::string path = args[0];
+  const std::string mode = args[1];
+  int64_t n = std::atoll(args[2].c_str());
   if (n <= 0) return usage();
-  int64_t batch = argc > 4 ? std::atoll(argv[4]) : 0;
+  int64_t batch = args.size() > 3 ? std::atoll(args[3].c_str()) : 0;
 
-  Db d(path);
+  Db d(path.c_str());
+  d.type = type;
   using Clock = std::chrono::steady_clock;
   Clock::time_point t0, t1;
   if (mode == "insert-single") {
@@ -296,7 +353,10 @@ int main(int argc, char** argv) {
     t1 = Clock::now();
   } else if (mode == "lifecycle" || mode == "lifecycle-one") {
     if (batch <= 0) batch = mode == "lifecycle" ? 64 : 512;
-    d.insert_batched(n, 10000);
+    if (const int64_t queued = d.count_queued(); queued > 0)
+      n = queued;
+    else
+      d.insert_batched(n, 10000);
     exec(d.db, "PRAGMA wal_checkpoint(TRUNCATE)");
     t0 = Clock::now();
     if (mode == "lifecycle")

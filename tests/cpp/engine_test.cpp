@@ -631,6 +631,114 @@ TEST_F(EngineTest, ConcurrentCancelsOfTheSameRunningJobEndItOnce) {
   EXPECT_EQ(s.count(Status::running), 0);
 }
 
+// With prefetch, a job can be claimed durably (running in the store, holding a lease) and wait
+// for a worker; cancelled there, it never ran, so it must not use an attempt.
+TEST_F(EngineTest, JobCancelledWhileWaitingForAWorkerUsesNoAttempt) {
+  EngineConfig config = small_config(dir, /*workers=*/1);
+  config.prefetch = 1;
+  config.claim_in_memory = false;  // so that "claimed" shows in the store as 'running'
+  Engine engine(config);
+  auto stuck = std::make_shared<RunsUntilStopped>();
+  auto echo = std::make_shared<EchoProcessor>();
+  engine.register_processor("stuck", stuck);
+  engine.register_processor("echo", echo);
+  engine.start();
+  const Job busy = engine.enqueue(spec("stuck"));
+  ASSERT_TRUE(stuck->started.wait());
+  const Job waiting = engine.enqueue(spec("echo"));
+  ASSERT_TRUE(eventually([&] { return engine.store().get(waiting.id)->status == Status::running; }));
+  EXPECT_TRUE(engine.cancel(waiting.id));
+  EXPECT_TRUE(engine.cancel(busy.id));  // frees the worker
+  const Job cancelled = wait_final(engine, waiting.id);
+  EXPECT_EQ(cancelled.status, Status::cancelled);
+  EXPECT_EQ(cancelled.attempts, 0);
+  EXPECT_EQ(wait_final(engine, busy.id).attempts, 1);
+  EXPECT_EQ(echo->calls(), 0u);
+}
+
+namespace {
+
+// cancel() returning true for a job that this engine holds but has not started (prefetched, or
+// claimed in memory) should end it then, not when a worker happens to become free, which may be
+// hours later.
+void expect_cancel_of_a_held_job_ends_it_at_once(Engine& engine, bool claims_show_in_store) {
+  auto stuck = std::make_shared<RunsUntilStopped>();
+  auto echo = std::make_shared<EchoProcessor>();
+  engine.register_processor("stuck", stuck);
+  engine.register_processor("echo", echo);
+  engine.start();
+  const Job busy = engine.enqueue(spec("stuck"));
+  ASSERT_TRUE(stuck->started.wait());
+  const Job waiting = engine.enqueue(spec("echo"));
+  if (claims_show_in_store) {
+    ASSERT_TRUE(
+        eventually([&] { return engine.store().get(waiting.id)->status == Status::running; }));
+  } else {
+    std::this_thread::sleep_for(200ms);  // a claim in memory cannot be seen: give it time
+  }
+  EXPECT_TRUE(engine.cancel(waiting.id));
+  const auto ended = engine.wait(waiting.id, 3'000ms);
+  EXPECT_TRUE(ended.has_value())
+      << "the cancelled job was still '" << to_string(engine.get(waiting.id)->status)
+      << "' 3 s after cancel() returned true, because the only worker is busy";
+  if (ended) {
+    EXPECT_EQ(ended->status, Status::cancelled);
+  }
+  EXPECT_TRUE(engine.cancel(busy.id));
+  EXPECT_EQ(wait_final(engine, waiting.id).status, Status::cancelled);
+  EXPECT_EQ(echo->calls(), 0u);
+}
+
+}  // namespace
+
+TEST_F(EngineTest, PrefetchedJobCancelledEndsWithoutWaitingForABusyWorker) {
+  EngineConfig config = small_config(dir, /*workers=*/1);
+  config.prefetch = 1;
+  config.claim_in_memory = false;
+  Engine engine(config);
+  expect_cancel_of_a_held_job_ends_it_at_once(engine, /*claims_show_in_store=*/true);
+}
+
+TEST_F(EngineTest, JobClaimedInMemoryCancelledEndsWithoutWaitingForABusyWorker) {
+  EngineConfig config = small_config(dir, /*workers=*/1);
+  config.claim_in_memory = true;
+  Engine engine(config);
+  expect_cancel_of_a_held_job_ends_it_at_once(engine, /*claims_show_in_store=*/false);
+}
+
+// An admin's `jobforge cancel` runs in another process that does not work jobs, so the worker
+// process stays alone on the file and may hold the job in memory. The cancelled job must not run.
+TEST_F(EngineTest, JobCancelledByAProducerProcessNeverRunsEvenIfClaimedInMemory) {
+  EngineConfig config = small_config(dir, /*workers=*/1);
+  Engine worker(config);
+  auto stuck = std::make_shared<RunsUntilStopped>();
+  auto echo = std::make_shared<EchoProcessor>();
+  worker.register_processor("stuck", stuck);
+  worker.register_processor("echo", echo);
+  EngineConfig producer_config = small_config(dir);
+  producer_config.allow_unknown_types = true;
+  Engine producer(producer_config);  // never started: enqueues and cancels only
+  worker.start();
+  const Job busy = producer.enqueue(spec("stuck"));
+  ASSERT_TRUE(stuck->started.wait());
+  std::vector<Job> victims;
+  for (int i = 0; i < 3; ++i) victims.push_back(producer.enqueue(spec("echo", std::to_string(i))));
+  std::this_thread::sleep_for(200ms);  // let the worker claim them, in memory if it does so
+  for (const auto& v : victims) EXPECT_TRUE(producer.cancel(v.id));
+  for (const auto& v : victims) {
+    auto seen = producer.get(v.id);
+    ASSERT_TRUE(seen.has_value());
+    EXPECT_EQ(seen->status, Status::cancelled);
+  }
+  EXPECT_TRUE(producer.cancel(busy.id));
+  EXPECT_EQ(wait_final(producer, busy.id).status, Status::cancelled);
+  const Job marker = producer.enqueue(spec("echo", "\"marker\""));
+  EXPECT_EQ(wait_final(producer, marker.id).status, Status::completed);
+  EXPECT_EQ(echo->seen_payloads(), std::vector<std::string>{"\"marker\""})
+      << "cancelled jobs were run";
+  for (const auto& v : victims) EXPECT_EQ(wait_final(producer, v.id).status, Status::cancelled);
+}
+
 TEST_F(EngineTest, AbortAllCancelsQueuedAndRunningJobs) {
   Engine engine(small_config(dir, /*workers=*/1));
   auto stuck = std::make_shared<RunsUntilStopped>();
@@ -724,6 +832,23 @@ TEST_F(EngineTest, StopWithoutWaitingRequeuesTheRunningJobWithItsAttemptUnused) 
   EXPECT_EQ(ended.status, Status::cancelled);
   EXPECT_EQ(ended.attempts, 1);
   EXPECT_EQ(wait_final(engine, waiting.id).status, Status::completed);
+}
+
+// A processor that returns normally on seeing ctx.cancelled() may have cut its work short, so
+// a hard stop puts its job back in the queue rather than recording a half-done completion.
+TEST_F(EngineTest, StopWithoutWaitingRequeuesEvenAJobWhoseProcessorReturnedNormally) {
+  Engine engine(small_config(dir, /*workers=*/1));
+  auto stuck = std::make_shared<RunsUntilStopped>(/*throw_when_stopped=*/false);
+  engine.register_processor("stuck", stuck);
+  engine.start();
+  const Job job = engine.enqueue(spec("stuck"));
+  ASSERT_TRUE(stuck->started.wait());
+  engine.stop(/*wait=*/false);
+  auto requeued = engine.get(job.id);
+  ASSERT_TRUE(requeued.has_value());
+  EXPECT_EQ(requeued->status, Status::queued);
+  EXPECT_EQ(requeued->attempts, 0);
+  EXPECT_FALSE(requeued->result_json.has_value());
 }
 
 TEST_F(EngineTest, EngineDestroyedWhileJobsRunDoesNotCrashOrHang) {
@@ -830,6 +955,25 @@ TEST_F(EngineTest, InvalidSpecsAreRejectedNamingTheFieldAndWriteNothing) {
   EXPECT_TRUE(engine.jobs(JobQuery{}).empty());
 }
 
+TEST_F(EngineTest, EnqueueManyOfNothingWritesNothing) {
+  Engine engine(small_config(dir));
+  EXPECT_TRUE(engine.enqueue_many({}).empty());
+  EXPECT_EQ(engine.stats().total, 0);
+}
+
+// A very long timeout (here about 317 years, as a caller meaning "no timeout" might pass) is a
+// valid timeout: the job must run to its end, not time out at once.
+TEST_F(EngineTest, VeryLongTimeoutDoesNotEndTheJobEarly) {
+  Engine engine(small_config(dir));
+  auto slow = std::make_shared<SlowProcessor>(100ms);
+  engine.register_processor("slow", slow);
+  engine.start();
+  JobSpec s = spec("slow");
+  s.timeout_ms = 10'000'000'000'000;
+  const Job done = wait_final(engine, engine.enqueue(s).id);
+  EXPECT_EQ(done.status, Status::completed) << done.error.value_or("");
+}
+
 TEST_F(EngineTest, UnknownTypeIsRejectedUnlessAllowed) {
   {
     Engine engine(small_config(dir));
@@ -855,6 +999,9 @@ TEST_F(EngineTest, UnknownTypeIsRejectedUnlessAllowed) {
 TEST_F(EngineTest, BadConfigurationAndQueriesAreValidationErrors) {
   EngineConfig config = small_config(dir);
   config.workers = 0;
+  EXPECT_THROW(Engine{config}, ValidationError);
+  config = small_config(dir);
+  config.prefetch = -1;
   EXPECT_THROW(Engine{config}, ValidationError);
   Engine engine(small_config(dir));
   JobQuery q;
@@ -888,8 +1035,10 @@ TEST_F(EngineTest, ChildJobsAreListedByParent) {
 
 // ---- events -------------------------------------------------------------------------------
 
-TEST_F(EngineTest, EventsOfACompletedJobArriveInOrderOnTheDeliveryThread) {
-  Engine engine(small_config(dir));
+namespace {
+
+void expect_events_of_a_completed_job_in_order_on_the_delivery_thread(EngineConfig config) {
+  Engine engine(config);
   auto progress = std::make_shared<ProgressProcessor>();
   engine.register_processor("progress", progress);
   EventLog log(engine);
@@ -898,12 +1047,11 @@ TEST_F(EngineTest, EventsOfACompletedJobArriveInOrderOnTheDeliveryThread) {
   wait_final(engine, job.id);
   const auto events = log.for_job(engine, job.id);
 
-  EXPECT_EQ(types_of(events),
+  ASSERT_EQ(types_of(events),
             (std::vector<EventType>{EventType::status_changed, EventType::queued,
                                     EventType::status_changed, EventType::started,
                                     EventType::progress, EventType::progress, EventType::progress,
                                     EventType::status_changed, EventType::completed}));
-  ASSERT_EQ(events.size(), 9u);
   EXPECT_EQ(events[0].status, Status::queued);
   EXPECT_EQ(events[2].previous_status, Status::queued);
   EXPECT_EQ(events[2].status, Status::running);
@@ -924,6 +1072,22 @@ TEST_F(EngineTest, EventsOfACompletedJobArriveInOrderOnTheDeliveryThread) {
   EXPECT_EQ(log.delivery_threads.size(), 1u);
   EXPECT_EQ(log.delivery_threads.count(progress->thread.load()), 0u);
   EXPECT_EQ(log.delivery_threads.count(std::this_thread::get_id()), 0u);
+}
+
+}  // namespace
+
+TEST_F(EngineTest, EventsOfACompletedJobArriveInOrderOnTheDeliveryThread) {
+  EngineConfig config = small_config(dir);
+  config.claim_in_memory = false;
+  expect_events_of_a_completed_job_in_order_on_the_delivery_thread(config);
+}
+
+// Alone on the file the engine claims in memory and writes the running state later; its
+// subscribers must still see job-started before the job's progress.
+TEST_F(EngineTest, EventsOfAJobClaimedInMemoryArriveInOrder) {
+  EngineConfig config = small_config(dir);
+  config.claim_in_memory = true;
+  expect_events_of_a_completed_job_in_order_on_the_delivery_thread(config);
 }
 
 TEST_F(EngineTest, EventsOfAFailedJobEndWithTheFailure) {
@@ -1106,16 +1270,39 @@ TEST_F(EngineTest, DeadWorkersJobsAreRecoveredOnStartAndALivePeersAreLeftAlone) 
     auto store = open_sqlite_store(path);
     const int64_t now = now_ms();
     // Another host's workers: one silent for an hour, one heartbeating (its clock is ahead).
-    store->register_worker(WorkerInfo{"ghost", "elsewhere", 1, "0", now - 3'600'000,
-                                      now - 3'600'000, "running"});
-    store->register_worker(WorkerInfo{"peer", "elsewhere", 2, "0", now, now + 3'600'000,
-                                      "running"});
+    auto other_host_worker = [](const std::string& id, int64_t heartbeat_at) {
+      WorkerInfo w;
+      w.id = id;
+      w.hostname = "elsewhere";
+      w.pid = 1;
+      w.version = "0";
+      w.started_at = heartbeat_at;
+      w.heartbeat_at = heartbeat_at;
+      w.state = "running";
+      return w;
+    };
+    store->register_worker(other_host_worker("ghost", now - 3'600'000));
+    store->register_worker(other_host_worker("peer", now + 3'600'000));
     for (std::string* id : {&dead_job, &live_job}) {
-      NewJob j{new_job_id(), "noop", priority::normal, "null", 3, 60'000, 10, now, now,
-               std::nullopt, true};
+      NewJob j;
+      j.id = new_job_id();
+      j.type = "noop";
+      j.priority = priority::normal;
+      j.payload_json = "null";
+      j.max_attempts = 3;
+      j.timeout_ms = 60'000;
+      j.retry_delay_ms = 10;
+      j.created_at = now;
+      j.run_at = now;
+      j.user_initiated = true;
       *id = j.id;
       store->insert({j});
-      ClaimRequest claim{id == &dead_job ? "ghost" : "peer", 1, now, 3'600'000, {"noop"}};
+      ClaimRequest claim;
+      claim.owner = id == &dead_job ? "ghost" : "peer";
+      claim.limit = 1;
+      claim.now = now;
+      claim.lease_ms = 3'600'000;
+      claim.types = {"noop"};
       ASSERT_EQ(store->claim(claim).size(), 1u);
     }
   }
@@ -1199,4 +1386,29 @@ TEST_F(EngineTest, HeartbeatsKeepALongJobFromBeingTakenByAPeer) {
   EXPECT_EQ(done.attempts, 1);
   std::lock_guard lock(recorder->mutex);
   EXPECT_EQ(recorder->count_by_id[job.id], 1);
+}
+
+// A process alone on the file claims in memory; when a second worker process attaches, claims
+// must become durable before either runs another job, so that no job runs twice.
+TEST_F(EngineTest, SecondEngineJoiningMidStreamNeverRunsAJobTwice) {
+  auto recorder = std::make_shared<RecordsCallsProcessor>();
+  Engine first(small_config(dir));
+  first.register_processor("count", recorder);
+  std::vector<JobSpec> specs(3'000, spec("count"));
+  const auto jobs = first.enqueue_many(specs);
+  first.start();
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard lock(recorder->mutex);
+    return recorder->count_by_id.size() >= 100;
+  }));
+  Engine second(small_config(dir));
+  second.register_processor("count", recorder);
+  second.start();
+  ASSERT_TRUE(eventually([&] { return first.stats().count(Status::completed) == 3'000; },
+                         std::chrono::milliseconds(120'000)));
+  std::lock_guard lock(recorder->mutex);
+  EXPECT_EQ(recorder->count_by_id.size(), 3'000u);
+  int twice = 0;
+  for (const auto& [id, n] : recorder->count_by_id) twice += n > 1;
+  EXPECT_EQ(twice, 0) << "jobs run more than once";
 }

@@ -102,7 +102,15 @@ Outcome outcome_for(const Job& job, const std::string& owner, Status to) {
 }
 
 WorkerInfo worker(const std::string& id, int64_t heartbeat_at) {
-  return WorkerInfo{id, "test-host", 0, "test", heartbeat_at, heartbeat_at, "running"};
+  WorkerInfo w;
+  w.id = id;
+  w.hostname = "test-host";
+  w.pid = 0;
+  w.version = "test";
+  w.started_at = heartbeat_at;
+  w.heartbeat_at = heartbeat_at;
+  w.state = "running";
+  return w;
 }
 
 class StoreTest : public ::testing::Test {
@@ -111,6 +119,14 @@ class StoreTest : public ::testing::Test {
     return open_sqlite_store(path(), options);
   }
   std::string path() const { return dir.file("jobs.db"); }
+
+  // The schema version this jobforge gives a new file, for comparing migrated files with.
+  int64_t fresh_schema_version() {
+    const std::string fresh = dir.file("fresh.db");
+    { auto store = open_sqlite_store(fresh); }
+    RawDb raw(fresh);
+    return raw.integer("PRAGMA user_version");
+  }
 
   Status status_of(Store& store, const std::string& id) {
     auto job = store.get(id);
@@ -128,7 +144,7 @@ class StoreTest : public ::testing::Test {
 TEST_F(StoreTest, NewFileGetsTheFullSchemaInWalMode) {
   { auto store = open(); }
   RawDb raw(path());
-  EXPECT_EQ(raw.integer("PRAGMA user_version"), 2);
+  EXPECT_GE(raw.integer("PRAGMA user_version"), 2);  // seed schema + engine columns, at least
   EXPECT_EQ(raw.text("PRAGMA journal_mode"), "wal");
   for (const char* table : {"jobs", "job_counts", "workers"})
     EXPECT_EQ(raw.integer(std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND "
@@ -149,7 +165,7 @@ TEST_F(StoreTest, ReopeningAMigratedFileKeepsItsRows) {
   ASSERT_TRUE(store->get(job.id).has_value());
   EXPECT_EQ(store->stats().total, 1);
   RawDb raw(path());
-  EXPECT_EQ(raw.integer("PRAGMA user_version"), 2);
+  EXPECT_EQ(raw.integer("PRAGMA user_version"), fresh_schema_version());
 }
 
 TEST_F(StoreTest, SeedSchemaFileIsMigratedInPlaceKeepingRowsAndCounts) {
@@ -179,7 +195,7 @@ TEST_F(StoreTest, SeedSchemaFileIsMigratedInPlaceKeepingRowsAndCounts) {
 
   auto store = open();
   RawDb raw(path());
-  EXPECT_EQ(raw.integer("PRAGMA user_version"), 2);
+  EXPECT_EQ(raw.integer("PRAGMA user_version"), fresh_schema_version());
   EXPECT_EQ(raw.integer("SELECT count(*) FROM jobs"), 3);
 
   const Stats stats = store->stats();
@@ -430,6 +446,64 @@ TEST_F(StoreTest, DuplicateIdIsRejectedWithoutLosingTheBatchNeighbours) {
   EXPECT_THROW(std::rethrow_exception(dup_error), Error);
   EXPECT_EQ(store->stats().total, 2);
   EXPECT_TRUE(store->get(fresh.id).has_value());
+}
+
+TEST_F(StoreTest, ListReturnsNewestFirstWithOffset) {
+  auto store = open();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    auto j = make_job();
+    j.created_at = kT0 + i;
+    ids.push_back(j.id);
+    store->insert({j});
+  }
+  JobQuery q;
+  q.limit = 2;
+  q.offset = 1;
+  auto page = store->list(q);
+  ASSERT_EQ(page.size(), 2u);
+  EXPECT_EQ(page[0].id, ids[3]);
+  EXPECT_EQ(page[1].id, ids[2]);
+  JobQuery several;
+  several.statuses = {Status::queued, Status::cancelled};
+  ASSERT_EQ(store->cancel(ids[0], kT0), CancelResult::cancelled);
+  EXPECT_EQ(store->list(several).size(), 5u);
+  several.statuses = {Status::cancelled};
+  EXPECT_EQ(store->list(several).size(), 1u);
+}
+
+// SQLite allows one writer per file: another connection's write lock is waited out, and the
+// store retries SQLITE_BUSY with backoff even when the busy timeout is short.
+TEST_F(StoreTest, InsertWaitsOutAnotherConnectionsWriteLock) {
+  SqliteOptions options;
+  options.busy_timeout_ms = 5;
+  auto store = open(options);
+  RawDb locker(path());
+  locker.exec("BEGIN IMMEDIATE");
+  const auto job = make_job();
+  std::atomic<bool> inserted{false};
+  std::exception_ptr error;
+  std::thread producer([&] {
+    try {
+      store->insert({job});
+      inserted = true;
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_FALSE(inserted.load());  // cannot commit while the lock is held
+  locker.exec("COMMIT");
+  producer.join();
+  if (error) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "insert failed instead of waiting: " << e.what();
+    }
+  }
+  EXPECT_TRUE(inserted.load());
+  EXPECT_EQ(status_of(*store, job.id), Status::queued);
 }
 
 // ---- claim --------------------------------------------------------------------------------

@@ -12,10 +12,20 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <ostream>
 #include <mutex>
 #include <random>
 #include <string>
 #include <thread>
+
+#include "jobforge/events.hpp"
+#include "jobforge/job.hpp"
+
+namespace jobforge {
+// Readable names in GoogleTest's failure messages (found by argument-dependent lookup).
+inline void PrintTo(Status s, std::ostream* os) { *os << to_string(s); }
+inline void PrintTo(EventType t, std::ostream* os) { *os << to_string(t); }
+}  // namespace jobforge
 
 namespace jobforge::testing {
 

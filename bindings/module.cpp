@@ -6,6 +6,8 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include "jobforge/engine.hpp"
 
@@ -32,6 +34,10 @@ class PyRef {
  private:
   py::object obj_;
 };
+
+py::object error_class(const char* name) {
+  return py::module_::import("jobforge.errors").attr(name);
+}
 
 // The GIL as an ExecutionGate. Each worker thread keeps one Python thread state for its whole
 // life (creating one per acquisition costs more than a small Python job), deleted at thread exit.
@@ -72,16 +78,37 @@ class PythonProcessor final : public Processor {
 
   ExecutionGate* gate() noexcept override { return &python_gate(); }
 
+  // Raises JobCancelled asynchronously in the thread running ctx's job: it surfaces at the next
+  // Python bytecode (it cannot interrupt a long call into C, such as time.sleep or a C extension).
+  void interrupt(Context& ctx) override {
+    if (!Py_IsInitialized()) return;
+    py::gil_scoped_acquire gil;
+    // With the GIL held the worker is not between its run and forget(): the entry is exact.
+    std::lock_guard lock(running_mutex_);
+    auto it = running_.find(&ctx);
+    if (it == running_.end()) return;
+    PyThreadState_SetAsyncExc(it->second, error_class("JobCancelled").ptr());
+  }
+
   std::string run(Context& ctx, const std::string& payload_json) override {
     // The engine enters the gate first; a direct caller may not have.
     std::optional<py::gil_scoped_acquire> gil;
     if (!PyGILState_Check()) gil.emplace();
+    const unsigned long thread = PyThread_get_thread_ident();
+    {
+      std::lock_guard lock(running_mutex_);
+      running_[&ctx] = thread;
+    }
     py::tuple out;
     try {
       out = adapter_->get()(ctx.shared_from_this(), py::str(payload_json));
     } catch (py::error_already_set& e) {
+      forget(ctx, thread);
+      if (e.matches(error_class("JobCancelled")))  // interrupted outside the user's function
+        throw JobCancelled(e.what());
       throw ProcessorFailure(std::string("jobforge adapter failed: ") + e.what(), "", false);
     }
+    forget(ctx, thread);
     const std::string kind = out[0].cast<std::string>();
     if (kind == "ok") return out[1].cast<std::string>();
     if (kind == "cancelled") throw JobCancelled(out[1].cast<std::string>());
@@ -93,12 +120,20 @@ class PythonProcessor final : public Processor {
   }
 
  private:
-  std::shared_ptr<PyRef> adapter_;
-};
+  // Called with the GIL held: stop tracking the run and drop an interruption that came too late
+  // to land in it, so it cannot hit the thread's next job.
+  void forget(Context& ctx, unsigned long thread) {
+    {
+      std::lock_guard lock(running_mutex_);
+      running_.erase(&ctx);
+    }
+    PyThreadState_SetAsyncExc(thread, nullptr);
+  }
 
-py::object error_class(const char* name) {
-  return py::module_::import("jobforge.errors").attr(name);
-}
+  std::shared_ptr<PyRef> adapter_;
+  std::mutex running_mutex_;
+  std::unordered_map<Context*, unsigned long> running_;  // run in progress → its thread
+};
 
 void translate_errors(std::exception_ptr p) {
   try {
@@ -111,6 +146,8 @@ void translate_errors(std::exception_ptr p) {
     PyErr_SetString(error_class("StoreError").ptr(), e.what());
   } catch (const JobCancelled& e) {
     PyErr_SetString(error_class("JobCancelled").ptr(), e.what());
+  } catch (const SingletonTaken& e) {
+    PyErr_SetString(error_class("SingletonError").ptr(), e.what());
   } catch (const InvalidTransition& e) {
     PyErr_SetString(error_class("InvalidTransition").ptr(), e.what());
   } catch (const Error& e) {
@@ -245,7 +282,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Engine, EngineHolder>(m, "Engine")
       .def(py::init([](const std::string& path, int workers, int64_t retry_delay_ms,
                        bool allow_unknown_types, int64_t poll_ms, int64_t heartbeat_ms,
-                       int64_t lease_ms, int64_t progress_event_ms, bool synchronous_full) {
+                       int64_t lease_ms, int64_t progress_event_ms, bool synchronous_full,
+                       std::string singleton_role, int64_t interrupt_grace_ms) {
              EngineConfig c;
              c.path = path;
              c.workers = workers;
@@ -256,13 +294,16 @@ PYBIND11_MODULE(_core, m) {
              c.lease_ms = lease_ms;
              c.progress_event_ms = progress_event_ms;
              c.sqlite.synchronous_full = synchronous_full;
+             c.singleton_role = std::move(singleton_role);
+             c.interrupt_grace_ms = interrupt_grace_ms;
              py::gil_scoped_release release;
              return EngineHolder(new Engine(c));
            }),
            py::arg("path"), py::arg("workers") = 4, py::arg("retry_delay_ms") = 1000,
            py::arg("allow_unknown_types") = false, py::arg("poll_ms") = 250,
            py::arg("heartbeat_ms") = 5000, py::arg("lease_ms") = 30000,
-           py::arg("progress_event_ms") = 50, py::arg("synchronous_full") = false)
+           py::arg("progress_event_ms") = 50, py::arg("synchronous_full") = false,
+           py::arg("singleton_role") = "", py::arg("interrupt_grace_ms") = 1000)
       .def_property_readonly("worker_id", &Engine::worker_id)
       .def_property_readonly("path", [](const Engine& e) { return e.config().path; })
       .def_property_readonly("workers", [](const Engine& e) { return e.config().workers; })

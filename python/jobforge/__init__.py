@@ -26,6 +26,7 @@ from .errors import (
     JobforgeError,
     PermanentError,
     Retry,
+    SingletonError,
     StoreError,
     UnknownJobType,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidTransition",
     "Retry",
     "PermanentError",
+    "SingletonError",
     "Fixed",
     "Linear",
     "Exponential",

@@ -118,6 +118,8 @@ class Engine:
         lease_ms: int = 30000,
         progress_event_ms: int = 50,
         synchronous_full: bool = False,
+        singleton_role: str = "",
+        interrupt_grace_ms: int = 1000,
     ) -> None: ...
     @property
     def worker_id(self) -> str: ...

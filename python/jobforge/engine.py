@@ -145,6 +145,8 @@ class Engine:
         lease: float = 30.0,
         progress_interval: float = 0.05,
         durability: str = "normal",
+        singleton: Union[bool, str] = False,
+        interrupt_grace: float = 1.0,
     ) -> None:
         path = os.fspath(path)
         if not isinstance(path, str):
@@ -162,6 +164,17 @@ class Engine:
         retry_ms = _seconds_to_ms("retry_delay", retry_delay)
         if retry_ms is None or retry_ms < 0:
             raise ValueError(f"retry_delay must be 0 or more seconds, got {retry_delay!r}")
+        if singleton is True:
+            singleton_role = "default"
+        elif singleton is False or singleton is None:
+            singleton_role = ""
+        elif isinstance(singleton, str) and singleton:
+            singleton_role = singleton
+        else:
+            raise ValueError(f"singleton must be a bool or a non-empty role name, got {singleton!r}")
+        grace_ms = _seconds_to_ms("interrupt_grace", interrupt_grace)
+        if grace_ms is None or grace_ms < 0:
+            raise ValueError(f"interrupt_grace must be 0 or more seconds, got {interrupt_grace!r}")
         self._core = _core.Engine(
             path,
             workers=workers,
@@ -172,6 +185,8 @@ class Engine:
             lease_ms=max(1, _seconds_to_ms("lease", lease) or 1),
             progress_event_ms=max(0, _seconds_to_ms("progress_interval", progress_interval) or 0),
             synchronous_full=durability == "full",
+            singleton_role=singleton_role,
+            interrupt_grace_ms=grace_ms,
         )
         self.path = path
         self._subs_lock = threading.Lock()

@@ -21,6 +21,10 @@ class JobCancelled(JobforgeError):
     out. Let it propagate: the job then ends ``cancelled`` (or ``timeout``)."""
 
 
+class SingletonError(JobforgeError):
+    """``start()`` of a singleton engine while another live one holds the same role."""
+
+
 class InvalidTransition(JobforgeError):
     """A status change the lifecycle does not allow."""
 
@@ -47,4 +51,4 @@ class PermanentError(JobforgeError):
     ``failed`` at once, whatever attempts are left."""
 
 
-__all__ += ["Retry", "PermanentError"]
+__all__ += ["Retry", "PermanentError", "SingletonError"]

@@ -32,6 +32,12 @@ struct EngineConfig {
   // Alone on the file, claim jobs in memory and write only their end (and their running state
   // once they outlast a commit). Switched off automatically while other workers share the file.
   bool claim_in_memory = true;
+  // Non-empty: at most one started engine per role on the file (enforced by a unique index);
+  // start() of a second one throws SingletonTaken.
+  std::string singleton_role;
+  // A processor still running this long after its timeout or cancellation is interrupted
+  // (Processor::interrupt: for Python, an asynchronous JobCancelled in its thread).
+  int64_t interrupt_grace_ms = 1'000;
   size_t max_payload_bytes = 16u << 20;
   int64_t lease_ms = 30'000;           // a claimed job's lease; heartbeats renew it
   int64_t heartbeat_ms = 5'000;

@@ -32,6 +32,12 @@ class UnknownJobType : public ValidationError {
       : ValidationError("type", "unknown job type '" + type + "': no processor is registered for it") {}
 };
 
+// A singleton role is already held by another live worker.
+class SingletonTaken : public Error {
+ public:
+  using Error::Error;
+};
+
 // A status change the lifecycle does not allow.
 class InvalidTransition : public Error {
  public:

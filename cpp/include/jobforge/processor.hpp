@@ -59,6 +59,10 @@ class Processor {
   virtual std::string run(Context& ctx, const std::string& payload_json) = 0;
   // The gate run() needs, if any; the engine enters it before calling run().
   virtual ExecutionGate* gate() noexcept { return nullptr; }
+  // Called once, from another thread, when a run() of `ctx` has not returned some time after its
+  // job was asked to stop (timeout, cancel). A processor that can be interrupted does so here;
+  // the default does nothing (native processors are expected to poll ctx.cancelled()).
+  virtual void interrupt(Context& ctx) { (void)ctx; }
 };
 
 // Defaults a processor gives its jobs; a job's own options override them.

@@ -105,6 +105,7 @@ struct WorkerInfo {
   int64_t heartbeat_at = 0;
   std::string state;
   std::string claim_mode = "durable";  // "memory" or "durable"
+  std::string singleton_role;           // non-empty: at most one live worker with this role
 };
 
 enum class CancelResult { not_found, not_cancellable, cancelled, requested };

@@ -75,6 +75,8 @@ class RunningJob final : public Context {
   std::shared_ptr<Processor> processor;  // resolved at the claim
   std::atomic<StopReason> stop{StopReason::none};
   std::atomic<bool> started{false}, finished{false};
+  std::atomic<bool> interrupted{false};
+  Clock::time_point stop_requested_at{Clock::time_point::max()};  // maintenance thread only
   bool claimed_in_memory = false;  // still 'queued' in the store until its start is written
   int64_t started_at = 0;          // Unix ms, once a worker runs it
   Clock::time_point started_steady{};
@@ -334,12 +336,14 @@ struct Engine::Impl {
     // written as 'cancelled' by the worker.
     if (auto rj = find_claimed(job_id); rj && !rj->finished) {
       rj->request_stop(StopReason::cancelled);
+      notify_watchdog();
       if (rj->stop_reason() == StopReason::cancelled) return true;
     }
     switch (store->cancel(job_id, now_ms())) {
       case CancelResult::cancelled: return true;
       case CancelResult::requested:
         if (auto rj = find_claimed(job_id)) rj->request_stop(StopReason::cancelled);
+        notify_watchdog();
         return true;
       default: return false;
     }
@@ -366,7 +370,8 @@ struct Engine::Impl {
     if (started) return;
     const int64_t now = now_ms();
     const std::string mode = store->register_worker(
-        WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", ""},
+        WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", "",
+                   config.singleton_role},
         [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
     durable_claims = mode != "memory";
     peers_durable = mode == "memory";  // alone: nobody to wait for
@@ -380,6 +385,7 @@ struct Engine::Impl {
     dispatcher = std::thread([this] { dispatcher_loop(); });
     for (int i = 0; i < config.workers; ++i) workers.emplace_back([this] { worker_loop(); });
     maintenance = std::thread([this] { maintenance_loop(); });
+    watchdog = std::thread([this] { watchdog_loop(); });
   }
 
   void stop(bool wait_for_running) {
@@ -413,6 +419,7 @@ struct Engine::Impl {
       maintenance_cv.notify_all();
     }
     maintenance.join();
+    watchdog.join();
     maintenance_stop = false;
     try {
       store->deregister_worker(worker_id);
@@ -659,11 +666,7 @@ struct Engine::Impl {
       rj.started_at = rj.job.started_at ? rj.job.started_at : rj.started_at;
     }
     rj.started = true;
-    {
-      std::lock_guard lock(maintenance_mutex);
-      ++maintenance_generation;  // a new deadline to watch
-      maintenance_cv.notify_all();
-    }
+    notify_watchdog();  // a new deadline to watch
     r.ran = true;
     struct RecordDuration {
       Impl& impl;
@@ -796,41 +799,70 @@ struct Engine::Impl {
     }
   }
 
-  void maintenance_loop() {
-    auto next_flush = Clock::now() + std::chrono::milliseconds(config.progress_flush_ms);
-    auto next_heartbeat = Clock::now() + std::chrono::milliseconds(config.heartbeat_ms);
-    auto next_poll = Clock::now() + std::chrono::milliseconds(config.poll_ms);
+  // Deadlines and interruptions, on a thread that never waits for the store: a slow commit
+  // (an fsync at a checkpoint) must not delay a timeout.
+  void watchdog_loop() {
     for (;;) {
       uint64_t generation;
       {
         std::lock_guard lock(maintenance_mutex);
+        if (maintenance_stop) return;
         generation = maintenance_generation;
       }
-      auto now = Clock::now();
-      auto wake = std::min({next_flush, next_heartbeat, next_poll});
+      const auto now = Clock::now();
+      auto wake = now + std::chrono::milliseconds(config.poll_ms);
       std::vector<std::shared_ptr<RunningJob>> running;
       {
         std::lock_guard lock(jobs_mutex);
         for (auto& [id, rj] : claimed) running.push_back(rj);
       }
+      const auto grace = std::chrono::milliseconds(config.interrupt_grace_ms);
       for (auto& rj : running) {
         if (!rj->started || rj->finished) continue;
-        if (now >= rj->deadline)
-          rj->request_stop(StopReason::timeout);
-        else
+        if (now >= rj->deadline) rj->request_stop(StopReason::timeout);
+        const StopReason reason = rj->stop_reason();
+        if (reason == StopReason::timeout || reason == StopReason::cancelled) {
+          // Asked to stop and still running: interrupt it once the grace period is over.
+          if (rj->stop_requested_at == Clock::time_point::max()) rj->stop_requested_at = now;
+          if (now >= rj->stop_requested_at + grace) {
+            if (!rj->interrupted.exchange(true) && rj->processor) rj->processor->interrupt(*rj);
+          } else {
+            wake = std::min(wake, rj->stop_requested_at + grace);
+          }
+        } else {
           wake = std::min(wake, rj->deadline);
+        }
       }
+      std::unique_lock lock(maintenance_mutex);
+      maintenance_cv.wait_until(lock, wake, [&] {
+        return maintenance_stop || maintenance_generation != generation;
+      });
+    }
+  }
+
+  // A job started or was asked to stop: the watchdog recomputes its next wake-up.
+  void notify_watchdog() {
+    std::lock_guard lock(maintenance_mutex);
+    ++maintenance_generation;
+    maintenance_cv.notify_all();
+  }
+
+  // The store's side of upkeep: progress flushes, heartbeats, dead-worker rescue, cancel
+  // requests from other processes, the claim mode.
+  void maintenance_loop() {
+    auto next_flush = Clock::now() + std::chrono::milliseconds(config.progress_flush_ms);
+    auto next_heartbeat = Clock::now() + std::chrono::milliseconds(config.heartbeat_ms);
+    auto next_poll = Clock::now() + std::chrono::milliseconds(config.poll_ms);
+    for (;;) {
       {
         std::unique_lock lock(maintenance_mutex);
-        if (maintenance_stop) break;
-        maintenance_cv.wait_until(lock, wake, [&] {
-          return maintenance_stop || maintenance_generation != generation;
-        });
+        maintenance_cv.wait_until(lock, std::min({next_flush, next_heartbeat, next_poll}),
+                                  [&] { return maintenance_stop; });
         if (maintenance_stop) break;
       }
-      now = Clock::now();
+      const auto now = Clock::now();
       if (now >= next_flush) {
-        flush_progress(running);
+        flush_progress(claimed_jobs());
         next_flush = now + std::chrono::milliseconds(config.progress_flush_ms);
       }
       if (now >= next_heartbeat) {
@@ -845,7 +877,10 @@ struct Engine::Impl {
       if (now >= next_poll) {
         try {
           for (const auto& id : store->cancel_requests(worker_id))
-            if (auto rj = find_claimed(id)) rj->request_stop(StopReason::cancelled);
+            if (auto rj = find_claimed(id)) {
+              rj->request_stop(StopReason::cancelled);
+              notify_watchdog();
+            }
           check_claim_mode();
         } catch (const std::exception& e) {
           std::fprintf(stderr, "jobforge: maintenance poll failed: %s\n", e.what());
@@ -853,12 +888,14 @@ struct Engine::Impl {
         next_poll = now + std::chrono::milliseconds(config.poll_ms);
       }
     }
-    std::vector<std::shared_ptr<RunningJob>> running;
-    {
-      std::lock_guard lock(jobs_mutex);
-      for (auto& [id, rj] : claimed) running.push_back(rj);
-    }
-    flush_progress(running);
+    flush_progress(claimed_jobs());
+  }
+
+  std::vector<std::shared_ptr<RunningJob>> claimed_jobs() {
+    std::vector<std::shared_ptr<RunningJob>> out;
+    std::lock_guard lock(jobs_mutex);
+    for (auto& [id, rj] : claimed) out.push_back(rj);
+    return out;
   }
 
   void flush_progress(const std::vector<std::shared_ptr<RunningJob>>& running) {
@@ -935,7 +972,7 @@ struct Engine::Impl {
   std::condition_variable waiters_cv;
   uint64_t final_generation = 0;
 
-  std::thread dispatcher, maintenance;
+  std::thread dispatcher, maintenance, watchdog;
   std::vector<std::thread> workers;
 };
 

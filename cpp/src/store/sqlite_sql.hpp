@@ -115,8 +115,16 @@ inline constexpr const char* kMigration4 = R"sql(
 ALTER TABLE jobs ADD COLUMN backoff TEXT;
 )sql";
 
-inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4};
-inline constexpr int kSchemaVersion = 4;
+// Singleton workers: the database itself refuses a second live worker with the same role.
+inline constexpr const char* kMigration5 = R"sql(
+ALTER TABLE workers ADD COLUMN singleton_role TEXT;
+CREATE UNIQUE INDEX idx_workers_singleton ON workers(singleton_role)
+  WHERE state = 'running' AND singleton_role IS NOT NULL;
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4,
+                                              kMigration5};
+inline constexpr int kSchemaVersion = 5;
 
 // Columns read into a Job, in the order read_job expects.
 #define JOBFORGE_JOB_COLUMNS                                                                 \
@@ -213,10 +221,12 @@ WHERE rowid = ?2 AND status = ?3
 )sql";
 
 inline constexpr const char* kUpsertWorker = R"sql(
-INSERT INTO workers (id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)
+INSERT INTO workers (id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode,
+                     singleton_role)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, NULLIF(?8, ''))
 ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, state = 'running',
-                              claim_mode = excluded.claim_mode
+                              claim_mode = excluded.claim_mode,
+                              singleton_role = excluded.singleton_role
 )sql";
 inline constexpr const char* kSetClaimMode = "UPDATE workers SET claim_mode = ?1 WHERE id = ?2";
 
@@ -228,8 +238,8 @@ inline constexpr const char* kSetWorkerState = "UPDATE workers SET state = ?1 WH
 inline constexpr const char* kDeleteOldWorkers =
     "DELETE FROM workers WHERE state <> 'running' AND heartbeat_at < ?1";
 inline constexpr const char* kListWorkers =
-    "SELECT id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode FROM workers "
-    "ORDER BY started_at";
+    "SELECT id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode, "
+    "COALESCE(singleton_role, '') FROM workers ORDER BY started_at";
 
 // Running jobs whose owner is not a live worker (or whose lease ran out) go back to the queue,
 // or fail when no attempt is left.

@@ -70,6 +70,7 @@ WorkerInfo read_worker(const Statement& s) {
   WorkerInfo w{s.get_text(0), s.get_text(1), s.get_int(2), s.get_text(3),
                s.get_int(4),  s.get_int(5),  s.get_text(6)};
   w.claim_mode = s.get_text(7);
+  w.singleton_role = s.get_text(8);
   return w;
 }
 
@@ -365,10 +366,45 @@ class SqliteStore final : public Store {
     std::string mode;
     submit_and_wait(kUpdates, [&](WriteContext& w) {
       mode = allow_memory && !other_live_worker(w, wi.id, is_dead) ? "memory" : "durable";
+      if (!wi.singleton_role.empty()) {
+        // A dead holder must not keep the role: mark dead rows first, then let the unique
+        // index decide between live ones.
+        std::vector<std::string> dead;
+        Statement& list = w.statements.get(sql::kListWorkers);
+        {
+          ScopedReset r(list);
+          while (list.step()) {
+            WorkerInfo other = read_worker(list);
+            if (other.id != wi.id && other.state == "running" && is_dead(other))
+              dead.push_back(other.id);
+          }
+        }
+        for (const auto& id : dead) {
+          Statement& s = w.statements.get(sql::kSetWorkerState);
+          ScopedReset r(s);
+          s.bind(1, "dead").bind(2, id).run();
+        }
+      }
       Statement& s = w.statements.get(sql::kUpsertWorker);
       ScopedReset r(s);
       s.bind(1, wi.id).bind(2, wi.hostname).bind(3, wi.pid).bind(4, wi.version);
-      s.bind(5, wi.started_at).bind(6, wi.heartbeat_at).bind(7, mode).run();
+      s.bind(5, wi.started_at).bind(6, wi.heartbeat_at).bind(7, mode).bind(8, wi.singleton_role);
+      try {
+        s.run();
+      } catch (const StoreError& e) {
+        if ((e.code() & 0xff) != SQLITE_CONSTRAINT) throw;
+        std::string holder = "another worker";
+        Statement& list = w.statements.get(sql::kListWorkers);
+        ScopedReset lr(list);
+        while (list.step()) {
+          WorkerInfo other = read_worker(list);
+          if (other.state == "running" && other.singleton_role == wi.singleton_role)
+            holder = "worker " + other.id + " (host " + other.hostname + ", pid " +
+                     std::to_string(other.pid) + ")";
+        }
+        throw SingletonTaken("singleton role '" + wi.singleton_role + "' is already held by " +
+                             holder + "; stop it first or use another role");
+      }
     });
     return mode;
   }

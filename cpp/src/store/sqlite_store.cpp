@@ -67,8 +67,14 @@ Job read_job(const Statement& s) {
 }
 
 WorkerInfo read_worker(const Statement& s) {
-  WorkerInfo w{s.get_text(0), s.get_text(1), s.get_int(2), s.get_text(3),
-               s.get_int(4),  s.get_int(5),  s.get_text(6)};
+  WorkerInfo w;
+  w.id = s.get_text(0);
+  w.hostname = s.get_text(1);
+  w.pid = s.get_int(2);
+  w.version = s.get_text(3);
+  w.started_at = s.get_int(4);
+  w.heartbeat_at = s.get_int(5);
+  w.state = s.get_text(6);
   w.claim_mode = s.get_text(7);
   w.singleton_role = s.get_text(8);
   return w;

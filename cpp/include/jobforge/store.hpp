@@ -116,6 +116,9 @@ class Store {
 
   // Called on the store's own thread after each commit, with the transitions it made durable.
   virtual void set_commit_listener(CommitListener listener) = 0;
+  // Called after a commit with the jobs whose start (mark_started) found them no longer queued:
+  // another process cancelled them meanwhile.
+  virtual void set_start_rejected_listener(std::function<void(const std::vector<int64_t>&)> l) = 0;
 
   // Durable on return. Throws ValidationError (e.g. unknown parent) and writes nothing then.
   virtual void insert(const std::vector<NewJob>& jobs) = 0;

@@ -76,8 +76,12 @@ class RunningJob final : public Context {
   std::atomic<StopReason> stop{StopReason::none};
   std::atomic<bool> started{false}, finished{false};
   std::atomic<bool> interrupted{false};
+  // Progress events wait until the job's running state is committed (claims in memory write it
+  // after the start), so no subscriber sees progress before job-started.
+  std::atomic<bool> start_committed{false};
   Clock::time_point stop_requested_at{Clock::time_point::max()};  // maintenance thread only
   bool claimed_in_memory = false;  // still 'queued' in the store until its start is written
+  Clock::time_point claimed_steady{};
   int64_t started_at = 0;          // Unix ms, once a worker runs it
   Clock::time_point started_steady{};
   Clock::time_point deadline{Clock::time_point::max()};
@@ -85,6 +89,7 @@ class RunningJob final : public Context {
   mutable std::mutex progress_mutex_;
   ProgressState progress_;
   bool progress_dirty_ = false;           // guarded by progress_mutex_
+  bool progress_event_pending_ = false;   // guarded by progress_mutex_
   Clock::time_point last_progress_event_{};  // guarded by progress_mutex_
 };
 
@@ -105,6 +110,13 @@ struct Engine::Impl {
     worker_id = hostname + ":" + std::to_string(getpid()) + ":" + new_job_id().substr(24);
     store = open_sqlite_store(config.path, config.sqlite);
     store->set_commit_listener([this](std::vector<Transition>& t) { on_commit(t); });
+    store->set_start_rejected_listener([this](const std::vector<int64_t>& rowids) {
+      // Cancelled by another process between our claim in memory and its start: stop it.
+      std::lock_guard lock(jobs_mutex);
+      for (auto& [id, rj] : claimed)
+        for (int64_t rowid : rowids)
+          if (rj->job.rowid == rowid) rj->request_stop(StopReason::cancelled);
+    });
     // Jobs a dead process left running are queued again as soon as the file is opened (and
     // again at every start and heartbeat), not only when a worker starts.
     recover_orphans();
@@ -258,6 +270,14 @@ struct Engine::Impl {
       }
       any_final = any_final || is_final(t.to);
       any_queued = any_queued || t.to == Status::queued;
+      if (t.to == Status::running) {
+        // Progress reported before the start was committed follows job-started, coalesced.
+        auto pending = mark_start_committed(t.job_id);
+        e.type = specific;
+        events.push_back(std::move(e));
+        if (pending) events.push_back(std::move(*pending));
+        continue;
+      }
       e.type = specific;
       events.push_back(std::move(e));
     }
@@ -268,6 +288,23 @@ struct Engine::Impl {
       ++final_generation;
       waiters_cv.notify_all();
     }
+  }
+
+  // Returns the progress event held back while the start was not yet committed, if any.
+  std::optional<Event> mark_start_committed(const std::string& job_id) {
+    std::shared_ptr<RunningJob> rj;
+    {
+      std::lock_guard lock(jobs_mutex);
+      auto it = claimed.find(job_id);
+      if (it == claimed.end()) return std::nullopt;
+      rj = it->second;
+    }
+    std::lock_guard lock(rj->progress_mutex_);
+    rj->start_committed.store(true, std::memory_order_release);
+    if (!rj->progress_event_pending_) return std::nullopt;
+    rj->progress_event_pending_ = false;
+    rj->last_progress_event_ = Clock::now();
+    return progress_event(*rj, rj->progress_);
   }
 
   std::optional<Job> wait(const std::string& job_id, std::optional<std::chrono::milliseconds> timeout) {
@@ -337,16 +374,33 @@ struct Engine::Impl {
     if (auto rj = find_claimed(job_id); rj && !rj->finished) {
       rj->request_stop(StopReason::cancelled);
       notify_watchdog();
-      if (rj->stop_reason() == StopReason::cancelled) return true;
+      if (rj->stop_reason() == StopReason::cancelled) {
+        end_if_unstarted(rj);
+        return true;
+      }
     }
     switch (store->cancel(job_id, now_ms())) {
       case CancelResult::cancelled: return true;
       case CancelResult::requested:
-        if (auto rj = find_claimed(job_id)) rj->request_stop(StopReason::cancelled);
+        if (auto rj = find_claimed(job_id)) {
+          rj->request_stop(StopReason::cancelled);
+          end_if_unstarted(rj);
+        }
         notify_watchdog();
         return true;
       default: return false;
     }
+  }
+
+  // A held job that no worker has started ends now, not when a worker becomes free.
+  void end_if_unstarted(const std::shared_ptr<RunningJob>& rj) {
+    {
+      std::lock_guard lock(jobs_mutex);
+      if (!ready.erase(rj)) return;  // a worker took it: it sees the stop request itself
+      claimed.erase(rj->job.id);
+      dispatch_cv.notify_all();
+    }
+    submit_outcome(*rj, decide_outcome(*rj, RunResult{}));
   }
 
   int64_t abort_all() {
@@ -555,6 +609,8 @@ struct Engine::Impl {
           auto rj = std::make_shared<RunningJob>(this, std::move(j));
           if (reg) rj->processor = reg->processor;
           rj->claimed_in_memory = !durable;
+          rj->start_committed = durable;
+          rj->claimed_steady = Clock::now();
           claimed.emplace(rj->job.id, rj);
           ready.insert(std::move(rj));
         }
@@ -592,6 +648,19 @@ struct Engine::Impl {
     std::string error, error_detail;
   };
 
+  // A job held in memory longer than this is read again before it runs: another process may
+  // have cancelled it meanwhile. (Younger ones are covered by the start's own check.)
+  static constexpr int64_t kVerifyHeldAfterMs = 50;
+
+  bool still_queued(const RunningJob& rj) {
+    try {
+      auto current = store->get(rj.job.id);
+      return current && current->status == Status::queued;
+    } catch (const std::exception&) {
+      return true;  // cannot tell: the start's own check still guards it
+    }
+  }
+
   static ExecutionGate* gate_of(const RunningJob& rj) {
     return rj.processor ? rj.processor->gate() : nullptr;
   }
@@ -619,11 +688,24 @@ struct Engine::Impl {
           }
         }
         ready_cv.wait(lock, [&] { return !ready.empty() || stopping; });
-        if (ready.empty()) break;  // stopping, nothing left to start
+        // Once stop() is called no job starts; stop() puts the claimed ones back.
+        if (stopping) break;
         rj = *ready.begin();
         ready.erase(ready.begin());
       }
       RunResult result;
+      if (rj->claimed_in_memory && rj->stop_reason() == StopReason::none &&
+          Clock::now() - rj->claimed_steady > std::chrono::milliseconds(kVerifyHeldAfterMs) &&
+          !still_queued(*rj)) {
+        // Changed by another process while it waited here (e.g. cancelled): never run it.
+        rj->request_stop(StopReason::cancelled);
+        rj->finished = true;
+        store->release({rj->job.rowid});
+        std::lock_guard lock(jobs_mutex);
+        claimed.erase(rj->job.id);
+        dispatch_cv.notify_all();
+        continue;
+      }
       if (rj->stop_reason() == StopReason::none) {
         ExecutionGate* gate = gate_of(*rj);
         if (gate != held) {
@@ -656,7 +738,10 @@ struct Engine::Impl {
       return r;
     }
     rj.started_steady = Clock::now();
-    rj.deadline = rj.started_steady + std::chrono::milliseconds(rj.job.timeout_ms);
+    // Clamped so that a huge timeout cannot overflow the clock into the past.
+    constexpr int64_t kMaxTimeoutMs = int64_t{100} * 365 * 24 * 3600 * 1000;  // a century
+    rj.deadline = rj.started_steady +
+                  std::chrono::milliseconds(std::min(rj.job.timeout_ms, kMaxTimeoutMs));
     rj.started_at = now_ms();
     if (rj.claimed_in_memory) {
       store->mark_started(StartInfo{rj.job.rowid, rj.job.id, rj.job.type, worker_id,
@@ -879,6 +964,7 @@ struct Engine::Impl {
           for (const auto& id : store->cancel_requests(worker_id))
             if (auto rj = find_claimed(id)) {
               rj->request_stop(StopReason::cancelled);
+              end_if_unstarted(rj);
               notify_watchdog();
             }
           check_claim_mode();
@@ -915,6 +1001,10 @@ struct Engine::Impl {
   }
 
   void publish_progress(RunningJob& rj, const RunningJob::ProgressState& p) {
+    bus.publish(progress_event(rj, p));
+  }
+
+  Event progress_event(RunningJob& rj, const RunningJob::ProgressState& p) {
     Event e;
     e.type = EventType::progress;
     e.job_id = rj.job.id;
@@ -927,7 +1017,7 @@ struct Engine::Impl {
     e.message = p.message;
     e.attempt = rj.job.attempts;
     e.timestamp = now_ms();
-    bus.publish(std::move(e));
+    return e;
   }
 
   EngineConfig config;
@@ -992,8 +1082,10 @@ void RunningJob::progress(double current, double total, std::string_view message
     progress_.percent = percent;
     if (!message.empty()) progress_.message.assign(message);
     progress_dirty_ = true;
-    if (now - last_progress_event_ >=
-        std::chrono::milliseconds(engine_->config.progress_event_ms)) {
+    if (!start_committed.load(std::memory_order_acquire)) {
+      progress_event_pending_ = true;  // published right after job-started (see on_commit)
+    } else if (now - last_progress_event_ >=
+               std::chrono::milliseconds(engine_->config.progress_event_ms)) {
       last_progress_event_ = now;
       publish = true;
       snapshot = progress_;

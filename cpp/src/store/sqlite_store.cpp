@@ -94,6 +94,7 @@ struct WriteContext {
   Database& db;
   StatementCache& statements;
   std::vector<Transition> transitions;
+  std::vector<int64_t> rejected_starts;
 };
 
 // One unit of work for the writer. apply() may run more than once (a batch that fails is rolled
@@ -124,6 +125,12 @@ class SqliteStore final : public Store {
   void set_commit_listener(CommitListener listener) override {
     std::lock_guard lock(mutex_);
     listener_ = std::move(listener);
+  }
+
+  void set_start_rejected_listener(
+      std::function<void(const std::vector<int64_t>&)> listener) override {
+    std::lock_guard lock(mutex_);
+    start_rejected_listener_ = std::move(listener);
   }
 
   // ---- writes ------------------------------------------------------------------------------
@@ -776,7 +783,10 @@ class SqliteStore final : public Store {
                        ScopedReset r(s);
                        s.bind(1, st.attempt).bind(2, st.started_at).bind(3, st.owner);
                        s.bind(4, st.lease_expires_at).bind(5, st.rowid).run();
-                       if (w.db.changes() == 0) continue;  // cancelled from outside meanwhile
+                       if (w.db.changes() == 0) {  // cancelled from outside meanwhile
+                         w.rejected_starts.push_back(st.rowid);
+                         continue;
+                       }
                        w.transitions.push_back(Transition{st.job_id, st.job_type, Status::queued,
                                                           Status::running, st.attempt, 0, {}, {},
                                                           st.started_at});
@@ -803,7 +813,7 @@ class SqliteStore final : public Store {
 
   bool try_commit(WriteOp* ops, size_t n, std::exception_ptr* error) {
     for (int attempt = 0;; ++attempt) {
-      WriteContext w{writer_db_, writer_statements_, {}};
+      WriteContext w{writer_db_, writer_statements_, {}, {}};
       try {
         sqlite::Transaction txn(writer_db_);
         for (size_t i = 0; i < n; ++i) ops[i].apply(w);
@@ -820,11 +830,14 @@ class SqliteStore final : public Store {
         return false;
       }
       CommitListener listener;
+      std::function<void(const std::vector<int64_t>&)> rejected_listener;
       {
         std::lock_guard lock(mutex_);
         listener = listener_;
+        rejected_listener = start_rejected_listener_;
       }
       if (listener && !w.transitions.empty()) listener(w.transitions);
+      if (rejected_listener && !w.rejected_starts.empty()) rejected_listener(w.rejected_starts);
       for (size_t i = 0; i < n; ++i)
         if (ops[i].committed) ops[i].committed();
       return true;
@@ -859,6 +872,7 @@ class SqliteStore final : public Store {
   size_t starts_in_flight_ = 0;                            // guarded by mutex_
   std::unordered_set<int64_t> held_;  // jobs claimed in memory; writer thread only
   CommitListener listener_;
+  std::function<void(const std::vector<int64_t>&)> start_rejected_listener_;
   std::thread writer_;
 };
 

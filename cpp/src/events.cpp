@@ -37,11 +37,20 @@ SubscriptionId EventBus::subscribe(EventBatchHandler handler) {
 }
 
 void EventBus::unsubscribe(SubscriptionId id) {
-  std::lock_guard lock(mutex_);
-  auto it = subscribers_.find(id);
-  if (it == subscribers_.end()) return;
-  it->second->active = false;
-  subscribers_.erase(it);
+  std::shared_ptr<Subscriber> sub;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = subscribers_.find(id);
+    if (it == subscribers_.end()) return;
+    sub = it->second;
+    subscribers_.erase(it);
+  }
+  if (on_delivery_thread()) {
+    sub->active = false;  // from inside a handler: `calling` may be held by this very thread
+    return;
+  }
+  std::lock_guard calling(sub->calling);  // waits for a delivery in progress to end
+  sub->active = false;
 }
 
 void EventBus::publish(Event event) {
@@ -115,7 +124,8 @@ void EventBus::run() {
       for (auto& [id, sub] : subscribers_) subs.push_back(sub);
     }
     for (auto& sub : subs) {
-      if (!sub->active.load()) continue;
+      std::lock_guard calling(sub->calling);
+      if (!sub->active) continue;
       try {
         sub->handler(batch);
       } catch (const std::exception& e) {

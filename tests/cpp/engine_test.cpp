@@ -520,9 +520,9 @@ TEST_F(EngineTest, ProcessorThatThrowsOnTimeoutAlsoEndsAsTimeout) {
   EXPECT_EQ(timed_out.status, Status::timeout);
 }
 
-// The deadline of a job that starts while maintenance sleeps must still be watched: the worker
-// notifies maintenance of "a new deadline to watch". Here every periodic interval is long, so
-// only that notification can end the job near its 50 ms timeout.
+// The deadline of a job that starts while the engine's periodic work sleeps must still be
+// watched. Here every periodic interval (poll, heartbeat, progress flush) is a minute, so only a
+// deadline watched from the job's start can end it near its 50 ms timeout.
 TEST_F(EngineTest, TimeoutIsEnforcedEvenWhenThePeriodicIntervalsAreLong) {
   EngineConfig config = small_config(dir, /*workers=*/1);
   config.poll_ms = 60'000;
@@ -647,6 +647,9 @@ TEST_F(EngineTest, JobCancelledWhileWaitingForAWorkerUsesNoAttempt) {
   ASSERT_TRUE(stuck->started.wait());
   const Job waiting = engine.enqueue(spec("echo"));
   ASSERT_TRUE(eventually([&] { return engine.store().get(waiting.id)->status == Status::running; }));
+  // The claim is committed before the dispatcher hands the job to the ready queue; let it get
+  // there (a cancel inside that window is the subject of JobCancelledJustAfterItsClaimNeverRuns).
+  std::this_thread::sleep_for(50ms);
   EXPECT_TRUE(engine.cancel(waiting.id));
   EXPECT_TRUE(engine.cancel(busy.id));  // frees the worker
   const Job cancelled = wait_final(engine, waiting.id);
@@ -654,6 +657,38 @@ TEST_F(EngineTest, JobCancelledWhileWaitingForAWorkerUsesNoAttempt) {
   EXPECT_EQ(cancelled.attempts, 0);
   EXPECT_EQ(wait_final(engine, busy.id).attempts, 1);
   EXPECT_EQ(echo->calls(), 0u);
+}
+
+// A durable claim is committed (the job shows 'running') a moment before the dispatcher puts the
+// job in its ready queue. cancel() returning true in that moment must still keep the job from
+// running when a worker frees up. The window is narrow, so the scenario is repeated.
+TEST_F(EngineTest, JobCancelledJustAfterItsClaimNeverRuns) {
+  EngineConfig config = small_config(dir, /*workers=*/1);
+  config.prefetch = 1;
+  config.claim_in_memory = false;
+  Engine engine(config);
+  auto blocker = std::make_shared<RunsUntilStopped>();
+  auto echo = std::make_shared<EchoProcessor>();
+  engine.register_processor("blocker", blocker);
+  engine.register_processor("echo", echo);
+  engine.start();
+  int ran_after_cancel = 0;
+  for (int round = 0; round < 30; ++round) {
+    const Job busy = engine.enqueue(spec("blocker"));
+    ASSERT_TRUE(eventually([&] { return blocker->runs.load() == round + 1; }));
+    const Job victim = engine.enqueue(spec("echo"));
+    const auto deadline = std::chrono::steady_clock::now() + kPatience;
+    while (engine.store().get(victim.id)->status != Status::running &&
+           std::chrono::steady_clock::now() < deadline) {
+    }
+    const size_t calls_before = echo->calls();
+    EXPECT_TRUE(engine.cancel(victim.id));
+    EXPECT_TRUE(engine.cancel(busy.id));  // the worker is free for the victim at once
+    wait_final(engine, busy.id);
+    const Job ended = wait_final(engine, victim.id);
+    if (ended.status != Status::cancelled || echo->calls() != calls_before) ++ran_after_cancel;
+  }
+  EXPECT_EQ(ran_after_cancel, 0) << "jobs ran although cancel() had returned true";
 }
 
 namespace {

@@ -624,6 +624,156 @@ TEST_F(StoreTest, ConcurrentClaimsNeverHandOutAJobTwice) {
   EXPECT_EQ(store->stats().count(Status::running), 200);
 }
 
+// ---- claims in memory (a process alone on the file) ----------------------------------------
+
+namespace {
+
+ClaimRequest memory_claim(const std::string& owner, int limit) {
+  ClaimRequest r = claim_request(owner, limit);
+  r.durable = false;
+  return r;
+}
+
+StartInfo start_of(const Job& job, const std::string& owner) {
+  StartInfo s;
+  s.rowid = job.rowid;
+  s.job_id = job.id;
+  s.job_type = job.type;
+  s.owner = owner;
+  s.attempt = job.attempts + 1;
+  s.started_at = kT0 + 1;
+  s.lease_expires_at = kT0 + 60'000;
+  return s;
+}
+
+}  // namespace
+
+TEST_F(StoreTest, ClaimInMemoryLeavesJobsQueuedInTheFileAndNeverHandsOneOutTwice) {
+  auto store = open();
+  std::vector<NewJob> jobs;
+  for (int p = 1; p <= 3; ++p) jobs.push_back(make_job("work", p));
+  store->insert(jobs);
+  auto first = store->claim(memory_claim("owner-a", 2));
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_EQ(first[0].id, jobs[0].id);
+  EXPECT_EQ(first[1].id, jobs[1].id);
+  store->flush();
+  EXPECT_EQ(status_of(*store, jobs[0].id), Status::queued);  // nothing written for a claim
+  EXPECT_EQ(store->stats().count(Status::queued), 3);
+  auto second = store->claim(memory_claim("owner-a", 10));
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].id, jobs[2].id);
+  EXPECT_TRUE(store->claim(memory_claim("owner-a", 10)).empty());
+}
+
+TEST_F(StoreTest, ReleasedJobsClaimedInMemoryAreClaimableAgain) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(memory_claim("owner-a", 1));
+  ASSERT_EQ(claimed.size(), 1u);
+  EXPECT_TRUE(store->claim(memory_claim("owner-a", 1)).empty());
+  store->release({claimed[0].rowid});
+  auto again = store->claim(memory_claim("owner-a", 1));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id, job.id);
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::queued);
+  EXPECT_EQ(got->attempts, 0);
+}
+
+TEST_F(StoreTest, MarkStartedWritesTheRunningStateThenFinishWritesTheEnd) {
+  auto store = open();
+  std::mutex m;
+  std::vector<Transition> seen;
+  store->set_commit_listener([&](std::vector<Transition>& t) {
+    std::lock_guard lock(m);
+    seen.insert(seen.end(), t.begin(), t.end());
+  });
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(memory_claim("owner-a", 1));
+  ASSERT_EQ(claimed.size(), 1u);
+  store->mark_started(start_of(claimed[0], "owner-a"));
+  store->flush();
+  auto running = store->get(job.id);
+  ASSERT_TRUE(running.has_value());
+  EXPECT_EQ(running->status, Status::running);
+  EXPECT_EQ(running->attempts, 1);
+  EXPECT_EQ(running->lease_owner, "owner-a");
+  EXPECT_EQ(store->stats().count(Status::running), 1);
+
+  Outcome o = outcome_for(claimed[0], "owner-a", Status::completed);
+  o.claimed_in_memory = true;
+  o.attempt = 1;
+  store->finish(o);
+  store->flush();
+  auto done = store->get(job.id);
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->status, Status::completed);
+  EXPECT_EQ(done->attempts, 1);
+  std::lock_guard lock(m);
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[1].to, Status::running);
+  EXPECT_EQ(seen[2].to, Status::completed);
+}
+
+TEST_F(StoreTest, EndOfAJobClaimedInMemoryIsWrittenWithItsAttemptCounted) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(memory_claim("owner-a", 1));
+  ASSERT_EQ(claimed.size(), 1u);
+  Outcome o = outcome_for(claimed[0], "owner-a", Status::failed);
+  o.claimed_in_memory = true;
+  o.attempt = 1;
+  o.started_at = kT0 + 1;
+  store->finish(o);
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::failed);
+  EXPECT_EQ(got->attempts, 1);
+  EXPECT_EQ(got->started_at, kT0 + 1);
+  const Stats s = store->stats();
+  EXPECT_EQ(s.count(Status::failed), 1);
+  EXPECT_EQ(s.count(Status::queued), 0);
+  EXPECT_EQ(s.count(Status::running), 0);
+}
+
+TEST_F(StoreTest, StartOfAJobCancelledMeanwhileIsRejectedAndItStaysCancelled) {
+  auto store = open();
+  std::mutex m;
+  std::vector<int64_t> rejected;
+  store->set_start_rejected_listener([&](const std::vector<int64_t>& rowids) {
+    std::lock_guard lock(m);
+    rejected.insert(rejected.end(), rowids.begin(), rowids.end());
+  });
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(memory_claim("owner-a", 1));
+  ASSERT_EQ(claimed.size(), 1u);
+  // Another process sees the job queued in the file and cancels it.
+  {
+    auto other = open();
+    EXPECT_EQ(other->cancel(job.id, kT0), CancelResult::cancelled);
+  }
+  store->mark_started(start_of(claimed[0], "owner-a"));
+  store->flush();
+  EXPECT_EQ(status_of(*store, job.id), Status::cancelled);
+  {
+    std::lock_guard lock(m);
+    EXPECT_EQ(rejected, std::vector<int64_t>{claimed[0].rowid});
+  }
+  Outcome o = outcome_for(claimed[0], "owner-a", Status::completed);
+  o.claimed_in_memory = true;
+  o.attempt = 1;
+  store->finish(o);
+  store->flush();
+  EXPECT_EQ(status_of(*store, job.id), Status::cancelled);  // the end of a cancelled job is lost
+}
+
 // ---- finish -------------------------------------------------------------------------------
 
 TEST_F(StoreTest, FinishByTheLeaseHolderCompletesTheJob) {

@@ -79,7 +79,8 @@ class EventBus {
  private:
   struct Subscriber {
     EventBatchHandler handler;
-    std::atomic<bool> active{true};
+    std::mutex calling;  // held while the handler runs, so unsubscribe can wait it out
+    bool active = true;  // guarded by `calling`
   };
   void run();
 

@@ -19,6 +19,7 @@
 #include <set>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #ifndef JOBFORGE_VERSION
 #define JOBFORGE_VERSION "0.0.0"
@@ -381,13 +382,30 @@ struct Engine::Impl {
     }
     switch (store->cancel(job_id, now_ms())) {
       case CancelResult::cancelled: return true;
-      case CancelResult::requested:
-        if (auto rj = find_claimed(job_id)) {
+      case CancelResult::requested: {
+        std::shared_ptr<RunningJob> rj;
+        {
+          // Under the lock the dispatcher holds while it adds claimed jobs: either the job is
+          // here, or the dispatcher will find the request when it adds it.
+          std::lock_guard lock(jobs_mutex);
+          auto it = claimed.find(job_id);
+          if (it != claimed.end()) {
+            rj = it->second;
+          } else {
+            // Requests for jobs another process runs are never claimed here: keep it small.
+            const auto now = Clock::now();
+            for (auto e = early_cancels.begin(); e != early_cancels.end();)
+              e = now - e->second > std::chrono::seconds(10) ? early_cancels.erase(e) : std::next(e);
+            early_cancels.emplace(job_id, now);
+          }
+        }
+        if (rj) {
           rj->request_stop(StopReason::cancelled);
           end_if_unstarted(rj);
         }
         notify_watchdog();
         return true;
+      }
       default: return false;
     }
   }
@@ -522,6 +540,13 @@ struct Engine::Impl {
         }
       }
       for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      // Jobs a worker took from the queue but whose start may not be recorded yet: record it
+      // now, so the flush below writes every held job as running before a peer may claim.
+      const int64_t now = now_ms();
+      for (auto& [id, rj] : claimed)
+        if (rj->claimed_in_memory && !rj->finished)
+          store->mark_started(StartInfo{rj->job.rowid, rj->job.id, rj->job.type, worker_id,
+                                        rj->job.attempts, now, now + config.lease_ms});
       dispatch_cv.notify_all();
     }
     release_unstarted(unstarted);
@@ -602,7 +627,8 @@ struct Engine::Impl {
         const bool durable = durable_claims;
         jobs = store->claim(
             ClaimRequest{worker_id, capacity, now_ms(), config.lease_ms, types_now, durable});
-        std::lock_guard lock(jobs_mutex);
+        std::vector<std::shared_ptr<RunningJob>> cancelled_early;
+        std::unique_lock lock(jobs_mutex);
         for (auto& j : jobs) {
           if (!durable) ++j.attempts;  // the store counts it when the start or the end is written
           auto reg = registration(j.type);
@@ -611,10 +637,16 @@ struct Engine::Impl {
           rj->claimed_in_memory = !durable;
           rj->start_committed = durable;
           rj->claimed_steady = Clock::now();
+          if (!early_cancels.empty() && early_cancels.erase(rj->job.id)) {
+            rj->request_stop(StopReason::cancelled);  // cancelled between claim and here
+            cancelled_early.push_back(rj);
+          }
           claimed.emplace(rj->job.id, rj);
           ready.insert(std::move(rj));
         }
         if (!jobs.empty()) ready_cv.notify_all();
+        lock.unlock();
+        for (auto& rj : cancelled_early) end_if_unstarted(rj);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "jobforge: claim failed: %s\n", e.what());
         std::unique_lock lock(jobs_mutex);
@@ -1052,6 +1084,8 @@ struct Engine::Impl {
   // Mean run time of recent jobs (ns), for the depth of claims in memory.
   std::atomic<double> mean_run_ns{0};
   bool stopping = false, hard_stop = false, dispatch_wake = false;
+  // Cancel requests for jobs claimed durably but not yet added to `claimed` (a short window).
+  std::unordered_map<std::string, Clock::time_point> early_cancels;
 
   std::mutex maintenance_mutex;
   std::condition_variable maintenance_cv;

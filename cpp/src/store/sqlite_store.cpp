@@ -231,7 +231,11 @@ class SqliteStore final : public Store {
       }
     }
     submit(WriteOp{[this, o = std::move(o), coalesced = std::move(coalesced)](WriteContext& w) {
-                     if (o.claimed_in_memory) held_.erase(o.rowid);
+                     bool start_written = false;
+                     if (o.claimed_in_memory) {
+                       held_.erase(o.rowid);
+                       start_written = starts_written_.erase(o.rowid) > 0;
+                     }
                      Statement& s = w.statements.get(sql::kFinish);
                      ScopedReset r(s);
                      const bool requeue = o.to == Status::queued;
@@ -249,7 +253,7 @@ class SqliteStore final : public Store {
                      if (o.started_at) s.bind(18, o.started_at); else s.bind_null(18);
                      s.run();
                      if (w.db.changes() == 0) return;  // lease lost, or cancelled from outside
-                     if (coalesced)
+                     if (coalesced && !start_written)
                        w.transitions.push_back(Transition{o.job_id, o.job_type, Status::queued,
                                                           Status::running, o.attempt, 0, {}, {},
                                                           coalesced->started_at});
@@ -701,37 +705,42 @@ class SqliteStore final : public Store {
   // has run inside the writer's transaction: for reads); rethrows its error.
   void submit_and_wait(int phase, std::function<void(WriteContext&)> apply,
                        bool return_after_apply = false) {
-    std::mutex m;
-    std::condition_variable cv;
-    bool done = false;
-    std::exception_ptr error;
-    auto signal = [&](std::exception_ptr e) {
-      std::lock_guard l(m);
-      if (done) return;
-      error = e;
-      done = true;
-      cv.notify_one();
+    // Shared with the op: with return_after_apply the caller returns before the batch commits,
+    // and a later failure of that batch must not touch the caller's (gone) stack frame.
+    struct Waiter {
+      std::mutex m;
+      std::condition_variable cv;
+      bool done = false;
+      std::exception_ptr error;
+      void signal(std::exception_ptr e) {
+        std::lock_guard l(m);
+        if (done) return;
+        error = e;
+        done = true;
+        cv.notify_one();
+      }
     };
+    auto waiter = std::make_shared<Waiter>();
     WriteOp op;
     op.phase = phase;
     if (return_after_apply) {
       // Runs once: a replay of the batch must not deliver (or hold) the same rows twice.
       auto delivered = std::make_shared<bool>(false);
-      op.apply = [apply = std::move(apply), delivered, &signal](WriteContext& w) {
+      op.apply = [apply = std::move(apply), delivered, waiter](WriteContext& w) {
         if (*delivered) return;
         apply(w);
         *delivered = true;
-        signal(nullptr);
+        waiter->signal(nullptr);
       };
     } else {
       op.apply = std::move(apply);
-      op.committed = [&] { signal(nullptr); };
+      op.committed = [waiter] { waiter->signal(nullptr); };
     }
-    op.failed = [&](std::exception_ptr e) { signal(e); };
+    op.failed = [waiter](std::exception_ptr e) { waiter->signal(e); };
     submit(std::move(op));
-    std::unique_lock l(m);
-    cv.wait(l, [&] { return done; });
-    if (error) std::rethrow_exception(error);
+    std::unique_lock l(waiter->m);
+    waiter->cv.wait(l, [&] { return waiter->done; });
+    if (waiter->error) std::rethrow_exception(waiter->error);
   }
 
   void writer_loop() {
@@ -777,9 +786,12 @@ class SqliteStore final : public Store {
   }
 
   WriteOp write_starts_op(std::vector<StartInfo> starts) {
-    return WriteOp{[starts = std::move(starts)](WriteContext& w) {
+    return WriteOp{[this, starts = std::move(starts)](WriteContext& w) {
                      Statement& s = w.statements.get(sql::kMarkStarted);
                      for (const StartInfo& st : starts) {
+                       // The same start may be recorded twice (by its worker, and by a switch
+                       // to durable claims): write it once.
+                       if (starts_written_.count(st.rowid)) continue;
                        ScopedReset r(s);
                        s.bind(1, st.attempt).bind(2, st.started_at).bind(3, st.owner);
                        s.bind(4, st.lease_expires_at).bind(5, st.rowid).run();
@@ -787,6 +799,7 @@ class SqliteStore final : public Store {
                          w.rejected_starts.push_back(st.rowid);
                          continue;
                        }
+                       starts_written_.insert(st.rowid);
                        w.transitions.push_back(Transition{st.job_id, st.job_type, Status::queued,
                                                           Status::running, st.attempt, 0, {}, {},
                                                           st.started_at});
@@ -871,6 +884,7 @@ class SqliteStore final : public Store {
   std::unordered_map<int64_t, StartInfo> pending_starts_;  // guarded by mutex_
   size_t starts_in_flight_ = 0;                            // guarded by mutex_
   std::unordered_set<int64_t> held_;  // jobs claimed in memory; writer thread only
+  std::unordered_set<int64_t> starts_written_;  // held jobs whose start is written; writer only
   CommitListener listener_;
   std::function<void(const std::vector<int64_t>&)> start_rejected_listener_;
   std::thread writer_;

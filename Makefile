@@ -36,6 +36,7 @@ tsan:
 	  setarch $$(uname -m) -R ctest --test-dir build/tsan --output-on-failure -j $(JOBS)
 
 bench: setup
+	$(PY) -m pip install -q -e '.[bench]' --no-build-isolation
 	$(PY) benchmarks/run.py --quick
 
 format:

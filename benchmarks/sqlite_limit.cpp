@@ -17,15 +17,20 @@
 //                                                  next BATCH queued jobs in claim order and writes
 //                                                  only their final state (default BATCH 512)
 //   --type=NAME (anywhere)                         the jobs' type (default "noop")
+//   --bulk (insert-batch only)                     to prepare a file, not to measure: no
+//                                                  journal, no syncs, a 256 MB cache while
+//                                                  filling; WAL again at the end
 //
 // A new PATH is created with the engine's migrations (an existing one is migrated like the engine
-// does). The lifecycle modes drain the queued jobs of the type that PATH already holds (a copy of
-// a prepared file, say) or, if it holds none, insert N first; either way that part is untimed.
+// does). The lifecycle modes drain N of the queued jobs of the type that PATH already holds (a
+// copy of a prepared file, say; all of them if fewer) or, if it holds none, insert N first (that
+// part untimed).
 // Inserted payloads are {"i": n}. Output: one JSON line
 // {"mode":…, "n":…, "batch":…, "seconds":…, "rate":…, "sqlite":…}; exit 3 if a check fails
 // (a job not completed exactly once).
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -186,7 +191,8 @@ struct Db {
   }
 
   int64_t count_queued() {
-    sqlite3_stmt* s = prepare(db, "SELECT count(*) FROM jobs WHERE status = 'queued' AND type = ?1");
+    sqlite3_stmt* s =
+        prepare(db, "SELECT count(*) FROM jobs WHERE status = 'queued' AND type = ?1");
     sqlite3_bind_text(s, 1, type.data(), static_cast<int>(type.size()), SQLITE_STATIC);
     if (sqlite3_step(s) != SQLITE_ROW) die(db, "count");
     const int64_t n = sqlite3_column_int64(s, 0);
@@ -219,7 +225,7 @@ void lifecycle(Db& d, int64_t n, int batch) {
   const char* owner = "bench:1:limit";
   const int64_t lease_ms = 30000;
   std::vector<int64_t> previous, current;
-  int64_t done = 0;
+  int64_t done = 0, claimed = 0;
   for (;;) {
     exec(d.db, "BEGIN IMMEDIATE");
     const int64_t now = now_ms();
@@ -227,12 +233,14 @@ void lifecycle(Db& d, int64_t n, int batch) {
     sqlite3_bind_int64(claim, 1, now);
     sqlite3_bind_text(claim, 2, owner, -1, SQLITE_STATIC);
     sqlite3_bind_int64(claim, 3, now + lease_ms);
-    sqlite3_bind_int(claim, 4, batch);
+    sqlite3_bind_int64(claim, 4, std::min<int64_t>(batch, n - claimed));
     sqlite3_bind_text(claim, 5, d.type.data(), static_cast<int>(d.type.size()), SQLITE_STATIC);
     int rc;
-    while ((rc = sqlite3_step(claim)) == SQLITE_ROW) current.push_back(sqlite3_column_int64(claim, 0));
+    while ((rc = sqlite3_step(claim)) == SQLITE_ROW)
+      current.push_back(sqlite3_column_int64(claim, 0));
     if (rc != SQLITE_DONE) die(d.db, "claim");
     sqlite3_reset(claim);
+    claimed += static_cast<int64_t>(current.size());
     for (int64_t rowid : previous) {
       sqlite3_stmt* s = finish;
       sqlite3_bind_text(s, 1, "completed", -1, SQLITE_STATIC);
@@ -287,7 +295,7 @@ WHERE rowid = ?3 AND status = 'queued'
     rowids.clear();
     sqlite3_bind_int64(pick, 1, now);
     sqlite3_bind_text(pick, 2, d.type.data(), static_cast<int>(d.type.size()), SQLITE_STATIC);
-    sqlite3_bind_int(pick, 3, batch);
+    sqlite3_bind_int64(pick, 3, std::min<int64_t>(batch, n - done));
     int rc;
     while ((rc = sqlite3_step(pick)) == SQLITE_ROW) rowids.push_back(sqlite3_column_int64(pick, 0));
     if (rc != SQLITE_DONE) die(d.db, "pick");
@@ -324,9 +332,12 @@ int usage() {
 int main(int argc, char** argv) {
   std::vector<std::string> args;
   std::string type = "noop";
+  bool bulk = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--type=", 7) == 0)
       type = argv[i] + 7;
+    else if (std::strcmp(argv[i], "--bulk") == 0)
+      bulk = true;
     else
       args.emplace_back(argv[i]);
   }
@@ -348,23 +359,29 @@ int main(int argc, char** argv) {
     t1 = Clock::now();
   } else if (mode == "insert-batch") {
     if (batch <= 0) batch = 10000;
+    if (bulk) {  // preparing a file, not measuring: no journal, no syncs, a big cache
+      exec(d.db,
+           "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144");
+    }
     t0 = Clock::now();
     d.insert_batched(n, batch);
     t1 = Clock::now();
+    if (bulk) exec(d.db, "PRAGMA journal_mode = WAL");
   } else if (mode == "lifecycle" || mode == "lifecycle-one") {
     if (batch <= 0) batch = mode == "lifecycle" ? 64 : 512;
     if (const int64_t queued = d.count_queued(); queued > 0)
-      n = queued;
+      n = std::min(n, queued);
     else
       d.insert_batched(n, 10000);
     exec(d.db, "PRAGMA wal_checkpoint(TRUNCATE)");
+    const int64_t completed_before = d.count_completed();
     t0 = Clock::now();
     if (mode == "lifecycle")
       lifecycle(d, n, static_cast<int>(batch));
     else
       lifecycle_one(d, n, static_cast<int>(batch));
     t1 = Clock::now();
-    if (d.count_completed() != n) {
+    if (d.count_completed() - completed_before != n) {
       std::fprintf(stderr, "sqlite_limit: not every job completed\n");
       return 3;
     }

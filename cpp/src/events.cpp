@@ -33,6 +33,7 @@ SubscriptionId EventBus::subscribe(EventBatchHandler handler) {
   std::lock_guard lock(mutex_);
   const SubscriptionId id = next_id_++;
   subscribers_.emplace(id, std::move(sub));
+  subscriber_count_ = subscribers_.size();
   return id;
 }
 
@@ -44,6 +45,7 @@ void EventBus::unsubscribe(SubscriptionId id) {
     if (it == subscribers_.end()) return;
     sub = it->second;
     subscribers_.erase(it);
+    subscriber_count_ = subscribers_.size();
   }
   if (on_delivery_thread()) {
     sub->active = false;  // from inside a handler: `calling` may be held by this very thread

@@ -74,6 +74,7 @@ class EventBus {
   void stop();
 
   uint64_t dropped() const noexcept { return dropped_.load(); }
+  bool has_subscribers() const noexcept { return subscriber_count_.load() > 0; }
   bool on_delivery_thread() const noexcept;
 
  private:
@@ -96,6 +97,7 @@ class EventBus {
   std::unordered_map<SubscriptionId, std::shared_ptr<Subscriber>> subscribers_;
   SubscriptionId next_id_ = 1;
   std::atomic<uint64_t> dropped_{0};
+  std::atomic<size_t> subscriber_count_{0};
   std::thread thread_;
   std::thread::id delivery_thread_id_;
 };

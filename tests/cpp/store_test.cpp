@@ -1198,7 +1198,9 @@ TEST_F(StoreTest, CommitListenerReceivesTransitionsAfterTheyAreCommitted) {
     EXPECT_EQ(status_in_file[i], to_string(seen[i].to)) << "transition " << i;
     EXPECT_EQ(seen[i].job_type, "work");
   }
-  EXPECT_NE(listener_thread, std::this_thread::get_id());
+  // The listener runs on whichever thread committed: the writer, or a caller that found the
+  // writer idle and committed its own operation (no hand-off). Either way after the commit.
+  (void)listener_thread;
 }
 
 TEST_F(StoreTest, CommitListenerHearsNothingOfARejectedInsertOrALostLease) {

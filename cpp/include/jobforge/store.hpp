@@ -114,7 +114,8 @@ class Store {
  public:
   virtual ~Store() = default;
 
-  // Called on the store's own thread after each commit, with the transitions it made durable.
+  // Called after each commit with the transitions it made durable, on the thread that committed:
+  // the store's writer thread, or a caller whose operation found the writer idle.
   virtual void set_commit_listener(CommitListener listener) = 0;
   // Called after a commit with the jobs whose start (mark_started) found them no longer queued:
   // another process cancelled them meanwhile.

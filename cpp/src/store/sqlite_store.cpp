@@ -737,10 +737,35 @@ class SqliteStore final : public Store {
       op.committed = [waiter] { waiter->signal(nullptr); };
     }
     op.failed = [waiter](std::exception_ptr e) { waiter->signal(e); };
+    if (!return_after_apply && try_commit_here(op)) {
+      if (waiter->error) std::rethrow_exception(waiter->error);
+      return;
+    }
     submit(std::move(op));
     std::unique_lock l(waiter->m);
     waiter->cv.wait(l, [&] { return waiter->done; });
     if (waiter->error) std::rethrow_exception(waiter->error);
+  }
+
+  // When the writer is idle and nothing is queued, the caller commits its own operation on its
+  // own thread: a lone enqueue then costs no thread hand-off (two context switches). Whoever
+  // holds writer_role_ uses the writer connection.
+  bool try_commit_here(WriteOp& op) {
+    std::unique_lock role(writer_role_, std::try_to_lock);
+    if (!role.owns_lock()) return false;
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_ || !queue_.empty() || !pending_starts_.empty()) return false;
+      ++submitted_;
+    }
+    std::vector<WriteOp> batch;
+    batch.push_back(std::move(op));
+    run_batch(batch);
+    role.unlock();
+    std::lock_guard lock(mutex_);
+    ++completed_;
+    done_cv_.notify_all();
+    return true;
   }
 
   void writer_loop() {
@@ -772,7 +797,10 @@ class SqliteStore final : public Store {
       if (!starts.empty()) batch.insert(batch.begin(), write_starts_op(std::move(starts)));
       std::stable_sort(batch.begin(), batch.end(),
                        [](const WriteOp& a, const WriteOp& b) { return a.phase < b.phase; });
-      run_batch(batch);
+      {
+        std::lock_guard role(writer_role_);
+        run_batch(batch);
+      }
       {
         std::lock_guard lock(mutex_);
         completed_ += batch.size() - (starts_in_flight_ ? 1 : 0);
@@ -876,6 +904,7 @@ class SqliteStore final : public Store {
   StatementCache writer_statements_;
   ReaderPool readers_;
 
+  std::mutex writer_role_;  // held by the thread running a batch on the writer connection
   std::mutex mutex_;
   std::condition_variable work_cv_, done_cv_;
   std::deque<WriteOp> queue_;

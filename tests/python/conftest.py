@@ -17,6 +17,7 @@ import pytest
 
 import jobforge
 
+
 @pytest.fixture
 def db_path(tmp_path):
     """Path of a fresh (not yet existing) SQLite file."""

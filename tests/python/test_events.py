@@ -28,8 +28,10 @@ def test_status_changed_events_follow_the_lifecycle_in_order(engine, recorder, w
     job = engine.enqueue("short", {"n": 1}).wait(timeout=WAIT)
     assert job.status == "completed"
 
-    wait_until(lambda: any(e.job_id == job.id and e.status == "completed" for e in changes.items),
-               what="completed status event")
+    wait_until(
+        lambda: any(e.job_id == job.id and e.status == "completed" for e in changes.items),
+        what="completed status event",
+    )
     statuses = [e.status for e in changes.items if e.job_id == job.id]
     assert statuses[-1] == "completed"
     assert "running" in statuses
@@ -160,8 +162,10 @@ def test_raising_callback_is_logged_and_does_not_stop_later_events_or_the_engine
     assert [job.status for job in (first, second, third)] == ["completed"] * 3
     wait_until(lambda: len(good) == 3 and len(raised_for) == 3, what="all three events")
     assert raised_for.items == [first.id, second.id, third.id]  # stays subscribed
-    wait_until(lambda: any(_logged_subscriber_bug(r) for r in caplog.records),
-               what="the callback's exception logged by logger 'jobforge'")
+    wait_until(
+        lambda: any(_logged_subscriber_bug(r) for r in caplog.records),
+        what="the callback's exception logged by logger 'jobforge'",
+    )
 
 
 def _logged_subscriber_bug(record):
@@ -211,15 +215,14 @@ def test_star_subscription_receives_every_event_type(engine, recorder, wait_unti
 
     job = engine.enqueue("short", {}).wait(timeout=WAIT)
 
-    wait_until(lambda: any(e.type == "job-completed" for e in everything.items),
-               what="completed event")
+    wait_until(
+        lambda: any(e.type == "job-completed" for e in everything.items), what="completed event"
+    )
     types = {e.type for e in everything.items if e.job_id == job.id}
     assert {"job-status-changed", "job-started", "job-completed"} <= types
 
 
-def test_filters_by_job_id_and_job_type_deliver_only_matching_events(
-    engine, recorder, wait_until
-):
+def test_filters_by_job_id_and_job_type_deliver_only_matching_events(engine, recorder, wait_until):
     @engine.processor("alpha")
     def alpha(ctx, payload):
         return "a"

@@ -44,8 +44,9 @@ def test_processor_context_exposes_job_id_type_and_attempt(engine):
 
     @engine.processor("inspect")
     def inspect(ctx, payload):
-        seen.update(job_id=ctx.job_id, job_type=ctx.job_type, attempt=ctx.attempt,
-                    cancelled=ctx.cancelled)
+        seen.update(
+            job_id=ctx.job_id, job_type=ctx.job_type, attempt=ctx.attempt, cancelled=ctx.cancelled
+        )
         return None
 
     engine.start()
@@ -190,6 +191,7 @@ def test_context_manager_exit_lets_a_running_job_finish(db_path):
     finished = []
 
     with jobforge.Engine(db_path, workers=1) as engine:
+
         @engine.processor("slow")
         def slow(ctx, payload):
             started.set()

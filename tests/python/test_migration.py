@@ -52,19 +52,62 @@ def seed_rows(db_path):
     """A seed-schema file with a completed parent, two queued children and a failed job."""
     now = int(time.time() * 1000)
     rows = {
-        "completed": dict(id=str(uuid.uuid4()), type="convert", status="completed", priority=5,
-                          payload={"n": 0}, progress=100, result={"ok": True}, error=None,
-                          attempts=1, parent=None, created_at=now - 5000,
-                          completed_at=now - 4000),
-        "queued_low": dict(id=str(uuid.uuid4()), type="convert", status="queued", priority=7,
-                           payload={"n": 1}, progress=0, result=None, error=None, attempts=0,
-                           parent=None, created_at=now - 3000, completed_at=None),
-        "queued_high": dict(id=str(uuid.uuid4()), type="convert", status="queued", priority=2,
-                            payload={"n": 2}, progress=0, result=None, error=None, attempts=0,
-                            parent=None, created_at=now - 2000, completed_at=None),
-        "failed": dict(id=str(uuid.uuid4()), type="convert", status="failed", priority=5,
-                       payload={"n": 3}, progress=10, result=None, error="Error: disk full",
-                       attempts=3, parent=None, created_at=now - 1000, completed_at=now - 500),
+        "completed": dict(
+            id=str(uuid.uuid4()),
+            type="convert",
+            status="completed",
+            priority=5,
+            payload={"n": 0},
+            progress=100,
+            result={"ok": True},
+            error=None,
+            attempts=1,
+            parent=None,
+            created_at=now - 5000,
+            completed_at=now - 4000,
+        ),
+        "queued_low": dict(
+            id=str(uuid.uuid4()),
+            type="convert",
+            status="queued",
+            priority=7,
+            payload={"n": 1},
+            progress=0,
+            result=None,
+            error=None,
+            attempts=0,
+            parent=None,
+            created_at=now - 3000,
+            completed_at=None,
+        ),
+        "queued_high": dict(
+            id=str(uuid.uuid4()),
+            type="convert",
+            status="queued",
+            priority=2,
+            payload={"n": 2},
+            progress=0,
+            result=None,
+            error=None,
+            attempts=0,
+            parent=None,
+            created_at=now - 2000,
+            completed_at=None,
+        ),
+        "failed": dict(
+            id=str(uuid.uuid4()),
+            type="convert",
+            status="failed",
+            priority=5,
+            payload={"n": 3},
+            progress=10,
+            result=None,
+            error="Error: disk full",
+            attempts=3,
+            parent=None,
+            created_at=now - 1000,
+            completed_at=now - 500,
+        ),
     }
     rows["queued_low"]["parent"] = rows["completed"]["id"]
     rows["queued_high"]["parent"] = rows["completed"]["id"]
@@ -78,10 +121,17 @@ def seed_rows(db_path):
             "queued_at, started_at, completed_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 3, ?, 1, 300, ?, ?, ?, ?)",
             (
-                row["id"], row["type"], row["status"], row["priority"],
-                json.dumps(row["payload"]), row["progress"],
+                row["id"],
+                row["type"],
+                row["status"],
+                row["priority"],
+                json.dumps(row["payload"]),
+                row["progress"],
                 None if row["result"] is None else json.dumps(row["result"]),
-                row["error"], row["attempts"], row["parent"], row["created_at"],
+                row["error"],
+                row["attempts"],
+                row["parent"],
+                row["created_at"],
                 row["created_at"] + 10,
                 row["completed_at"] - 100 if row["completed_at"] else None,
                 row["completed_at"],
@@ -140,8 +190,9 @@ def test_seed_database_queries_see_migrated_rows(make_engine, seed_rows):
     newest_first = [job.id for job in engine.jobs()]
     children = {job.id for job in engine.jobs(parent=seed_rows["completed"]["id"])}
 
-    assert newest_first == [seed_rows[k]["id"] for k in
-                            ("failed", "queued_high", "queued_low", "completed")]
+    assert newest_first == [
+        seed_rows[k]["id"] for k in ("failed", "queued_high", "queued_low", "completed")
+    ]
     assert children == {seed_rows["queued_low"]["id"], seed_rows["queued_high"]["id"]}
 
 

@@ -5,7 +5,14 @@ import threading
 WAIT = 10  # generous guard against hangs, never a speed assertion
 
 STATS_KEYS = {
-    "total", "created", "queued", "running", "completed", "failed", "cancelled", "timeout"
+    "total",
+    "created",
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "timeout",
 }
 
 

@@ -76,8 +76,11 @@ def _run_child_until_running_then_kill(spawn_child, db_path, kind, wait_until):
             child.read_until("RUNNING")
         # The child's `running` state must be durable before the crash, or there is nothing to
         # recover (a job whose running state was never committed is simply still queued).
-        wait_until(lambda: _status_in_file(db_path, job_id) == "running", timeout=WAIT,
-                   what="child's job committed as running")
+        wait_until(
+            lambda: _status_in_file(db_path, job_id) == "running",
+            timeout=WAIT,
+            what="child's job committed as running",
+        )
     finally:
         returncode = child.kill()
     assert returncode == -signal.SIGKILL
@@ -123,8 +126,11 @@ def test_job_left_running_by_a_killed_process_is_back_in_the_queue_after_restart
     engine = make_engine(workers=1, allow_unknown_types=True)
     engine.start()
 
-    wait_until(lambda: engine.get(job_id).status == "queued", timeout=WAIT,
-               what="dead process's job queued again")
+    wait_until(
+        lambda: engine.get(job_id).status == "queued",
+        timeout=WAIT,
+        what="dead process's job queued again",
+    )
     recovered = engine.get(job_id)
     assert recovered.attempts == 1
     assert recovered.is_final is False
@@ -138,8 +144,11 @@ def test_restart_does_not_take_a_running_job_from_a_live_process(
     child = spawn_child(LIVE_CHILD, db_path)
     job_id = child.read_until("JOB ").split()[1]
     child.read_until("RUNNING")
-    wait_until(lambda: _status_in_file(db_path, job_id) == "running", timeout=WAIT,
-               what="child's job committed as running")
+    wait_until(
+        lambda: _status_in_file(db_path, job_id) == "running",
+        timeout=WAIT,
+        what="child's job committed as running",
+    )
     stolen = []
     engine = make_engine(workers=1)
 

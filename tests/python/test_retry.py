@@ -89,8 +89,9 @@ def test_failed_attempt_with_attempts_left_goes_back_to_queued_until_its_retry_d
         current = engine.get(job.id)
         return current if current.attempts == 1 and current.status == "queued" else None
 
-    waiting = wait_until(queued_again_after_first_attempt,
-                         what="first attempt failed and job queued again")
+    waiting = wait_until(
+        queued_again_after_first_attempt, what="first attempt failed and job queued again"
+    )
     assert waiting.is_final is False
     assert waiting.run_at is not None
     assert waiting.run_at >= waiting.created_at + 59_000

@@ -133,6 +133,7 @@ def test_bad_engine_option_is_rejected_naming_field_and_value(db_path, option, v
 )
 def test_bad_processor_option_is_rejected_naming_field_and_value(engine, option, value):
     with pytest.raises(ValueError) as caught:
+
         @engine.processor("misconfigured", **{option: value})
         def misconfigured(ctx, payload):
             return None
@@ -235,4 +236,3 @@ def test_cancel_and_retry_of_unknown_ids_return_false(engine):
     assert engine.cancel(unknown) is False
     assert engine.retry(unknown) is False
     _assert_nothing_written(engine)
-

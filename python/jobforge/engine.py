@@ -171,7 +171,9 @@ class Engine:
         elif isinstance(singleton, str) and singleton:
             singleton_role = singleton
         else:
-            raise ValueError(f"singleton must be a bool or a non-empty role name, got {singleton!r}")
+            raise ValueError(
+                f"singleton must be a bool or a non-empty role name, got {singleton!r}"
+            )
         grace_ms = _seconds_to_ms("interrupt_grace", interrupt_grace)
         if grace_ms is None or grace_ms < 0:
             raise ValueError(f"interrupt_grace must be 0 or more seconds, got {interrupt_grace!r}")

@@ -283,7 +283,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](const std::string& path, int workers, int64_t retry_delay_ms,
                        bool allow_unknown_types, int64_t poll_ms, int64_t heartbeat_ms,
                        int64_t lease_ms, int64_t progress_event_ms, bool synchronous_full,
-                       std::string singleton_role, int64_t interrupt_grace_ms) {
+                       std::string singleton_role, int64_t interrupt_grace_ms,
+                       bool claim_in_memory) {
              EngineConfig c;
              c.path = path;
              c.workers = workers;
@@ -296,6 +297,7 @@ PYBIND11_MODULE(_core, m) {
              c.sqlite.synchronous_full = synchronous_full;
              c.singleton_role = std::move(singleton_role);
              c.interrupt_grace_ms = interrupt_grace_ms;
+             c.claim_in_memory = claim_in_memory;
              py::gil_scoped_release release;
              return EngineHolder(new Engine(c));
            }),
@@ -303,7 +305,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("allow_unknown_types") = false, py::arg("poll_ms") = 250,
            py::arg("heartbeat_ms") = 5000, py::arg("lease_ms") = 30000,
            py::arg("progress_event_ms") = 50, py::arg("synchronous_full") = false,
-           py::arg("singleton_role") = "", py::arg("interrupt_grace_ms") = 1000)
+           py::arg("singleton_role") = "", py::arg("interrupt_grace_ms") = 1000,
+           py::arg("claim_in_memory") = true)
       .def_property_readonly("worker_id", &Engine::worker_id)
       .def_property_readonly("path", [](const Engine& e) { return e.config().path; })
       .def_property_readonly("workers", [](const Engine& e) { return e.config().workers; })

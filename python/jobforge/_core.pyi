@@ -120,6 +120,7 @@ class Engine:
         synchronous_full: bool = False,
         singleton_role: str = "",
         interrupt_grace_ms: int = 1000,
+        claim_in_memory: bool = True,
     ) -> None: ...
     @property
     def worker_id(self) -> str: ...

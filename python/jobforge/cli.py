@@ -8,6 +8,8 @@
                           [--timeout S] [--json]     prints the new job's id
     jobforge cancel ID [--json]
     jobforge retry ID [--json]
+    jobforge worker --app MODULE:ATTR [--db PATH] [--concurrency N] [--heartbeat S] [--lease S]
+                                                     run jobs in this process until SIGTERM
 
 Every command but ``demo`` works on the database given by ``--db PATH`` or the ``JOBFORGE_DB``
 environment variable (``demo`` only uses ``--db``, never the environment, so it cannot write its
@@ -16,6 +18,12 @@ jobs into a real queue by accident). These commands open the file with
 ``enqueue`` stores a job for the workers of another process. Only ``enqueue`` creates a missing
 database; the other commands refuse to.
 
+``worker`` imports MODULE (the current directory is on ``sys.path``), takes ATTR (a
+``jobforge.Engine`` or a function returning one) and runs its processors in an engine of its own
+on ``--db`` (default: the app engine's file, not ``JOBFORGE_DB``) with ``--concurrency`` threads.
+SIGTERM or SIGINT stops it after the running jobs (exit 0); a second one exits at once (130);
+SIGQUIT stops it at once, putting running jobs back in the queue (exit 0). See docs/workers.md.
+
 Errors are one line on stderr (``--debug`` adds the traceback). Exit codes:
 
     0   success
@@ -23,9 +31,10 @@ Errors are one line on stderr (``--debug`` adds the traceback). Exit codes:
         not be cancelled or retried in its current status, a demo job did not end as expected,
         or an unexpected error
     2   usage error or bad input: unknown option, malformed ``--payload`` JSON, invalid option
-        value (priority out of 1..10, negative delay, ...), no database given
+        value (priority out of 1..10, negative delay, ...), no database given, an ``--app``
+        that does not name an importable engine
     3   not found: no job with that id, or the database file does not exist
-    130 interrupted (Ctrl-C)
+    130 interrupted (Ctrl-C; for ``worker``, a second stop signal)
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -205,6 +215,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Puts a failed, cancelled or timed-out job back in the queue, attempts reset.",
     )  # fmt: skip
     retry.add_argument("id", metavar="ID", help="job id")
+
+    worker = commands.add_parser(
+        "worker", parents=[common], help="run the processors of an app in this process",
+        description=(
+            "Imports MODULE (the current directory is on sys.path) and runs the processors of "
+            "its engine ATTR (a jobforge.Engine or a function returning one) in an engine of "
+            "its own on the same file, until SIGTERM or SIGINT (stop after the running jobs; "
+            "a second signal exits at once) or SIGQUIT (stop now, running jobs go back to the "
+            "queue). Start several to use several cores; they share the queue safely."
+        ),
+    )  # fmt: skip
+    worker.add_argument(
+        "--app", required=True, metavar="MODULE:ATTR",
+        help="the engine whose processors to run, e.g. mymodule:engine",
+    )  # fmt: skip
+    worker.add_argument(
+        "--db", metavar="PATH", default=argparse.SUPPRESS,
+        help="SQLite database file (default: the app engine's file)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--concurrency", type=int, metavar="N",
+        help="worker threads in this process (default: the app engine's workers)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--heartbeat", type=_seconds, metavar="S",
+        help="seconds between heartbeats (default: the app engine's heartbeat_interval)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--lease", type=_seconds, metavar="S",
+        help="seconds a claimed job's lease lasts (default: the app engine's lease)",
+    )  # fmt: skip
     return parser
 
 
@@ -529,6 +570,41 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from . import worker
+
+    if args.concurrency is not None and args.concurrency < 1:
+        raise CliError(f"--concurrency must be at least 1, got {args.concurrency}", EXIT_USAGE)
+    for name in ("heartbeat", "lease"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise CliError(f"--{name} must be more than 0 seconds, got {value:g}", EXIT_USAGE)
+    # Set by a Supervisor (Engine.start(processes=N, app=...)) for the processes it spawns.
+    notify_fd = os.environ.pop(worker.ENV_NOTIFY_FD, None)
+    supervisor_pid = os.environ.pop(worker.ENV_SUPERVISOR_PID, None)
+    if supervisor_pid and not worker.die_with_parent(signal.SIGTERM, int(supervisor_pid)):
+        raise CliError("the supervisor that started this worker is gone")
+    try:
+        app = worker.load_app(args.app)
+    except worker.AppError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except Exception:
+        # An error inside the user's module: its traceback is what they need.
+        sys.stderr.write(traceback.format_exc())
+        raise CliError(f"importing the app '{args.app}' failed (traceback above)") from None
+    if app.running:
+        raise CliError(
+            f"the engine of --app {args.app} is already running: the worker runs its own engine; "
+            "start yours only under `if __name__ == '__main__':`",
+            EXIT_USAGE,
+        )
+    engine = worker.worker_engine(
+        app, db=args.db, concurrency=args.concurrency, heartbeat=args.heartbeat,
+        lease=args.lease,
+    )  # fmt: skip
+    return worker.serve(engine, notify_fd=int(notify_fd) if notify_fd else None)
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "stats": cmd_stats,
@@ -537,6 +613,7 @@ COMMANDS = {
     "enqueue": cmd_enqueue,
     "cancel": cmd_cancel,
     "retry": cmd_retry,
+    "worker": cmd_worker,
 }
 
 

@@ -10,13 +10,16 @@ import math
 import os
 import threading
 import weakref
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from . import _core, _json
 from ._processors import make_adapter
 from .backoff import BackoffSpec, Exponential, Fixed, Linear
 from .errors import JobforgeError
 from .job import STATUSES, Event, Job
+
+if TYPE_CHECKING:
+    from .worker import Supervisor
 
 log = logging.getLogger("jobforge")
 
@@ -31,6 +34,7 @@ EVENT_TYPES = frozenset(
 
 PathLike = Union[str, "os.PathLike[str]"]
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_abandoned_after_fork: list[Any] = []  # see Engine._stand_in_for
 
 
 @atexit.register
@@ -147,6 +151,7 @@ class Engine:
         durability: str = "normal",
         singleton: Union[bool, str] = False,
         interrupt_grace: float = 1.0,
+        claim_in_memory: bool = True,
     ) -> None:
         path = os.fspath(path)
         if not isinstance(path, str):
@@ -189,12 +194,24 @@ class Engine:
             synchronous_full=durability == "full",
             singleton_role=singleton_role,
             interrupt_grace_ms=grace_ms,
+            claim_in_memory=bool(claim_in_memory),
         )
         self.path = path
         self._subs_lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._core_subscription: Optional[int] = None
         self._processors: dict[str, Callable] = {}
+        # What another engine needs to work this file like this one (worker processes replay it):
+        # the options given here, and every processor with the options it was registered with.
+        self._config: dict[str, Any] = dict(
+            retry_delay=retry_delay, allow_unknown_types=allow_unknown_types,
+            poll_interval=poll_interval, heartbeat_interval=heartbeat_interval, lease=lease,
+            progress_interval=progress_interval, durability=durability, singleton=singleton,
+            interrupt_grace=interrupt_grace,
+        )  # fmt: skip
+        self._workers = workers
+        self._registrations: dict[str, tuple[Callable, dict[str, Any]]] = {}
+        self._supervisor: Optional[Supervisor] = None
         _live_engines.add(self)
 
     # -- processors ----------------------------------------------------------------------------
@@ -253,27 +270,94 @@ class Engine:
             retry_delay_ms=retry_ms, backoff=backoff_text, priority=prio,
         )  # fmt: skip
         self._processors[type] = fn
+        self._registrations[type] = (
+            fn,
+            dict(timeout=timeout, max_attempts=max_attempts, retry_delay=retry_delay,
+                 backoff=backoff, priority=priority),
+        )  # fmt: skip
 
     @property
     def processor_types(self) -> list[str]:
         return sorted(self._core.processor_types())
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> Engine:
-        """Starts the dispatcher, the worker threads and maintenance. Idempotent."""
-        self._core.start()
+    def start(
+        self,
+        processes: Optional[int] = None,
+        *,
+        app: Optional[str] = None,
+        concurrency: Optional[int] = None,
+        restart_delay: float = 0.1,
+        stop_grace: float = 10.0,
+    ) -> Engine:
+        """Starts the dispatcher, the worker threads and maintenance. Idempotent.
+
+        ``processes=N`` runs jobs in N worker processes instead, each with ``concurrency``
+        threads (default: this engine's ``workers``), supervised from here: one that crashes is
+        restarted after ``restart_delay`` s (see docs/workers.md). This process then runs no
+        jobs itself: it enqueues, queries and supervises. The workers are forked (from a zygote
+        forked once, here) and replay this engine's processors (register them before
+        ``start``), or with ``app="module:attr"`` they are fresh
+        ``python -m jobforge worker --app module:attr`` processes."""
+        if processes is None:
+            if app is not None or concurrency is not None:
+                raise ValueError("app and concurrency need processes=N")
+            if self._supervisor is not None and self._supervisor.running:
+                raise RuntimeError("engine already runs worker processes; stop() it first")
+            self._core.start()
+            return self
+        from .worker import Supervisor
+
+        if self._supervisor is not None and self._supervisor.running:
+            if self._supervisor.processes != processes:
+                raise RuntimeError(
+                    f"engine already runs {self._supervisor.processes} worker processes; "
+                    "stop() it first"
+                )
+            return self
+        if self._core.running:
+            raise RuntimeError("engine already runs worker threads; stop() it first")
+        supervisor = Supervisor(
+            self, processes, app=app, concurrency=concurrency, restart_delay=restart_delay,
+            stop_grace=stop_grace,
+        )  # fmt: skip
+        self._supervisor = supervisor
+        supervisor.start()
         return self
 
     def stop(self, wait: bool = True) -> None:
         """Stops the engine. ``wait=True`` lets running jobs finish; ``wait=False`` asks them to
-        stop and puts them back in the queue. Claimed jobs not yet started return to the queue."""
+        stop and puts them back in the queue. Claimed jobs not yet started return to the queue.
+        Worker processes started by ``start(processes=N)`` get SIGTERM (wait=True, no time
+        limit) or SIGQUIT and SIGKILL after ``stop_grace`` seconds (wait=False)."""
+        if self._supervisor is not None:
+            self._supervisor.stop(wait)
         self._core.stop(wait)
 
     close = stop
 
     @property
     def running(self) -> bool:
-        return self._core.running
+        return self._core.running or (self._supervisor is not None and self._supervisor.running)
+
+    @property
+    def supervisor(self) -> Optional[Supervisor]:
+        """The supervisor of the worker processes of ``start(processes=N)`` (the last one after
+        ``stop``), else None: ``pids``, ``restarts``, ``exits``, ``wait_ready()``."""
+        return self._supervisor
+
+    def _stand_in_for(self, child: Engine) -> None:
+        """In a forked worker process only: this (the parent's) engine object forwards to the
+        child's engine, so module code that enqueues through it keeps working. The parent's C++
+        engine is kept, never called and never freed here: its threads do not exist in the
+        child, and its SQLite connections belong to the parent."""
+        _abandoned_after_fork.append(self._core)
+        self._core = child._core
+        self.path = child.path
+        self._supervisor = None
+        self._subs_lock = threading.Lock()  # another thread of the parent may have held it
+        self._subs = []
+        self._core_subscription = None
 
     @property
     def worker_id(self) -> str:

@@ -607,7 +607,11 @@ struct Engine::Impl {
   // fewer than config.prefetch. Slow jobs are thus claimed one per free worker, so a durably
   // claimed job ('running' in the store) waits at most ~2 ms for its worker; fast ones share a
   // transaction by the hundred.
+  // An engine configured for durable claims only (claim_in_memory = false: supervised worker
+  // processes, where a crash must not cost unstarted jobs an attempt) claims for free workers
+  // plus config.prefetch, never more.
   int claim_depth() const {
+    if (!config.claim_in_memory) return config.workers + config.prefetch;
     const double mean = mean_run_ns.load(std::memory_order_relaxed);
     const double window_ns = 2e6;
     const double cap = durable_claims ? 256.0 : 1024.0;

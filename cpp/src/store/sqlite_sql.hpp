@@ -230,8 +230,10 @@ ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, state = 'run
 )sql";
 inline constexpr const char* kSetClaimMode = "UPDATE workers SET claim_mode = ?1 WHERE id = ?2";
 
+// A worker declared dead (frozen past its lease, say) that heartbeats again is live again: its
+// taken-back jobs stay taken (their ends no longer match its lease), its new claims are its own.
 inline constexpr const char* kHeartbeatWorker =
-    "UPDATE workers SET heartbeat_at = ?1 WHERE id = ?2";
+    "UPDATE workers SET heartbeat_at = ?1, state = 'running' WHERE id = ?2";
 inline constexpr const char* kExtendLeases =
     "UPDATE jobs SET lease_expires_at = ?1 WHERE status = 'running' AND lease_owner = ?2";
 inline constexpr const char* kSetWorkerState = "UPDATE workers SET state = ?1 WHERE id = ?2";

@@ -776,6 +776,13 @@ class SqliteStore final : public Store {
         std::unique_lock lock(mutex_);
         work_cv_.wait(lock, [&] { return !queue_.empty() || !pending_starts_.empty() || closed_; });
         if (queue_.empty() && pending_starts_.empty() && closed_) break;
+      }
+      // The role is taken before the batch leaves the queue: a caller committing its own write
+      // (try_commit_here) then can never overtake operations queued before it.
+      std::unique_lock role(writer_role_);
+      {
+        std::unique_lock lock(mutex_);
+        if (queue_.empty() && pending_starts_.empty()) continue;  // a caller took it meanwhile
         if (options_.group_commit_window_us > 0 &&
             queue_.size() < static_cast<size_t>(options_.max_batch_ops)) {
           work_cv_.wait_for(lock, std::chrono::microseconds(options_.group_commit_window_us), [&] {
@@ -797,10 +804,8 @@ class SqliteStore final : public Store {
       if (!starts.empty()) batch.insert(batch.begin(), write_starts_op(std::move(starts)));
       std::stable_sort(batch.begin(), batch.end(),
                        [](const WriteOp& a, const WriteOp& b) { return a.phase < b.phase; });
-      {
-        std::lock_guard role(writer_role_);
-        run_batch(batch);
-      }
+      run_batch(batch);
+      role.unlock();
       {
         std::lock_guard lock(mutex_);
         completed_ += batch.size() - (starts_in_flight_ ? 1 : 0);

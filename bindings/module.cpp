@@ -165,8 +165,6 @@ struct ReleaseGilDeleter {
 };
 using EngineHolder = std::unique_ptr<Engine, ReleaseGilDeleter>;
 
-std::optional<int64_t> opt_ms(const std::optional<int64_t>& v) { return v; }
-
 JobSpec make_spec(const std::string& type, std::string payload_json, std::optional<int> priority,
                   std::optional<int> max_attempts, std::optional<int64_t> timeout_ms,
                   std::optional<int64_t> retry_delay_ms, std::optional<std::string> backoff,
@@ -176,8 +174,8 @@ JobSpec make_spec(const std::string& type, std::string payload_json, std::option
   s.payload_json = std::move(payload_json);
   s.priority = priority;
   s.max_attempts = max_attempts;
-  s.timeout_ms = opt_ms(timeout_ms);
-  s.retry_delay_ms = opt_ms(retry_delay_ms);
+  s.timeout_ms = timeout_ms;
+  s.retry_delay_ms = retry_delay_ms;
   s.backoff = std::move(backoff);
   s.delay_ms = delay_ms;
   s.parent_id = std::move(parent_id);

@@ -1,6 +1,7 @@
 // The engine's machinery: option resolution and validation, the dispatcher (claims due jobs in
-// priority order into a small ready queue), the worker threads, and maintenance (timeouts,
-// progress flushes, heartbeats, dead-worker rescue, cancel requests from other processes).
+// priority order into a small ready queue), the worker threads, the watchdog (timeouts and
+// interruptions, never waiting for the store) and maintenance (progress flushes, heartbeats,
+// dead-worker rescue, cancel requests from other processes, the claim mode).
 #include "jobforge/engine.hpp"
 
 #include <signal.h>
@@ -80,7 +81,7 @@ class RunningJob final : public Context {
   // Progress events wait until the job's running state is committed (claims in memory write it
   // after the start), so no subscriber sees progress before job-started.
   std::atomic<bool> start_committed{false};
-  Clock::time_point stop_requested_at{Clock::time_point::max()};  // maintenance thread only
+  Clock::time_point stop_requested_at{Clock::time_point::max()};  // watchdog thread only
   bool claimed_in_memory = false;  // still 'queued' in the store until its start is written
   Clock::time_point claimed_steady{};
   int64_t started_at = 0;          // Unix ms, once a worker runs it
@@ -466,7 +467,6 @@ struct Engine::Impl {
     {
       std::lock_guard lock(jobs_mutex);
       stopping = false;
-      hard_stop = false;
     }
     started = true;
     dispatcher = std::thread([this] { dispatcher_loop(); });
@@ -481,8 +481,7 @@ struct Engine::Impl {
     {
       std::lock_guard lock(jobs_mutex);
       stopping = true;
-      hard_stop = !wait_for_running;
-      if (hard_stop)
+      if (!wait_for_running)
         for (auto& [id, rj] : claimed) rj->request_stop(StopReason::shutdown);
       dispatch_cv.notify_all();
       ready_cv.notify_all();
@@ -590,6 +589,8 @@ struct Engine::Impl {
       try_memory_claims();
   }
 
+  // The one rule for a dead peer: same host and its pid is gone, or its heartbeat is older than
+  // max(3 heartbeats, one lease).
   bool is_dead(const WorkerInfo& w) const {
     return worker_is_dead(w, hostname, now_ms(), std::max(3 * config.heartbeat_ms, config.lease_ms));
   }
@@ -927,11 +928,9 @@ struct Engine::Impl {
   }
 
   void recover_orphans() {
-    const int64_t stale = std::max(3 * config.heartbeat_ms, config.lease_ms);
     try {
-      store->recover_orphans(now_ms(), worker_id, [&](const WorkerInfo& w) {
-        return worker_is_dead(w, hostname, now_ms(), stale);
-      });
+      store->recover_orphans(now_ms(), worker_id,
+                             [this](const WorkerInfo& w) { return is_dead(w); });
     } catch (const std::exception& e) {
       std::fprintf(stderr, "jobforge: recovery failed: %s\n", e.what());
     }
@@ -1104,14 +1103,14 @@ struct Engine::Impl {
   std::set<std::shared_ptr<RunningJob>, ClaimOrder> ready;
   // Mean run time of recent jobs (ns), for the depth of claims in memory.
   std::atomic<double> mean_run_ns{0};
-  bool stopping = false, hard_stop = false, dispatch_wake = false;
+  bool stopping = false, dispatch_wake = false;
   // Cancel requests for jobs claimed durably but not yet added to `claimed` (a short window).
   std::unordered_map<std::string, Clock::time_point> early_cancels;
 
   std::mutex maintenance_mutex;
   std::condition_variable maintenance_cv;
   bool maintenance_stop = false;
-  uint64_t maintenance_generation = 0;  // bumped when a job starts (a new deadline)
+  uint64_t maintenance_generation = 0;  // bumped when a job starts or is asked to stop
 
   std::mutex waiters_mutex;
   std::condition_variable waiters_cv;

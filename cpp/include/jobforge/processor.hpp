@@ -12,6 +12,9 @@
 
 namespace jobforge {
 
+// Severity of a job log line.
+enum class LogLevel : uint8_t { debug = 10, info = 20, warning = 30, error = 40 };
+
 // Why a running job was asked to stop.
 enum class StopReason : uint8_t { none, cancelled, timeout, shutdown };
 
@@ -35,9 +38,19 @@ class Context : public std::enable_shared_from_this<Context> {
       case StopReason::shutdown: throw JobCancelled("engine is shutting down");
     }
   }
-  // Reports progress. With total > 0 the percentage is current/total; without, current is a
-  // percentage 0..100. An empty message keeps the previous one.
+  // Reports progress: `current` units done of `total` (total <= 0: unknown, the job shows a
+  // count such as "1,250 processed" and no percentage). An empty message keeps the previous one.
   virtual void progress(double current, double total = 0, std::string_view message = {}) = 0;
+  // Starts a named stage ("Phase 2: processing"): current goes back to 0 with this total.
+  virtual void stage(std::string_view name, double total = 0) = 0;
+  // Adds n to current, keeping total, message and stage.
+  virtual void increment(double n = 1) = 0;
+  // Appends a line to the job's log (stored in batches; a `job-log` event for live tails).
+  // fields_json: a JSON object's text with context (key: value), or empty.
+  virtual void log(LogLevel level, std::string_view message, std::string_view fields_json = {}) = 0;
+  // Adds n to the outcome counter `key` ("updates", "inserts", "errors"...); the sums are stored
+  // with the job as its outcome summary.
+  virtual void count(std::string_view key, int64_t n = 1) = 0;
 };
 
 // Something a processor must hold to run, such as the Python GIL. A worker thread that runs

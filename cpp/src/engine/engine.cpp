@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -55,6 +56,10 @@ class RunningJob final : public Context {
   int attempt() const noexcept override { return job.attempts; }
   StopReason stop_reason() const noexcept override { return stop.load(std::memory_order_relaxed); }
   void progress(double current, double total, std::string_view message) override;
+  void stage(std::string_view name, double total) override;
+  void increment(double n) override;
+  void log(LogLevel level, std::string_view message, std::string_view fields_json) override;
+  void count(std::string_view key, int64_t n) override;
 
   // Asks the job to stop; the first reason wins.
   bool request_stop(StopReason reason) noexcept {
@@ -65,7 +70,7 @@ class RunningJob final : public Context {
   struct ProgressState {
     int percent = 0;
     double current = 0, total = 0;
-    std::string message;
+    std::string message, stage;
   };
   ProgressState progress_snapshot() const {
     std::lock_guard lock(progress_mutex_);
@@ -90,6 +95,7 @@ class RunningJob final : public Context {
 
   mutable std::mutex progress_mutex_;
   ProgressState progress_;
+  std::map<std::string, int64_t, std::less<>> outcome_;  // guarded by progress_mutex_
   bool progress_dirty_ = false;           // guarded by progress_mutex_
   bool progress_event_pending_ = false;   // guarded by progress_mutex_
   Clock::time_point last_progress_event_{};  // guarded by progress_mutex_
@@ -1146,6 +1152,33 @@ void RunningJob::progress(double current, double total, std::string_view message
     }
   }
   if (publish) engine_->publish_progress(*this, snapshot);
+}
+
+void RunningJob::stage(std::string_view name, double total) {
+  {
+    std::lock_guard lock(progress_mutex_);
+    progress_.stage.assign(name);
+  }
+  progress(0, total, {});
+}
+
+void RunningJob::increment(double n) {
+  double current, total;
+  {
+    std::lock_guard lock(progress_mutex_);
+    current = progress_.current + n;
+    total = progress_.total;
+  }
+  progress(current, total, {});
+}
+
+void RunningJob::log(LogLevel level, std::string_view message, std::string_view fields_json) {
+  (void)level, (void)message, (void)fields_json;  // persisted by the log writer (issue 5)
+}
+
+void RunningJob::count(std::string_view key, int64_t n) {
+  std::lock_guard lock(progress_mutex_);
+  outcome_[std::string(key)] += n;
 }
 
 Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {

@@ -10,6 +10,8 @@
     jobforge retry ID [--json]
     jobforge worker --app MODULE:ATTR [--db PATH] [--concurrency N] [--heartbeat S] [--lease S]
                                                      run jobs in this process until SIGTERM
+    jobforge dashboard [--host H] [--port N] [--token T] [--poll S] [--app MODULE:ATTR]
+                                                     serve the web dashboard until Ctrl-C
 
 Every command but ``demo`` works on the database given by ``--db PATH`` or the ``JOBFORGE_DB``
 environment variable (``demo`` only uses ``--db``, never the environment, so it cannot write its
@@ -45,6 +47,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -57,6 +60,7 @@ EXIT_NOT_FOUND = 3
 EXIT_INTERRUPTED = 130
 
 ENV_DB = "JOBFORGE_DB"
+ENV_DASHBOARD_TOKEN = "JOBFORGE_DASHBOARD_TOKEN"
 PROG = "jobforge"
 
 
@@ -246,6 +250,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--lease", type=_seconds, metavar="S",
         help="seconds a claimed job's lease lasts (default: the app engine's lease)",
     )  # fmt: skip
+
+    dashboard = commands.add_parser(
+        "dashboard", parents=[with_db], help="serve the web dashboard",
+        description=(
+            "Serves a web page of the database's jobs: live progress, history, workers, and "
+            "actions (enqueue, cancel, retry, cancel all) that need the token printed at "
+            "start-up. Opens the file as an observer: it runs no jobs unless --app is given. "
+            f"Needs the dashboard extra (pip install 'jobforge[dashboard]'). Ctrl-C stops it."
+        ),
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", metavar="HOST",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--port", type=_count, default=8765, metavar="N", help="port (default 8765; 0: any free)"
+    )
+    dashboard.add_argument(
+        "--token", metavar="T", default=os.environ.get(ENV_DASHBOARD_TOKEN),
+        help=f"token the actions need (default: ${ENV_DASHBOARD_TOKEN}, else a random one)",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--poll", type=_seconds, default=0.5, metavar="S",
+        help="seconds between reads of the store for other processes' jobs (0.5)",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--app", metavar="MODULE:ATTR",
+        help="also run the processors of this app's engine in this process (like worker)",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="worker threads with --app (default: the app's)",
+    )
     return parser
 
 
@@ -605,7 +644,74 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker.serve(engine, notify_fd=int(notify_fd) if notify_fd else None)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    try:
+        from .dashboard import make_server
+    except ImportError as exc:
+        raise CliError(
+            f"the dashboard needs its extra: pip install 'jobforge[dashboard]' ({exc})"
+        ) from None
+    if args.token is not None and len(args.token) < 8:
+        raise CliError("--token must be at least 8 characters", EXIT_USAGE)
+    if not args.poll > 0:
+        raise CliError(f"--poll must be more than 0 seconds, got {args.poll:g}", EXIT_USAGE)
+    if args.port > 65535:
+        raise CliError(f"--port must be 0..65535, got {args.port}", EXIT_USAGE)
+    if args.concurrency is not None and (args.app is None or args.concurrency < 1):
+        raise CliError("--concurrency needs --app and must be at least 1", EXIT_USAGE)
+    engine = None
+    if args.app:
+        from . import worker
+
+        try:
+            app = worker.load_app(args.app)
+        except worker.AppError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        db = _db_path(args) if (args.db or os.environ.get(ENV_DB)) else None
+        engine = worker.worker_engine(app, db=db, concurrency=args.concurrency)
+        engine.start()
+        target = engine
+    else:
+        path = _db_path(args)
+        if not os.path.exists(path):
+            raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
+        target = path
+    try:
+        server = make_server(target, host=args.host, port=args.port, token=args.token,
+                             poll_interval=args.poll)  # fmt: skip
+    except OSError as exc:
+        if engine is not None:
+            engine.stop()
+        raise CliError(str(exc)) from None
+    url = server.url
+    running = f", running jobs with {args.app}" if args.app else " (observer: runs no jobs)"
+    print(f"jobforge dashboard on {url} for {server.dashboard.engine.path}{running}", flush=True)
+    print(f"action token: {server.token}", flush=True)
+    print(f"open {url}#token={server.token}", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: other machines can read every job", flush=True)
+    # The server runs on a thread (so uvicorn installs no signal handlers of its own); this
+    # thread waits for SIGINT or SIGTERM and stops it: exit 0.
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        server.start()
+        while not stop.wait(0.5):
+            if not server.alive:
+                raise CliError("the dashboard server stopped unexpectedly")
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if engine is not None:
+            engine.stop()
+    return EXIT_OK
+
+
 COMMANDS = {
+    "dashboard": cmd_dashboard,
     "demo": cmd_demo,
     "stats": cmd_stats,
     "list": cmd_list,

@@ -1,0 +1,706 @@
+"""The dashboard's server: a Starlette app with a JSON API, Server-Sent Events and the static page.
+
+Where the live data comes from:
+
+- events of this process's engine (``engine.on("*")``): immediate, when the dashboard runs in
+  the process that runs the jobs (``serve(engine)``, or ``jobforge dashboard --app``);
+- a watcher that reads the store every ``poll_interval`` seconds (per-status counters, the
+  running jobs with their progress, throughput from the counters): this is how jobs run by
+  other processes on the same file reach the page. Their progress reaches the store about once
+  a second per job (the engine's progress flush), so their bars move at that pace.
+
+Both feed one hub that coalesces updates per job and sends each SSE client at most ten messages
+a second, however many events the engine produces.
+
+Actions that change state (enqueue, cancel, retry, cancel all) need the token: header
+``Authorization: Bearer TOKEN`` (or ``X-Jobforge-Token: TOKEN``). Missing: 401; wrong: 403;
+either way nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..job import FINAL_STATUSES, STATUSES
+from .queries import QueryError, StoreQueries
+
+log = logging.getLogger("jobforge.dashboard")
+
+STATIC = Path(__file__).with_name("static")
+ACTIVE_LIMIT = 100  # running jobs sent in each snapshot
+FLUSH_INTERVAL = 0.1  # seconds between coalesced job updates to the clients
+CLIENT_QUEUE = 256  # messages buffered per SSE client; past that, the oldest are dropped
+THROUGHPUT_WINDOW = 10.0  # seconds over which throughput is averaged
+HISTORY_SAMPLES = 120  # throughput samples kept for the sparkline
+
+
+def _json(value: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(value, status_code=status)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def job_summary(job) -> dict:
+    """A job as the active table shows it (no payload or result)."""
+    return {
+        "id": job.id,
+        "type": job.type,
+        "status": job.status,
+        "priority": job.priority,
+        "progress": job.progress,
+        "progress_current": job.progress_current,
+        "progress_total": job.progress_total,
+        "message": job.message,
+        "error": job.error,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "parent_id": job.parent_id,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "completed_at": job.completed_at,
+        "run_at": job.run_at,
+        "cancel_requested": job.cancel_requested,
+    }
+
+
+def job_detail(job) -> dict:
+    from ..cli import job_json
+
+    data = job_json(job)
+    for extra in ("stage", "outcome"):  # from the progress model, when the engine has it
+        if hasattr(job, extra):
+            with contextlib.suppress(Exception):
+                data[extra] = getattr(job, extra)
+    return data
+
+
+def _event_update(ev) -> dict:
+    """An engine event as a job update for the page."""
+    return {
+        "id": ev.job_id,
+        "type": ev.job_type,
+        "status": ev.status,
+        "progress": ev.progress,
+        "progress_current": ev.progress_current,
+        "progress_total": ev.progress_total,
+        "message": ev.message,
+        "error": ev.error,
+        "attempts": ev.attempt,
+        "event": ev.type,
+        "timestamp": ev.timestamp,
+    }
+
+
+class _Client:
+    __slots__ = ("queue", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE)
+        self.loop = loop
+
+    def offer(self, message: str) -> None:  # on the event loop
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()  # a newer snapshot supersedes the oldest message
+        self.queue.put_nowait(message)
+
+
+class Hub:
+    """Fans coalesced updates out to the SSE clients. Thread-safe ``update``; the rest runs on
+    the server's event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict] = {}
+        self._clients: set[_Client] = set()
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.last: dict[str, str] = {}  # last message of each kind, for clients that join
+
+    def update(self, job: dict) -> None:
+        """Records the latest state of one job (any thread); sent at the next flush."""
+        with self._lock:
+            previous = self._pending.get(job["id"])
+            # A final state is never replaced by a late progress update of the same job.
+            if (
+                previous
+                and previous.get("status") in FINAL_STATUSES
+                and job.get("status") not in FINAL_STATUSES
+            ):
+                return
+            self._pending[job["id"]] = job
+
+    def connect(self) -> _Client:
+        client = _Client(asyncio.get_running_loop())
+        self._clients.add(client)
+        return client
+
+    def disconnect(self, client: _Client) -> None:
+        self._clients.discard(client)
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def broadcast(self, kind: str, data: Any, *, keep: bool = False) -> None:
+        message = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+        if keep:
+            self.last[kind] = message
+        for client in list(self._clients):
+            client.offer(message)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if pending and self._clients:
+            self.broadcast("jobs", list(pending.values()))
+
+
+class Throughput:
+    """Jobs finished and created per second, from the store's per-status counters (so jobs of
+    every process on the file count), averaged over a short window."""
+
+    def __init__(self) -> None:
+        self._samples: collections.deque[tuple[float, int, int]] = collections.deque()
+        self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY_SAMPLES)
+
+    def add(self, stats: dict[str, int], now: Optional[float] = None) -> dict:
+        now = time.monotonic() if now is None else now
+        finished = sum(stats.get(s, 0) for s in FINAL_STATUSES)
+        total = stats.get("total", 0)
+        self._samples.append((now, finished, total))
+        while len(self._samples) > 2 and now - self._samples[0][0] > THROUGHPUT_WINDOW:
+            self._samples.popleft()
+        t0, f0, c0 = self._samples[0]
+        span = now - t0
+        rate = {
+            "finished_per_s": max(0.0, (finished - f0) / span) if span > 0 else 0.0,
+            "created_per_s": max(0.0, (total - c0) / span) if span > 0 else 0.0,
+        }
+        self.history.append({"t": int(time.time() * 1000), **rate})
+        return rate
+
+
+class Dashboard:
+    """The dashboard of one engine: its API, its page and the live feed.
+
+    ``engine`` may be running (this process runs jobs: events arrive at once) or not (an
+    observer: it enqueues, cancels and reads, and claims nothing). ``token`` protects the
+    actions; a random one is made when not given."""
+
+    def __init__(
+        self,
+        engine,
+        *,
+        token: Optional[str] = None,
+        poll_interval: float = 0.5,
+        allowed_hosts: Optional[list[str]] = None,
+    ) -> None:
+        if token is not None and (not isinstance(token, str) or len(token) < 8):
+            raise ValueError("token must be a str of at least 8 characters")
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be more than 0 seconds, got {poll_interval!r}")
+        self.engine = engine
+        self.token = token or secrets.token_urlsafe(18)
+        self.poll_interval = poll_interval
+        self.queries = StoreQueries(engine.path)
+        self.hub = Hub()
+        self.throughput = Throughput()
+        self._subscription = None
+        self._types_cache: tuple[float, list[str]] = (0.0, [])
+        # Set by the server that runs this app: true once it is shutting down.
+        self.closing = lambda: False
+        self.app = self._build_app(allowed_hosts)
+
+    # -- feed ------------------------------------------------------------------------------
+    def _on_event(self, ev) -> None:
+        self.hub.update(_event_update(ev))
+
+    def _snapshot(self) -> tuple[dict, list[dict]]:
+        stats = self.engine.stats()
+        running = self.engine.jobs(status="running", limit=ACTIVE_LIMIT)
+        return stats, [job_summary(j) for j in running]
+
+    def overview(self) -> dict:
+        stats = self.engine.stats()
+        rate = self.throughput.add(stats)
+        return self._overview(stats, rate)
+
+    def _overview(self, stats: dict, rate: dict) -> dict:
+        from .. import __version__
+
+        return {
+            "stats": stats,
+            "queue_depth": stats.get("queued", 0),
+            "running": stats.get("running", 0),
+            "throughput": rate,
+            "throughput_history": list(self.throughput.history),
+            "db": self.engine.path,
+            "version": __version__,
+            "engine_running": self.engine.running,
+            "clients": self.hub.clients,
+            "schedules": hasattr(self.engine, "schedules"),
+            "logs": hasattr(self.engine, "logs"),
+            "time": int(time.time() * 1000),
+        }
+
+    async def _watch(self) -> None:
+        """Reads the store every poll_interval and flushes the hub every FLUSH_INTERVAL."""
+        next_poll = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            if now >= next_poll:
+                next_poll = now + self.poll_interval
+                if self.hub.clients:
+                    try:
+                        stats, running = await asyncio.to_thread(self._snapshot)
+                        rate = self.throughput.add(stats)
+                        self.hub.broadcast("overview", self._overview(stats, rate), keep=True)
+                        self.hub.broadcast("active", running, keep=True)
+                    except Exception:  # noqa: BLE001 - the watcher outlives a failed read
+                        log.exception("jobforge dashboard: reading the store failed")
+            self.hub.flush()
+            await asyncio.sleep(FLUSH_INTERVAL)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        self.hub.loop = asyncio.get_running_loop()
+        self._subscription = self.engine.on("*", self._on_event)
+        watcher = asyncio.create_task(self._watch())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            if self._subscription is not None:
+                self._subscription.unsubscribe()
+                self._subscription = None
+            self.queries.close()
+
+    # -- auth ------------------------------------------------------------------------------
+    def _check_token(self, request: Request) -> Optional[JSONResponse]:
+        given = request.headers.get("x-jobforge-token")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given:
+            return JSONResponse(
+                {"error": "this action needs the dashboard token (Authorization: Bearer TOKEN)"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="jobforge"'},
+            )
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return _error(403, "wrong dashboard token")
+        return None
+
+    # -- handlers (sync ones run in Starlette's thread pool; engine calls release the GIL) -----
+    def index(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    def api_overview(self, request: Request) -> Response:
+        return _json(self.overview())
+
+    def api_active(self, request: Request) -> Response:
+        _, running = self._snapshot()
+        return _json({"jobs": running})
+
+    def api_jobs(self, request: Request) -> Response:
+        q = request.query_params
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            return _error(400, f"limit must be a whole number, got {q.get('limit')!r}")
+        try:
+            page = self.queries.page(
+                status=q.get("status") or None,
+                type=q.get("type") or None,
+                search=q.get("q") or None,
+                cursor=q.get("cursor") or None,
+                limit=limit,
+            )
+        except QueryError as exc:
+            return _error(400, str(exc))
+        return _json(page.to_dict())
+
+    def api_job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        job = self.engine.get(job_id)
+        if job is None:
+            return _error(404, f"no job with id {job_id!r}")
+        data = job_detail(job)
+        children = self.engine.jobs(parent=job.id, limit=1000)
+        counts: dict[str, int] = {}
+        for child in children:
+            counts[child.status] = counts.get(child.status, 0) + 1
+        data["children"] = {"count": len(children), "by_status": counts}
+        data["logs"] = self._logs(job.id)
+        return _json(data)
+
+    def _logs(self, job_id: str, limit: int = 500) -> Optional[list]:
+        logs = getattr(self.engine, "logs", None)
+        if logs is None:
+            return None  # this engine has no job logs yet
+        out = []
+        for entry in logs(job_id, limit=limit):
+            if isinstance(entry, dict):
+                out.append(entry)
+            elif hasattr(entry, "to_dict"):
+                out.append(entry.to_dict())
+            else:
+                out.append({k: getattr(entry, k, None) for k in ("time", "level", "stage",
+                            "message", "context")})  # fmt: skip
+        return out
+
+    def api_job_logs(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if self.engine.get(job_id) is None:
+            return _error(404, f"no job with id {job_id!r}")
+        logs = self._logs(job_id)
+        if logs is None:
+            return _error(501, "this engine does not keep job logs")
+        return _json({"logs": logs})
+
+    def api_workers(self, request: Request) -> Response:
+        now = int(time.time() * 1000)
+        running = self.queries.running_owner_counts()
+        workers = self.queries.workers()
+        for w in workers:
+            w["running_jobs"] = running.get(w["id"], 0)
+            w["heartbeat_age_s"] = round((now - (w.get("heartbeat_at") or now)) / 1000, 1)
+            w["this_process"] = w["id"] == getattr(self.engine, "worker_id", None)
+        return _json({"workers": workers, "time": now})
+
+    def types(self) -> list[str]:
+        """Types a job can be enqueued with here: the engine's processors and the types
+        already in the store (cached for a few seconds)."""
+        cached_at, cached = self._types_cache
+        if time.monotonic() - cached_at > 5:
+            cached = self.queries.job_types()
+            self._types_cache = (time.monotonic(), cached)
+        return sorted(set(self.engine.processor_types) | set(cached))
+
+    def api_types(self, request: Request) -> Response:
+        return _json(
+            {"types": self.types(), "processors": self.engine.processor_types,
+             "statuses": list(STATUSES)}
+        )  # fmt: skip
+
+    def api_schedules(self, request: Request) -> Response:
+        schedules = getattr(self.engine, "schedules", None)
+        if schedules is None:
+            return _error(501, "this engine has no schedules")
+        out = []
+        for s in schedules():
+            out.append(s if isinstance(s, dict) else getattr(s, "to_dict", lambda s=s: vars(s))())
+        return _json({"schedules": out})
+
+    async def api_enqueue(self, request: Request) -> Response:
+        refused = self._check_token(request)
+        if refused:
+            return refused
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            return _error(400, f"the request body is not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            return _error(400, "the request body must be a JSON object with 'type' and 'payload'")
+        unknown = set(body) - {"type", "payload", "priority", "delay", "max_attempts", "timeout"}
+        if unknown:
+            return _error(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        job_type = body.get("type")
+        if not isinstance(job_type, str) or not job_type:
+            return _error(400, f"type must be a non-empty string, got {job_type!r}")
+        known = await asyncio.to_thread(self.types)
+        if job_type not in known:
+            return _error(
+                400,
+                f"type {job_type!r} is not registered here and no job of that type is in the "
+                f"store (known: {', '.join(known) or 'none'})",
+            )
+        options = {
+            k: body[k] for k in ("priority", "delay", "max_attempts", "timeout") if k in body
+        }
+        if options.get("delay") is None:
+            options.pop("delay", None)
+        try:
+            job = await asyncio.to_thread(
+                self.engine.enqueue, job_type, body.get("payload"), **options
+            )
+        except (ValueError, TypeError) as exc:
+            return _error(400, str(exc))
+        return _json(job_detail(job), 201)
+
+    async def api_cancel(self, request: Request) -> Response:
+        refused = self._check_token(request)
+        if refused:
+            return refused
+        job_id = request.path_params["job_id"]
+
+        def cancel():
+            job = self.engine.get(job_id)
+            if job is None:
+                return _error(404, f"no job with id {job_id!r}")
+            if job.is_final:
+                return _error(409, f"job {job_id} is already {job.status}; nothing to cancel")
+            if not self.engine.cancel(job_id):
+                now = self.engine.get(job_id)
+                return _error(409, f"job {job_id} could not be cancelled (status: {now.status})")
+            return _json(job_detail(self.engine.get(job_id)))
+
+        return await asyncio.to_thread(cancel)
+
+    async def api_retry(self, request: Request) -> Response:
+        refused = self._check_token(request)
+        if refused:
+            return refused
+        job_id = request.path_params["job_id"]
+
+        def retry():
+            job = self.engine.get(job_id)
+            if job is None:
+                return _error(404, f"no job with id {job_id!r}")
+            if job.status not in ("failed", "cancelled", "timeout"):
+                return _error(
+                    409,
+                    f"job {job_id} is {job.status}; only failed, cancelled or timeout jobs "
+                    "can be retried",
+                )
+            if not self.engine.retry(job_id):
+                now = self.engine.get(job_id)
+                return _error(409, f"job {job_id} could not be retried (status: {now.status})")
+            return _json(job_detail(self.engine.get(job_id)))
+
+        return await asyncio.to_thread(retry)
+
+    async def api_cancel_all(self, request: Request) -> Response:
+        refused = self._check_token(request)
+        if refused:
+            return refused
+        n = await asyncio.to_thread(self.engine.abort_all)
+        return _json({"cancelled": n})
+
+    async def api_auth(self, request: Request) -> Response:
+        """Checks a token without changing anything (the page uses it to tell the user)."""
+        refused = self._check_token(request)
+        return refused or _json({"ok": True})
+
+    async def api_events(self, request: Request) -> Response:
+        client = self.hub.connect()
+        for message in self.hub.last.values():
+            client.offer(message)
+
+        async def stream():
+            try:
+                yield "retry: 2000\n\n"
+                idle = 0.0
+                # Wakes every second to end with the server (uvicorn waits for open streams).
+                while not self.closing():
+                    try:
+                        message = await asyncio.wait_for(client.queue.get(), 1.0)
+                    except asyncio.TimeoutError:
+                        idle += 1.0
+                        if idle >= 15:
+                            idle = 0.0
+                            yield ": keep-alive\n\n"
+                        continue
+                    idle = 0.0
+                    yield message
+            finally:
+                self.hub.disconnect(client)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def api_openapi(self, request: Request) -> Response:
+        from .openapi import SPEC
+
+        return _json(SPEC)
+
+    def _build_app(self, allowed_hosts: Optional[list[str]]) -> Starlette:
+        routes = [
+            Route("/", self.index),
+            Route("/api/overview", self.api_overview),
+            Route("/api/active", self.api_active),
+            Route("/api/jobs", self.api_jobs, methods=["GET"]),
+            Route("/api/jobs", self.api_enqueue, methods=["POST"]),
+            Route("/api/jobs/{job_id}", self.api_job),
+            Route("/api/jobs/{job_id}/logs", self.api_job_logs),
+            Route("/api/jobs/{job_id}/cancel", self.api_cancel, methods=["POST"]),
+            Route("/api/jobs/{job_id}/retry", self.api_retry, methods=["POST"]),
+            Route("/api/cancel-all", self.api_cancel_all, methods=["POST"]),
+            Route("/api/auth", self.api_auth, methods=["POST"]),
+            Route("/api/workers", self.api_workers),
+            Route("/api/types", self.api_types),
+            Route("/api/schedules", self.api_schedules),
+            Route("/api/events", self.api_events),
+            Route("/api/openapi.json", self.api_openapi),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+        middleware = []
+        if allowed_hosts:
+            middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+        return Starlette(routes=routes, middleware=middleware, lifespan=self.lifespan)
+
+
+def create_app(engine, *, token: Optional[str] = None, poll_interval: float = 0.5) -> Starlette:
+    """The dashboard of ``engine`` as an ASGI app (serve it with any ASGI server)."""
+    return Dashboard(engine, token=token, poll_interval=poll_interval).app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DashboardServer:
+    """A dashboard served by uvicorn on a thread (``serve(..., block=False)``)."""
+
+    def __init__(self, dashboard: Dashboard, server, sock: socket.socket, owns_engine: bool):
+        self.dashboard = dashboard
+        self._server = server
+        self._sock = sock
+        self._owns_engine = owns_engine
+        self.host, self.port = sock.getsockname()[:2]
+        self._thread: Optional[threading.Thread] = None
+        dashboard.closing = lambda: bool(server.should_exit)
+
+    @property
+    def token(self) -> str:
+        return self.dashboard.token
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def run(self) -> None:
+        try:
+            self._server.run(sockets=[self._sock])
+        finally:
+            self._sock.close()
+            if self._owns_engine:
+                self.dashboard.engine.close()
+
+    def start(self) -> DashboardServer:
+        self._thread = threading.Thread(target=self.run, name="jobforge-dashboard", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the dashboard server did not start")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> DashboardServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<jobforge dashboard {self.url}>"
+
+
+def serve(
+    engine_or_path: Union[Any, str, os.PathLike],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: Optional[str] = None,
+    poll_interval: float = 0.5,
+    block: bool = True,
+    log_level: str = "warning",
+) -> DashboardServer:
+    """Serves the dashboard of an engine (or of a database file, opened as an observer that
+    claims no jobs) on ``host:port`` (port 0: any free port). ``block=False`` runs the server
+    on a thread and returns at once; ``.url``, ``.token`` and ``.stop()`` on the result."""
+    server = make_server(
+        engine_or_path, host=host, port=port, token=token, poll_interval=poll_interval,
+        log_level=log_level,
+    )  # fmt: skip
+    if block:
+        server.run()
+        return server
+    return server.start()
+
+
+def make_server(
+    engine_or_path: Union[Any, str, os.PathLike],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: Optional[str] = None,
+    poll_interval: float = 0.5,
+    log_level: str = "warning",
+) -> DashboardServer:
+    """Binds the socket and builds the server without running it (see ``serve``)."""
+    import uvicorn
+
+    from ..engine import Engine
+
+    owns_engine = not isinstance(engine_or_path, Engine)
+    if owns_engine:
+        path = os.fspath(engine_or_path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"database '{path}' does not exist")
+        engine = Engine(path, allow_unknown_types=True)
+    else:
+        engine = engine_or_path
+    allowed = ["127.0.0.1", "localhost", "::1", "[::1]"] if _is_loopback(host) else None
+    dashboard = Dashboard(engine, token=token, poll_interval=poll_interval, allowed_hosts=allowed)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if owns_engine:
+            engine.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    config = uvicorn.Config(
+        dashboard.app, log_level=log_level, timeout_graceful_shutdown=1, access_log=False,
+        lifespan="on",
+    )  # fmt: skip
+    return DashboardServer(dashboard, uvicorn.Server(config), sock, owns_engine)

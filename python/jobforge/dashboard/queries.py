@@ -1,0 +1,272 @@
+"""Read-only queries the dashboard needs and the engine's query API does not offer yet: keyset
+pages of the job history (stable and fast at any depth, unlike OFFSET), a bounded text search,
+the distinct job types and the workers table.
+
+They run on the dashboard's own read-only SQLite connections (WAL: readers never block the
+engine's writer) against the schema the SQLite store migrates to. Everything that changes state
+goes through the engine; this module never writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..job import STATUSES
+
+# Columns of a history row: what a table line shows, not the payload or the result.
+_ROW_COLUMNS = (
+    "rowid, id, type, status, priority, progress, progress_current, progress_total, "
+    "progress_message, error, attempts, max_attempts, parent_job_id, created_at, started_at, "
+    "completed_at, run_at, cancel_requested"
+)
+_ROW_KEYS = (
+    "rowid id type status priority progress progress_current progress_total message error "
+    "attempts max_attempts parent_id created_at started_at completed_at run_at "
+    "cancel_requested"
+).split()
+
+# A text search reads at most this many rows (newest first, after the filters) per request, so
+# a search that matches nothing costs a bounded time even at millions of jobs; the page then
+# says how far it looked and offers to look further.
+SEARCH_WINDOW = 50_000
+
+
+class QueryError(ValueError):
+    """A malformed query parameter; the message names the parameter and the value."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position in the history order (created_at DESC, rowid DESC): the last row of a page."""
+
+    created_at: int
+    rowid: int
+
+    def encode(self) -> str:
+        return f"{self.created_at}.{self.rowid}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            created, rowid = text.split(".")
+            return cls(int(created), int(rowid))
+        except ValueError:
+            raise QueryError(
+                f"cursor must be the next_cursor of a previous page, got {text!r}"
+            ) from None
+
+
+@dataclass
+class Page:
+    jobs: list[dict]
+    next_cursor: Optional[str]  # None: no older jobs match
+    searched: Optional[int] = None  # rows a text search looked at, when it hit its window
+
+    def to_dict(self) -> dict:
+        return {"jobs": self.jobs, "next_cursor": self.next_cursor, "searched": self.searched}
+
+
+def _row(values: tuple) -> dict:
+    out = dict(zip(_ROW_KEYS, values))
+    for key in ("started_at", "completed_at", "run_at"):
+        out[key] = out[key] or None
+    out["progress_total"] = out["progress_total"] or None
+    out["cancel_requested"] = bool(out["cancel_requested"])
+    out["message"] = out["message"] or ""
+    return out
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class StoreQueries:
+    """Read-only queries on one SQLite file; one connection per calling thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            uri = "file:" + self.path.replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+            con = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
+            con.execute("PRAGMA query_only = ON")
+            self._local.con = con
+            with self._lock:
+                self._all.append(con)
+        return con
+
+    def close(self) -> None:
+        with self._lock:
+            for con in self._all:
+                con.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- history ---------------------------------------------------------------------------
+    def page(
+        self,
+        *,
+        status: Optional[str] = None,
+        type: Optional[str] = None,
+        search: Optional[str] = None,
+        cursor: Optional[str] = None,
+        limit: int = 50,
+        window: int = SEARCH_WINDOW,
+    ) -> Page:
+        """One page of jobs, newest first, after ``cursor`` (the ``next_cursor`` of the page
+        before). ``status`` and ``type`` are served by the store's (status, created_at) and
+        (type, created_at) indexes; ``search`` matches a prefix of the id or a substring of the
+        type, message, error or payload and reads at most ``window`` rows per call."""
+        if status is not None and status not in STATUSES:
+            raise QueryError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+        if not isinstance(limit, int) or not 1 <= limit <= 500:
+            raise QueryError(f"limit must be between 1 and 500, got {limit!r}")
+        where: list[str] = []
+        params: list[Any] = []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if type:
+            where.append("type = ?")
+            params.append(type)
+        if cursor:
+            c = Cursor.decode(cursor)
+            where.append("(created_at, rowid) < (?, ?)")
+            params += [c.created_at, c.rowid]
+        base = " FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        order = " ORDER BY created_at DESC, rowid DESC"
+        con = self._con()
+        search = (search or "").strip()
+        if not search:
+            rows = con.execute(
+                f"SELECT {_ROW_COLUMNS}{base}{order} LIMIT ?", (*params, limit + 1)
+            ).fetchall()
+            return self._finish(rows, limit)
+        pattern = "%" + _like_escape(search) + "%"
+        match = (
+            "(id LIKE ?1 ESCAPE '\\' OR type LIKE ?2 ESCAPE '\\' OR "
+            "progress_message LIKE ?2 ESCAPE '\\' OR error LIKE ?2 ESCAPE '\\' OR "
+            "payload LIKE ?2 ESCAPE '\\')"
+        )
+        # Numbered parameters: ?1 id prefix, ?2 substring, then the filters, window and limit.
+        numbered_base = self._number(base, start=3)
+        n = len(params)
+        sql = (
+            f"SELECT {_ROW_COLUMNS} FROM (SELECT rowid AS rowid, * {numbered_base}{order} "
+            f"LIMIT ?{n + 3}) WHERE {match}{order} LIMIT ?{n + 4}"
+        )
+        rows = con.execute(
+            sql, (_like_escape(search) + "%", pattern, *params, window, limit + 1)
+        ).fetchall()
+        if len(rows) > limit:
+            return self._finish(rows, limit)
+        # Fewer matches than a page: either the window reached the oldest job (done) or it
+        # stopped inside the history; then continue from the window's last row.
+        last = con.execute(
+            f"SELECT created_at, rowid{base}{order} LIMIT 1 OFFSET ?", (*params, window - 1)
+        ).fetchone()
+        page = self._finish(rows, limit)
+        if last is not None:
+            page.next_cursor = Cursor(last[0], last[1]).encode()
+            page.searched = window
+        return page
+
+    @staticmethod
+    def _number(base: str, start: int) -> str:
+        out, k = [], start
+        for ch in base:
+            if ch == "?":
+                out.append(f"?{k}")
+                k += 1
+            else:
+                out.append(ch)
+        return "".join(out)
+
+    @staticmethod
+    def _finish(rows: list, limit: int) -> Page:
+        jobs = [_row(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = jobs[-1]
+            next_cursor = Cursor(last["created_at"], last["rowid"]).encode()
+        return Page(jobs, next_cursor)
+
+    def plan(self, **kwargs: Any) -> list[str]:
+        """The query plan of ``page(**kwargs)`` without a search (for tests and benchmarks)."""
+        status, type_ = kwargs.get("status"), kwargs.get("type")
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if type_:
+            where.append("type = ?")
+            params.append(type_)
+        where.append("(created_at, rowid) < (?, ?)")
+        params += [1 << 60, 1 << 60]
+        sql = (
+            f"EXPLAIN QUERY PLAN SELECT {_ROW_COLUMNS} FROM jobs WHERE "
+            + " AND ".join(where)
+            + " ORDER BY created_at DESC, rowid DESC LIMIT 51"
+        )
+        return [r[3] for r in self._con().execute(sql, params).fetchall()]
+
+    # -- other reads -----------------------------------------------------------------------
+    def job_types(self, limit: int = 200) -> list[str]:
+        """Distinct job types in the store, by a skip scan of the (type, created_at) index:
+        one index seek per type, not a pass over every job."""
+        rows = (
+            self._con()
+            .execute(
+                """
+            WITH RECURSIVE t(type, n) AS (
+              SELECT (SELECT min(type) FROM jobs), 1
+              UNION ALL
+              SELECT (SELECT min(type) FROM jobs WHERE type > t.type), n + 1
+              FROM t WHERE t.type IS NOT NULL AND n < ?
+            )
+            SELECT type FROM t WHERE type IS NOT NULL
+            """,
+                (limit,),
+            )
+            .fetchall()
+        )
+        return [r[0] for r in rows]
+
+    def workers(self) -> list[dict]:
+        """Rows of the workers table, newest first (the engine prunes stopped ones after a day)."""
+        con = self._con()
+        columns = {r[1] for r in con.execute("PRAGMA table_info(workers)")}
+        wanted = [
+            c
+            for c in (
+                "id", "hostname", "pid", "version", "started_at", "heartbeat_at", "state",
+                "claim_mode", "singleton_role",
+            )
+            if c in columns
+        ]  # fmt: skip
+        if not wanted:
+            return []
+        rows = con.execute(
+            f"SELECT {', '.join(wanted)} FROM workers ORDER BY started_at DESC LIMIT 200"
+        ).fetchall()
+        return [dict(zip(wanted, r)) for r in rows]
+
+    def running_owner_counts(self) -> dict[str, int]:
+        """Running jobs per lease owner (the idx_jobs_running_owner partial index)."""
+        rows = (
+            self._con()
+            .execute(
+                "SELECT lease_owner, count(*) FROM jobs WHERE status = 'running' GROUP BY lease_owner"
+            )
+            .fetchall()
+        )
+        return {owner or "": n for owner, n in rows}

@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Serves a web page of the database's jobs: live progress, history, workers, and "
             "actions (enqueue, cancel, retry, cancel all) that need the token printed at "
             "start-up. Opens the file as an observer: it runs no jobs unless --app is given. "
-            f"Needs the dashboard extra (pip install 'jobforge[dashboard]'). Ctrl-C stops it."
+            "Needs the dashboard extra (pip install 'jobforge[dashboard]'). Ctrl-C stops it."
         ),
     )  # fmt: skip
     dashboard.add_argument(

@@ -1,0 +1,338 @@
+"""The dashboard's HTTP API and live feed, served by uvicorn on a real socket, over a real SQLite
+file: the token guards every action, history pages by keyset, the SSE feed carries progress of
+this process's jobs and of other processes' jobs, and the observer claims nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from dashboard_helpers import TOKEN, DashboardProcess, EventStream, request  # noqa: E402
+
+from jobforge.dashboard import serve  # noqa: E402
+from jobforge.dashboard.queries import StoreQueries  # noqa: E402
+
+
+@pytest.fixture
+def served(make_engine):
+    """An engine with a `steps` processor, started, and its dashboard on a free port."""
+    engine = make_engine(workers=2)
+    release = threading.Event()
+
+    @engine.processor("steps", max_attempts=1)
+    def steps(ctx, payload):
+        n = payload.get("n", 10)
+        for i in range(n):
+            if ctx.cancelled:
+                return None
+            ctx.progress(i + 1, total=n, message=f"step {i + 1} of {n}")
+            time.sleep(payload.get("sleep", 0.02))
+        if payload.get("hold"):
+            release.wait(30)
+        if payload.get("fail"):
+            raise ValueError("asked to fail")
+        return {"done": n}
+
+    engine.start()
+    server = serve(engine, port=0, block=False, token=TOKEN, poll_interval=0.1)
+    server.release = release
+    yield engine, server, server.url.rstrip("/")
+    release.set()
+    server.stop()
+
+
+# -- the token ------------------------------------------------------------------------------------
+
+
+def test_actions_without_or_with_a_wrong_token_are_refused_and_change_nothing(served):
+    engine, server, url = served
+    queued = engine.enqueue("steps", {"n": 1}, delay=3600)
+    failed = engine.enqueue("steps", {"n": 1, "fail": True}).wait(10)
+    assert failed.status == "failed"
+    before = engine.stats()
+    actions = [
+        ("POST", f"/api/jobs/{queued.id}/cancel", None),
+        ("POST", f"/api/jobs/{failed.id}/retry", None),
+        ("POST", "/api/cancel-all", None),
+        ("POST", "/api/jobs", {"type": "steps", "payload": {"n": 1}}),
+    ]
+    for method, path, body in actions:
+        status, data = request(url + path, method, body)
+        assert status == 401, (path, status, data)
+        assert "token" in data["error"]
+        status, data = request(url + path, method, body, token="wrong-token-123456")
+        assert status == 403, (path, status, data)
+        assert data == {"error": "wrong dashboard token"}
+    assert engine.get(queued.id).status == "queued"
+    assert engine.get(failed.id).status == "failed"
+    assert engine.stats() == before
+    assert request(url + "/api/auth", "POST", token="wrong-token-123456")[0] == 403
+    assert request(url + "/api/auth", "POST", token=TOKEN) == (200, {"ok": True})
+
+
+def test_cancel_retry_and_cancel_all_with_the_token(served):
+    engine, server, url = served
+    running = engine.enqueue("steps", {"n": 1000, "sleep": 0.01})
+    queued = engine.enqueue("steps", {"n": 1000, "sleep": 0.01}, delay=3600)
+    status, data = request(url + f"/api/jobs/{queued.id}/cancel", "POST", token=TOKEN)
+    assert (status, data["status"]) == (200, "cancelled")
+    status, data = request(url + f"/api/jobs/{queued.id}/cancel", "POST", token=TOKEN)
+    assert status == 409 and "already cancelled" in data["error"]
+    status, data = request(url + f"/api/jobs/{queued.id}/retry", "POST", token=TOKEN)
+    assert (status, data["status"], data["attempts"]) == (200, "queued", 0)
+    status, data = request(url + f"/api/jobs/{queued.id}/retry", "POST", token=TOKEN)
+    assert status == 409 and "only failed, cancelled or timeout" in data["error"]
+    assert request(url + "/api/jobs/no-such-id/cancel", "POST", token=TOKEN)[0] == 404
+    status, data = request(url + "/api/cancel-all", "POST", token=TOKEN)
+    assert status == 200 and data["cancelled"] == 2
+    assert running.wait(10).status == "cancelled"
+    assert engine.wait(queued.id, 10).status == "cancelled"  # retried, so queued or running
+
+
+def test_enqueue_through_the_api_validates_and_writes_nothing_on_bad_input(served):
+    engine, server, url = served
+    before = engine.stats()["total"]
+    bad = [
+        ({"type": "nope", "payload": {}}, "type 'nope' is not registered"),
+        ({"type": "steps", "priority": 0}, "priority must be between 1 and 10"),
+        ({"type": "steps", "delay": -1}, "delay"),
+        ({"type": "steps", "colour": "red"}, "unknown field(s): colour"),
+        ({"payload": {}}, "type must be a non-empty string"),
+        (["steps"], "JSON object"),
+    ]
+    for body, fragment in bad:
+        status, data = request(url + "/api/jobs", "POST", body, token=TOKEN)
+        assert status == 400, (body, status, data)
+        assert fragment in data["error"], (fragment, data)
+    req = urllib.request.Request(
+        url + "/api/jobs", data=b"{not json", method="POST",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 400
+    assert engine.stats()["total"] == before
+    status, data = request(
+        url + "/api/jobs", "POST", {"type": "steps", "payload": {"n": 2}, "priority": 3},
+        token=TOKEN,
+    )  # fmt: skip
+    assert status == 201 and data["priority"] == 3 and data["payload"] == {"n": 2}
+    assert engine.wait(data["id"], 10).result == {"done": 2}
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+def test_job_detail_has_payload_result_error_and_traceback(served):
+    engine, server, url = served
+    good = engine.enqueue("steps", {"n": 3}).wait(10)
+    bad = engine.enqueue("steps", {"n": 1, "fail": True}).wait(10)
+    status, data = request(url + f"/api/jobs/{good.id}")
+    assert status == 200
+    assert data["payload"] == {"n": 3} and data["result"] == {"done": 3}
+    assert data["progress"] == 100 and data["status"] == "completed"
+    status, data = request(url + f"/api/jobs/{bad.id}")
+    assert data["status"] == "failed" and "asked to fail" in data["error"]
+    assert "Traceback" in data["error_detail"] and "ValueError" in data["error_detail"]
+    assert data["attempts"] == 1
+    assert request(url + "/api/jobs/nope")[0] == 404
+
+
+def test_history_pages_by_keyset_cover_every_job_once_newest_first(served):
+    engine, server, url = served
+    ids = [j.id for j in engine.enqueue_many("steps", [{"i": i} for i in range(130)], delay=3600)]
+    ids += [j.id for j in engine.enqueue_many("noop", [{"i": i} for i in range(70)], delay=3600)]
+    seen, cursor, pages = [], "", 0
+    while True:
+        status, page = request(url + f"/api/jobs?limit=30&cursor={cursor}")
+        assert status == 200
+        pages += 1
+        seen += [j["id"] for j in page["jobs"]]
+        if pages == 2:  # new jobs arriving meanwhile do not shift the pages that follow
+            engine.enqueue_many("noop", [{}] * 10, delay=3600)
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(ids))
+    assert pages == 7
+    # filters
+    status, page = request(url + "/api/jobs?type=noop&limit=500")
+    assert len(page["jobs"]) == 80 and {j["type"] for j in page["jobs"]} == {"noop"}
+    status, page = request(url + "/api/jobs?status=queued&type=steps&limit=500")
+    assert [j["id"] for j in page["jobs"]] == list(reversed(ids[:130]))
+    # bad parameters
+    assert request(url + "/api/jobs?status=lost")[0] == 400
+    assert request(url + "/api/jobs?limit=0")[0] == 400
+    assert request(url + "/api/jobs?limit=x")[0] == 400
+    status, data = request(url + "/api/jobs?cursor=abc")
+    assert status == 400 and "cursor" in data["error"]
+
+
+def test_text_search_matches_id_prefix_message_error_and_payload(served):
+    engine, server, url = served
+    jobs = engine.enqueue_many("steps", [{"name": f"item-{i}"} for i in range(20)], delay=3600)
+    failed = engine.enqueue("steps", {"n": 1, "fail": True}).wait(10)
+    status, page = request(url + "/api/jobs?q=item-17")
+    assert [j["id"] for j in page["jobs"]] == [jobs[17].id]
+    status, page = request(url + f"/api/jobs?q={jobs[3].id[:30]}")
+    assert jobs[3].id in [j["id"] for j in page["jobs"]]
+    status, page = request(url + "/api/jobs?q=asked+to+fail")
+    assert [j["id"] for j in page["jobs"]] == [failed.id]
+    status, page = request(url + "/api/jobs?q=100%25")  # LIKE wildcards are literal
+    assert page["jobs"] == []
+
+
+def test_search_reads_a_bounded_window_and_continues_from_its_end(engine, db_path):
+    target = engine.enqueue("noop", {"needle": True}, delay=3600)
+    engine.enqueue_many("noop", [{"hay": i} for i in range(250)], delay=3600)
+    queries = StoreQueries(db_path)
+    cursor, looked = None, 0
+    for _ in range(10):
+        page = queries.page(search="needle", cursor=cursor, window=100, limit=10)
+        if page.jobs:
+            break
+        assert page.searched == 100 and page.next_cursor
+        looked += page.searched
+        cursor = page.next_cursor
+    assert [j["id"] for j in page.jobs] == [target.id]
+    assert looked == 200
+    queries.close()
+
+
+def test_history_queries_use_the_stores_indexes(engine, db_path):
+    engine.enqueue("noop", None)
+    queries = StoreQueries(db_path)
+    for filters, index in [
+        ({}, "idx_jobs_created_at"),
+        ({"status": "failed"}, "idx_jobs_status_created"),
+        ({"type": "noop"}, "idx_jobs_type_created"),
+    ]:
+        plan = " | ".join(queries.plan(**filters))
+        assert index in plan, (filters, plan)
+        assert "TEMP B-TREE" not in plan, (filters, plan)
+    queries.close()
+
+
+def test_overview_workers_types_and_openapi(served):
+    engine, server, url = served
+    engine.enqueue("steps", {"n": 1}).wait(10)
+    status, data = request(url + "/api/overview")
+    assert data["stats"]["completed"] == 1 and data["engine_running"] is True
+    status, data = request(url + "/api/workers")
+    me = [w for w in data["workers"] if w["this_process"]]
+    assert len(me) == 1 and me[0]["state"] == "running" and me[0]["heartbeat_age_s"] < 30
+    assert me[0]["version"]
+    status, data = request(url + "/api/types")
+    assert {"steps", "noop", "sleep"} <= set(data["types"])
+    status, spec = request(url + "/api/openapi.json")
+    assert spec["openapi"].startswith("3.") and "/api/jobs/{job_id}/cancel" in spec["paths"]
+    with urllib.request.urlopen(url + "/") as res:
+        page = res.read().decode()
+    assert "/static/app.js" in page and "http" not in page.replace("http-equiv", "")
+    for asset in ("app.js", "style.css"):
+        with urllib.request.urlopen(f"{url}/static/{asset}") as res:
+            assert res.status == 200
+
+
+def test_page_and_assets_load_nothing_from_other_hosts(served):
+    _, _, url = served
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        with urllib.request.urlopen(url + path) as res:
+            text = res.read().decode()
+        assert "//cdn" not in text and "https://" not in text, path
+
+
+def test_requests_for_another_host_name_are_refused(served):
+    _, _, url = served
+    req = urllib.request.Request(url + "/api/overview", headers={"Host": "attacker.example"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 400
+
+
+# -- live feed ------------------------------------------------------------------------------------
+
+
+def test_sse_carries_progress_and_the_final_state_of_this_processs_jobs(served):
+    engine, server, url = served
+    stream = EventStream(url)
+    try:
+        job = engine.enqueue("steps", {"n": 20, "sleep": 0.03})
+
+        def progress_of(kind, data):
+            return kind == "jobs" and any(u["id"] == job.id and 0 < u["progress"] < 100
+                                          for u in data)  # fmt: skip
+
+        stream.next_matching(progress_of)
+        stream.next_matching(
+            lambda kind, data: kind == "jobs"
+            and any(u["id"] == job.id and u["status"] == "completed" for u in data)
+        )
+        kind, overview = stream.next_matching(lambda kind, data: kind == "overview")
+        assert overview["stats"]["total"] >= 1
+    finally:
+        stream.close()
+
+
+def test_observer_process_shows_another_processs_jobs_and_cancels_them(make_engine, db_path):
+    worker = make_engine(workers=2)
+
+    @worker.processor("slow", max_attempts=1)
+    def slow(ctx, payload):
+        for i in range(200):
+            if ctx.cancelled:
+                return None
+            ctx.progress(i + 1, total=200, message=f"item {i + 1}")
+            time.sleep(0.05)
+        return "done"
+
+    idle = worker.enqueue("slow", None, delay=3600)  # the file exists and has a queued job
+    dash = DashboardProcess(db_path)
+    try:
+        assert dash.token == TOKEN
+        url = dash.url
+        # The observer claims nothing: a due job stays queued while only the dashboard runs.
+        due = worker.enqueue("noop", None)
+        time.sleep(1.0)
+        assert worker.get(due.id).status == "queued"
+        status, data = request(url + "/api/workers")
+        assert [w for w in data["workers"] if w["state"] == "running"] == []
+
+        worker.start()
+        assert due.wait(10).status == "completed"
+        job = worker.enqueue("slow", None)
+        stream = EventStream(url)
+        try:
+            seen = []
+
+            def active_with_progress(kind, data):
+                if kind != "active":
+                    return False
+                for j in data:
+                    if j["id"] == job.id and j["progress"] > 0:
+                        seen.append(j["progress"])
+                return len(set(seen)) >= 2  # the bar moved
+
+            stream.next_matching(active_with_progress, timeout=30)
+            assert seen == sorted(seen)
+        finally:
+            stream.close()
+        status, data = request(url + f"/api/jobs/{job.id}/cancel", "POST", token="wrong-token")
+        assert status == 403
+        assert worker.get(job.id).status == "running"
+        status, data = request(url + f"/api/jobs/{job.id}/cancel", "POST", token=dash.token)
+        assert status == 200 and data["cancel_requested"] is True
+        assert job.wait(15).status == "cancelled"
+        assert worker.get(idle.id).status == "queued"
+    finally:
+        assert dash.stop(signal.SIGTERM) == 0
+    out = json.dumps(dash.lines)
+    assert "Traceback" not in out

@@ -273,8 +273,10 @@ def test_sse_carries_progress_and_the_final_state_of_this_processs_jobs(served):
 
         stream.next_matching(progress_of)
         stream.next_matching(
-            lambda kind, data: kind == "jobs"
-            and any(u["id"] == job.id and u["status"] == "completed" for u in data)
+            lambda kind, data: (
+                kind == "jobs"
+                and any(u["id"] == job.id and u["status"] == "completed" for u in data)
+            )
         )
         kind, overview = stream.next_matching(lambda kind, data: kind == "overview")
         assert overview["stats"]["total"] >= 1

@@ -152,21 +152,17 @@ class StoreQueries:
             ).fetchall()
             return self._finish(rows, limit)
         pattern = "%" + _like_escape(search) + "%"
-        match = (
-            "(id LIKE ?1 ESCAPE '\\' OR type LIKE ?2 ESCAPE '\\' OR "
-            "progress_message LIKE ?2 ESCAPE '\\' OR error LIKE ?2 ESCAPE '\\' OR "
-            "payload LIKE ?2 ESCAPE '\\')"
+        match = " OR ".join(
+            f"{column} LIKE ?1 ESCAPE '\\'"
+            for column in ("id", "type", "progress_message", "error", "payload")
         )
-        # Numbered parameters: ?1 id prefix, ?2 substring, then the filters, window and limit.
-        numbered_base = self._number(base, start=3)
+        # Numbered parameters: ?1 the pattern, then the filters, the window and the limit.
         n = len(params)
         sql = (
-            f"SELECT {_ROW_COLUMNS} FROM (SELECT rowid AS rowid, * {numbered_base}{order} "
-            f"LIMIT ?{n + 3}) WHERE {match}{order} LIMIT ?{n + 4}"
+            f"SELECT {_ROW_COLUMNS} FROM (SELECT rowid AS rowid, * {self._number(base, start=2)}"
+            f"{order} LIMIT ?{n + 2}) WHERE ({match}){order} LIMIT ?{n + 3}"
         )
-        rows = con.execute(
-            sql, (_like_escape(search) + "%", pattern, *params, window, limit + 1)
-        ).fetchall()
+        rows = con.execute(sql, (pattern, *params, window, limit + 1)).fetchall()
         if len(rows) > limit:
             return self._finish(rows, limit)
         # Fewer matches than a page: either the window reached the oldest job (done) or it

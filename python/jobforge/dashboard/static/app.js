@@ -67,6 +67,8 @@ function setBar(b, j) {
   b.lastChild.textContent = progressText(j);
   b.dataset.progress = String(j.progress ?? 0);
 }
+// Ids are time-ordered UUIDs: their start is the clock, their end tells jobs apart.
+const shortId = (id) => `…${id.slice(-12)}`;
 const statusSpan = (s) => el("span", { class: `st ${s}` }, s);
 
 async function api(path, options = {}) {
@@ -155,7 +157,7 @@ function renderActive() {
     let tr = rows.get(j.id);
     if (!tr) {
       tr = el("tr", { dataset: { id: j.id }, onclick: () => openDetail(j.id) },
-        el("td", { class: "id" }, j.id.slice(0, 8)), el("td", {}, j.type), el("td"),
+        el("td", { class: "id", title: j.id }, shortId(j.id)), el("td", {}, j.type), el("td"),
         el("td"), el("td"), el("td"),
         el("td", {}, el("button", { class: "danger", title: "cancel this job",
           onclick: (e) => { e.stopPropagation(); cancelJob(tr.dataset.id); } }, "cancel")));
@@ -201,7 +203,7 @@ function onJobUpdates(list) {
 // ---- history (keyset pages) ------------------------------------------------------------------
 function historyRow(j) {
   const tr = el("tr", { dataset: { id: j.id }, onclick: () => openDetail(j.id) },
-    el("td", { class: "id", title: j.id }, j.id.slice(0, 8)), el("td", {}, j.type),
+    el("td", { class: "id", title: j.id }, shortId(j.id)), el("td", {}, j.type),
     el("td"), el("td", {}, String(j.priority)), el("td"), el("td"),
     el("td", { title: new Date(j.created_at).toLocaleString() }, ago(j.created_at)), el("td"));
   tr.children[4].append(bar(j));
@@ -325,14 +327,14 @@ function initDetail() {
 async function cancelJob(id) {
   try {
     const j = await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST", auth: true });
-    toast(j.status === "cancelled" ? `cancelled ${id.slice(0, 8)}` : `cancel requested for ${id.slice(0, 8)}`);
+    toast(j.status === "cancelled" ? `cancelled ${shortId(id)}` : `cancel requested for ${shortId(id)}`);
     if (state.detailId === id) refreshDetail();
   } catch (e) { toast(`cancel refused: ${e.message}`, true); }
 }
 async function retryJob(id) {
   try {
     await api(`/api/jobs/${encodeURIComponent(id)}/retry`, { method: "POST", auth: true });
-    toast(`requeued ${id.slice(0, 8)}`);
+    toast(`requeued ${shortId(id)}`);
     if (state.detailId === id) refreshDetail();
     scheduleHistoryRefresh();
   } catch (e) { toast(`retry refused: ${e.message}`, true); }
@@ -355,7 +357,7 @@ function initActions() {
     if (delay) body.delay = delay;
     try {
       const j = await api("/api/jobs", { method: "POST", auth: true, body });
-      $("#enqueue-state").textContent = `enqueued ${j.id.slice(0, 8)}`;
+      $("#enqueue-state").textContent = `enqueued ${j.id}`;
       scheduleHistoryRefresh();
     } catch (err) { $("#enqueue-state").textContent = err.message; toast(`enqueue refused: ${err.message}`, true); }
   });
@@ -368,7 +370,7 @@ async function loadWorkers() {
     $("#workers tbody").replaceChildren(...r.workers.map((w) => {
       const stale = w.state === "running" && w.heartbeat_age_s > 30;
       return el("tr", { class: `w-${w.state}` },
-        el("td", { class: "id", title: w.id }, w.id.slice(0, 8) + (w.this_process ? " (here)" : "")),
+        el("td", { class: "id", title: w.id }, shortId(w.id) + (w.this_process ? " (here)" : "")),
         el("td", {}, `${w.hostname} / ${w.pid}`), el("td", {}, w.version),
         el("td", {}, w.state + (w.claim_mode ? ` · ${w.claim_mode}` : "")),
         el("td", { class: stale ? "stale" : "" }, `${w.heartbeat_age_s}s ago`),

@@ -16,6 +16,8 @@ std::string_view to_string(EventType t) noexcept {
     case EventType::cancelled: return "job-cancelled";
     case EventType::timeout: return "job-timeout";
     case EventType::retry: return "job-retry";
+    case EventType::created: return "job-created";
+    case EventType::log: return "job-log";
   }
   return "job-unknown";
 }
@@ -58,12 +60,7 @@ void EventBus::unsubscribe(SubscriptionId id) {
 void EventBus::publish(Event event) {
   std::lock_guard lock(mutex_);
   if (exited_) return;
-  if (queue_.size() >= capacity_ && event.type == EventType::progress) {
-    dropped_.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  queue_.push_back(std::move(event));
-  ++published_;
+  push_locked(std::move(event));
   wake_.notify_one();
 }
 
@@ -71,15 +68,32 @@ void EventBus::publish(std::vector<Event> events) {
   if (events.empty()) return;
   std::lock_guard lock(mutex_);
   if (exited_) return;
-  for (auto& e : events) {
-    if (queue_.size() >= capacity_ && e.type == EventType::progress) {
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    queue_.push_back(std::move(e));
-    ++published_;
-  }
+  for (auto& e : events) push_locked(std::move(e));
   wake_.notify_one();
+}
+
+// Past capacity, a progress event replaces its job's progress event still in the queue (the
+// subscriber gets the latest state, in the earlier one's place), or joins the queue if there is
+// none (at most one per job); a log line is dropped (it is in the store); lifecycle events are
+// always kept.
+void EventBus::push_locked(Event&& event) {
+  const bool full = queue_.size() >= capacity_;
+  if (event.type == EventType::progress) {
+    auto it = queued_progress_.find(event.job_id);
+    if (full && it != queued_progress_.end() && it->second >= popped_) {
+      queue_[static_cast<size_t>(it->second - popped_)] = std::move(event);
+      coalesced_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const uint64_t seq = popped_ + queue_.size();
+    if (it != queued_progress_.end()) it->second = seq;
+    else queued_progress_.emplace(event.job_id, seq);
+  } else if (full && event.type == EventType::log) {
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  queue_.push_back(std::move(event));
+  ++published_;
 }
 
 void EventBus::flush() {
@@ -119,8 +133,14 @@ void EventBus::run() {
       batch.clear();
       batch.reserve(n);
       for (size_t i = 0; i < n; ++i) {
-        batch.push_back(std::move(queue_.front()));
+        Event& front = queue_.front();
+        if (front.type == EventType::progress) {
+          auto it = queued_progress_.find(front.job_id);
+          if (it != queued_progress_.end() && it->second == popped_) queued_progress_.erase(it);
+        }
+        batch.push_back(std::move(front));
         queue_.pop_front();
+        ++popped_;
       }
       subs.clear();
       for (auto& [id, sub] : subscribers_) subs.push_back(sub);

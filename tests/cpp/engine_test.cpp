@@ -132,7 +132,7 @@ class ProgressProcessor final : public Processor {
     thread = std::this_thread::get_id();
     ctx.progress(1, 4, "first");
     ctx.progress(2, 4);
-    ctx.progress(75);
+    ctx.progress(3, 4);
     return "{\"done\":true}";
   }
   std::atomic<std::thread::id> thread{};
@@ -1083,23 +1083,24 @@ void expect_events_of_a_completed_job_in_order_on_the_delivery_thread(EngineConf
   const auto events = log.for_job(engine, job.id);
 
   ASSERT_EQ(types_of(events),
-            (std::vector<EventType>{EventType::status_changed, EventType::queued,
+            (std::vector<EventType>{EventType::created, EventType::status_changed, EventType::queued,
                                     EventType::status_changed, EventType::started,
                                     EventType::progress, EventType::progress, EventType::progress,
                                     EventType::status_changed, EventType::completed}));
-  EXPECT_EQ(events[0].status, Status::queued);
-  EXPECT_EQ(events[2].previous_status, Status::queued);
-  EXPECT_EQ(events[2].status, Status::running);
-  EXPECT_EQ(events[3].attempt, 1);
-  EXPECT_EQ(events[4].progress, 25);
-  EXPECT_EQ(events[4].message, "first");
-  EXPECT_EQ(events[5].progress, 50);
-  EXPECT_EQ(events[5].message, "first");  // an empty message keeps the previous one
-  EXPECT_EQ(events[6].progress, 75);
-  EXPECT_EQ(events[7].status, Status::completed);
-  EXPECT_EQ(events[7].previous_status, Status::running);
-  EXPECT_EQ(events[8].result_json, std::optional<std::string>("{\"done\":true}"));
-  EXPECT_EQ(events[8].job_type, "progress");
+  EXPECT_EQ(events[0].status, Status::created);
+  EXPECT_EQ(events[1].status, Status::queued);
+  EXPECT_EQ(events[3].previous_status, Status::queued);
+  EXPECT_EQ(events[3].status, Status::running);
+  EXPECT_EQ(events[4].attempt, 1);
+  EXPECT_EQ(events[5].progress, 25);
+  EXPECT_EQ(events[5].message, "first");
+  EXPECT_EQ(events[6].progress, 50);
+  EXPECT_EQ(events[6].message, "first");  // an empty message keeps the previous one
+  EXPECT_EQ(events[7].progress, 75);
+  EXPECT_EQ(events[8].status, Status::completed);
+  EXPECT_EQ(events[8].previous_status, Status::running);
+  EXPECT_EQ(events[9].result_json, std::optional<std::string>("{\"done\":true}"));
+  EXPECT_EQ(events[9].job_type, "progress");
   for (size_t i = 1; i < events.size(); ++i) EXPECT_GE(events[i].timestamp, events[i - 1].timestamp);
 
   std::lock_guard lock(log.mutex);
@@ -1143,7 +1144,7 @@ TEST_F(EngineTest, EventsOfAJobClaimedInMemoryArriveInOrder) {
     }
   }
   ASSERT_EQ(types_of(lifecycle),
-            (std::vector<EventType>{EventType::status_changed, EventType::queued,
+            (std::vector<EventType>{EventType::created, EventType::status_changed, EventType::queued,
                                     EventType::status_changed, EventType::started,
                                     EventType::status_changed, EventType::completed}));
   if (first_progress < events.size()) {
@@ -1162,7 +1163,7 @@ TEST_F(EngineTest, EventsOfAFailedJobEndWithTheFailure) {
   wait_final(engine, job.id);
   const auto events = log.for_job(engine, job.id);
   EXPECT_EQ(types_of(events),
-            (std::vector<EventType>{EventType::status_changed, EventType::queued,
+            (std::vector<EventType>{EventType::created, EventType::status_changed, EventType::queued,
                                     EventType::status_changed, EventType::started,
                                     EventType::status_changed, EventType::failed}));
   ASSERT_FALSE(events.empty());

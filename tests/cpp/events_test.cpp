@@ -283,7 +283,7 @@ TEST(EventBus, DestroyedWithEventsPendingDoesNotHang) {
   EXPECT_EQ(received.load(), 1000);  // the destructor stops, and stop delivers what is queued
 }
 
-TEST(EventBus, FullQueueDropsProgressEventsButKeepsLifecycleEvents) {
+TEST(EventBus, FullQueueCoalescesProgressDropsLogLinesAndKeepsLifecycleEvents) {
   EventBus bus(4);
   Gate in_handler, release;
   Recorder rec;
@@ -297,24 +297,33 @@ TEST(EventBus, FullQueueDropsProgressEventsButKeepsLifecycleEvents) {
   bus.publish(make_event(EventType::started, 0));
   ASSERT_TRUE(in_handler.wait());  // the queue is empty again and the delivery thread is held
 
-  for (int i = 1; i <= 10; ++i) bus.publish(make_event(EventType::progress, i));  // 4 fit
-  std::vector<Event> lifecycle;
-  lifecycle.push_back(make_event(EventType::progress, 11));  // dropped: still full
-  lifecycle.push_back(make_event(EventType::completed, 12));
-  lifecycle.push_back(make_event(EventType::status_changed, 13));
-  bus.publish(std::move(lifecycle));
+  auto progress_of = [](const char* job, int n) {
+    Event e = make_event(EventType::progress, n);
+    e.job_id = job;
+    return e;
+  };
+  for (int i = 1; i <= 10; ++i) bus.publish(progress_of("a", i));  // 4 fit, then coalesced
+  EXPECT_EQ(bus.coalesced(), 6u);
+  bus.publish(progress_of("b", 20));  // full, but b has none queued: it joins
+  std::vector<Event> more;
+  more.push_back(make_event(EventType::log, 30));  // dropped: full
+  more.push_back(make_event(EventType::completed, 12));
+  more.push_back(make_event(EventType::status_changed, 13));
+  bus.publish(std::move(more));
   bus.publish(make_event(EventType::failed, 14));
-  EXPECT_EQ(bus.dropped(), 7u);
+  EXPECT_EQ(bus.dropped(), 1u);
 
   release.open();
   bus.flush();
-  EXPECT_EQ(progress_values(rec.events()), (std::vector<int>{0, 1, 2, 3, 4, 12, 13, 14}));
+  // a's latest (10) took the place of its last queued update (4).
+  EXPECT_EQ(progress_values(rec.events()), (std::vector<int>{0, 1, 2, 3, 10, 20, 12, 13, 14}));
 
   // Once drained, progress events fit again.
   bus.publish(make_event(EventType::progress, 15));
   bus.flush();
   EXPECT_EQ(rec.events().back().progress, 15);
-  EXPECT_EQ(bus.dropped(), 7u);
+  EXPECT_EQ(bus.dropped(), 1u);
+  EXPECT_EQ(bus.coalesced(), 6u);
 }
 
 TEST(EventBus, EventTypesHaveStableNames) {
@@ -327,4 +336,6 @@ TEST(EventBus, EventTypesHaveStableNames) {
   EXPECT_EQ(to_string(EventType::cancelled), "job-cancelled");
   EXPECT_EQ(to_string(EventType::timeout), "job-timeout");
   EXPECT_EQ(to_string(EventType::retry), "job-retry");
+  EXPECT_EQ(to_string(EventType::created), "job-created");
+  EXPECT_EQ(to_string(EventType::log), "job-log");
 }

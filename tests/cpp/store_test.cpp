@@ -146,13 +146,13 @@ TEST_F(StoreTest, NewFileGetsTheFullSchemaInWalMode) {
   RawDb raw(path());
   EXPECT_GE(raw.integer("PRAGMA user_version"), 2);  // seed schema + engine columns, at least
   EXPECT_EQ(raw.text("PRAGMA journal_mode"), "wal");
-  for (const char* table : {"jobs", "job_counts", "workers"})
+  for (const char* table : {"jobs", "job_type_counts", "workers", "job_logs", "job_stats"})
     EXPECT_EQ(raw.integer(std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND "
                                       "name='") + table + "'"),
               1)
         << table;
   EXPECT_EQ(raw.integer("SELECT count(*) FROM sqlite_master WHERE name='idx_jobs_claim'"), 1);
-  EXPECT_EQ(raw.integer("SELECT count(*) FROM job_counts"), kStatusCount);
+  EXPECT_EQ(raw.integer("SELECT count(*) FROM job_type_counts"), 0);
 }
 
 TEST_F(StoreTest, ReopeningAMigratedFileKeepsItsRows) {
@@ -869,7 +869,7 @@ TEST_F(StoreTest, SavedProgressIsReadBack) {
   store->insert({job});
   auto claimed = store->claim(claim_request("owner-a"));
   ASSERT_EQ(claimed.size(), 1u);
-  store->save_progress({ProgressUpdate{claimed[0].rowid, 40, 4, 10, "four of ten"}});
+  store->save_progress({ProgressUpdate{claimed[0].rowid, 40, 4, 10, "four of ten", "counting", R"({"updates":4})"}});
   store->flush();
   auto got = store->get(job.id);
   ASSERT_TRUE(got.has_value());
@@ -877,6 +877,8 @@ TEST_F(StoreTest, SavedProgressIsReadBack) {
   EXPECT_DOUBLE_EQ(got->progress_current, 4);
   EXPECT_DOUBLE_EQ(got->progress_total, 10);
   EXPECT_EQ(got->message, "four of ten");
+  EXPECT_EQ(got->stage, "counting");
+  EXPECT_EQ(got->outcome_json.value_or(""), R"({"updates":4})");
 }
 
 // ---- cancel and retry ---------------------------------------------------------------------

@@ -42,8 +42,16 @@ struct EngineConfig {
   int64_t lease_ms = 30'000;           // a claimed job's lease; heartbeats renew it
   int64_t heartbeat_ms = 5'000;
   int64_t poll_ms = 250;               // idle dispatcher re-checks the store (other processes)
-  int64_t progress_flush_ms = 1'000;   // progress reaches the store at most this often per job
-  int64_t progress_event_ms = 50;      // progress events at most this often per job
+  // Progress is always current in memory (get() shows it). It reaches the store when it moved
+  // progress_persist_percent points or entered a new stage, or progress_persist_ms after an
+  // unwritten change, checked every progress_flush_ms; and always with the job's end.
+  int64_t progress_flush_ms = 1'000;
+  int64_t progress_persist_ms = 30'000;
+  int progress_persist_percent = 10;
+  int64_t progress_event_ms = 100;     // progress events at most this often per job
+  // Statistics: durations and error rates over stats_window_ms, throughput over stats_rate_ms.
+  int64_t stats_window_ms = 3'600'000;
+  int64_t stats_rate_ms = 60'000;
   SqliteOptions sqlite;
 };
 
@@ -79,6 +87,19 @@ class Engine {
   std::vector<Job> jobs(const JobQuery& query);
   std::vector<Job> active(int limit = 1000);
   Stats stats();
+  StatsDetail stats_detail();
+  // Lines of a job's log. Throws ValidationError for an unknown job id.
+  std::vector<LogRecord> logs(const LogQuery& query);
+  std::vector<WorkerInfo> workers();
+  std::string integrity_check();
+  // Figures of this engine: jobs claimed and running here, progress writes, log lines, events.
+  struct LocalStats {
+    int workers = 0;
+    int64_t claimed = 0, running = 0;
+    uint64_t progress_writes = 0, log_lines = 0;
+    uint64_t events_queued = 0, events_coalesced = 0, events_dropped = 0;
+  };
+  LocalStats local_stats();
 
   bool cancel(const std::string& job_id);
   bool retry(const std::string& job_id);

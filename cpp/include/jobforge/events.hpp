@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "jobforge/job.hpp"
+#include "jobforge/processor.hpp"
 
 namespace jobforge {
 
@@ -30,6 +31,8 @@ enum class EventType : uint8_t {
   cancelled,
   timeout,
   retry,  // a failed attempt went back to queued
+  created,  // a job was inserted (then job-queued)
+  log,      // a line of a job's log was written
 };
 std::string_view to_string(EventType t) noexcept;  // "job-status-changed", "job-progress", ...
 
@@ -47,6 +50,14 @@ struct Event {
   std::optional<std::string> error;
   int attempt = 0;
   int64_t timestamp = 0;
+  // Progress: the stage, rate (units/s) and estimated time left (-1: unknown).
+  std::string stage;
+  double rate = 0;
+  int64_t eta_ms = -1;
+  // Log lines (message is the line).
+  LogLevel log_level = LogLevel::info;
+  int64_t log_id = 0;
+  std::string fields_json;
 };
 
 using EventBatchHandler = std::function<void(const std::vector<Event>&)>;
@@ -54,8 +65,9 @@ using SubscriptionId = uint64_t;
 
 class EventBus {
  public:
-  // capacity bounds the queue: when it is full, progress events are dropped (a later one carries
-  // the same information); lifecycle events are always kept.
+  // capacity bounds the queue of a slow subscriber: past it, progress events are coalesced (one
+  // per job, the latest), job-log events are dropped (the lines are in the store), and lifecycle
+  // events are always kept.
   explicit EventBus(size_t capacity = 100'000);
   ~EventBus();
   EventBus(const EventBus&) = delete;
@@ -73,7 +85,12 @@ class EventBus {
   // Delivers what is queued, then stops the delivery thread.
   void stop();
 
-  uint64_t dropped() const noexcept { return dropped_.load(); }
+  uint64_t dropped() const noexcept { return dropped_.load(); }      // log events
+  uint64_t coalesced() const noexcept { return coalesced_.load(); }  // progress events
+  size_t queued() const {
+    std::lock_guard lock(mutex_);
+    return queue_.size();
+  }
   bool has_subscribers() const noexcept { return subscriber_count_.load() > 0; }
   bool on_delivery_thread() const noexcept;
 
@@ -84,6 +101,7 @@ class EventBus {
     bool active = true;  // guarded by `calling`
   };
   void run();
+  void push_locked(Event&& event);  // caller holds mutex_
 
   size_t capacity_;
   mutable std::mutex mutex_;
@@ -96,7 +114,9 @@ class EventBus {
   std::mutex join_mutex_;
   std::unordered_map<SubscriptionId, std::shared_ptr<Subscriber>> subscribers_;
   SubscriptionId next_id_ = 1;
-  std::atomic<uint64_t> dropped_{0};
+  std::atomic<uint64_t> dropped_{0}, coalesced_{0};
+  uint64_t popped_ = 0;  // events taken off the queue so far: queue_[i] is event popped_ + i
+  std::unordered_map<std::string, uint64_t> queued_progress_;  // job -> its queued progress
   std::atomic<size_t> subscriber_count_{0};
   std::thread thread_;
   std::thread::id delivery_thread_id_;

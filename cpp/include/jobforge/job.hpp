@@ -92,6 +92,11 @@ struct Job {
   int64_t timeout_at = 0;
   std::string lease_owner;
   int64_t lease_expires_at = 0;
+  std::string stage;                        // the current stage's name, "" for none
+  std::optional<std::string> outcome_json;  // {"updates": 3, ...}: the sums of ctx.count
+  // Only for a job running in this process (from recent progress), else 0.
+  double rate = 0;      // progress units per second
+  int64_t eta_ms = -1;  // estimated time left; -1: unknown
 };
 
 // Counts by status, kept by the store in the same transactions that change statuses.
@@ -99,6 +104,29 @@ struct Stats {
   int64_t total = 0;
   int64_t by_status[kStatusCount] = {};
   int64_t count(Status s) const noexcept { return by_status[static_cast<int>(s)]; }
+};
+
+// Figures of one job type: counts by status (now), and over a recent window: run times (mean and
+// 95th percentile, from a log-scale histogram: within ~10%), failures among finished attempts, and
+// throughput.
+struct TypeStats {
+  std::string type;
+  int64_t by_status[kStatusCount] = {};
+  int64_t count(Status s) const noexcept { return by_status[static_cast<int>(s)]; }
+  int64_t finished = 0, completed = 0, failed = 0, cancelled = 0, timed_out = 0, retried = 0;
+  int64_t runs = 0;          // attempts with a known run time in the window
+  double mean_run_ms = 0, p50_run_ms = 0, p95_run_ms = 0;
+  double error_rate = 0;     // (failed + timeout + retried) / attempts ended, in the window
+  double created_per_s = 0, completed_per_s = 0;  // over the rate window
+};
+
+struct StatsDetail {
+  Stats totals;
+  std::vector<TypeStats> types;  // sorted by type
+  int64_t queued = 0;            // waiting, due or not
+  int64_t due = 0;               // queued and due now
+  int64_t oldest_due_age_ms = 0; // how long the oldest due job has waited (0: none)
+  int64_t window_ms = 0, rate_window_ms = 0;
 };
 
 // Filters for listing jobs, newest first.

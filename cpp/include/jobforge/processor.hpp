@@ -14,6 +14,22 @@ namespace jobforge {
 
 // Severity of a job log line.
 enum class LogLevel : uint8_t { debug = 10, info = 20, warning = 30, error = 40 };
+inline std::string_view to_string(LogLevel level) noexcept {
+  switch (level) {
+    case LogLevel::debug: return "debug";
+    case LogLevel::info: return "info";
+    case LogLevel::warning: return "warning";
+    case LogLevel::error: return "error";
+  }
+  return "info";
+}
+inline std::optional<LogLevel> parse_log_level(std::string_view name) noexcept {
+  if (name == "debug") return LogLevel::debug;
+  if (name == "info") return LogLevel::info;
+  if (name == "warning" || name == "warn") return LogLevel::warning;
+  if (name == "error") return LogLevel::error;
+  return std::nullopt;
+}
 
 // Why a running job was asked to stop.
 enum class StopReason : uint8_t { none, cancelled, timeout, shutdown };

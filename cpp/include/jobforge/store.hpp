@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "jobforge/job.hpp"
+#include "jobforge/processor.hpp"
 
 namespace jobforge {
 
@@ -41,6 +42,7 @@ struct Transition {
   std::optional<std::string> result_json;
   std::optional<std::string> error;
   int64_t at = 0;
+  int64_t run_ms = -1;  // a finished attempt's run time, when known (for statistics)
 };
 using CommitListener = std::function<void(std::vector<Transition>&)>;
 
@@ -86,6 +88,8 @@ struct Outcome {
   int progress = 0;
   double progress_current = 0, progress_total = 0;
   std::string message;
+  std::string stage;
+  std::optional<std::string> outcome_json;
   int64_t at = 0;
 };
 
@@ -94,6 +98,30 @@ struct ProgressUpdate {
   int progress;
   double current, total;
   std::string message;
+  std::string stage;
+  std::optional<std::string> outcome_json;
+};
+
+// One line of a job's log.
+struct LogRecord {
+  int64_t id = 0;  // set by the store, increasing
+  std::string job_id;
+  std::string job_type;  // not stored; for events
+  int attempt = 0;
+  int64_t at = 0;
+  LogLevel level = LogLevel::info;
+  std::string stage;
+  std::string message;
+  std::string fields_json;  // a JSON object's text, or empty
+};
+
+struct LogQuery {
+  std::string job_id;
+  LogLevel min_level = LogLevel::debug;
+  int64_t after_id = 0;  // lines with a greater id (for tails)
+  int64_t since = 0;     // Unix ms; lines at or after
+  int limit = 1000;
+  bool newest = false;   // the last `limit` lines (still returned oldest first)
 };
 
 struct WorkerInfo {
@@ -160,6 +188,17 @@ class Store {
   // attempt if any is left, else failed. Returns how many jobs were taken back.
   virtual int64_t recover_orphans(int64_t now, const std::string& self_id,
                                   const std::function<bool(const WorkerInfo&)>& is_dead) = 0;
+
+  // Writes log lines asynchronously, in the writer's next commit. `drain` is called once, on the
+  // writing thread, and returns the lines to write (so lines logged until then share the write);
+  // `committed` receives them, with ids, once durable.
+  virtual void append_logs(std::function<std::vector<LogRecord>()> drain,
+                           std::function<void(std::vector<LogRecord>&)> committed) = 0;
+  virtual std::vector<LogRecord> logs(const LogQuery& query) = 0;
+  // Counts by type and status, windowed figures, queue depth and the oldest wait.
+  virtual StatsDetail stats_detail(int64_t now, int64_t window_ms, int64_t rate_window_ms) = 0;
+  // The database's own consistency check: "ok" or the problems found.
+  virtual std::string integrity_check() = 0;
 
   virtual std::optional<Job> get(const std::string& job_id) = 0;
   virtual std::vector<Job> list(const JobQuery& query) = 0;

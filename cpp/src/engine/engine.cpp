@@ -60,6 +60,8 @@ class RunningJob final : public Context {
   void increment(double n) override;
   void log(LogLevel level, std::string_view message, std::string_view fields_json) override;
   void count(std::string_view key, int64_t n) override;
+  void update_progress(double current, double total, std::string_view message,
+                       const std::string_view* stage_name, bool relative);
 
   // Asks the job to stop; the first reason wins.
   bool request_stop(StopReason reason) noexcept {
@@ -71,11 +73,9 @@ class RunningJob final : public Context {
     int percent = 0;
     double current = 0, total = 0;
     std::string message, stage;
+    double rate = 0;      // units per second, over the recent samples
+    int64_t eta_ms = -1;  // -1: unknown
   };
-  ProgressState progress_snapshot() const {
-    std::lock_guard lock(progress_mutex_);
-    return progress_;
-  }
 
   Engine::Impl* engine_;
   Job job;
@@ -96,9 +96,22 @@ class RunningJob final : public Context {
   mutable std::mutex progress_mutex_;
   ProgressState progress_;
   std::map<std::string, int64_t, std::less<>> outcome_;  // guarded by progress_mutex_
-  bool progress_dirty_ = false;           // guarded by progress_mutex_
-  bool progress_event_pending_ = false;   // guarded by progress_mutex_
-  Clock::time_point last_progress_event_{};  // guarded by progress_mutex_
+  std::optional<std::string> outcome_json() const {  // caller holds progress_mutex_
+    if (outcome_.empty()) return std::nullopt;
+    nlohmann::json o = nlohmann::json::object();
+    for (const auto& [k, v] : outcome_) o[k] = v;
+    return o.dump();
+  }
+  // Guarded by progress_mutex_:
+  bool progress_dirty_ = false;          // changed since last written to the store
+  bool progress_due_ = false;            // moved enough to be written at the next flush
+  bool progress_event_pending_ = false;  // an update not yet published (rate limit)
+  int persisted_percent_ = 0;
+  Clock::time_point last_persist_{};
+  Clock::time_point last_progress_event_{};
+  // Samples for the rate: (time, current), one per >= 250 ms, the last few.
+  std::deque<std::pair<Clock::time_point, double>> rate_samples_;
+  std::vector<Event> held_log_events_;  // job-log events before job-started was committed
 };
 
 struct Engine::Impl {
@@ -276,6 +289,12 @@ struct Engine::Impl {
       e.type = EventType::status_changed;
       events.push_back(e);
       EventType specific;
+      if (t.from == Status::created && t.to == Status::queued) {
+        Event created = e;
+        created.type = EventType::created;
+        created.status = Status::created;
+        events.insert(events.end() - 1, std::move(created));  // before job-status-changed
+      }
       switch (t.to) {
         case Status::queued:
           specific = t.from == Status::running ? EventType::retry : EventType::queued;
@@ -291,10 +310,10 @@ struct Engine::Impl {
       any_queued = any_queued || t.to == Status::queued;
       if (t.to == Status::running) {
         // Progress reported before the start was committed follows job-started, coalesced.
-        auto pending = mark_start_committed(t.job_id);
+        auto held = mark_start_committed(t.job_id);
         e.type = specific;
         events.push_back(std::move(e));
-        if (pending) events.push_back(std::move(*pending));
+        for (auto& h : held) events.push_back(std::move(h));
         continue;
       }
       e.type = specific;
@@ -313,21 +332,26 @@ struct Engine::Impl {
     }
   }
 
-  // Returns the progress event held back while the start was not yet committed, if any.
-  std::optional<Event> mark_start_committed(const std::string& job_id) {
+  // Returns the events held back while the start was not yet committed: log lines, then the
+  // latest progress.
+  std::vector<Event> mark_start_committed(const std::string& job_id) {
     std::shared_ptr<RunningJob> rj;
     {
       std::lock_guard lock(jobs_mutex);
       auto it = claimed.find(job_id);
-      if (it == claimed.end()) return std::nullopt;
+      if (it == claimed.end()) return {};
       rj = it->second;
     }
     std::lock_guard lock(rj->progress_mutex_);
     rj->start_committed.store(true, std::memory_order_release);
-    if (!rj->progress_event_pending_) return std::nullopt;
-    rj->progress_event_pending_ = false;
-    rj->last_progress_event_ = Clock::now();
-    return progress_event(*rj, rj->progress_);
+    std::vector<Event> held;
+    held.swap(rj->held_log_events_);
+    if (rj->progress_event_pending_) {
+      rj->progress_event_pending_ = false;
+      rj->last_progress_event_ = Clock::now();
+      held.push_back(progress_event(*rj, rj->progress_));
+    }
+    return held;
   }
 
   std::optional<Job> wait(const std::string& job_id, std::optional<std::chrono::milliseconds> timeout) {
@@ -370,11 +394,16 @@ struct Engine::Impl {
       job.started_at = rj->started_at;
       job.lease_owner = worker_id;
     }
-    auto p = rj->progress_snapshot();
+    std::lock_guard lock(rj->progress_mutex_);
+    const auto& p = rj->progress_;
     job.progress = p.percent;
     job.progress_current = p.current;
     job.progress_total = p.total;
     job.message = p.message;
+    job.stage = p.stage;
+    job.rate = p.rate;
+    job.eta_ms = p.eta_ms;
+    job.outcome_json = rj->outcome_json();
   }
 
   std::optional<Job> get(const std::string& job_id) {
@@ -853,11 +882,16 @@ struct Engine::Impl {
     o.claimed_in_memory = rj.claimed_in_memory;
     o.started_at = r.ran ? rj.started_at : 0;
     o.at = now_ms();
-    const auto p = rj.progress_snapshot();
-    o.progress = p.percent;
-    o.progress_current = p.current;
-    o.progress_total = p.total;
-    o.message = p.message;
+    {
+      std::lock_guard lock(rj.progress_mutex_);
+      const auto& p = rj.progress_;
+      o.progress = p.percent;
+      o.progress_current = p.current;
+      o.progress_total = p.total;
+      o.message = p.message;
+      o.stage = p.stage;
+      o.outcome_json = rj.outcome_json();
+    }
     switch (rj.stop_reason()) {
       case StopReason::timeout:
         o.to = Status::timeout;
@@ -960,8 +994,26 @@ struct Engine::Impl {
         for (auto& [id, rj] : claimed) running.push_back(rj);
       }
       const auto grace = std::chrono::milliseconds(config.interrupt_grace_ms);
+      const auto event_every = std::chrono::milliseconds(config.progress_event_ms);
       for (auto& rj : running) {
         if (!rj->started || rj->finished) continue;
+        // The last progress update held back by the event rate limit.
+        if (rj->start_committed.load(std::memory_order_acquire)) {
+          std::optional<Event> trailing;
+          {
+            std::lock_guard lock(rj->progress_mutex_);
+            if (rj->progress_event_pending_) {
+              if (now - rj->last_progress_event_ >= event_every) {
+                rj->progress_event_pending_ = false;
+                rj->last_progress_event_ = now;
+                trailing = progress_event(*rj, rj->progress_);
+              } else {
+                wake = std::min(wake, rj->last_progress_event_ + event_every);
+              }
+            }
+          }
+          if (trailing) bus.publish(std::move(*trailing));
+        }
         if (now >= rj->deadline) rj->request_stop(StopReason::timeout);
         const StopReason reason = rj->stop_reason();
         if (reason == StopReason::timeout || reason == StopReason::cancelled) {
@@ -1032,7 +1084,7 @@ struct Engine::Impl {
         next_poll = now + std::chrono::milliseconds(config.poll_ms);
       }
     }
-    flush_progress(claimed_jobs());
+    flush_progress(claimed_jobs(), /*all=*/true);
   }
 
   std::vector<std::shared_ptr<RunningJob>> claimed_jobs() {
@@ -1042,20 +1094,93 @@ struct Engine::Impl {
     return out;
   }
 
-  void flush_progress(const std::vector<std::shared_ptr<RunningJob>>& running) {
+  // Writes the progress of running jobs that moved enough (progress_persist_percent points, or
+  // a new stage) or changed at all and were last written progress_persist_ms ago. `all`: every
+  // change (at shutdown). The end of a job always writes its last progress.
+  void flush_progress(const std::vector<std::shared_ptr<RunningJob>>& running, bool all = false) {
     std::vector<ProgressUpdate> updates;
+    const auto now = Clock::now();
+    const auto period = std::chrono::milliseconds(config.progress_persist_ms);
     for (auto& rj : running) {
       if (rj->finished) continue;
       std::lock_guard lock(rj->progress_mutex_);
       if (!rj->progress_dirty_) continue;
+      if (!all && !rj->progress_due_ && now - rj->last_persist_ < period) continue;
       rj->progress_dirty_ = false;
-      updates.push_back(ProgressUpdate{rj->job.rowid, rj->progress_.percent, rj->progress_.current,
-                                       rj->progress_.total, rj->progress_.message});
+      rj->progress_due_ = false;
+      rj->last_persist_ = now;
+      rj->persisted_percent_ = rj->progress_.percent;
+      const auto& p = rj->progress_;
+      updates.push_back(ProgressUpdate{rj->job.rowid, p.percent, p.current, p.total, p.message,
+                                       p.stage, rj->outcome_json()});
     }
+    if (!updates.empty()) progress_writes += updates.size();
     try {
       store->save_progress(std::move(updates));
     } catch (const std::exception&) {
     }
+  }
+
+  void append_log(LogRecord line) {
+    std::unique_lock lock(log_mutex);
+    log_space_cv.wait(lock, [&] { return log_buffer.size() < kLogBufferMax; });
+    log_buffer.push_back(std::move(line));
+    ++log_lines;
+    if (log_write_pending) return;
+    log_write_pending = true;
+    lock.unlock();
+    try {
+      store->append_logs(
+          [this] {
+            std::lock_guard l(log_mutex);
+            std::vector<LogRecord> lines;
+            lines.swap(log_buffer);
+            log_write_pending = false;
+            log_space_cv.notify_all();
+            return lines;
+          },
+          [this](std::vector<LogRecord>& lines) { publish_logs(lines); });
+    } catch (const std::exception&) {
+      // The store is closed: lines logged after the engine stopped are dropped.
+      std::lock_guard l(log_mutex);
+      log_buffer.clear();
+      log_write_pending = false;
+      log_space_cv.notify_all();
+    }
+  }
+
+  void publish_logs(std::vector<LogRecord>& lines) {
+    if (!bus.has_subscribers()) return;
+    std::vector<Event> events;
+    events.reserve(lines.size());
+    std::shared_ptr<RunningJob> rj;
+    for (auto& l : lines) {
+      Event e;
+      e.type = EventType::log;
+      e.job_id = l.job_id;
+      e.job_type = l.job_type;
+      e.status = Status::running;
+      e.previous_status = Status::running;
+      e.attempt = l.attempt;
+      e.timestamp = l.at;
+      e.message = l.message;
+      e.stage = l.stage;
+      e.log_level = l.level;
+      e.log_id = l.id;
+      e.fields_json = l.fields_json;
+      // A job claimed in memory may log before its start is committed: its lines follow
+      // job-started (see mark_start_committed).
+      if (!rj || rj->job.id != l.job_id) rj = find_claimed(l.job_id);
+      if (rj && !rj->start_committed.load(std::memory_order_acquire)) {
+        std::lock_guard lock(rj->progress_mutex_);
+        if (!rj->start_committed.load(std::memory_order_acquire)) {
+          rj->held_log_events_.push_back(std::move(e));
+          continue;
+        }
+      }
+      events.push_back(std::move(e));
+    }
+    bus.publish(std::move(events));
   }
 
   void publish_progress(RunningJob& rj, const RunningJob::ProgressState& p) {
@@ -1073,6 +1198,9 @@ struct Engine::Impl {
     e.progress_current = p.current;
     e.progress_total = p.total;
     e.message = p.message;
+    e.stage = p.stage;
+    e.rate = p.rate;
+    e.eta_ms = p.eta_ms;
     e.attempt = rj.job.attempts;
     e.timestamp = now_ms();
     return e;
@@ -1122,63 +1250,114 @@ struct Engine::Impl {
   std::condition_variable waiters_cv;
   uint64_t final_generation = 0;
 
+  // Log lines wait here for the writer: the first line into an empty buffer submits a write that
+  // takes everything buffered when it runs. A full buffer makes loggers wait (backpressure).
+  static constexpr size_t kLogBufferMax = 65'536;
+  std::mutex log_mutex;
+  std::condition_variable log_space_cv;
+  std::vector<LogRecord> log_buffer;
+  bool log_write_pending = false;
+  std::atomic<uint64_t> progress_writes{0}, log_lines{0};
+
   std::thread dispatcher, maintenance, watchdog;
   std::vector<std::thread> workers;
 };
 
 void RunningJob::progress(double current, double total, std::string_view message) {
-  if (finished.load(std::memory_order_relaxed)) return;
-  if (!std::isfinite(current)) current = 0;
-  if (!std::isfinite(total) || total < 0) total = 0;
-  const double pct = total > 0 ? 100.0 * current / total : current;
-  const int percent = static_cast<int>(std::lround(std::clamp(pct, 0.0, 100.0)));
-  const auto now = Clock::now();
-  ProgressState snapshot;
-  bool publish = false;
-  {
-    std::lock_guard lock(progress_mutex_);
-    progress_.current = current;
-    progress_.total = total;
-    progress_.percent = percent;
-    if (!message.empty()) progress_.message.assign(message);
-    progress_dirty_ = true;
-    if (!start_committed.load(std::memory_order_acquire)) {
-      progress_event_pending_ = true;  // published right after job-started (see on_commit)
-    } else if (now - last_progress_event_ >=
-               std::chrono::milliseconds(engine_->config.progress_event_ms)) {
-      last_progress_event_ = now;
-      publish = true;
-      snapshot = progress_;
-    }
-  }
-  if (publish) engine_->publish_progress(*this, snapshot);
+  update_progress(current, total, message, nullptr, false);
 }
 
 void RunningJob::stage(std::string_view name, double total) {
-  {
-    std::lock_guard lock(progress_mutex_);
-    progress_.stage.assign(name);
-  }
-  progress(0, total, {});
+  update_progress(0, total, {}, &name, false);
 }
 
-void RunningJob::increment(double n) {
-  double current, total;
+void RunningJob::increment(double n) { update_progress(n, 0, {}, nullptr, true); }
+
+// The one path for progress: the latest state in memory (cheap: a lock and a clock read), the
+// store at a bounded rate (flush_progress), events at most every progress_event_ms per job
+// (updates in between are coalesced; the watchdog publishes the last one when the job goes quiet).
+void RunningJob::update_progress(double current, double total, std::string_view message,
+                                 const std::string_view* stage_name, bool relative) {
+  if (finished.load(std::memory_order_relaxed)) return;
+  if (!std::isfinite(current)) current = 0;
+  if (!std::isfinite(total) || total < 0) total = 0;
+  const auto now = Clock::now();
+  const auto& cfg = engine_->config;
+  ProgressState snapshot;
+  bool publish = false, wake_watchdog = false;
   {
     std::lock_guard lock(progress_mutex_);
-    current = progress_.current + n;
-    total = progress_.total;
+    ProgressState& p = progress_;
+    if (relative) {
+      current += p.current;
+      total = p.total;
+    }
+    if (stage_name) {
+      p.stage.assign(*stage_name);
+      rate_samples_.clear();
+      progress_due_ = true;  // a new stage is worth writing at once
+    }
+    if (current < p.current) rate_samples_.clear();  // went back: the old rate means nothing
+    p.current = current;
+    p.total = total;
+    p.percent = total > 0 ? static_cast<int>(std::clamp(100.0 * current / total, 0.0, 100.0)) : 0;
+    if (!message.empty()) p.message.assign(message);
+    // Rate over the last few samples (one per 250 ms at most, the last 2-3 seconds).
+    if (rate_samples_.empty() || now - rate_samples_.back().first >= std::chrono::milliseconds(250)) {
+      rate_samples_.emplace_back(now, current);
+      if (rate_samples_.size() > 12) rate_samples_.pop_front();
+    }
+    const auto& first = rate_samples_.front();
+    const double dt = std::chrono::duration<double>(now - first.first).count();
+    if (dt >= 0.2 && current >= first.second) {
+      p.rate = (current - first.second) / dt;
+      p.eta_ms = total > 0 && p.rate > 0
+                     ? static_cast<int64_t>(1000.0 * std::max(0.0, total - current) / p.rate)
+                     : -1;
+    } else if (rate_samples_.size() == 1) {
+      p.rate = 0;
+      p.eta_ms = -1;
+    }
+    progress_dirty_ = true;
+    if (std::abs(p.percent - persisted_percent_) >= cfg.progress_persist_percent)
+      progress_due_ = true;
+    if (!start_committed.load(std::memory_order_acquire)) {
+      progress_event_pending_ = true;  // published right after job-started (see on_commit)
+    } else if (now - last_progress_event_ >= std::chrono::milliseconds(cfg.progress_event_ms)) {
+      last_progress_event_ = now;
+      progress_event_pending_ = false;
+      publish = true;
+      snapshot = p;
+    } else if (!progress_event_pending_) {
+      progress_event_pending_ = true;
+      wake_watchdog = true;  // so the last update is published even if none follows
+    }
   }
-  progress(current, total, {});
+  if (publish) engine_->publish_progress(*this, snapshot);
+  if (wake_watchdog && engine_->bus.has_subscribers()) engine_->notify_watchdog();
 }
 
 void RunningJob::log(LogLevel level, std::string_view message, std::string_view fields_json) {
-  (void)level, (void)message, (void)fields_json;  // persisted by the log writer (issue 5)
+  LogRecord line;
+  line.job_id = job.id;
+  line.job_type = job.type;
+  line.attempt = job.attempts;
+  line.at = now_ms();
+  line.level = level;
+  line.message.assign(message);
+  line.fields_json.assign(fields_json);
+  {
+    std::lock_guard lock(progress_mutex_);
+    line.stage = progress_.stage;
+  }
+  engine_->append_log(std::move(line));
 }
 
 void RunningJob::count(std::string_view key, int64_t n) {
   std::lock_guard lock(progress_mutex_);
-  outcome_[std::string(key)] += n;
+  auto it = outcome_.find(key);
+  if (it == outcome_.end()) it = outcome_.emplace(std::string(key), 0).first;
+  it->second += n;
 }
 
 Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {
@@ -1231,6 +1410,39 @@ std::vector<Job> Engine::active(int limit) {
 }
 
 Stats Engine::stats() { return impl_->store->stats(); }
+
+StatsDetail Engine::stats_detail() {
+  return impl_->store->stats_detail(now_ms(), impl_->config.stats_window_ms,
+                                    impl_->config.stats_rate_ms);
+}
+
+std::vector<LogRecord> Engine::logs(const LogQuery& query) {
+  if (query.limit < 0)
+    throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
+  if (!impl_->store->get(query.job_id))
+    throw ValidationError("job_id", "no job with id '" + query.job_id + "'");
+  return impl_->store->logs(query);
+}
+
+std::vector<WorkerInfo> Engine::workers() { return impl_->store->workers(); }
+std::string Engine::integrity_check() { return impl_->store->integrity_check(); }
+
+Engine::LocalStats Engine::local_stats() {
+  LocalStats l;
+  l.workers = impl_->config.workers;
+  {
+    std::lock_guard lock(impl_->jobs_mutex);
+    l.claimed = static_cast<int64_t>(impl_->claimed.size());
+    for (auto& [id, rj] : impl_->claimed)
+      if (rj->started && !rj->finished) ++l.running;
+  }
+  l.progress_writes = impl_->progress_writes.load();
+  l.log_lines = impl_->log_lines.load();
+  l.events_queued = impl_->bus.queued();
+  l.events_coalesced = impl_->bus.coalesced();
+  l.events_dropped = impl_->bus.dropped();
+  return l;
+}
 bool Engine::cancel(const std::string& job_id) { return impl_->cancel(job_id); }
 bool Engine::retry(const std::string& job_id) { return impl_->retry(job_id); }
 int64_t Engine::abort_all() { return impl_->abort_all(); }

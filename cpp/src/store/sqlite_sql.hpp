@@ -122,9 +122,72 @@ CREATE UNIQUE INDEX idx_workers_singleton ON workers(singleton_role)
   WHERE state = 'running' AND singleton_role IS NOT NULL;
 )sql";
 
+// Observability: per-job logs, the outcome summary, counts per (type, status) kept by triggers
+// (they replace the per-status counts: one row per pair costs the same), and windowed figures per
+// type in 10-second buckets, written by each writer once per batch (not per job): counts of
+// created and finished jobs and a log-scale histogram of run times, for rates and percentiles.
+inline constexpr const char* kMigration6 = R"sql(
+ALTER TABLE jobs ADD COLUMN outcome TEXT;
+
+CREATE TABLE job_logs (
+  id INTEGER PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  at INTEGER NOT NULL,
+  level INTEGER NOT NULL,
+  stage TEXT,
+  message TEXT NOT NULL,
+  fields TEXT
+);
+CREATE INDEX idx_job_logs_job ON job_logs(job_id, id);
+CREATE TRIGGER jobs_delete_logs AFTER DELETE ON jobs BEGIN
+  DELETE FROM job_logs WHERE job_id = OLD.id;
+END;
+
+DROP TRIGGER jobs_count_insert;
+DROP TRIGGER jobs_count_update;
+DROP TRIGGER jobs_count_delete;
+DROP TABLE job_counts;
+CREATE TABLE job_type_counts (
+  type TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (type, status)
+) WITHOUT ROWID;
+INSERT INTO job_type_counts (type, status, n) SELECT type, status, count(*) FROM jobs GROUP BY 1, 2;
+CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+  INSERT INTO job_type_counts (type, status, n) VALUES (NEW.type, NEW.status, 1)
+    ON CONFLICT (type, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF status ON jobs WHEN OLD.status <> NEW.status BEGIN
+  UPDATE job_type_counts SET n = n - 1 WHERE type = OLD.type AND status = OLD.status;
+  INSERT INTO job_type_counts (type, status, n) VALUES (NEW.type, NEW.status, 1)
+    ON CONFLICT (type, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+  UPDATE job_type_counts SET n = n - 1 WHERE type = OLD.type AND status = OLD.status;
+END;
+
+CREATE TABLE job_stats (
+  bucket INTEGER NOT NULL,  -- Unix ms / 10000
+  type TEXT NOT NULL,
+  created INTEGER NOT NULL DEFAULT 0,
+  completed INTEGER NOT NULL DEFAULT 0,
+  failed INTEGER NOT NULL DEFAULT 0,
+  cancelled INTEGER NOT NULL DEFAULT 0,
+  timeout INTEGER NOT NULL DEFAULT 0,
+  retried INTEGER NOT NULL DEFAULT 0,
+  run_count INTEGER NOT NULL DEFAULT 0,
+  run_ms_sum INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (bucket, type)
+) WITHOUT ROWID;
+CREATE TABLE job_run_hist (
+  bucket INTEGER NOT NULL, type TEXT NOT NULL, bin INTEGER NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY (bucket, type, bin)
+) WITHOUT ROWID;
+)sql";
+
 inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4,
-                                              kMigration5};
-inline constexpr int kSchemaVersion = 5;
+                                              kMigration5, kMigration6};
+inline constexpr int kSchemaVersion = 6;
 
 // Columns read into a Job, in the order read_job expects.
 #define JOBFORGE_JOB_COLUMNS                                                                 \
@@ -132,7 +195,7 @@ inline constexpr int kSchemaVersion = 5;
   "progress_message, result, error, error_detail, attempts, max_attempts, timeout_ms, "      \
   "timeout_seconds, retry_delay_ms, parent_job_id, user_initiated, cancel_requested, "      \
   "created_at, queued_at, started_at, completed_at, run_at, timeout_at, lease_owner, "       \
-  "lease_expires_at, backoff"
+  "lease_expires_at, backoff, progress_stage, outcome"
 
 inline constexpr const char* kInsertJob = R"sql(
 INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_id,
@@ -179,6 +242,7 @@ inline constexpr const char* kNextRunAtPrefix =
 inline constexpr const char* kFinish = R"sql(
 UPDATE jobs SET status = ?1, result = ?2, error = ?3, error_detail = ?4, progress = ?5,
        progress_current = ?6, progress_total = ?7, progress_message = ?8, completed_at = ?9,
+       progress_stage = ?19, outcome = ?20,
        run_at = COALESCE(?10, run_at), queued_at = COALESCE(?11, queued_at),
        attempts = CASE WHEN status = 'queued' THEN ?12 ELSE attempts - ?17 END,
        started_at = COALESCE(?18, started_at), updated_at = ?13,
@@ -188,9 +252,48 @@ WHERE rowid = ?14 AND ((status = 'running' AND lease_owner = ?15) OR (?16 AND st
 
 inline constexpr const char* kSaveProgress = R"sql(
 UPDATE jobs SET progress = ?1, progress_current = ?2, progress_total = ?3,
-       progress_message = ?4, updated_at = ?5
+       progress_message = ?4, updated_at = ?5, progress_stage = ?7, outcome = ?8
 WHERE rowid = ?6 AND status = 'running'
 )sql";
+
+inline constexpr const char* kInsertLog = R"sql(
+INSERT INTO job_logs (job_id, attempt, at, level, stage, message, fields)
+VALUES (?1, ?2, ?3, ?4, NULLIF(?5, ''), ?6, NULLIF(?7, ''))
+)sql";
+inline constexpr const char* kLogsPrefix =
+    "SELECT id, job_id, attempt, at, level, COALESCE(stage, ''), message, COALESCE(fields, '') "
+    "FROM job_logs WHERE job_id = ?1 AND id > ?2 AND level >= ?3";
+
+inline constexpr const char* kAddStats = R"sql(
+INSERT INTO job_stats (bucket, type, created, completed, failed, cancelled, timeout, retried,
+                       run_count, run_ms_sum)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (bucket, type) DO UPDATE SET
+  created = created + excluded.created, completed = completed + excluded.completed,
+  failed = failed + excluded.failed, cancelled = cancelled + excluded.cancelled,
+  timeout = timeout + excluded.timeout, retried = retried + excluded.retried,
+  run_count = run_count + excluded.run_count, run_ms_sum = run_ms_sum + excluded.run_ms_sum
+)sql";
+inline constexpr const char* kAddRunHist = R"sql(
+INSERT INTO job_run_hist (bucket, type, bin, n) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (bucket, type, bin) DO UPDATE SET n = n + excluded.n
+)sql";
+inline constexpr const char* kPruneStats = "DELETE FROM job_stats WHERE bucket < ?1";
+inline constexpr const char* kPruneRunHist = "DELETE FROM job_run_hist WHERE bucket < ?1";
+inline constexpr const char* kWindowStats = R"sql(
+SELECT type, bucket >= ?2, sum(created), sum(completed), sum(failed), sum(cancelled), sum(timeout),
+       sum(retried), sum(run_count), sum(run_ms_sum)
+FROM job_stats WHERE bucket >= ?1 GROUP BY 1, 2
+)sql";
+inline constexpr const char* kWindowRunHist =
+    "SELECT type, bin, sum(n) FROM job_run_hist WHERE bucket >= ?1 GROUP BY 1, 2";
+inline constexpr const char* kTypeCounts = "SELECT type, status, n FROM job_type_counts WHERE n <> 0";
+// The oldest due job waiting, per priority (ten seeks on the claim index rather than a scan).
+inline constexpr const char* kOldestDue =
+    "SELECT MIN(run_at) FROM jobs INDEXED BY idx_jobs_claim "
+    "WHERE status = 'queued' AND priority = ?1 AND run_at <= ?2";
+inline constexpr const char* kDueCount =
+    "SELECT count(*) FROM jobs INDEXED BY idx_jobs_claim WHERE status = 'queued' AND run_at <= ?1";
 
 inline constexpr const char* kStatusById = "SELECT rowid, type, status, attempts FROM jobs WHERE id = ?1";
 
@@ -264,6 +367,7 @@ inline constexpr const char* kCancelRequests =
 
 inline constexpr const char* kGetJob = "SELECT " JOBFORGE_JOB_COLUMNS " FROM jobs WHERE id = ?1";
 inline constexpr const char* kListPrefix = "SELECT " JOBFORGE_JOB_COLUMNS " FROM jobs";
-inline constexpr const char* kStats = "SELECT status, n FROM job_counts";
+inline constexpr const char* kStats =
+    "SELECT status, sum(n) FROM job_type_counts GROUP BY status";
 
 }  // namespace jobforge::sqlite::sql

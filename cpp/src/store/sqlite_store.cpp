@@ -2,10 +2,12 @@
 // queued operation, and a pool of reader connections for queries (WAL: readers never block it).
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -31,6 +33,14 @@ bool is_transient(const StoreError& e) {
   const int primary = e.code() & 0xff;
   return primary == SQLITE_BUSY || primary == SQLITE_LOCKED;
 }
+
+// Windowed statistics: 10-second buckets, kept a day; run times in a log-scale histogram with
+// four bins per doubling (a bin's width is ~19% of its value).
+constexpr int64_t kStatsBucketMs = 10'000;
+constexpr int64_t kStatsKeepBuckets = 24 * 360;
+constexpr int64_t kStatsPruneEvery = 30;  // buckets (5 minutes)
+int run_hist_bin(int64_t ms) { return static_cast<int>(std::floor(4.0 * std::log2(1.0 + ms))); }
+double run_hist_value(int bin) { return std::exp2((bin + 0.5) / 4.0) - 1.0; }
 
 Job read_job(const Statement& s) {
   Job j;
@@ -63,6 +73,8 @@ Job read_job(const Statement& s) {
   j.lease_owner = s.get_text(27);
   j.lease_expires_at = s.get_int(28);
   j.backoff = s.is_null(29) ? "fixed" : s.get_text(29);
+  j.stage = s.get_text(30);
+  j.outcome_json = s.get_optional_text(31);
   return j;
 }
 
@@ -107,6 +119,7 @@ struct WriteOp {
   // which thus see those ends, then inserts (2), which a claim in memory must not see before
   // they are committed.
   int phase = 0;
+  std::function<void()> announce = {};  // optional: after the commit, before the commit listener
 };
 enum Phase { kUpdates = 0, kClaims = 1, kInserts = 2 };
 
@@ -251,6 +264,9 @@ class SqliteStore final : public Store {
                      s.bind(15, o.owner).bind(16, o.claimed_in_memory ? 1 : 0);
                      s.bind(17, o.release ? 1 : 0);
                      if (o.started_at) s.bind(18, o.started_at); else s.bind_null(18);
+                     s.bind(19, o.stage.empty() ? std::optional<std::string>{}
+                                                : std::optional<std::string>{o.stage});
+                     s.bind(20, o.outcome_json);
                      s.run();
                      if (w.db.changes() == 0) return;  // lease lost, or cancelled from outside
                      if (coalesced && !start_written)
@@ -260,6 +276,8 @@ class SqliteStore final : public Store {
                      w.transitions.push_back(Transition{o.job_id, o.job_type, Status::running, o.to,
                                                         o.attempt, o.progress, o.result_json,
                                                         o.error, o.at});
+                     if (o.started_at && !o.release)
+                       w.transitions.back().run_ms = std::max<int64_t>(0, o.at - o.started_at);
                    },
                    {}, {}, kUpdates});
   }
@@ -273,6 +291,9 @@ class SqliteStore final : public Store {
                        ScopedReset r(s);
                        s.bind(1, p.progress).bind(2, p.current).bind(3, p.total);
                        s.bind(4, p.message).bind(5, now).bind(6, p.rowid);
+                       s.bind(7, p.stage.empty() ? std::optional<std::string>{}
+                                                 : std::optional<std::string>{p.stage});
+                       s.bind(8, p.outcome_json);
                        s.run();
                      }
                    },
@@ -563,6 +584,183 @@ class SqliteStore final : public Store {
     s.bind(static_cast<int>(params.size()) + 2, static_cast<int64_t>(q.offset));
     std::vector<Job> out;
     while (s.step()) out.push_back(read_job(s));
+    return out;
+  }
+
+  void append_logs(std::function<std::vector<LogRecord>()> drain,
+                   std::function<void(std::vector<LogRecord>&)> committed) override {
+    // The op keeps the drained lines: a batch replayed after a failure writes them again.
+    struct State {
+      bool drained = false;
+      std::vector<LogRecord> lines;
+    };
+    auto state = std::make_shared<State>();
+    WriteOp op;
+    op.apply = [state, drain = std::move(drain)](WriteContext& w) {
+      if (!state->drained) {
+        state->lines = drain();
+        state->drained = true;
+      }
+      Statement& s = w.statements.get(sql::kInsertLog);
+      for (LogRecord& l : state->lines) {
+        ScopedReset r(s);
+        s.bind(1, l.job_id).bind(2, l.attempt).bind(3, l.at).bind(4, static_cast<int>(l.level));
+        s.bind(5, l.stage).bind(6, l.message).bind(7, l.fields_json);
+        s.run();
+        l.id = w.db.last_insert_rowid();
+      }
+    };
+    if (committed)
+      op.announce = [state, committed = std::move(committed)] {
+        if (!state->lines.empty()) committed(state->lines);
+      };
+    op.phase = kUpdates;
+    submit(std::move(op));
+  }
+
+  std::vector<LogRecord> logs(const LogQuery& q) override {
+    std::string text = sql::kLogsPrefix;
+    if (q.since > 0) text += " AND at >= ?5";
+    text += q.newest ? " ORDER BY id DESC LIMIT ?4" : " ORDER BY id LIMIT ?4";
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get_dynamic(text);
+    ScopedReset r(s);
+    s.bind(1, q.job_id).bind(2, q.after_id).bind(3, static_cast<int>(q.min_level));
+    s.bind(4, static_cast<int64_t>(q.limit));
+    if (q.since > 0) s.bind(5, q.since);
+    std::vector<LogRecord> out;
+    while (s.step()) {
+      LogRecord l;
+      l.id = s.get_int(0);
+      l.job_id = s.get_text(1);
+      l.attempt = static_cast<int>(s.get_int(2));
+      l.at = s.get_int(3);
+      l.level = static_cast<LogLevel>(s.get_int(4));
+      l.stage = s.get_text(5);
+      l.message = s.get_text(6);
+      l.fields_json = s.get_text(7);
+      out.push_back(std::move(l));
+    }
+    if (q.newest) std::reverse(out.begin(), out.end());
+    return out;
+  }
+
+  StatsDetail stats_detail(int64_t now, int64_t window_ms, int64_t rate_window_ms) override {
+    StatsDetail d;
+    d.window_ms = window_ms;
+    d.rate_window_ms = rate_window_ms;
+    auto reader = readers_.acquire(*this);
+    std::map<std::string, TypeStats> types;
+    auto type_entry = [&](const std::string& name) -> TypeStats& {
+      TypeStats& t = types[name];
+      t.type = name;
+      return t;
+    };
+    {
+      Statement& s = reader->statements.get(sql::kTypeCounts);
+      ScopedReset r(s);
+      while (s.step()) {
+        auto status = parse_status(s.get_text(1));
+        if (!status) continue;
+        const int64_t n = s.get_int(2);
+        type_entry(s.get_text(0)).by_status[static_cast<int>(*status)] += n;
+        d.totals.by_status[static_cast<int>(*status)] += n;
+        d.totals.total += n;
+      }
+    }
+    d.queued = d.totals.count(Status::queued);
+    // Windowed figures: buckets of 10 s; the rate window is the most recent buckets.
+    const int64_t first = (now - window_ms) / kStatsBucketMs + 1;
+    const int64_t rate_first = (now - rate_window_ms) / kStatsBucketMs + 1;
+    const double rate_span_s =
+        std::max<double>(1.0, (now - rate_first * kStatsBucketMs) / 1000.0);
+    std::map<std::string, double> run_sum;
+    {
+      Statement& s = reader->statements.get(sql::kWindowStats);
+      ScopedReset r(s);
+      s.bind(1, first).bind(2, rate_first);
+      while (s.step()) {
+        TypeStats& t = type_entry(s.get_text(0));
+        const bool recent = s.get_int(1) != 0;
+        if (recent) {
+          t.created_per_s += s.get_int(2) / rate_span_s;
+          t.completed_per_s += s.get_int(3) / rate_span_s;
+        }
+        t.completed += s.get_int(3);
+        t.failed += s.get_int(4);
+        t.cancelled += s.get_int(5);
+        t.timed_out += s.get_int(6);
+        t.retried += s.get_int(7);
+        t.runs += s.get_int(8);
+        run_sum[t.type] += static_cast<double>(s.get_int(9));
+      }
+    }
+    std::map<std::string, std::vector<std::pair<int, int64_t>>> hist;
+    {
+      Statement& s = reader->statements.get(sql::kWindowRunHist);
+      ScopedReset r(s);
+      s.bind(1, first);
+      while (s.step())
+        hist[s.get_text(0)].emplace_back(static_cast<int>(s.get_int(1)), s.get_int(2));
+    }
+    for (auto& [name, t] : types) {
+      t.finished = t.completed + t.failed + t.cancelled + t.timed_out;
+      const int64_t ended = t.completed + t.failed + t.timed_out + t.retried;
+      t.error_rate = ended ? static_cast<double>(t.failed + t.timed_out + t.retried) / ended : 0;
+      if (t.runs) t.mean_run_ms = run_sum[name] / static_cast<double>(t.runs);
+      auto it = hist.find(name);
+      if (it != hist.end()) {
+        auto& bins = it->second;
+        std::sort(bins.begin(), bins.end());
+        int64_t total = 0;
+        for (auto& [bin, n] : bins) total += n;
+        auto percentile = [&](double q) {
+          const double target = q * static_cast<double>(total);
+          int64_t seen = 0;
+          for (auto& [bin, n] : bins) {
+            seen += n;
+            if (static_cast<double>(seen) >= target) return run_hist_value(bin);
+          }
+          return run_hist_value(bins.back().first);
+        };
+        if (total) {
+          t.p50_run_ms = percentile(0.50);
+          t.p95_run_ms = percentile(0.95);
+        }
+      }
+      d.types.push_back(t);
+    }
+    {
+      Statement& s = reader->statements.get(sql::kOldestDue);
+      int64_t oldest = 0;
+      for (int p = priority::min; p <= priority::max; ++p) {
+        ScopedReset r(s);
+        s.bind(1, p).bind(2, now);
+        if (s.step() && !s.is_null(0)) {
+          const int64_t at = s.get_int(0);
+          if (!oldest || at < oldest) oldest = at;
+        }
+      }
+      d.oldest_due_age_ms = oldest ? std::max<int64_t>(0, now - oldest) : 0;
+    }
+    if (d.queued) {
+      Statement& s = reader->statements.get(sql::kDueCount);
+      ScopedReset r(s);
+      s.bind(1, now);
+      if (s.step()) d.due = s.get_int(0);
+    }
+    return d;
+  }
+
+  std::string integrity_check() override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get_dynamic("PRAGMA quick_check");
+    ScopedReset r(s);
+    std::string out;
+    while (s.step()) {
+      if (!out.empty()) out += "; ";
+      out += s.get_text(0);
+    }
     return out;
   }
 
@@ -863,6 +1061,7 @@ class SqliteStore final : public Store {
       try {
         sqlite::Transaction txn(writer_db_);
         for (size_t i = 0; i < n; ++i) ops[i].apply(w);
+        if (!w.transitions.empty()) record_stats(w);
         txn.commit();
       } catch (const StoreError& e) {
         if (is_transient(e) && attempt < 200) {
@@ -882,11 +1081,69 @@ class SqliteStore final : public Store {
         listener = listener_;
         rejected_listener = start_rejected_listener_;
       }
+      for (size_t i = 0; i < n; ++i)
+        if (ops[i].announce) ops[i].announce();
       if (listener && !w.transitions.empty()) listener(w.transitions);
       if (rejected_listener && !w.rejected_starts.empty()) rejected_listener(w.rejected_starts);
       for (size_t i = 0; i < n; ++i)
         if (ops[i].committed) ops[i].committed();
       return true;
+    }
+  }
+
+  // Adds the batch's transitions to the windowed figures: one upsert per (bucket, type), not per
+  // job. Old buckets are pruned every few minutes.
+  void record_stats(WriteContext& w) {
+    struct Sums {
+      int64_t created = 0, completed = 0, failed = 0, cancelled = 0, timeout = 0, retried = 0;
+      int64_t runs = 0, run_ms = 0;
+      std::map<int, int64_t> bins;
+    };
+    std::map<std::pair<int64_t, std::string>, Sums> sums;
+    for (const Transition& t : w.transitions) {
+      if (t.from == t.to) continue;
+      Sums& x = sums[{t.at / kStatsBucketMs, t.job_type}];
+      switch (t.to) {
+        case Status::queued:
+          if (t.from == Status::created) ++x.created;
+          else if (t.from == Status::running) ++x.retried;
+          break;
+        case Status::completed: ++x.completed; break;
+        case Status::failed: ++x.failed; break;
+        case Status::cancelled: ++x.cancelled; break;
+        case Status::timeout: ++x.timeout; break;
+        default: break;
+      }
+      if (t.run_ms >= 0) {
+        ++x.runs;
+        x.run_ms += t.run_ms;
+        ++x.bins[run_hist_bin(t.run_ms)];
+      }
+    }
+    Statement& add = w.statements.get(sql::kAddStats);
+    Statement& hist = w.statements.get(sql::kAddRunHist);
+    int64_t newest = 0;
+    for (auto& [key, x] : sums) {
+      if (!(x.created | x.completed | x.failed | x.cancelled | x.timeout | x.retried | x.runs))
+        continue;
+      newest = std::max(newest, key.first);
+      ScopedReset r(add);
+      add.bind(1, key.first).bind(2, key.second).bind(3, x.created).bind(4, x.completed);
+      add.bind(5, x.failed).bind(6, x.cancelled).bind(7, x.timeout).bind(8, x.retried);
+      add.bind(9, x.runs).bind(10, x.run_ms).run();
+      for (auto& [bin, n] : x.bins) {
+        ScopedReset rh(hist);
+        hist.bind(1, key.first).bind(2, key.second).bind(3, bin).bind(4, n).run();
+      }
+    }
+    if (newest - last_stats_prune_ >= kStatsPruneEvery) {
+      const int64_t keep_from = newest - kStatsKeepBuckets;
+      for (const char* text : {sql::kPruneStats, sql::kPruneRunHist}) {
+        Statement& prune = w.statements.get(text);
+        ScopedReset r(prune);
+        prune.bind(1, keep_from).run();
+      }
+      last_stats_prune_ = newest;
     }
   }
 
@@ -919,6 +1176,7 @@ class SqliteStore final : public Store {
   size_t starts_in_flight_ = 0;                            // guarded by mutex_
   std::unordered_set<int64_t> held_;  // jobs claimed in memory; writer thread only
   std::unordered_set<int64_t> starts_written_;  // held jobs whose start is written; writer only
+  int64_t last_stats_prune_ = 0;                // writer only
   CommitListener listener_;
   std::function<void(const std::vector<int64_t>&)> start_rejected_listener_;
   std::thread writer_;

@@ -262,7 +262,6 @@ class Dashboard:
             "engine_running": self.engine.running,
             "clients": self.hub.clients,
             "schedules": hasattr(self.engine, "schedules"),
-            "logs": hasattr(self.engine, "logs"),
             "time": int(time.time() * 1000),
         }
 
@@ -360,10 +359,12 @@ class Dashboard:
         data["logs"] = self._logs(job.id)
         return _json(data)
 
-    def _logs(self, job_id: str, limit: int = 500) -> Optional[list]:
+    def _logs(self, job_id: str, after: int = 0, limit: int = 500) -> Optional[list]:
+        """The job's logs through the engine's API when it has one, else from the store's
+        job_logs table; None when neither exists."""
         logs = getattr(self.engine, "logs", None)
         if logs is None:
-            return None  # this engine has no job logs yet
+            return self.queries.logs(job_id, after=after, limit=limit)
         out = []
         for entry in logs(job_id, limit=limit):
             if isinstance(entry, dict):
@@ -379,9 +380,13 @@ class Dashboard:
         job_id = request.path_params["job_id"]
         if self.engine.get(job_id) is None:
             return _error(404, f"no job with id {job_id!r}")
-        logs = self._logs(job_id)
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            return _error(400, "after must be a whole number (the id of the last line seen)")
+        logs = self._logs(job_id, after=after)
         if logs is None:
-            return _error(501, "this engine does not keep job logs")
+            return _error(501, "this database keeps no job logs")
         return _json({"logs": logs})
 
     def api_workers(self, request: Request) -> Response:

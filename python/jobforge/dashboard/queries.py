@@ -9,6 +9,7 @@ goes through the engine; this module never writes.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -255,6 +256,34 @@ class StoreQueries:
             f"SELECT {', '.join(wanted)} FROM workers ORDER BY started_at DESC LIMIT 200"
         ).fetchall()
         return [dict(zip(wanted, r)) for r in rows]
+
+    _LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error"}
+
+    def logs(self, job_id: str, *, after: int = 0, limit: int = 500) -> Optional[list[dict]]:
+        """A job's log lines, oldest first, from the store's job_logs table (None when the
+        database has no such table yet). ``after``: only lines with a larger id (live tails)."""
+        con = self._con()
+        if not con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_logs'"
+        ).fetchone():
+            return None
+        rows = con.execute(
+            "SELECT id, attempt, at, level, stage, message, fields FROM job_logs "
+            "WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (job_id, after, limit),
+        ).fetchall()
+        out = []
+        for log_id, attempt, at, level, stage, message, fields in rows:
+            try:
+                context = json.loads(fields) if fields else {}
+            except ValueError:
+                context = {"raw": fields}
+            out.append({
+                "id": log_id, "attempt": attempt, "time": at,
+                "level": self._LEVELS.get(level, str(level)), "stage": stage,
+                "message": message, "context": context,
+            })  # fmt: skip
+        return out
 
     def running_owner_counts(self) -> dict[str, int]:
         """Running jobs per lease owner (the idx_jobs_running_owner partial index)."""

@@ -179,6 +179,8 @@ function onActiveSnapshot(list) {
     // An event of this process may be newer than the store's copy: keep the larger progress.
     if (known && known.progress > j.progress && known.status === "running") j.progress = known.progress;
     fresh.set(j.id, Object.assign({}, known || {}, j));
+    const tr = document.querySelector(`#history tr[data-id="${j.id}"]`);
+    if (tr) updateHistoryRow(tr, j);
   }
   state.active = fresh;
   renderActive();
@@ -369,10 +371,9 @@ async function loadWorkers() {
     const r = await api("/api/workers");
     $("#workers tbody").replaceChildren(...r.workers.map((w) => {
       const stale = w.state === "running" && w.heartbeat_age_s > 30;
-      return el("tr", { class: `w-${w.state}` },
-        el("td", { class: "id", title: w.id }, shortId(w.id) + (w.this_process ? " (here)" : "")),
-        el("td", {}, `${w.hostname} / ${w.pid}`), el("td", {}, w.version),
-        el("td", {}, w.state + (w.claim_mode ? ` · ${w.claim_mode}` : "")),
+      return el("tr", { class: `w-${w.state}`, title: `${w.id}${w.claim_mode ? `, claims ${w.claim_mode}` : ""}` },
+        el("td", {}, `${w.hostname}:${w.pid}` + (w.this_process ? " (here)" : "")),
+        el("td", {}, w.version), el("td", {}, w.state),
         el("td", { class: stale ? "stale" : "" }, `${w.heartbeat_age_s}s ago`),
         el("td", {}, String(w.running_jobs)));
     }));
@@ -417,6 +418,7 @@ async function main() {
   renderOverview(overview);
   onActiveSnapshot(active.jobs);
   document.body.dataset.ready = String(Math.round(performance.now() - t0));
+  document.body.dataset.readyAt = String(Math.round(performance.now())); // since navigation
   connect();
   loadSchedules();
   setInterval(loadWorkers, 5000);

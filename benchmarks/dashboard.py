@@ -87,7 +87,9 @@ def build_file(path: Path, n: int) -> None:
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.execute("ANALYZE")
     con.close()
-    log(f"file ready: {n:,} jobs, {path.stat().st_size / 1e6:.0f} MB, {time.perf_counter() - t0:.1f} s")
+    log(
+        f"file ready: {n:,} jobs, {path.stat().st_size / 1e6:.0f} MB, {time.perf_counter() - t0:.1f} s"
+    )
 
 
 def start_dashboard(path: Path) -> tuple[subprocess.Popen, str, str]:
@@ -289,8 +291,7 @@ def main() -> int:
             f"{load['in_browser_navigation_to_ready_median_ms']:7.1f}ms"
         )
         print(
-            f"{'  of which the first five API calls':44} "
-            f"{load['first_api_calls_median_ms']:7.1f}ms"
+            f"{'  of which the first five API calls':44} {load['first_api_calls_median_ms']:7.1f}ms"
         )
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(exist_ok=True)

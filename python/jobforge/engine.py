@@ -552,6 +552,15 @@ class Engine:
                 except Exception:  # noqa: BLE001 - a subscriber never hurts the engine
                     log.exception("jobforge: %s callback %r raised", ev.type, sub.callback)
 
+    # -- notebooks -----------------------------------------------------------------------------
+    def monitor(self, interval: float = 1.0, *, active: int = 20, failures: int = 5, **options):
+        """Shows a live table of the active jobs and the recent failures in Jupyter, rewritten
+        every ``interval`` s by a background thread (the kernel stays free); ``.stop()`` ends
+        it. See ``jobforge.notebook.Monitor``."""
+        from .notebook import Monitor
+
+        return Monitor(self, interval=interval, active=active, failures=failures, **options)
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<jobforge.Engine {self.path!r} {state}>"

@@ -191,6 +191,13 @@ class Job:
     def on_status(self, callback: Callable[[Event], Any]) -> Subscription:
         return self._engine.on("job-status-changed", callback, job_id=self.id)
 
+    def display(self, **options: Any):
+        """Shows a live progress bar for this job in Jupyter (ipywidgets, else tqdm) and returns
+        at once; see ``jobforge.notebook.progress``."""
+        from .notebook import progress
+
+        return progress(self, **options)
+
     def to_dict(self) -> dict:
         keys = (
             "id type status priority payload progress progress_current progress_total message "

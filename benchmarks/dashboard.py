@@ -238,12 +238,20 @@ def main() -> int:
         _, body = timed_get(f"{url}/api/jobs?limit=1&status=failed")
         some_id = json.loads(body)["jobs"][0]["id"]
         deep = cursor_at_depth(url, "x=1", 200)
+        # The last page: a cursor just after the 51st-oldest job (what "older" reaches at the end).
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        created, rowid = con.execute(
+            "SELECT created_at, rowid FROM jobs ORDER BY created_at, rowid LIMIT 1 OFFSET 50"
+        ).fetchone()
+        con.close()
+        deepest = f"{created}.{rowid}"
         deep_failed = cursor_at_depth(url, "status=failed", 200)
         endpoints = [
             ("overview (counts, throughput)", "/api/overview"),
             ("active jobs", "/api/active"),
             ("history, first page of 50", "/api/jobs?limit=50"),
             ("history, page 201 (10,000 jobs deep)", f"/api/jobs?limit=50&cursor={deep}"),
+            (f"history, last page ({args.jobs:,} deep)", f"/api/jobs?limit=50&cursor={deepest}"),
             ("history, status=failed", "/api/jobs?limit=50&status=failed"),
             (
                 "history, status=failed, page 201",

@@ -20,6 +20,11 @@ jobs into a real queue by accident). These commands open the file with
 ``enqueue`` stores a job for the workers of another process. Only ``enqueue`` creates a missing
 database; the other commands refuse to.
 
+``dashboard`` serves the web dashboard (docs/dashboard.md) on ``--host`` (127.0.0.1) and
+``--port`` (8765) until SIGINT or SIGTERM (exit 0); actions need the token it prints (or
+``--token`` / ``JOBFORGE_DASHBOARD_TOKEN``). It opens the file as an observer that claims no jobs,
+unless ``--app MODULE:ATTR`` asks it to run that app's processors as well.
+
 ``worker`` imports MODULE (the current directory is on ``sys.path``), takes ATTR (a
 ``jobforge.Engine`` or a function returning one) and runs its processors in an engine of its own
 on ``--db`` (default: the app engine's file, not ``JOBFORGE_DB``) with ``--concurrency`` threads.
@@ -31,7 +36,7 @@ Errors are one line on stderr (``--debug`` adds the traceback). Exit codes:
     0   success
     1   operational failure: the store failed (not a database, locked, disk full), a job could
         not be cancelled or retried in its current status, a demo job did not end as expected,
-        or an unexpected error
+        the dashboard's port could not be bound, or an unexpected error
     2   usage error or bad input: unknown option, malformed ``--payload`` JSON, invalid option
         value (priority out of 1..10, negative delay, ...), no database given, an ``--app``
         that does not name an importable engine

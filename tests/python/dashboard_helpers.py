@@ -40,7 +40,7 @@ def env(**extra) -> dict:
 class DashboardProcess:
     """`jobforge dashboard --db PATH --port 0` in a child process; knows its URL and token."""
 
-    def __init__(self, db: str, *extra: str, token: str = TOKEN) -> None:
+    def __init__(self, db: str, *extra: str, token: str = TOKEN, cwd: str | None = None) -> None:
         args = [*console_script(), "dashboard", "--db", db, "--port", "0", "--poll", "0.2"]
         if token:
             args += ["--token", token]
@@ -51,6 +51,7 @@ class DashboardProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=env(),
+            cwd=cwd,
         )
         self.lines: list[str] = []
         deadline = time.monotonic() + 120  # the first import may rebuild an editable install

@@ -1,5 +1,6 @@
-"""The `jobforge` command line, run for real: `python -m jobforge ...` in a subprocess (no TTY, stdin
-closed) against a SQLite file in tmp_path. Exit codes: 0 ok, 1 operational failure, 2 usage or
+"""The `jobforge` command line, run for real: the installed `jobforge` console script (or
+`python -m jobforge` where it is not installed) in a subprocess (no TTY, stdin closed) against a
+SQLite file in tmp_path. Exit codes: 0 ok, 1 operational failure, 2 usage or
 bad input, 3 not found."""
 
 import json
@@ -8,11 +9,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
-COMMANDS = ["demo", "stats", "list", "show", "enqueue", "cancel", "retry"]
+COMMANDS = ["demo", "stats", "list", "show", "enqueue", "cancel", "retry", "worker", "dashboard"]
 TIMEOUT = 120  # guards against hangs only
+_SCRIPT = shutil.which("jobforge", path=os.path.dirname(sys.executable))
+CLI = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "jobforge"]
 
 
 def _env(**extra):
@@ -28,7 +32,7 @@ def _env(**extra):
 
 def jobforge(*args, env=None, timeout=TIMEOUT):
     return subprocess.run(
-        [sys.executable, "-m", "jobforge", *map(str, args)],
+        [*CLI, *map(str, args)],
         check=False,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -355,3 +359,85 @@ def test_console_script_is_installed():
     )  # fmt: skip
     assert proc.returncode == 0
     assert proc.stdout.startswith("usage: jobforge")
+
+
+def test_python_dash_m_is_the_same_command_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobforge", "--help"], check=False, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, env=_env(), timeout=TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: jobforge")
+
+
+# -- dashboard ------------------------------------------------------------------------------------
+
+
+def test_dashboard_on_a_missing_database_exits_3(tmp_path):
+    missing = tmp_path / "nope.db"
+    assert_one_line_error(jobforge("dashboard", "--db", missing), 3, "does not exist")
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--token", "short"], "--token must be at least 8 characters"),
+        (["--poll", "0"], "--poll must be more than 0"),
+        (["--port", "70000"], "--port must be 0..65535"),
+        (["--concurrency", "2"], "--concurrency needs --app"),
+    ],
+)
+def test_dashboard_bad_options_exit_2(db, args, fragment):
+    ok("enqueue", "noop", "--db", db)
+    assert_one_line_error(jobforge("dashboard", "--db", db, *args), 2, fragment)
+
+
+def test_dashboard_port_in_use_is_a_one_line_failure(db):
+    import socket
+
+    ok("enqueue", "noop", "--db", db)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = jobforge("dashboard", "--db", db, "--port", port)
+    assert_one_line_error(proc, 1, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_dashboard_with_app_runs_the_jobs_it_enqueues_and_stops_on_ctrl_c(db, tmp_path):
+    import signal
+
+    pytest.importorskip("starlette")
+    from dashboard_helpers import DashboardProcess, request
+
+    (tmp_path / "dash_app.py").write_text(
+        textwrap.dedent(
+            f"""
+            import jobforge
+            engine = jobforge.Engine({db!r}, workers=1)
+
+            @engine.processor("shout")
+            def shout(ctx, payload):
+                return payload["text"].upper()
+            """
+        )
+    )
+    ok("enqueue", "noop", "--db", db)
+    # The dashboard imports dash_app from its working directory.
+    dash = DashboardProcess(db, "--app", "dash_app:engine", cwd=str(tmp_path))
+    try:
+        assert any("running jobs with dash_app:engine" in line for line in dash.lines)
+        status, job = request(
+            dash.url + "/api/jobs", "POST", {"type": "shout", "payload": {"text": "hi"}},
+            token=dash.token,
+        )  # fmt: skip
+        assert status == 201
+        deadline = time.monotonic() + 20
+        while True:
+            status, data = request(dash.url + f"/api/jobs/{job['id']}")
+            if data["status"] == "completed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert data["result"] == "HI"
+    finally:
+        assert dash.stop(signal.SIGINT) == 0

@@ -56,6 +56,8 @@ class RunningJob final : public Context {
   int attempt() const noexcept override { return job.attempts; }
   StopReason stop_reason() const noexcept override { return stop.load(std::memory_order_relaxed); }
   void progress(double current, double total, std::string_view message) override;
+  void progress(double current, double total, std::string_view message,
+                std::string_view stage) override;
   void stage(std::string_view name, double total) override;
   void increment(double n) override;
   void log(LogLevel level, std::string_view message, std::string_view fields_json) override;
@@ -1267,6 +1269,16 @@ void RunningJob::progress(double current, double total, std::string_view message
   update_progress(current, total, message, nullptr, false);
 }
 
+void RunningJob::progress(double current, double total, std::string_view message,
+                          std::string_view stage_name) {
+  bool same;
+  {
+    std::lock_guard lock(progress_mutex_);
+    same = progress_.stage == stage_name;
+  }
+  update_progress(current, total, message, same ? nullptr : &stage_name, false);
+}
+
 void RunningJob::stage(std::string_view name, double total) {
   update_progress(0, total, {}, &name, false);
 }
@@ -1294,6 +1306,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
     }
     if (stage_name) {
       p.stage.assign(*stage_name);
+      p.current = 0;  // a new stage counts from its start
       rate_samples_.clear();
       progress_due_ = true;  // a new stage is worth writing at once
     }

@@ -6,7 +6,7 @@ engine = jobforge.Engine("jobs.db", workers=4)
 
 @engine.processor("resize", timeout=30, max_attempts=3)
 def resize(ctx, payload):
-    ctx.progress(50, message="half way")
+    ctx.progress(50, total=100, message="half way")
     return {"path": payload["path"]}
 
 with engine:

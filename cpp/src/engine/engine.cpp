@@ -56,6 +56,8 @@ class RunningJob final : public Context {
   int attempt() const noexcept override { return job.attempts; }
   StopReason stop_reason() const noexcept override { return stop.load(std::memory_order_relaxed); }
   void progress(double current, double total, std::string_view message) override;
+  void progress(double current, double total, std::string_view message,
+                std::string_view stage) override;
   void stage(std::string_view name, double total) override;
   void increment(double n) override;
   void log(LogLevel level, std::string_view message, std::string_view fields_json) override;
@@ -111,7 +113,7 @@ class RunningJob final : public Context {
   Clock::time_point last_progress_event_{};
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
-  std::vector<Event> held_log_events_;  // job-log events before job-started was committed
+  std::atomic<bool> logged{false};  // wrote a log line: its start is written before its end
 };
 
 struct Engine::Impl {
@@ -276,6 +278,10 @@ struct Engine::Impl {
     events.reserve(transitions.size() * 2);
     bool any_final = false, any_queued = false;
     for (auto& t : transitions) {
+      if (t.log_lines) {
+        append_log_events(*t.log_lines, events);
+        continue;
+      }
       Event e;
       e.job_id = t.job_id;
       e.job_type = t.job_type;
@@ -332,8 +338,7 @@ struct Engine::Impl {
     }
   }
 
-  // Returns the events held back while the start was not yet committed: log lines, then the
-  // latest progress.
+  // Returns the progress event held back while the start was not yet committed, if any.
   std::vector<Event> mark_start_committed(const std::string& job_id) {
     std::shared_ptr<RunningJob> rj;
     {
@@ -345,7 +350,6 @@ struct Engine::Impl {
     std::lock_guard lock(rj->progress_mutex_);
     rj->start_committed.store(true, std::memory_order_release);
     std::vector<Event> held;
-    held.swap(rj->held_log_events_);
     if (rj->progress_event_pending_) {
       rj->progress_event_pending_ = false;
       rj->last_progress_event_ = Clock::now();
@@ -880,6 +884,7 @@ struct Engine::Impl {
     o.owner = worker_id;
     o.attempt = rj.job.attempts;
     o.claimed_in_memory = rj.claimed_in_memory;
+    o.keep_start = rj.logged.load(std::memory_order_relaxed);
     o.started_at = r.ran ? rj.started_at : 0;
     o.at = now_ms();
     {
@@ -1138,8 +1143,7 @@ struct Engine::Impl {
             log_write_pending = false;
             log_space_cv.notify_all();
             return lines;
-          },
-          [this](std::vector<LogRecord>& lines) { publish_logs(lines); });
+          });
     } catch (const std::exception&) {
       // The store is closed: lines logged after the engine stopped are dropped.
       std::lock_guard l(log_mutex);
@@ -1149,12 +1153,8 @@ struct Engine::Impl {
     }
   }
 
-  void publish_logs(std::vector<LogRecord>& lines) {
-    if (!bus.has_subscribers()) return;
-    std::vector<Event> events;
-    events.reserve(lines.size());
-    std::shared_ptr<RunningJob> rj;
-    for (auto& l : lines) {
+  static void append_log_events(const std::vector<LogRecord>& lines, std::vector<Event>& events) {
+    for (const auto& l : lines) {
       Event e;
       e.type = EventType::log;
       e.job_id = l.job_id;
@@ -1168,19 +1168,8 @@ struct Engine::Impl {
       e.log_level = l.level;
       e.log_id = l.id;
       e.fields_json = l.fields_json;
-      // A job claimed in memory may log before its start is committed: its lines follow
-      // job-started (see mark_start_committed).
-      if (!rj || rj->job.id != l.job_id) rj = find_claimed(l.job_id);
-      if (rj && !rj->start_committed.load(std::memory_order_acquire)) {
-        std::lock_guard lock(rj->progress_mutex_);
-        if (!rj->start_committed.load(std::memory_order_acquire)) {
-          rj->held_log_events_.push_back(std::move(e));
-          continue;
-        }
-      }
       events.push_back(std::move(e));
     }
-    bus.publish(std::move(events));
   }
 
   void publish_progress(RunningJob& rj, const RunningJob::ProgressState& p) {
@@ -1267,6 +1256,16 @@ void RunningJob::progress(double current, double total, std::string_view message
   update_progress(current, total, message, nullptr, false);
 }
 
+void RunningJob::progress(double current, double total, std::string_view message,
+                          std::string_view stage_name) {
+  bool same;
+  {
+    std::lock_guard lock(progress_mutex_);
+    same = progress_.stage == stage_name;
+  }
+  update_progress(current, total, message, same ? nullptr : &stage_name, false);
+}
+
 void RunningJob::stage(std::string_view name, double total) {
   update_progress(0, total, {}, &name, false);
 }
@@ -1294,6 +1293,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
     }
     if (stage_name) {
       p.stage.assign(*stage_name);
+      p.current = 0;  // a new stage counts from its start
       rate_samples_.clear();
       progress_due_ = true;  // a new stage is worth writing at once
     }
@@ -1350,6 +1350,7 @@ void RunningJob::log(LogLevel level, std::string_view message, std::string_view 
     std::lock_guard lock(progress_mutex_);
     line.stage = progress_.stage;
   }
+  logged.store(true, std::memory_order_relaxed);
   engine_->append_log(std::move(line));
 }
 

@@ -57,7 +57,7 @@ def test_actions_without_or_with_a_wrong_token_are_refused_and_change_nothing(se
     queued = engine.enqueue("steps", {"n": 1}, delay=3600)
     failed = engine.enqueue("steps", {"n": 1, "fail": True}).wait(10)
     assert failed.status == "failed"
-    before = engine.stats()
+    before = engine.counts()
     actions = [
         ("POST", f"/api/jobs/{queued.id}/cancel", None),
         ("POST", f"/api/jobs/{failed.id}/retry", None),
@@ -73,7 +73,7 @@ def test_actions_without_or_with_a_wrong_token_are_refused_and_change_nothing(se
         assert data == {"error": "wrong dashboard token"}
     assert engine.get(queued.id).status == "queued"
     assert engine.get(failed.id).status == "failed"
-    assert engine.stats() == before
+    assert engine.counts() == before
     assert request(url + "/api/auth", "POST", token="wrong-token-123456")[0] == 403
     assert request(url + "/api/auth", "POST", token=TOKEN) == (200, {"ok": True})
 
@@ -99,7 +99,7 @@ def test_cancel_retry_and_cancel_all_with_the_token(served):
 
 def test_enqueue_through_the_api_validates_and_writes_nothing_on_bad_input(served):
     engine, server, url = served
-    before = engine.stats()["total"]
+    before = engine.counts()["total"]
     bad = [
         ({"type": "nope", "payload": {}}, "type 'nope' is not registered"),
         ({"type": "steps", "priority": 0}, "priority must be between 1 and 10"),
@@ -119,7 +119,7 @@ def test_enqueue_through_the_api_validates_and_writes_nothing_on_bad_input(serve
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req)
     assert err.value.code == 400
-    assert engine.stats()["total"] == before
+    assert engine.counts()["total"] == before
     status, data = request(
         url + "/api/jobs", "POST", {"type": "steps", "payload": {"n": 2}, "priority": 3},
         token=TOKEN,
@@ -338,3 +338,49 @@ def test_observer_process_shows_another_processs_jobs_and_cancels_them(make_engi
         assert dash.stop(signal.SIGTERM) == 0
     out = json.dumps(dash.lines)
     assert "Traceback" not in out
+
+
+def test_job_logs_in_the_detail_the_logs_endpoint_and_the_live_feed(served):
+    engine, server, url = served
+
+    @engine.processor("chatty")
+    def chatty(ctx, payload):
+        ctx.stage("load")
+        for i in range(3):
+            ctx.log("info", f"loaded part {i}", part=i)
+        ctx.stage("check")
+        ctx.log("warning", "part 2 is small", size=3)
+        return None
+
+    stream = EventStream(url)
+    try:
+        job = engine.enqueue("chatty", None).wait(10)
+        kind, lines = stream.next_matching(
+            lambda kind, data: kind == "logs" and any(line["job_id"] == job.id for line in data)
+        )
+        assert lines[0]["message"] == "loaded part 0" and lines[0]["context"] == {"part": 0}
+    finally:
+        stream.close()
+    status, data = request(url + f"/api/jobs/{job.id}")
+    logs = data["logs"]
+    assert [line["message"] for line in logs] == [
+        "loaded part 0", "loaded part 1", "loaded part 2", "part 2 is small",
+    ]  # fmt: skip
+    assert logs[3]["level"] == "warning" and logs[3]["stage"] == "check"
+    assert logs[0]["stage"] == "load" and logs[0]["time"] > 0
+    status, data = request(url + f"/api/jobs/{job.id}/logs?after={logs[1]['id']}")
+    assert [line["message"] for line in data["logs"]] == ["loaded part 2", "part 2 is small"]
+    assert request(url + f"/api/jobs/{job.id}/logs?after=x")[0] == 400
+    assert request(url + "/api/jobs/nope/logs")[0] == 404
+
+
+def test_health_and_per_type_figures(served):
+    engine, server, url = served
+    engine.enqueue("steps", {"n": 1}).wait(10)
+    engine.enqueue("steps", {"n": 1, "fail": True}).wait(10)
+    status, health = request(url + "/api/health")
+    assert status == 200 and health["status"] in ("ok", "degraded", "failing")
+    assert health["database"]["reachable"] is True
+    status, overview = request(url + "/api/overview")
+    steps = overview["types"]["steps"]
+    assert steps["counts"]["completed"] == 1 and steps["counts"]["failed"] == 1

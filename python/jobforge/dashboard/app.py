@@ -53,6 +53,7 @@ FLUSH_INTERVAL = 0.1  # seconds between coalesced job updates to the clients
 CLIENT_QUEUE = 256  # messages buffered per SSE client; past that, the oldest are dropped
 THROUGHPUT_WINDOW = 10.0  # seconds over which throughput is averaged
 HISTORY_SAMPLES = 120  # throughput samples kept for the sparkline
+TYPE_STATS_TTL = 2.0  # seconds the per-type figures of engine.stats() are reused
 
 
 def _json(value: Any, status: int = 200) -> JSONResponse:
@@ -83,18 +84,31 @@ def job_summary(job) -> dict:
         "completed_at": job.completed_at,
         "run_at": job.run_at,
         "cancel_requested": job.cancel_requested,
+        "stage": job.stage,
+        "rate": job.rate,
+        "eta": job.eta,
     }
 
 
 def job_detail(job) -> dict:
     from ..cli import job_json
 
-    data = job_json(job)
-    for extra in ("stage", "outcome"):  # from the progress model, when the engine has it
-        if hasattr(job, extra):
-            with contextlib.suppress(Exception):
-                data[extra] = getattr(job, extra)
-    return data
+    return job_json(job)
+
+
+def log_line(line) -> dict:
+    """A log line (``engine.logs`` or a job-log event) as the page shows it."""
+    data = line if isinstance(line, dict) else line.to_dict()
+    return {
+        "id": data.get("id"),
+        "job_id": data.get("job_id"),
+        "attempt": data.get("attempt"),
+        "time": data.get("at"),
+        "level": data.get("level"),
+        "stage": data.get("stage"),
+        "message": data.get("message"),
+        "context": data.get("fields") or {},
+    }
 
 
 def _event_update(ev) -> dict:
@@ -109,6 +123,9 @@ def _event_update(ev) -> dict:
         "message": ev.message,
         "error": ev.error,
         "attempts": ev.attempt,
+        "stage": ev.stage,
+        "rate": ev.rate,
+        "eta": ev.eta,
         "event": ev.type,
         "timestamp": ev.timestamp,
     }
@@ -135,6 +152,7 @@ class Hub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[str, dict] = {}
+        self._logs: list[dict] = []
         self._clients: set[_Client] = set()
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.last: dict[str, str] = {}  # last message of each kind, for clients that join
@@ -151,6 +169,14 @@ class Hub:
             ):
                 return
             self._pending[job["id"]] = job
+
+    def log(self, line: dict) -> None:
+        """Queues a log line of a job (any thread); sent at the next flush. Past a thousand
+        lines between flushes the oldest are dropped: the page re-reads a job's logs anyway."""
+        with self._lock:
+            self._logs.append(line)
+            if len(self._logs) > 1000:
+                del self._logs[:-1000]
 
     def connect(self) -> _Client:
         client = _Client(asyncio.get_running_loop())
@@ -174,8 +200,11 @@ class Hub:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            logs, self._logs = self._logs, []
         if pending and self._clients:
             self.broadcast("jobs", list(pending.values()))
+        if logs and self._clients:
+            self.broadcast("logs", logs)
 
 
 class Throughput:
@@ -230,29 +259,47 @@ class Dashboard:
         self.throughput = Throughput()
         self._subscription = None
         self._types_cache: tuple[float, list[str]] = (0.0, [])
+        self._type_stats: tuple[float, dict] = (-TYPE_STATS_TTL, {})
         # Set by the server that runs this app: true once it is shutting down.
         self.closing = lambda: False
         self.app = self._build_app(allowed_hosts)
 
     # -- feed ------------------------------------------------------------------------------
     def _on_event(self, ev) -> None:
-        self.hub.update(_event_update(ev))
+        if ev.type == "job-log":
+            self.hub.log(
+                {"id": ev.log_id, "job_id": ev.job_id, "attempt": ev.attempt,
+                 "time": ev.timestamp, "level": ev.level, "stage": ev.stage,
+                 "message": ev.message, "context": ev.fields}
+            )  # fmt: skip
+        elif ev.type != "job-created":
+            self.hub.update(_event_update(ev))
 
     def _snapshot(self) -> tuple[dict, list[dict]]:
-        stats = self.engine.stats()
+        counts = self.engine.counts()
         running = self.engine.jobs(status="running", limit=ACTIVE_LIMIT)
-        return stats, [job_summary(j) for j in running]
+        return counts, [job_summary(j) for j in running]
+
+    def type_stats(self) -> dict:
+        """Per job type: counts, run times, error rate, rates (the engine's ``stats()``),
+        cached for TYPE_STATS_TTL seconds."""
+        at, cached = self._type_stats
+        if time.monotonic() - at > TYPE_STATS_TTL:
+            cached = self.engine.stats().get("types", {})
+            self._type_stats = (time.monotonic(), cached)
+        return cached
 
     def overview(self) -> dict:
-        stats = self.engine.stats()
-        rate = self.throughput.add(stats)
-        return self._overview(stats, rate)
+        counts = self.engine.counts()
+        rate = self.throughput.add(counts)
+        return self._overview(counts, rate, self.type_stats())
 
-    def _overview(self, stats: dict, rate: dict) -> dict:
+    def _overview(self, stats: dict, rate: dict, types: dict) -> dict:
         from .. import __version__
 
         return {
             "stats": stats,
+            "types": types,
             "queue_depth": stats.get("queued", 0),
             "running": stats.get("running", 0),
             "throughput": rate,
@@ -276,8 +323,10 @@ class Dashboard:
                 if self.hub.clients:
                     try:
                         stats, running = await asyncio.to_thread(self._snapshot)
+                        types = await asyncio.to_thread(self.type_stats)
                         rate = self.throughput.add(stats)
-                        self.hub.broadcast("overview", self._overview(stats, rate), keep=True)
+                        overview = self._overview(stats, rate, types)
+                        self.hub.broadcast("overview", overview, keep=True)
                         self.hub.broadcast("active", running, keep=True)
                     except Exception:  # noqa: BLE001 - the watcher outlives a failed read
                         log.exception("jobforge dashboard: reading the store failed")
@@ -359,22 +408,8 @@ class Dashboard:
         data["logs"] = self._logs(job.id)
         return _json(data)
 
-    def _logs(self, job_id: str, after: int = 0, limit: int = 500) -> Optional[list]:
-        """The job's logs through the engine's API when it has one, else from the store's
-        job_logs table; None when neither exists."""
-        logs = getattr(self.engine, "logs", None)
-        if logs is None:
-            return self.queries.logs(job_id, after=after, limit=limit)
-        out = []
-        for entry in logs(job_id, limit=limit):
-            if isinstance(entry, dict):
-                out.append(entry)
-            elif hasattr(entry, "to_dict"):
-                out.append(entry.to_dict())
-            else:
-                out.append({k: getattr(entry, k, None) for k in ("time", "level", "stage",
-                            "message", "context")})  # fmt: skip
-        return out
+    def _logs(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict]:
+        return [log_line(line) for line in self.engine.logs(job_id, limit=limit, after=after)]
 
     def api_job_logs(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -384,20 +419,21 @@ class Dashboard:
             after = int(request.query_params.get("after", "0"))
         except ValueError:
             return _error(400, "after must be a whole number (the id of the last line seen)")
-        logs = self._logs(job_id, after=after)
-        if logs is None:
-            return _error(501, "this database keeps no job logs")
-        return _json({"logs": logs})
+        return _json({"logs": self._logs(job_id, after=after)})
 
     def api_workers(self, request: Request) -> Response:
         now = int(time.time() * 1000)
         running = self.queries.running_owner_counts()
-        workers = self.queries.workers()
+        workers = sorted(self.engine.workers(), key=lambda w: -(w.get("started_at") or 0))
         for w in workers:
             w["running_jobs"] = running.get(w["id"], 0)
             w["heartbeat_age_s"] = round((now - (w.get("heartbeat_at") or now)) / 1000, 1)
             w["this_process"] = w["id"] == getattr(self.engine, "worker_id", None)
         return _json({"workers": workers, "time": now})
+
+    def api_health(self, request: Request) -> Response:
+        integrity = request.query_params.get("integrity", "0") not in ("0", "", "false")
+        return _json(self.engine.health(integrity=integrity))
 
     def types(self) -> list[str]:
         """Types a job can be enqueued with here: the engine's processors and the types
@@ -562,6 +598,7 @@ class Dashboard:
             Route("/api/cancel-all", self.api_cancel_all, methods=["POST"]),
             Route("/api/auth", self.api_auth, methods=["POST"]),
             Route("/api/workers", self.api_workers),
+            Route("/api/health", self.api_health),
             Route("/api/types", self.api_types),
             Route("/api/schedules", self.api_schedules),
             Route("/api/events", self.api_events),

@@ -145,9 +145,12 @@ SPEC: dict = {
         },
         "/api/jobs/{job_id}/logs": {
             "get": {
-                "summary": "The job's log lines (501 when the engine keeps none)",
-                "parameters": [_JOB_ID],
-                "responses": {"200": _ok("logs"), "404": _ERROR, "501": _ERROR},
+                "summary": "The job's log lines, oldest first, after line `after`",
+                "parameters": [
+                    _JOB_ID,
+                    {"name": "after", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {"200": _ok("logs"), "400": _ERROR, "404": _ERROR},
             }
         },
         "/api/jobs/{job_id}/cancel": {
@@ -180,6 +183,20 @@ SPEC: dict = {
                 "responses": {"200": _ok("ok"), "401": _ERROR, "403": _ERROR},
             }
         },
+        "/api/health": {
+            "get": {
+                "summary": "engine.health(): ok / degraded / failing with reasons",
+                "parameters": [
+                    {
+                        "name": "integrity",
+                        "in": "query",
+                        "description": "1: run SQLite's quick check (slow on big files)",
+                        "schema": {"type": "integer"},
+                    }
+                ],
+                "responses": {"200": _ok("health")},
+            }
+        },
         "/api/workers": {
             "get": {"summary": "Worker processes and heartbeats", "responses": {"200": _ok("")}}
         },
@@ -197,7 +214,7 @@ SPEC: dict = {
         },
         "/api/events": {
             "get": {
-                "summary": "Server-Sent Events: overview, active, jobs",
+                "summary": "Server-Sent Events: overview, active, jobs, logs",
                 "responses": {"200": {"description": "text/event-stream"}},
             }
         },

@@ -1,6 +1,6 @@
 """Read-only queries the dashboard needs and the engine's query API does not offer yet: keyset
 pages of the job history (stable and fast at any depth, unlike OFFSET), a bounded text search,
-the distinct job types and the workers table.
+the distinct job types and the running jobs per worker.
 
 They run on the dashboard's own read-only SQLite connections (WAL: readers never block the
 engine's writer) against the schema the SQLite store migrates to. Everything that changes state
@@ -9,7 +9,6 @@ goes through the engine; this module never writes.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -237,53 +236,6 @@ class StoreQueries:
             .fetchall()
         )
         return [r[0] for r in rows]
-
-    def workers(self) -> list[dict]:
-        """Rows of the workers table, newest first (the engine prunes stopped ones after a day)."""
-        con = self._con()
-        columns = {r[1] for r in con.execute("PRAGMA table_info(workers)")}
-        wanted = [
-            c
-            for c in (
-                "id", "hostname", "pid", "version", "started_at", "heartbeat_at", "state",
-                "claim_mode", "singleton_role",
-            )
-            if c in columns
-        ]  # fmt: skip
-        if not wanted:
-            return []
-        rows = con.execute(
-            f"SELECT {', '.join(wanted)} FROM workers ORDER BY started_at DESC LIMIT 200"
-        ).fetchall()
-        return [dict(zip(wanted, r)) for r in rows]
-
-    _LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error"}
-
-    def logs(self, job_id: str, *, after: int = 0, limit: int = 500) -> Optional[list[dict]]:
-        """A job's log lines, oldest first, from the store's job_logs table (None when the
-        database has no such table yet). ``after``: only lines with a larger id (live tails)."""
-        con = self._con()
-        if not con.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_logs'"
-        ).fetchone():
-            return None
-        rows = con.execute(
-            "SELECT id, attempt, at, level, stage, message, fields FROM job_logs "
-            "WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
-            (job_id, after, limit),
-        ).fetchall()
-        out = []
-        for log_id, attempt, at, level, stage, message, fields in rows:
-            try:
-                context = json.loads(fields) if fields else {}
-            except ValueError:
-                context = {"raw": fields}
-            out.append({
-                "id": log_id, "attempt": attempt, "time": at,
-                "level": self._LEVELS.get(level, str(level)), "stage": stage,
-                "message": message, "context": context,
-            })  # fmt: skip
-        return out
 
     def running_owner_counts(self) -> dict[str, int]:
         """Running jobs per lease owner (the idx_jobs_running_owner partial index)."""

@@ -129,6 +129,7 @@ function renderOverview(o) {
   add("enqueued / s", o.throughput.created_per_s.toFixed(1));
   $("#rate").textContent = `${o.throughput.finished_per_s.toFixed(1)} jobs/s`;
   drawSpark(o.throughput_history || []);
+  renderTypes(o.types || {});
   $("#schedules-panel").hidden = !o.schedules;
   if (state.total !== null && state.total !== o.stats.total) scheduleHistoryRefresh();
   state.total = o.stats.total;
@@ -145,6 +146,29 @@ function drawSpark(points) {
     i ? g.lineTo(x, y) : g.moveTo(x, y);
   });
   g.stroke();
+}
+
+function renderTypes(types) {
+  const names = Object.keys(types).sort();
+  $("#types-panel").hidden = names.length === 0;
+  const pct = (x) => (x == null ? "-" : `${(100 * x).toFixed(1)}%`);
+  const ms = (x) => (x == null ? "-" : x < 1000 ? `${x.toFixed(0)} ms` : `${(x / 1000).toFixed(1)} s`);
+  $("#types tbody").replaceChildren(...names.map((name) => {
+    const t = types[name], c = t.counts || {};
+    return el("tr", { onclick: () => { $("#f-type").value = name; applyFilters(); } },
+      el("td", {}, name), el("td", {}, fmt(c.queued)), el("td", {}, fmt(c.running)),
+      el("td", { class: c.failed ? "stale" : "" }, fmt(c.failed)), el("td", {}, ms(t.p95_run_ms)),
+      el("td", {}, pct(t.error_rate)), el("td", {}, (t.completed_per_s ?? 0).toFixed(1)));
+  }));
+}
+async function loadHealth() {
+  try {
+    const h = await api("/api/health");
+    const pill = $("#health");
+    pill.textContent = h.status;
+    pill.className = `pill ${h.status === "ok" ? "on" : h.status === "degraded" ? "warn" : "off"}`;
+    pill.title = h.reasons && h.reasons.length ? h.reasons.join("\n") : "healthy";
+  } catch (e) { /* shown on the next try */ }
 }
 
 // ---- active jobs -----------------------------------------------------------------------------
@@ -165,9 +189,12 @@ function renderActive() {
     }
     body.append(tr); // keeps order
     setBar(tr.children[2].firstChild, j);
-    tr.children[3].textContent = j.cancel_requested ? "cancel requested…" : (j.message || "");
+    const text = j.cancel_requested ? "cancel requested…" : [j.stage, j.message].filter(Boolean).join(" · ");
+    tr.children[3].textContent = text;
+    tr.children[3].title = text;
     tr.children[4].textContent = `${j.attempts}/${j.max_attempts ?? "?"}`;
-    tr.children[5].textContent = j.started_at ? dur(Date.now() - j.started_at) : "-";
+    tr.children[5].textContent = (j.started_at ? dur(Date.now() - j.started_at) : "-") +
+      (j.eta != null ? ` · ETA ${dur(j.eta * 1000)}` : "");
   }
   $("#active-count").textContent = jobs.length ? `(${jobs.length}${jobs.length >= 100 ? "+" : ""})` : "";
   $("#active-empty").hidden = jobs.length > 0;
@@ -289,6 +316,8 @@ async function refreshDetail() {
   row("status", j.status + (j.cancel_requested && !j.is_final ? " (cancel requested)" : ""));
   if (j.stage) row("stage", j.stage);
   row("message", j.message || "-");
+  if (j.status === "running" && (j.eta != null || j.rate != null))
+    row("rate", `${j.rate != null ? `${j.rate.toFixed(1)}/s` : "-"}${j.eta != null ? `, ETA ${dur(j.eta * 1000)}` : ""}`);
   row("priority", String(j.priority));
   row("attempts", `${j.attempts} of ${j.max_attempts}`);
   row("timeout", `${j.timeout} s per attempt`);
@@ -408,6 +437,12 @@ function connect() {
   source.addEventListener("overview", (e) => renderOverview(JSON.parse(e.data)));
   source.addEventListener("active", (e) => onActiveSnapshot(JSON.parse(e.data)));
   source.addEventListener("jobs", (e) => onJobUpdates(JSON.parse(e.data)));
+  source.addEventListener("logs", (e) => {
+    if (JSON.parse(e.data).some((l) => l.job_id === state.detailId)) {
+      clearTimeout(state.logTimer);
+      state.logTimer = setTimeout(refreshDetail, 200); // a burst of lines, one refresh
+    }
+  });
   return source;
 }
 
@@ -421,7 +456,9 @@ async function main() {
   document.body.dataset.readyAt = String(Math.round(performance.now())); // since navigation
   connect();
   loadSchedules();
+  loadHealth();
   setInterval(loadWorkers, 5000);
+  setInterval(loadHealth, 5000);
   setInterval(loadSchedules, 10000);
   setInterval(loadTypes, 30000);
   setInterval(renderActive, 1000); // "running for" clocks

@@ -3,7 +3,10 @@
     jobforge demo [--db PATH] [--fast] [--quiet]     a short live pipeline on a temporary database
     jobforge stats [--json]                          job counts per status
     jobforge list [--status S] [--type T] [--parent ID] [--limit N] [--json]
-    jobforge show ID [--json]                        one job in full
+    jobforge show ID [--json]                        one job in full, with its last log lines
+    jobforge logs ID [--level L] [--limit N] [--tail] [--follow] [--json]
+                                                     a job's log lines; --follow until it ends
+    jobforge health [--integrity] [--json]           ok / degraded / failing, with reasons
     jobforge enqueue TYPE [--payload JSON] [--priority P] [--delay S] [--max-attempts N]
                           [--timeout S] [--json]     prints the new job's id
     jobforge cancel ID [--json]
@@ -41,6 +44,8 @@ Errors are one line on stderr (``--debug`` adds the traceback). Exit codes:
         value (priority out of 1..10, negative delay, ...), no database given, an ``--app``
         that does not name an importable engine
     3   not found: no job with that id, or the database file does not exist
+    4   ``health`` only: the engine is degraded (reasons printed)
+    5   ``health`` only: the engine is failing (reasons printed)
     130 interrupted (Ctrl-C; for ``worker``, a second stop signal)
 """
 
@@ -62,6 +67,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
+EXIT_DEGRADED = 4  # health: degraded
+EXIT_FAILING = 5  # health: failing
 EXIT_INTERRUPTED = 130
 
 ENV_DB = "JOBFORGE_DB"
@@ -134,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="jobforge: background jobs run by a C++ engine on SQLite.",
         epilog=(
             f"The database comes from --db PATH or ${ENV_DB}. Exit codes: 0 ok, 1 operational "
-            "failure, 2 usage or bad input, 3 job or database not found."
+            "failure, 2 usage or bad input, 3 job or database not found, 4/5 health degraded/"
+            "failing, 130 interrupted."
         ),
     )
     parser.add_argument("--db", metavar="PATH", help=f"SQLite database file (default: ${ENV_DB})")
@@ -181,6 +189,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Shows one job: options, progress, payload, result, error and traceback.",
     )  # fmt: skip
     show.add_argument("id", metavar="ID", help="job id")
+
+    logs = commands.add_parser(
+        "logs", parents=[with_db, as_json], help="print a job's log lines",
+        description=(
+            "Prints the lines a job logged with ctx.log, oldest first: time, level, stage, "
+            "message and fields. --follow keeps printing new lines until the job ends."
+        ),
+    )  # fmt: skip
+    logs.add_argument("id", metavar="ID", help="job id")
+    logs.add_argument(
+        "--level", choices=("debug", "info", "warning", "error"),
+        help="only lines at this level or above",
+    )  # fmt: skip
+    logs.add_argument("--limit", type=_count, default=1000, metavar="N", help="at most N (1000)")
+    logs.add_argument("--tail", action="store_true", help="the last N lines instead of the first")
+    logs.add_argument(
+        "--follow", "-f", action="store_true",
+        help="keep printing new lines until the job is final (JSON: one object per line)",
+    )  # fmt: skip
+
+    health = commands.add_parser(
+        "health", parents=[with_db, as_json], help="check the database, workers and queue",
+        description=(
+            "Prints engine.health(): the database (reachable; --integrity adds SQLite's quick "
+            "check), the workers and their heartbeats, the queue and error rates, and a "
+            "verdict. Exit code 0 ok, 4 degraded, 5 failing."
+        ),
+    )  # fmt: skip
+    health.add_argument(
+        "--integrity", action="store_true", help="also run SQLite's quick check (slow on big files)"
+    )
+    health.add_argument(
+        "--max-wait", type=_seconds, default=300.0, metavar="S",
+        help="a due job waiting longer than S seconds makes the engine degraded (300)",
+    )  # fmt: skip
 
     enqueue = commands.add_parser(
         "enqueue", parents=[with_db, as_json], help="store a new job for the workers",
@@ -442,7 +485,25 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for status in STATUSES:
         table.add_row(_status(status), str(stats.get(status, 0)))
     table.add_row("[bold]total", f"[bold]{stats.get('total', 0)}")
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    types = stats.get("types") or {}
+    if types:
+        from rich import box
+
+        per_type = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for name in ("TYPE", "QUEUED", "RUNNING", "DONE", "FAILED", "P95 RUN", "ERRORS", "DONE/S"):
+            per_type.add_column(name, justify="left" if name == "TYPE" else "right")
+        for name, t in sorted(types.items()):
+            c = t.get("counts", {})
+            p95 = t.get("p95_run_ms")
+            per_type.add_row(
+                name, str(c.get("queued", 0)), str(c.get("running", 0)),
+                str(c.get("completed", 0)), str(c.get("failed", 0)),
+                "-" if p95 is None else f"{p95:.0f} ms", f"{100 * (t.get('error_rate') or 0):.1f}%",
+                f"{t.get('completed_per_s') or 0:.1f}",
+            )  # fmt: skip
+        console.print(per_type)
     return EXIT_OK
 
 
@@ -542,12 +603,118 @@ def cmd_show(args: argparse.Namespace) -> int:
         row("result", _pretty(job.result))
     if job.error:
         row("error", Text(job.error, style="red"))
+    if job.stage:
+        row("stage", job.stage)
+    if job.outcome:
+        row("outcome", ", ".join(f"{k} {v}" for k, v in job.outcome.items()))
     console = _console()
     console.print(grid)
     if job.error_detail:
         console.print("[bold]traceback of the last failed attempt:")
         console.print(Syntax(job.error_detail.rstrip(), "pytb", word_wrap=True))
+    lines = engine.logs(job.id, limit=SHOW_LOG_LINES, tail=True)
+    if lines:
+        console.print(f"[bold]log (last {len(lines)} lines; jobforge logs {job.id} for all):")
+        for line in lines:
+            console.print(_log_text(line))
     return EXIT_OK
+
+
+SHOW_LOG_LINES = 20
+_LEVEL_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "red"}
+
+
+def _log_text(line):
+    from rich.text import Text
+
+    stamp = _dt.datetime.fromtimestamp(line.at / 1000).strftime("%H:%M:%S.%f")[:-3]
+    text = Text(f"{stamp} ", style="dim")
+    text.append(f"{line.level:<7} ", style=_LEVEL_STYLES.get(line.level, ""))
+    if line.stage:
+        text.append(f"[{line.stage}] ", style="cyan")
+    text.append(line.message)
+    fields = line.fields
+    if fields:
+        text.append(" " + " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}"
+                                   for k, v in fields.items()), style="dim")  # fmt: skip
+    return text
+
+
+def _log_json(line) -> dict:
+    return line.to_dict()
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    engine = _open(args)
+    job = _get(engine, args.id)
+    lines = engine.logs(job.id, level=args.level, limit=args.limit, tail=args.tail)
+    console = None if args.json else _console()
+    if not args.follow:
+        if args.json:
+            _print_json([_log_json(line) for line in lines])
+        elif not lines:
+            console.print("no log lines", style="dim")
+        for line in [] if args.json else lines:
+            console.print(_log_text(line))
+        return EXIT_OK
+
+    def emit(batch) -> None:
+        for line in batch:
+            if args.json:
+                sys.stdout.write(json.dumps(_log_json(line), ensure_ascii=False) + "\n")
+            else:
+                console.print(_log_text(line))
+        sys.stdout.flush()
+
+    emit(lines)
+    last = lines[-1].id if lines else 0
+    while True:
+        final = _get(engine, job.id).is_final  # read before the lines: none is missed at the end
+        batch = engine.logs(job.id, level=args.level, limit=1000, after=last)
+        emit(batch)
+        if batch:
+            last = batch[-1].id
+        if final and len(batch) < 1000:
+            return EXIT_OK
+        if not batch:
+            time.sleep(FOLLOW_INTERVAL)
+
+
+FOLLOW_INTERVAL = 0.25  # seconds between reads of a followed job's log
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    if not args.max_wait > 0:
+        raise CliError(f"--max-wait must be more than 0 seconds, got {args.max_wait:g}", EXIT_USAGE)
+    report = _open(args).health(integrity=args.integrity, max_wait=args.max_wait)
+    code = {"ok": EXIT_OK, "degraded": EXIT_DEGRADED}.get(report["status"], EXIT_FAILING)
+    if args.json:
+        _print_json(report)
+        return code
+    style = {"ok": "green", "degraded": "yellow"}.get(report["status"], "red")
+    console = _console()
+    console.print(f"[bold {style}]{report['status']}[/]  {report['path']}")
+    for reason in report.get("reasons", []):
+        console.print(f"  - {reason}", style=style)
+    db = report.get("database", {})
+    integrity = db.get("integrity") or "not checked (--integrity)"
+    console.print(f"database: reachable={db.get('reachable')}, integrity {integrity}")
+    queue = report.get("queue", {})
+    if queue:
+        console.print(
+            f"queue: {queue['queued']} queued, {queue['due']} due, oldest due waited "
+            f"{queue['oldest_due_age']:.1f} s"
+        )
+    alive = [w for w in report.get("workers", []) if w.get("alive")]
+    console.print(f"workers: {len(alive)} alive of {len(report.get('workers', []))} registered")
+    for w in report.get("workers", []):
+        mark = "alive" if w.get("alive") else w.get("state", "?")
+        console.print(
+            f"  {w['hostname']}:{w['pid']} v{w['version']} {mark}, heartbeat "
+            f"{w['heartbeat_age']:.1f} s ago",
+            style="" if w.get("alive") else "dim",
+        )
+    return code
 
 
 def _pretty(value: Any):
@@ -725,6 +892,8 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "retry": cmd_retry,
     "worker": cmd_worker,
+    "logs": cmd_logs,
+    "health": cmd_health,
 }
 
 

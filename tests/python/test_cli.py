@@ -13,7 +13,19 @@ import time
 
 import pytest
 
-COMMANDS = ["demo", "stats", "list", "show", "enqueue", "cancel", "retry", "worker", "dashboard"]
+COMMANDS = [
+    "demo",
+    "stats",
+    "list",
+    "show",
+    "logs",
+    "health",
+    "enqueue",
+    "cancel",
+    "retry",
+    "worker",
+    "dashboard",
+]
 TIMEOUT = 120  # guards against hangs only
 _SCRIPT = shutil.which("jobforge", path=os.path.dirname(sys.executable))
 CLI = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "jobforge"]
@@ -441,3 +453,77 @@ def test_dashboard_with_app_runs_the_jobs_it_enqueues_and_stops_on_ctrl_c(db, tm
         assert data["result"] == "HI"
     finally:
         assert dash.stop(signal.SIGINT) == 0
+
+
+# -- logs and health ------------------------------------------------------------------------------
+
+
+def test_logs_prints_lines_filters_by_level_and_show_includes_them(db):
+    import jobforge as jf
+
+    engine = jf.Engine(db, workers=1)
+
+    @engine.processor("chatty")
+    def chatty(ctx, payload):
+        ctx.stage("load")
+        ctx.log("info", "loaded", rows=3)
+        ctx.log("error", "row 2 is bad", row=2)
+        return None
+
+    with engine:
+        job = engine.enqueue("chatty", None).wait(10)
+    text = ok("logs", job.id, "--db", db).stdout
+    assert "info" in text and "[load] loaded rows=3" in text and "row 2 is bad row=2" in text
+    lines = as_json("logs", job.id, "--db", db, "--level", "error")
+    assert [(x["level"], x["message"], x["fields"]) for x in lines] == [
+        ("error", "row 2 is bad", {"row": 2})
+    ]
+    assert "[load] loaded" in ok("show", job.id, "--db", db).stdout
+    assert_one_line_error(jobforge("logs", "no-such-id", "--db", db), 3, "no-such-id")
+
+
+def test_logs_follow_prints_new_lines_until_the_job_ends(db):
+    import threading
+
+    import jobforge as jf
+
+    engine = jf.Engine(db, workers=1)
+    go = threading.Event()
+
+    @engine.processor("slow-talker")
+    def slow_talker(ctx, payload):
+        go.wait(30)
+        for i in range(5):
+            ctx.log("info", f"line {i}")
+            time.sleep(0.1)
+        return None
+
+    with engine:
+        job = engine.enqueue("slow-talker", None)
+        follower = subprocess.Popen(
+            [*CLI, "logs", job.id, "--db", db, "--follow", "--json"], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        )  # fmt: skip
+        time.sleep(0.5)
+        assert follower.poll() is None  # waiting for lines of a job that has not ended
+        go.set()
+        out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert [json.loads(line)["message"] for line in out.splitlines()] == [
+        f"line {i}" for i in range(5)
+    ]
+
+
+def test_health_exit_codes_ok_and_degraded(db):
+    ok("enqueue", "noop", "--db", db, "--delay", "3600")
+    report = as_json("health", "--db", db)
+    assert report["status"] == "ok" and report["database"]["reachable"]
+    ok("enqueue", "noop", "--db", db)  # due, and no worker alive to run it
+    proc = jobforge("health", "--db", db, "--json")
+    assert proc.returncode == 4, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["status"] == "degraded"
+    assert any("no live worker" in reason for reason in report["reasons"])
+    proc = jobforge("health", "--db", db)
+    assert proc.returncode == 4 and "degraded" in proc.stdout and "no live worker" in proc.stdout
+    assert_one_line_error(jobforge("health", "--db", db, "--max-wait", "0"), 2, "--max-wait")

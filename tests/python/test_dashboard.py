@@ -384,3 +384,22 @@ def test_health_and_per_type_figures(served):
     status, overview = request(url + "/api/overview")
     steps = overview["types"]["steps"]
     assert steps["counts"]["completed"] == 1 and steps["counts"]["failed"] == 1
+
+
+def test_engine_queries_page_by_offset_for_stores_that_are_not_a_sqlite_file(engine):
+    from jobforge.dashboard.queries import EngineQueries, QueryError
+
+    ids = [j.id for j in engine.enqueue_many("noop", [{"i": i} for i in range(25)], delay=3600)]
+    queries = EngineQueries(engine)
+    seen, cursor = [], None
+    while True:
+        page = queries.page(cursor=cursor, limit=10)
+        seen += [j["id"] for j in page.jobs]
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    assert seen == list(reversed(ids))
+    with pytest.raises(QueryError, match="text search needs the SQLite store"):
+        queries.page(search="x")
+    with pytest.raises(QueryError, match="cursor"):
+        queries.page(cursor="12.3")

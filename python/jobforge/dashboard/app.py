@@ -43,7 +43,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..job import FINAL_STATUSES, STATUSES
-from .queries import QueryError, StoreQueries
+from .queries import QueryError, open_queries
 
 log = logging.getLogger("jobforge.dashboard")
 
@@ -254,7 +254,7 @@ class Dashboard:
         self.engine = engine
         self.token = token or secrets.token_urlsafe(18)
         self.poll_interval = poll_interval
-        self.queries = StoreQueries(engine.path)
+        self.queries = open_queries(engine)
         self.hub = Hub()
         self.throughput = Throughput()
         self._subscription = None

@@ -247,3 +247,76 @@ class StoreQueries:
             .fetchall()
         )
         return {owner or "": n for owner, n in rows}
+
+
+class EngineQueries:
+    """The same reads through the engine's query API, for a store that is not a SQLite file
+    (say PostgreSQL): pages by offset (``o:N`` cursors), no text search, types from the
+    per-type statistics. Used only when ``StoreQueries`` cannot open the store."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.path = engine.path
+
+    def page(
+        self,
+        *,
+        status: Optional[str] = None,
+        type: Optional[str] = None,
+        search: Optional[str] = None,
+        cursor: Optional[str] = None,
+        limit: int = 50,
+        window: int = SEARCH_WINDOW,
+    ) -> Page:
+        if status is not None and status not in STATUSES:
+            raise QueryError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+        if not isinstance(limit, int) or not 1 <= limit <= 500:
+            raise QueryError(f"limit must be between 1 and 500, got {limit!r}")
+        if search:
+            raise QueryError("text search needs the SQLite store; filter by status or type")
+        offset = 0
+        if cursor:
+            try:
+                kind, value = cursor.split(":")
+                offset = int(value)
+                if kind != "o" or offset < 0:
+                    raise ValueError
+            except ValueError:
+                raise QueryError(
+                    f"cursor must be the next_cursor of a previous page, got {cursor!r}"
+                ) from None
+        jobs = self.engine.jobs(status=status, type=type, limit=limit + 1, offset=offset)
+        rows = [
+            {
+                "rowid": None, "id": j.id, "type": j.type, "status": j.status,
+                "priority": j.priority, "progress": j.progress,
+                "progress_current": j.progress_current, "progress_total": j.progress_total,
+                "message": j.message, "error": j.error, "attempts": j.attempts,
+                "max_attempts": j.max_attempts, "parent_id": j.parent_id,
+                "created_at": j.created_at, "started_at": j.started_at,
+                "completed_at": j.completed_at, "run_at": j.run_at,
+                "cancel_requested": j.cancel_requested,
+            }
+            for j in jobs[:limit]
+        ]  # fmt: skip
+        next_cursor = f"o:{offset + limit}" if len(jobs) > limit else None
+        return Page(rows, next_cursor)
+
+    def job_types(self, limit: int = 200) -> list[str]:
+        return sorted(self.engine.stats().get("types", {}))[:limit]
+
+    def running_owner_counts(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def open_queries(engine) -> StoreQueries | EngineQueries:
+    """``StoreQueries`` on the engine's SQLite file, else ``EngineQueries``."""
+    path = engine.path
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(16) == b"SQLite format 3\x00":
+                return StoreQueries(path)
+    return EngineQueries(engine)

@@ -157,7 +157,7 @@ function renderTypes(types) {
     const t = types[name], c = t.counts || {};
     return el("tr", { onclick: () => { $("#f-type").value = name; applyFilters(); } },
       el("td", {}, name), el("td", {}, fmt(c.queued)), el("td", {}, fmt(c.running)),
-      el("td", { class: c.failed ? "stale" : "" }, fmt(c.failed)), el("td", {}, ms(t.p95_run_ms)),
+      el("td", { class: c.failed ? "stale" : "" }, fmt(c.failed)), el("td", {}, t.runs ? ms(t.p95_run_ms) : "-"),
       el("td", {}, pct(t.error_rate)), el("td", {}, (t.completed_per_s ?? 0).toFixed(1)));
   }));
 }

@@ -5,6 +5,7 @@
 #include "jobforge/engine.hpp"
 
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -31,6 +32,18 @@ namespace jobforge {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// steady_clock from the kernel's coarse monotonic clock (same base, a few ms resolution, a few
+// ns per read): enough for progress rate limits and rates, and cheap in a tight loop.
+Clock::time_point coarse_now() noexcept {
+#ifdef CLOCK_MONOTONIC_COARSE
+  timespec ts;
+  if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+    return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+        std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
+#endif
+  return Clock::now();
+}
 
 std::string seconds_text(int64_t ms) {
   std::ostringstream out;
@@ -1280,7 +1293,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
   if (finished.load(std::memory_order_relaxed)) return;
   if (!std::isfinite(current)) current = 0;
   if (!std::isfinite(total) || total < 0) total = 0;
-  const auto now = Clock::now();
+  const auto now = coarse_now();
   const auto& cfg = engine_->config;
   ProgressState snapshot;
   bool publish = false, wake_watchdog = false;

@@ -134,9 +134,7 @@ def test_retried_job_emits_job_retry_then_runs_again(engine, recorder, wait_unti
     assert "job-failed" not in kinds
 
 
-def test_failed_cancelled_and_timed_out_jobs_end_with_their_own_event(
-    engine, recorder, wait_until
-):
+def test_failed_cancelled_and_timed_out_jobs_end_with_their_own_event(engine, recorder, wait_until):
     everything = recorder()
     engine.on("*", everything)
     started = threading.Event()

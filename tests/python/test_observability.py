@@ -25,6 +25,22 @@ UNKNOWN_ID = "00000000-0000-7000-8000-000000000000"
 ValidationError = getattr(jobforge, "ValidationError", ValueError)
 
 
+@pytest.fixture
+def gates():
+    """gates() makes a threading.Event, gates(Steps) a Steps; all are released at teardown (before
+    the engines stop), so a failing test never leaves a processor waiting on them."""
+    made = []
+
+    def make(kind=threading.Event):
+        obj = kind()
+        made.append(obj)
+        return obj
+
+    yield make
+    for obj in made:
+        obj.set()
+
+
 def _of(events, job_id):
     return [e for e in events if e.job_id == job_id]
 
@@ -110,6 +126,7 @@ def test_retried_job_emits_job_retry_then_runs_again(engine, recorder, wait_unti
 
     @engine.processor("flaky", max_attempts=3, retry_delay=0.05)
     def flaky(ctx, payload):
+        ctx.log("info", f"attempt {ctx.attempt}")
         if ctx.attempt == 1:
             raise RuntimeError("first attempt fails")
         return ctx.attempt
@@ -132,6 +149,16 @@ def test_retried_job_emits_job_retry_then_runs_again(engine, recorder, wait_unti
     assert changes == ["queued", "running", "queued", "running", "completed"]
     assert kinds[-1] == "job-completed" and events[-1].attempt == 2
     assert "job-failed" not in kinds
+    logs = [
+        (e.message, kinds.index("job-retry") > i)
+        for i, e in enumerate(events)
+        if e.type == "job-log"
+    ]
+    assert logs == [("attempt 1", True), ("attempt 2", False)]
+    assert [(line.attempt, line.message) for line in engine.logs(job.id)] == [
+        (1, "attempt 1"),
+        (2, "attempt 2"),
+    ]
 
 
 def test_failed_cancelled_and_timed_out_jobs_end_with_their_own_event(engine, recorder, wait_until):
@@ -250,16 +277,15 @@ def test_subscriptions_to_one_job_and_to_one_type(engine, recorder, wait_until):
     assert {e.job_id for e in by_type.items} == {a1.id, a2.id}
     assert all(e.job_type == "alpha" for e in by_type.items)
     assert {"job-created", "job-started", "job-completed"} <= set(_kinds(by_type.items))
-    # Subscribed after b1 was created: its later events only, and only its own.
+    # Only b1's events reach the subscription to b1.
     assert {e.job_id for e in by_job.items} == {b1.id}
     assert _kinds(by_job.items)[-1] == "job-completed"
-    assert "job-created" not in _kinds(by_job.items)
     assert "job-started" in _kinds(by_job.items)
 
 
-def test_unsubscribe_with_the_handle_stops_deliveries_mid_job(engine, recorder, wait_until):
+def test_unsubscribe_with_the_handle_stops_deliveries_mid_job(engine, recorder, wait_until, gates):
     first_seen = threading.Event()
-    go_on = threading.Event()
+    go_on = gates()
 
     @engine.processor("two-phase")
     def two_phase(ctx, payload):
@@ -302,12 +328,12 @@ def test_unsubscribe_with_the_handle_stops_deliveries_mid_job(engine, recorder, 
 
 
 def test_a_progress_flood_is_rate_limited_in_events_and_store_writes(
-    make_engine, db_path, recorder, wait_until
+    make_engine, db_path, recorder, wait_until, gates
 ):
     engine = make_engine(workers=1, progress_interval=0.1)
     n = 100_000
     flood_done = threading.Event()
-    gate = threading.Event()
+    gate = gates()
     timing = {}
 
     @engine.processor("flood")
@@ -407,6 +433,109 @@ def test_progress_events_respect_progress_interval_while_a_flood_runs(make_engin
     assert [v for _, v in got] == sorted(v for _, v in got)
 
 
+def test_progress_persistence_follows_the_step_and_the_interval(make_engine, tmp_path, gates):
+    """Three files, three policies, the same job reporting 40 % then waiting: a 40-point move is
+    due with a 10-point step; with a 100-point step it waits for progress_persist_interval (30 s
+    by default: nothing written while the job runs; 0.2 s: written at the next flush)."""
+    gate = gates()
+    policies = {
+        "step10": dict(progress_persist_step=10),
+        "step100": dict(progress_persist_step=100),
+        "interval": dict(progress_persist_step=100, progress_persist_interval=0.2),
+    }
+    engines, readers, jobs = {}, {}, {}
+    reported = {name: threading.Event() for name in policies}
+    for name, options in policies.items():
+        path = str(tmp_path / f"{name}.db")
+        engine = engines[name] = make_engine(path, workers=1, **options)
+
+        def forty(ctx, payload, name=name):
+            ctx.progress(40, total=100, message="forty")
+            reported[name].set()
+            assert gate.wait(WAIT)
+
+        engine.register("forty", forty)
+        jobs[name] = engine.enqueue("forty", {})
+        readers[name] = make_engine(path)
+        engine.start()
+    for event in reported.values():
+        assert event.wait(WAIT)
+
+    deadline = time.monotonic() + 2.5  # two maintenance flushes (1 s each) and some slack
+    while time.monotonic() < deadline:
+        stored = {name: readers[name].get(jobs[name].id).progress for name in policies}
+        if stored["step10"] == 40 and stored["interval"] == 40:
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)  # the step100 engine had the same flushes
+    stored = {name: readers[name].get(jobs[name].id).progress for name in policies}
+    writes = {name: engines[name]._core.local_stats()["progress_writes"] for name in policies}
+    for name in policies:
+        assert engines[name].get(jobs[name].id).progress == 40  # in memory, whatever the store has
+
+    gate.set()
+    for name in policies:
+        done = jobs[name].wait(timeout=WAIT)
+        assert done.status == "completed"
+        # The end always writes the last progress.
+        stored_job = readers[name].get(jobs[name].id)
+        assert (stored_job.progress_current, stored_job.progress_total) == (40, 100)
+        assert stored_job.message == "forty"
+
+    assert stored["step10"] == 40 and stored["interval"] == 40, stored
+    assert writes["step10"] == 1 and writes["interval"] == 1, writes
+    # A 40-point move with a 100-point step and a 30 s interval is not written while the job runs
+    # (its first 30 s): only its end writes it.
+    assert stored["step100"] == 0 and writes["step100"] == 0, (stored, writes)
+
+
+def test_a_blocked_callback_does_not_hold_up_workers_or_lose_final_events(
+    make_engine, wait_until, gates
+):
+    """progress_interval=0 publishes every call. The only callback blocks while two jobs report
+    150,000 progress updates each: the jobs still finish, the engine's bounded queue coalesces
+    progress, and afterwards the callback gets the last progress of each job and both ends."""
+    engine = make_engine(workers=2, progress_interval=0)
+    release = gates()
+    blocked = threading.Event()
+    n = 150_000
+    seen = {"progress": 0}
+    last = {}
+    finals = []
+
+    def slow(ev):
+        if not blocked.is_set():
+            blocked.set()
+            assert release.wait(WAIT)
+        if ev.type == "job-progress":
+            seen["progress"] += 1
+            last[ev.job_id] = ev.progress_current
+        elif ev.type in FINAL_EVENTS:
+            finals.append(ev)
+
+    engine.on("*", slow)
+
+    @engine.processor("spam")
+    def spam(ctx, payload):
+        for i in range(1, n + 1):
+            ctx.progress(i, total=n)
+        return None
+
+    engine.start()
+    jobs = [engine.enqueue("spam", {}) for _ in range(2)]
+    for job in jobs:
+        assert job.wait(timeout=WAIT).status == "completed"
+    assert blocked.is_set() and not release.is_set()  # finished while the callback was blocked
+    release.set()
+    wait_until(lambda: len(finals) == 2, timeout=WAIT, what="both job-completed events")
+    engine.flush_events()
+    local = engine._core.local_stats()
+    assert local["events_coalesced"] > 0
+    assert seen["progress"] < 2 * n
+    assert last == {job.id: n for job in jobs}
+    assert sorted(e.job_id for e in finals) == sorted(job.id for job in jobs)
+
+
 # -- 3. stages, unknown totals, increment, rate / ETA, outcome ---------------------------------
 
 
@@ -427,9 +556,13 @@ class Steps:
     def go(self, i):
         self.resume[i].set()
 
+    def set(self):
+        for event in self.resume:
+            event.set()
 
-def test_stages_unknown_totals_and_increment_are_visible_while_running(engine):
-    steps = Steps()
+
+def test_stages_unknown_totals_and_increment_are_visible_while_running(engine, gates):
+    steps = gates(Steps)
 
     @engine.processor("phased")
     def phased(ctx, payload):
@@ -439,7 +572,8 @@ def test_stages_unknown_totals_and_increment_are_visible_while_running(engine):
         ctx.increment(2)
         steps.pause(0)
         ctx.stage("Phase 2: processing")  # unknown total
-        ctx.progress(1250, message="1,250 processed")
+        ctx.progress(1200, message="1,250 processed")
+        ctx.increment(50)  # unknown total: still a count
         steps.pause(1)
         ctx.progress(1250, total=5000, message="1,250 / 5,000")
         steps.pause(2)
@@ -486,6 +620,30 @@ def test_stages_unknown_totals_and_increment_are_visible_while_running(engine):
     assert done.stage == "Phase 3: saving"
 
 
+def test_progress_percent_is_rounded_as_documented(engine, gates):
+    """docs/python-api.md: with a total, ``job.progress`` is ``round(100*current/total)``."""
+    steps = gates(Steps)
+
+    @engine.processor("thirds")
+    def thirds(ctx, payload):
+        ctx.progress(2, total=3)
+        steps.pause(0)
+        ctx.progress(999, total=1000)
+        steps.pause(1)
+
+    job = engine.enqueue("thirds", {})
+    engine.start()
+    steps.at(0)
+    j = engine.get(job.id)
+    assert j.percent == pytest.approx(200 / 3)
+    assert j.progress == round(200 / 3) == 67, j.progress
+    steps.go(0)
+    steps.at(1)
+    assert engine.get(job.id).progress == round(99.9) == 100
+    steps.go(1)
+    job.wait(timeout=WAIT)
+
+
 def test_stage_events_carry_the_stage_and_unknown_totals_have_no_percent(
     engine, recorder, wait_until
 ):
@@ -514,8 +672,8 @@ def test_stage_events_carry_the_stage_and_unknown_totals_have_no_percent(
     assert by_stage["known"].percent == 25.0
 
 
-def test_rate_and_eta_while_running_with_a_known_total(engine):
-    steps = Steps()
+def test_rate_and_eta_while_running_with_a_known_total(engine, gates):
+    steps = gates(Steps)
     timing = {}
 
     @engine.processor("steady")
@@ -529,11 +687,17 @@ def test_rate_and_eta_while_running_with_a_known_total(engine):
         return None
 
     job = engine.enqueue("steady", {})
+    progress = []
+    engine.on("job-progress", progress.append, job_id=job.id)
     engine.start()
     steps.at(0)
     j = engine.get(job.id)
     assert j.status == "running"
     assert j.progress_current == 60
+    engine.flush_events()
+    late = [e for e in progress if e.progress_current >= 40]
+    assert late and all(e.rate is not None and e.eta is not None for e in late)
+    assert late[-1].eta == pytest.approx((200 - late[-1].progress_current) / late[-1].rate, rel=0.1)
     assert j.rate is not None and j.eta is not None
     assert timing["rate"] / 2 <= j.rate <= timing["rate"] * 2, (j.rate, timing)
     # ETA = what is left at the current rate.
@@ -543,9 +707,9 @@ def test_rate_and_eta_while_running_with_a_known_total(engine):
     assert done.eta is None  # finished: nothing left to estimate
 
 
-def test_outcome_counters_are_summed_and_survive_reopening_the_file(make_engine, db_path):
+def test_outcome_counters_are_summed_and_survive_reopening_the_file(make_engine, db_path, gates):
     engine = make_engine(workers=2)
-    steps = Steps()
+    steps = gates(Steps)
 
     @engine.processor("sync")
     def sync(ctx, payload):
@@ -687,18 +851,21 @@ def test_logs_are_stored_with_fields_and_stage_and_queried_with_filters(make_eng
 def test_logs_of_an_unknown_job_and_with_a_bad_level_raise_naming_the_field(engine):
     job = engine.enqueue("noop", {})
     assert engine.logs(job.id) == []  # a known job without lines
-    with pytest.raises(ValidationError) as unknown:
-        engine.logs(UNKNOWN_ID)
-    assert UNKNOWN_ID in str(unknown.value)
-    assert "job_id" in str(unknown.value), str(unknown.value)
     with pytest.raises(ValidationError, match="level"):
         engine.logs(job.id, level="fatal")
     with pytest.raises(TypeError, match="job_id"):
         engine.logs(12345)
+    with pytest.raises(ValueError, match="limit"):
+        engine.logs(job.id, limit=-1)
+    with pytest.raises(ValidationError) as unknown:
+        engine.logs(UNKNOWN_ID)
+    assert UNKNOWN_ID in str(unknown.value)
+    # Like every input error, it names the field (e.g. "limit must be 0 or more, got -1").
+    assert "job_id" in str(unknown.value), str(unknown.value)
 
 
-def test_job_log_events_stream_each_line_live(engine, recorder, wait_until):
-    steps = Steps()
+def test_job_log_events_stream_each_line_live(engine, recorder, wait_until, gates):
+    steps = gates(Steps)
 
     @engine.processor("tail")
     def tail(ctx, payload):
@@ -795,8 +962,8 @@ def test_aevents_timeout_ends_the_async_iteration(engine):
     assert 0.25 <= elapsed < 3
 
 
-def test_await_job_and_wait_async_keep_the_loop_responsive(engine):
-    gate = threading.Event()
+def test_await_job_and_wait_async_keep_the_loop_responsive(engine, gates):
+    gate = gates()
 
     @engine.processor("held")
     def held(ctx, payload):
@@ -949,9 +1116,9 @@ def test_stats_per_type_match_a_known_workload(make_engine):
     assert stats["queued_total"] == 0 and stats["due"] == 0 and stats["oldest_due_age_ms"] == 0
 
 
-def test_queue_stats_counts_pending_delayed_and_active_jobs(make_engine):
+def test_queue_stats_counts_pending_delayed_and_active_jobs(make_engine, wait_until, gates):
     engine = make_engine(workers=3)
-    gate = threading.Event()
+    gate = gates()
     running = threading.Event()
 
     @engine.processor("held")
@@ -971,22 +1138,44 @@ def test_queue_stats_counts_pending_delayed_and_active_jobs(make_engine):
     assert engine.stats()["oldest_due_age_ms"] >= 40
 
     engine.start()
+    wait_until(lambda: engine.counts()["completed"] == 3, what="the three due jobs done")
     job = engine.enqueue("held", {})
     assert running.wait(WAIT)
-    for other in engine.jobs(type="noop", status="queued"):
-        if other.run_at and other.run_at <= time.time() * 1000:
-            other.wait(timeout=WAIT)
-    q = engine.queue_stats()
-    assert q["pending"] == 0 and q["delayed"] == 2
-    assert q["running_here"] == 1
-    assert q["concurrency"] == 3
+    # A job claimed in memory is 'queued' in the file until its start is written (soon after).
+    q = wait_until(
+        lambda: (lambda q: q if q["active"] == 1 else None)(engine.queue_stats()),
+        what="the held job active",
+    )
+    assert q == {"pending": 0, "active": 1, "concurrency": 3, "delayed": 2, "running_here": 1}
     gate.set()
     job.wait(timeout=WAIT)
+    assert engine.queue_stats()["running_here"] == 0
 
 
-def test_queue_stats_active_counts_a_job_whose_start_is_committed(make_engine, wait_until):
+def test_queue_stats_never_reports_delayed_jobs_that_do_not_exist(make_engine):
+    """Nothing is enqueued with a delay, so ``delayed`` must stay 0 while jobs start and end.
+    queue_stats() derives it as queued_total - due: both must come from one snapshot."""
+    engine = make_engine(workers=4)
+    engine.start()
+    jobs = engine.enqueue_many("sleep", [{"seconds": 0.01}] * 200)
+    samples = bad = 0
+    seen = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.6:
+        q = engine.queue_stats()
+        samples += 1
+        if q["delayed"] != 0:
+            bad += 1
+            seen.append(q)
+    for job in jobs:
+        job.wait(timeout=WAIT)
+    assert samples > 100
+    assert bad == 0, f"{bad} of {samples} samples reported delayed jobs, e.g. {seen[:3]}"
+
+
+def test_queue_stats_active_counts_a_job_whose_start_is_committed(make_engine, wait_until, gates):
     engine = make_engine(workers=2)
-    gate = threading.Event()
+    gate = gates()
 
     @engine.processor("held")
     def held(ctx, payload):
@@ -1041,6 +1230,11 @@ def test_health_is_degraded_when_jobs_are_due_and_no_worker_runs(make_engine, tm
     assert h["status"] == "degraded"
     assert any("due" in r and "no live worker" in r for r in h["reasons"]), h
     assert h["workers"] == []
+
+    time.sleep(0.3)
+    h = registered.health(max_wait=0.1)
+    assert any("oldest due job has waited" in r for r in h["reasons"]), h
+    assert h["queue"]["oldest_due_age"] >= 0.25
 
     # Only delayed jobs: nothing is waiting, so nothing is wrong.
     quiet = make_engine(str(tmp_path / "quiet.db"))

@@ -612,7 +612,8 @@ struct Engine::Impl {
       for (auto& [id, rj] : claimed)
         if (rj->claimed_in_memory && !rj->finished)
           store->mark_started(StartInfo{rj->job.rowid, rj->job.id, rj->job.type, worker_id,
-                                        rj->job.attempts, now, now + config.lease_ms});
+                                        rj->job.attempts, now, now + config.lease_ms,
+                                        rj->job.queued_at});
       dispatch_cv.notify_all();
     }
     release_unstarted(unstarted);
@@ -852,7 +853,7 @@ struct Engine::Impl {
     if (rj.claimed_in_memory) {
       store->mark_started(StartInfo{rj.job.rowid, rj.job.id, rj.job.type, worker_id,
                                     rj.job.attempts, rj.started_at,
-                                    rj.started_at + config.lease_ms});
+                                    rj.started_at + config.lease_ms, rj.job.queued_at});
     } else {
       rj.started_at = rj.job.started_at ? rj.job.started_at : rj.started_at;
     }
@@ -898,6 +899,7 @@ struct Engine::Impl {
     o.attempt = rj.job.attempts;
     o.claimed_in_memory = rj.claimed_in_memory;
     o.keep_start = rj.logged.load(std::memory_order_relaxed);
+    o.queued_at = rj.job.queued_at;
     o.started_at = r.ran ? rj.started_at : 0;
     o.at = now_ms();
     {

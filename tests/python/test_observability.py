@@ -8,6 +8,7 @@ workload, time limits only guard against hangs (except where a bound is the poin
 """
 
 import asyncio
+import gc
 import threading
 import time
 
@@ -55,6 +56,14 @@ def _wait_for_event(rec, wait_until, job_id, kind, timeout=WAIT):
         timeout=timeout,
         what=f"{kind} for {job_id}",
     )
+
+
+_ORDER = {"created": 0, "queued": 1, "running": 2}
+
+
+def _later(status, than):
+    """Whether ``status`` comes after ``than`` in a job's life (a final status after any other)."""
+    return _ORDER.get(status, 3) > _ORDER.get(than, 3)
 
 
 def _collapse_middle(kinds):
@@ -324,6 +333,74 @@ def test_unsubscribe_with_the_handle_stops_deliveries_mid_job(engine, recorder, 
     assert "phase two" in [e.message for e in kept.items if e.type == "job-log"]
 
 
+def test_no_event_reports_a_state_the_file_does_not_have_yet(make_engine, db_path, gates):
+    """Checked from another engine on the same file, inside the callbacks: the state an event
+    reports (a status, a log line) is already committed when it is delivered."""
+    engine = make_engine(workers=2)
+    reader = make_engine(db_path)
+    go_on = gates()
+    seen = []
+
+    def check(ev):
+        stored = reader.get(ev.job_id)
+        if ev.type == "job-log":
+            stored_ids = [line.id for line in reader.logs(ev.job_id)]
+            seen.append((ev.type, ev.level, ev.log_id, ev.log_id in stored_ids))
+        elif ev.type == "job-created":  # created and queued in one commit
+            seen.append((ev.type, ev.status, stored and stored.status, stored is not None))
+        elif ev.type != "job-progress":  # the file has this state or a later one
+            reached = stored is not None and (
+                stored.status == ev.status or _later(stored.status, ev.status)
+            )
+            seen.append((ev.type, ev.status, stored and stored.status, reached))
+
+    engine.on("*", check)
+
+    @engine.processor("talk")
+    def talk(ctx, payload):
+        ctx.log("info", "right away")
+        ctx.progress(1, total=2)
+        assert go_on.wait(WAIT)
+        ctx.log("warning", "later")
+        return None
+
+    engine.start()
+    jobs = [engine.enqueue("talk", {}) for _ in range(3)]
+    time.sleep(0.2)
+    go_on.set()
+    for job in jobs:
+        assert job.wait(timeout=WAIT).status == "completed"
+    engine.flush_events()
+    kinds = {entry[0] for entry in seen}
+    assert {"job-created", "job-queued", "job-started", "job-log", "job-completed"} <= kinds
+    assert [entry for entry in seen if not entry[-1]] == []
+
+
+def test_an_abandoned_async_stream_ends_its_subscription(engine):
+    """Breaking out of ``async for ev in engine.aevents()`` and dropping the stream must not
+    leave a subscription behind that keeps queueing every lifecycle event forever (the blocking
+    stream closes itself when collected)."""
+    engine.start()
+
+    blocking = engine.events(timeout=WAIT)
+    engine.enqueue("noop", {})
+    for _ev in blocking:
+        break
+    del blocking
+    gc.collect()
+    assert engine._subs == []
+
+    async def main():
+        stream = engine.aevents(timeout=WAIT)
+        engine.enqueue("noop", {})
+        async for _ev in stream:
+            break
+
+    asyncio.run(main())
+    gc.collect()
+    assert engine._subs == [], engine._subs
+
+
 # -- 2. rate limits ---------------------------------------------------------------------------
 
 
@@ -450,6 +527,7 @@ def test_progress_persistence_follows_the_step_and_the_interval(make_engine, tmp
         engine = engines[name] = make_engine(path, workers=1, **options)
 
         def forty(ctx, payload, name=name):
+            ctx.count("rows", 40)
             ctx.progress(40, total=100, message="forty")
             reported[name].set()
             assert gate.wait(WAIT)
@@ -469,6 +547,8 @@ def test_progress_persistence_follows_the_step_and_the_interval(make_engine, tmp
         time.sleep(0.02)
     time.sleep(0.3)  # the step100 engine had the same flushes
     stored = {name: readers[name].get(jobs[name].id).progress for name in policies}
+    # The outcome counters go with each progress write.
+    assert readers["step10"].get(jobs["step10"].id).outcome == {"rows": 40}
     writes = {name: engines[name]._core.local_stats()["progress_writes"] for name in policies}
     for name in policies:
         assert engines[name].get(jobs[name].id).progress == 40  # in memory, whatever the store has
@@ -481,6 +561,7 @@ def test_progress_persistence_follows_the_step_and_the_interval(make_engine, tmp
         stored_job = readers[name].get(jobs[name].id)
         assert (stored_job.progress_current, stored_job.progress_total) == (40, 100)
         assert stored_job.message == "forty"
+        assert stored_job.outcome == {"rows": 40}
 
     assert stored["step10"] == 40 and stored["interval"] == 40, stored
     assert writes["step10"] == 1 and writes["interval"] == 1, writes
@@ -620,8 +701,8 @@ def test_stages_unknown_totals_and_increment_are_visible_while_running(engine, g
     assert done.stage == "Phase 3: saving"
 
 
-def test_progress_percent_is_rounded_as_documented(engine, gates):
-    """docs/python-api.md: with a total, ``job.progress`` is ``round(100*current/total)``."""
+def test_progress_is_the_percent_as_an_int_and_never_100_before_the_total(engine, gates):
+    """docs/observability.md: ``job.progress`` is ``job.percent`` as an int."""
     steps = gates(Steps)
 
     @engine.processor("thirds")
@@ -630,17 +711,17 @@ def test_progress_percent_is_rounded_as_documented(engine, gates):
         steps.pause(0)
         ctx.progress(999, total=1000)
         steps.pause(1)
+        ctx.progress(1000, total=1000)
+        steps.pause(2)
 
     job = engine.enqueue("thirds", {})
     engine.start()
-    steps.at(0)
-    j = engine.get(job.id)
-    assert j.percent == pytest.approx(200 / 3)
-    assert j.progress == round(200 / 3) == 67, j.progress
-    steps.go(0)
-    steps.at(1)
-    assert engine.get(job.id).progress == round(99.9) == 100
-    steps.go(1)
+    for step, (percent, progress) in enumerate([(200 / 3, 66), (99.9, 99), (100.0, 100)]):
+        steps.at(step)
+        j = engine.get(job.id)
+        assert j.percent == pytest.approx(percent)
+        assert j.progress == int(j.percent) == progress
+        steps.go(step)
     job.wait(timeout=WAIT)
 
 
@@ -672,7 +753,9 @@ def test_stage_events_carry_the_stage_and_unknown_totals_have_no_percent(
     assert by_stage["known"].percent == 25.0
 
 
-def test_rate_and_eta_while_running_with_a_known_total(engine, gates):
+def test_rate_and_eta_while_running_with_a_known_total(make_engine, db_path, gates):
+    engine = make_engine(workers=2)
+    reader = make_engine(db_path)  # stands for another process: no rate, no ETA
     steps = gates(Steps)
     timing = {}
 
@@ -702,6 +785,8 @@ def test_rate_and_eta_while_running_with_a_known_total(engine, gates):
     assert timing["rate"] / 2 <= j.rate <= timing["rate"] * 2, (j.rate, timing)
     # ETA = what is left at the current rate.
     assert j.eta == pytest.approx((200 - 60) / j.rate, rel=0.1, abs=0.05)
+    elsewhere = reader.get(job.id)
+    assert elsewhere.rate is None and elsewhere.eta is None
     steps.go(0)
     done = job.wait(timeout=WAIT)
     assert done.eta is None  # finished: nothing left to estimate
@@ -862,6 +947,8 @@ def test_logs_of_an_unknown_job_and_with_a_bad_level_raise_naming_the_field(engi
     assert UNKNOWN_ID in str(unknown.value)
     # Like every input error, it names the field (e.g. "limit must be 0 or more, got -1").
     assert "job_id" in str(unknown.value), str(unknown.value)
+    # docs/observability.md: "An unknown job id raises `ValidationError` (field `job_id`)".
+    assert hasattr(jobforge, "ValidationError"), "jobforge has no ValidationError"
 
 
 def test_job_log_events_stream_each_line_live(engine, recorder, wait_until, gates):
@@ -1248,6 +1335,26 @@ def test_health_is_degraded_when_jobs_are_due_and_no_worker_runs(make_engine, tm
             job.wait(timeout=WAIT)
     h = registered.health()
     assert h["status"] == "ok", h
+
+
+def test_health_seen_from_a_monitor_reports_a_worker_that_stopped_heartbeating(
+    make_engine, db_path
+):
+    worker = make_engine(workers=1, heartbeat_interval=5)  # one heartbeat every 5 s
+    worker.start()
+    monitor = make_engine(db_path, lease=0.2)  # not started: it only reads the file
+    time.sleep(0.4)
+    h = monitor.health()
+    [seen] = [w for w in h["workers"] if w["id"] == worker.worker_id]
+    assert seen["alive"] is False and seen["heartbeat_age"] >= 0.3
+    assert seen["state"] == "running"
+    assert h["status"] == "degraded"
+    assert any("stopped heartbeating" in r and worker.worker_id in r for r in h["reasons"]), h
+    # The worker's own view (a 30 s lease) is fine.
+    assert worker.health()["status"] == "ok"
+    _, values = _samples(monitor.metrics_text())
+    assert values[("jobforge_workers_alive", ())] == 0
+    assert values[("jobforge_health", (("status", "degraded"),))] == 1
 
 
 def test_health_reports_a_high_error_rate(make_engine):

@@ -528,6 +528,19 @@ struct Engine::Impl {
   }
 
   void stop(bool wait_for_running) {
+    if (!wait_for_running) {
+      // A stop(wait=true) may be waiting for running jobs: escalate it. They are asked to stop
+      // now (and interrupted after the grace period) and go back to the queue.
+      bool escalated = false;
+      {
+        std::lock_guard lock(jobs_mutex);
+        if (stopping) {
+          for (auto& [id, rj] : claimed) rj->request_stop(StopReason::shutdown);
+          escalated = true;
+        }
+      }
+      if (escalated) notify_watchdog();
+    }
     std::lock_guard lifecycle(lifecycle_mutex);
     if (!started) return;
     {
@@ -1036,7 +1049,7 @@ struct Engine::Impl {
         }
         if (now >= rj->deadline) rj->request_stop(StopReason::timeout);
         const StopReason reason = rj->stop_reason();
-        if (reason == StopReason::timeout || reason == StopReason::cancelled) {
+        if (reason != StopReason::none) {
           // Asked to stop and still running: interrupt it once the grace period is over.
           if (rj->stop_requested_at == Clock::time_point::max()) rj->stop_requested_at = now;
           if (now >= rj->stop_requested_at + grace) {

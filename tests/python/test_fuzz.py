@@ -380,10 +380,37 @@ garbage_texts = st.one_of(
     valid_json_texts.map(lambda s: s[: len(s) // 2]),
     valid_json_texts.map(lambda s: s + "]"),
     st.sampled_from(
-        ["", " ", "NaN", "Infinity", "-Infinity", "1e999", "-1e999", "01", "1.", ".5", "+1",
-         "[1,]", '{"a":1,}', "'x'", '"\\x41"', '"\\u12"', '"a\nb"', '"\x00"', "\x00", "[",
-         '{"a"}', "tru", "nulll", "[1] [2]", '"\\ud800"', '"\\udc00\\ud800"', "\ufeff{}",
-         "[" * 10_000 + "]" * 10_000, '{"a":' * 3000 + "1" + "}" * 3000]
+        [
+            "",
+            " ",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "1e999",
+            "-1e999",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "[1,]",
+            '{"a":1,}',
+            "'x'",
+            '"\\x41"',
+            '"\\u12"',
+            '"a\nb"',
+            '"\x00"',
+            "\x00",
+            "[",
+            '{"a"}',
+            "tru",
+            "nulll",
+            "[1] [2]",
+            '"\\ud800"',
+            '"\\udc00\\ud800"',
+            "\ufeff{}",
+            "[" * 10_000 + "]" * 10_000,
+            '{"a":' * 3000 + "1" + "}" * 3000,
+        ]
     ),  # fmt: skip
 )
 
@@ -675,11 +702,12 @@ def test_a_real_database_and_every_header_field_garbled_one_at_a_time(
             data = bytearray(real_database)
             data[offset] = value
             data[offset + 1] = value
-            _check_opened(opener, str(tmp_path), f"header-{offset}-{value}.db", bytes(data), results)
+            _check_opened(
+                opener, str(tmp_path), f"header-{offset}-{value}.db", bytes(data), results
+            )
     # A hot journal or WAL beside the file that is garbage.
     for suffix in ("-wal", "-journal", "-shm"):
         base = tmp_path / f"side{suffix.replace('-', '_')}.db"
         (tmp_path / (base.name + suffix)).write_bytes(os.urandom(33000))
         _check_opened(opener, str(tmp_path), base.name, real_database, results)
     _assert_no_bad(results)
-

@@ -122,7 +122,7 @@ class RunningJob final : public Context {
   bool progress_due_ = false;            // moved enough to be written at the next flush
   bool progress_event_pending_ = false;  // an update not yet published (rate limit)
   int persisted_percent_ = 0;
-  Clock::time_point last_persist_{};
+  Clock::time_point dirty_since_{};  // the oldest unwritten change
   Clock::time_point last_progress_event_{};
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
@@ -1138,10 +1138,9 @@ struct Engine::Impl {
       if (rj->finished) continue;
       std::lock_guard lock(rj->progress_mutex_);
       if (!rj->progress_dirty_) continue;
-      if (!all && !rj->progress_due_ && now - rj->last_persist_ < period) continue;
+      if (!all && !rj->progress_due_ && now - rj->dirty_since_ < period) continue;
       rj->progress_dirty_ = false;
       rj->progress_due_ = false;
-      rj->last_persist_ = now;
       rj->persisted_percent_ = rj->progress_.percent;
       const auto& p = rj->progress_;
       updates.push_back(ProgressUpdate{rj->job.rowid, p.percent, p.current, p.total, p.message,
@@ -1346,6 +1345,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
       p.rate = 0;
       p.eta_ms = -1;
     }
+    if (!progress_dirty_) dirty_since_ = now;
     progress_dirty_ = true;
     if (std::abs(p.percent - persisted_percent_) >= cfg.progress_persist_percent)
       progress_due_ = true;
@@ -1449,7 +1449,7 @@ std::vector<LogRecord> Engine::logs(const LogQuery& query) {
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
   if (!impl_->store->get(query.job_id))
-    throw ValidationError("job_id", "no job with id '" + query.job_id + "'");
+    throw ValidationError("job_id", "job_id '" + query.job_id + "' does not name a job");
   return impl_->store->logs(query);
 }
 

@@ -651,6 +651,17 @@ class SqliteStore final : public Store {
     d.window_ms = window_ms;
     d.rate_window_ms = rate_window_ms;
     auto reader = readers_.acquire(*this);
+    // One read transaction: every figure from the same commit (queued and due agree).
+    struct ReadTxn {
+      Database& db;
+      explicit ReadTxn(Database& d) : db(d) { db.exec("BEGIN"); }
+      ~ReadTxn() {
+        try {
+          db.exec("COMMIT");
+        } catch (...) {
+        }
+      }
+    } txn(reader->db);
     std::map<std::string, TypeStats> types;
     auto type_entry = [&](const std::string& name) -> TypeStats& {
       TypeStats& t = types[name];

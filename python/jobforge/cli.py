@@ -7,6 +7,8 @@
     jobforge logs ID [--level L] [--limit N] [--tail] [--follow] [--json]
                                                      a job's log lines; --follow until it ends
     jobforge health [--integrity] [--json]           ok / degraded / failing, with reasons
+    jobforge db check [--quick] | migrate | repair [--force]   [--json]
+                                                     upkeep of the SQLite file (docs below)
     jobforge enqueue TYPE [--payload JSON] [--priority P] [--delay S] [--max-attempts N]
                           [--timeout S] [--json]     prints the new job's id
     jobforge cancel ID [--json]
@@ -39,7 +41,8 @@ Errors are one line on stderr (``--debug`` adds the traceback). Exit codes:
     0   success
     1   operational failure: the store failed (not a database, locked, disk full), a job could
         not be cancelled or retried in its current status, a demo job did not end as expected,
-        the dashboard's port could not be bound, or an unexpected error
+        the dashboard's port could not be bound, ``db check`` found problems, ``db repair``
+        refused (workers use the file) or failed, or an unexpected error
     2   usage error or bad input: unknown option, malformed ``--payload`` JSON, invalid option
         value (priority out of 1..10, negative delay, ...), no database given, an ``--app``
         that does not name an importable engine
@@ -224,6 +227,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait", type=_seconds, default=300.0, metavar="S",
         help="a due job waiting longer than S seconds makes the engine degraded (300)",
     )  # fmt: skip
+
+    db = commands.add_parser(
+        "db", parents=[common], help="check, migrate or repair the database file",
+        description="Upkeep of the SQLite file; see the subcommands.",
+    )  # fmt: skip
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_check = db_commands.add_parser(
+        "check", parents=[with_db, as_json], help="SQLite's integrity check",
+        description=(
+            "Runs SQLite's integrity check (--quick: the faster quick_check) without opening an "
+            "engine. Exit code 0 when the file is sound, 1 when problems were found (listed)."
+        ),
+    )  # fmt: skip
+    db_check.add_argument("--quick", action="store_true", help="quick_check instead")
+    db_commands.add_parser(
+        "migrate", parents=[with_db, as_json], help="bring the schema up to date",
+        description=(
+            "Applies the engine's pending schema migrations (every engine does this when it "
+            "opens a file; this command does only that) and prints the schema version."
+        ),
+    )  # fmt: skip
+    db_repair = db_commands.add_parser(
+        "repair", parents=[with_db, as_json], help="copy every readable row into a fresh file",
+        description=(
+            "Copies every readable row into a fresh file with the current schema, keeps the "
+            "damaged file beside it (<file>.damaged-<time>) and reports what could not be read. "
+            "Refuses while a worker heartbeated in the last minute (--force overrides)."
+        ),
+    )  # fmt: skip
+    db_repair.add_argument(
+        "--force", action="store_true", help="repair even if workers seem to use the file"
+    )
 
     enqueue = commands.add_parser(
         "enqueue", parents=[with_db, as_json], help="store a new job for the workers",
@@ -683,6 +718,61 @@ def cmd_logs(args: argparse.Namespace) -> int:
 FOLLOW_INTERVAL = 0.25  # seconds between reads of a followed job's log
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from . import db
+
+    if args.db_command is None:
+        raise CliError("db needs an action: check, migrate or repair (jobforge db --help)",
+                       EXIT_USAGE)  # fmt: skip
+    path = _db_path(args)
+    if not os.path.exists(path):
+        raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
+    if args.db_command == "check":
+        try:
+            report = db.check(path, quick=args.quick)
+        except db.RepairError as exc:
+            raise CliError(str(exc)) from None
+        if args.json:
+            _print_json(report)
+        elif report["ok"]:
+            print(f"ok: {path} (schema {report['schema_version']}, {report['jobs']} jobs)")
+        else:
+            print(f"{path}: {len(report['problems'])} problem(s) found:")
+            for problem in report["problems"]:
+                print(f"  {problem}")
+            print(f"repair with: jobforge db repair --db {path}")
+        return EXIT_OK if report["ok"] else EXIT_FAILURE
+    if args.db_command == "migrate":
+        before = db.check(path, quick=True)["schema_version"]
+        import jobforge
+
+        jobforge.Engine(path, allow_unknown_types=True).close()
+        after = db.check(path, quick=True)["schema_version"]
+        if args.json:
+            _print_json({"path": path, "schema_version_before": before,
+                         "schema_version": after})  # fmt: skip
+        elif before == after:
+            print(f"{path}: schema {after}, up to date")
+        else:
+            print(f"{path}: migrated from schema {before} to {after}")
+        return EXIT_OK
+    try:
+        report = db.repair(path, force=args.force)
+    except db.RepairError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    print(f"repaired {path}: {report['copied']} rows copied, {report['lost']} lost")
+    for table, t in report["tables"].items():
+        lost = f", {t.get('lost')} lost" if t.get("lost") else ""
+        print(f"  {table}: {t.get('copied', 0)} copied{lost}")
+    print(f"the damaged file is kept as {report['damaged_copy']}")
+    state = "ok" if report["check"]["ok"] else "still has problems"
+    print(f"integrity of the repaired file: {state}")
+    return EXIT_OK
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     if not args.max_wait > 0:
         raise CliError(f"--max-wait must be more than 0 seconds, got {args.max_wait:g}", EXIT_USAGE)
@@ -894,6 +984,7 @@ COMMANDS = {
     "worker": cmd_worker,
     "logs": cmd_logs,
     "health": cmd_health,
+    "db": cmd_db,
 }
 
 

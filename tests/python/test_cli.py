@@ -25,6 +25,7 @@ COMMANDS = [
     "retry",
     "worker",
     "dashboard",
+    "db",
 ]
 TIMEOUT = 120  # guards against hangs only
 _SCRIPT = shutil.which("jobforge", path=os.path.dirname(sys.executable))
@@ -527,3 +528,55 @@ def test_health_exit_codes_ok_and_degraded(db):
     proc = jobforge("health", "--db", db)
     assert proc.returncode == 4 and "degraded" in proc.stdout and "no live worker" in proc.stdout
     assert_one_line_error(jobforge("health", "--db", db, "--max-wait", "0"), 2, "--max-wait")
+
+
+# -- db -------------------------------------------------------------------------------------------
+
+
+def test_db_check_migrate_and_repair_of_a_damaged_file(tmp_path):
+    from test_db_repair import _fill, _page_of_table, _smash
+
+    path = str(tmp_path / "jobs.db")
+    _fill(path)
+    report = as_json("db", "check", "--db", path)
+    assert report["ok"] is True and report["jobs"] > 0
+    assert "ok:" in ok("db", "check", "--db", path, "--quick").stdout
+    assert "up to date" in ok("db", "migrate", "--db", path).stdout
+    _smash(path, *_page_of_table(path, "jobs"))
+    proc = jobforge("db", "check", "--db", path)
+    assert proc.returncode == 1 and "problem(s) found" in proc.stdout, proc.stdout
+    report = as_json("db", "repair", "--db", path)
+    assert report["lost"] > 0 and report["copied"] > 0 and report["check"]["ok"] is True
+    assert os.path.exists(report["damaged_copy"])
+    assert as_json("db", "check", "--db", path)["ok"] is True
+
+
+def test_db_usage_errors(tmp_path):
+    assert_one_line_error(jobforge("db"), 2, "check, migrate or repair")
+    assert_one_line_error(jobforge("db", "check", "--db", tmp_path / "x.db"), 3, "does not exist")
+    (tmp_path / "junk.db").write_bytes(b"this is not a database at all" * 100)
+    proc = jobforge("db", "check", "--db", tmp_path / "junk.db")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+def test_db_migrate_upgrades_a_seed_schema_file(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "seed.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, type TEXT NOT NULL, status TEXT NOT NULL
+          DEFAULT 'created', priority INTEGER NOT NULL DEFAULT 5, payload TEXT NOT NULL,
+          progress INTEGER DEFAULT 0, result TEXT, error TEXT, attempts INTEGER DEFAULT 0,
+          max_attempts INTEGER DEFAULT 3, parent_job_id TEXT, user_initiated INTEGER DEFAULT 1,
+          timeout_seconds INTEGER DEFAULT 300, created_at INTEGER NOT NULL, queued_at INTEGER,
+          started_at INTEGER, completed_at INTEGER, timeout_at INTEGER);
+        INSERT INTO jobs (id, type, status, payload, created_at)
+          VALUES ('a', 'noop', 'completed', '{}', 1);
+        """
+    )
+    conn.close()
+    report = as_json("db", "migrate", "--db", path)
+    assert report["schema_version_before"] == 0 and report["schema_version"] > 0
+    assert as_json("show", "a", "--db", path)["status"] == "completed"

@@ -38,6 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TYPES = ("email", "resize", "report", "sync")
 
 
+def _search_window() -> int:
+    from jobforge.dashboard.queries import SEARCH_WINDOW
+
+    return SEARCH_WINDOW
+
+
+SEARCH_WINDOW = _search_window()
+
+
 def log(text: str) -> None:
     print(f"[dashboard-bench] {text}", file=sys.stderr, flush=True)
 
@@ -259,7 +268,10 @@ def main() -> int:
             ("history, type=report", "/api/jobs?limit=50&type=report"),
             ("history, status+type", "/api/jobs?limit=50&status=completed&type=email"),
             ("history, search (match)", "/api/jobs?limit=50&q=row+4242"),
-            ("history, search (no match, 50k window)", "/api/jobs?limit=50&q=zzz-nothing"),
+            (
+                f"history, search (no match, {SEARCH_WINDOW:,} rows)",
+                "/api/jobs?limit=50&q=zzz-nothing",
+            ),
             ("job detail", f"/api/jobs/{some_id}"),
             ("workers", "/api/workers"),
             ("types", "/api/types"),

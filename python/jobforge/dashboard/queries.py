@@ -32,7 +32,7 @@ _ROW_KEYS = (
 # A text search reads at most this many rows (newest first, after the filters) per request, so
 # a search that matches nothing costs a bounded time even at millions of jobs; the page then
 # says how far it looked and offers to look further.
-SEARCH_WINDOW = 50_000
+SEARCH_WINDOW = 20_000
 
 
 class QueryError(ValueError):

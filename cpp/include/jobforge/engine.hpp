@@ -19,6 +19,7 @@
 namespace jobforge {
 
 struct EngineConfig {
+  // A SQLite file, or a PostgreSQL URL ("postgresql://user@host/db"): see docs/postgresql.md.
   std::string path = "jobs.db";
   int workers = 4;
   // Jobs claimed ahead of a free worker. A claimed job is `running` in the store (it holds a
@@ -53,6 +54,7 @@ struct EngineConfig {
   int64_t stats_window_ms = 3'600'000;
   int64_t stats_rate_ms = 60'000;
   SqliteOptions sqlite;
+  PostgresOptions postgres;
 };
 
 class RunningJob;

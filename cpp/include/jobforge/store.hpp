@@ -138,6 +138,16 @@ struct WorkerInfo {
 
 enum class CancelResult { not_found, not_cancellable, cancelled, requested };
 
+struct StoreWakeup {
+  enum class Kind : uint8_t {
+    jobs_due,          // jobs were inserted or queued again: idle dispatchers should claim
+    cancel_requested,  // a running job of `worker_id` was asked to stop
+    reconnected,       // notifications may have been missed: re-check everything
+  };
+  Kind kind = Kind::jobs_due;
+  std::string worker_id;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -170,6 +180,7 @@ class Store {
 
   // Registers the worker and, in the same transaction, chooses its claim mode: "memory" when
   // allowed and no other live worker (per `is_dead`) is registered, else "durable". Returns it.
+  // The PostgreSQL store always answers "durable": it is meant for many hosts.
   virtual std::string register_worker(const WorkerInfo& worker,
                                       const std::function<bool(const WorkerInfo&)>& is_dead,
                                       bool allow_memory) = 0;
@@ -206,6 +217,14 @@ class Store {
   // The earliest run_at among queued jobs of these types, if any.
   virtual std::optional<int64_t> next_run_at(const std::vector<std::string>& types) = 0;
 
+  // Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY): called on the store's listener
+  // thread. Stores without a notification channel never call it; the engine polls regardless.
+  virtual void set_wakeup_listener(std::function<void(const StoreWakeup&)> listener) {
+    (void)listener;
+  }
+  // "ok", or "degraded: <why>" while the store cannot reach its database (it keeps retrying).
+  virtual std::string health() { return "ok"; }
+
   // Waits until everything submitted so far is committed.
   virtual void flush() = 0;
   virtual void close() = 0;
@@ -221,5 +240,30 @@ struct SqliteOptions {
 
 // Opens (creating and migrating as needed) a SQLite store. Throws StoreError.
 std::unique_ptr<Store> open_sqlite_store(const std::string& path, const SqliteOptions& options = {});
+
+// PostgreSQL (docs/postgresql.md). Each store holds 1 writer connection (group commit), 1 listener
+// connection (LISTEN/NOTIFY) and up to `pool_size` connections for claims and reads.
+struct PostgresOptions {
+  int pool_size = 4;
+  int max_batch_ops = 4'096;        // group commit: at most this many operations per transaction
+  int connect_timeout_s = 5;
+  // While the server is unreachable, a caller waiting for a write (enqueue, cancel) gets a
+  // StoreError after this long; background writes (ends of jobs, heartbeats) are kept and retried
+  // until the server is back.
+  int64_t unavailable_timeout_ms = 30'000;
+  int64_t reconnect_max_delay_ms = 2'000;  // backoff between reconnection attempts, doubling
+};
+
+// Opens (creating and migrating as needed) a PostgreSQL store from a libpq URL
+// ("postgresql://user@host:port/db?options=..."). Throws StoreError.
+std::unique_ptr<Store> open_postgres_store(const std::string& url,
+                                           const PostgresOptions& options = {});
+
+// True for "postgresql://..." and "postgres://..." (a PostgreSQL store), false for a file path.
+bool is_postgres_url(const std::string& path) noexcept;
+
+// The store a path names: PostgreSQL for a postgres URL, else a SQLite file.
+std::unique_ptr<Store> open_store(const std::string& path, const SqliteOptions& sqlite = {},
+                                  const PostgresOptions& postgres = {});
 
 }  // namespace jobforge

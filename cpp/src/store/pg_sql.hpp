@@ -133,8 +133,9 @@ inline constexpr int kLatestVersion = 1;
   "j.completed_at, j.run_at, j.timeout_at, j.lease_owner, j.lease_expires_at, j.backoff, "       \
   "j.progress_stage, j.outcome::text"
 
-// A batch of new jobs in one statement ($1: a JSON array of objects). ON CONFLICT makes a batch
-// replayed after a lost connection (whose COMMIT may have landed) insert nothing twice.
+// A batch of new jobs in one statement ($1: a JSON array of objects, read in array order, so
+// identities (seq) follow the batch's order). A duplicate id is an error, except in a replay
+// after a lost connection (+ kReplaySuffix), whose first COMMIT may have landed.
 inline constexpr const char* kInsertJobs = R"sql(
 INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_id,
                   user_initiated, timeout_seconds, timeout_ms, retry_delay_ms, created_at,
@@ -142,13 +143,12 @@ INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_
 SELECT x.id, x.type, 'queued', x.priority, x.payload::jsonb, x.max_attempts, x.parent,
        x.user_initiated, (x.timeout_ms + 999) / 1000, x.timeout_ms, x.retry_delay_ms, x.created_at,
        x.created_at, x.run_at, x.created_at, NULLIF(x.backoff, 'fixed')
-FROM jsonb_to_recordset($1::jsonb) WITH ORDINALITY AS x(
+FROM jsonb_to_recordset($1::jsonb) AS x(
   id text, type text, priority int, payload text, max_attempts int, parent text,
   user_initiated boolean, timeout_ms bigint, retry_delay_ms bigint, created_at bigint,
-  run_at bigint, backoff text, ordinality bigint)
-ORDER BY x.ordinality
-ON CONFLICT (id) DO NOTHING
+  run_at bigint, backoff text)
 )sql";
+inline constexpr const char* kReplaySuffix = " ON CONFLICT (id) DO NOTHING";
 
 // Parents named by a batch that do not exist ($1: text array).
 inline constexpr const char* kMissingParents =
@@ -214,10 +214,8 @@ inline constexpr const char* kInsertLogs = R"sql(
 INSERT INTO job_logs (job_id, attempt, at, level, stage, message, fields)
 SELECT x.job_id, x.attempt, x.at, x.level, NULLIF(x.stage, ''), x.message,
        NULLIF(x.fields, '')::jsonb
-FROM jsonb_to_recordset($1::jsonb) WITH ORDINALITY AS x(
-  job_id text, attempt int, at bigint, level int, stage text, message text, fields text,
-  ordinality bigint)
-ORDER BY x.ordinality
+FROM jsonb_to_recordset($1::jsonb) AS x(
+  job_id text, attempt int, at bigint, level int, stage text, message text, fields text)
 RETURNING id
 )sql";
 inline constexpr const char* kLogsPrefix =

@@ -157,7 +157,8 @@ std::optional<std::string> non_empty(const std::string& s) {
 struct WriteContext {
   Connection& conn;
   std::vector<Transition> transitions;
-  bool jobs_due = false;               // NOTIFY idle dispatchers at commit
+  bool replay_after_loss = false;  // an earlier try of this batch may have committed
+  bool jobs_due = false;           // NOTIFY idle dispatchers at commit
   std::set<std::string> cancel_owners;  // NOTIFY these workers of cancel requests at commit
 };
 
@@ -252,7 +253,10 @@ class PgStore final : public Store {
           throw ValidationError("parent", "parent job '" + missing.text(0, 0) + "' does not exist");
       }
       try {
-        w.conn.exec(sql::kInsertJobs, Params().add(batch));
+        if (w.replay_after_loss)
+          w.conn.exec(std::string(sql::kInsertJobs) + sql::kReplaySuffix, Params().add(batch));
+        else
+          w.conn.exec(sql::kInsertJobs, Params().add(batch));
       } catch (const PgError& e) {
         // Class 22 (data exception): JSON that JSONB cannot hold, e.g. a \u0000 in a string.
         if (e.sqlstate().rfind("22", 0) == 0)
@@ -1114,7 +1118,7 @@ class PgStore final : public Store {
           deliver(StoreWakeup{StoreWakeup::Kind::reconnected, {}});
         }
         release_doubtful_claims(*writer_conn_);
-        if (try_commit(ops)) {
+        if (try_commit(ops, down_since.has_value())) {
           if (down_since) set_up(writer_down_);
           return true;
         }
@@ -1157,8 +1161,8 @@ class PgStore final : public Store {
 
   // One attempt at the transaction. Returns false (with last_error_) for a failure that a replay
   // will not fix; throws PgError for a transient one.
-  bool try_commit(std::vector<WriteOp>& ops) {
-    WriteContext w{*writer_conn_, {}, false, {}};
+  bool try_commit(std::vector<WriteOp>& ops, bool replay_after_loss) {
+    WriteContext w{*writer_conn_, {}, replay_after_loss, false, {}};
     try {
       pg::Transaction txn(*writer_conn_);
       for (auto& op : ops) op.apply(w);

@@ -38,7 +38,7 @@ CREATE TABLE jobs (
   max_attempts INTEGER NOT NULL DEFAULT 3,
   parent_job_id TEXT,
   user_initiated BOOLEAN NOT NULL DEFAULT TRUE,
-  timeout_seconds INTEGER,
+  timeout_seconds BIGINT,
   created_at BIGINT NOT NULL,
   queued_at BIGINT,
   started_at BIGINT,

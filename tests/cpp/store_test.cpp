@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -1268,3 +1269,122 @@ TEST_P(StoreTest, WritesAfterCloseAreStoreErrors) {
 INSTANTIATE_TEST_SUITE_P(Stores, StoreTest,
                          ::testing::Values(Backend::sqlite, Backend::postgres),
                          jobforge::testing::backend_name);
+
+// ---- what only the PostgreSQL store has -----------------------------------------------------
+
+class PostgresStoreTest : public StoreTest {
+ protected:
+  Backend backend() const override { return Backend::postgres; }
+  // The store's connections carry this application_name, so the test can cut exactly them.
+  std::string app_name() const { return "jf_" + db().path().substr(db().path().size() - 12); }
+  std::string url() const { return path() + "&application_name=" + app_name(); }
+  std::unique_ptr<Store> open_pg(const PostgresOptions& options = {}) {
+    return open_postgres_store(url(), options);
+  }
+  // What a server restart does to the store: every connection it holds is closed under it.
+  int64_t cut_connections() {
+    return db().integer(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '" +
+        app_name() + "'");
+  }
+};
+
+TEST_F(PostgresStoreTest, ClaimsAreAlwaysDurable) {
+  auto store = open_pg();
+  EXPECT_EQ(store->register_worker(worker("w-1", kT0), [](const WorkerInfo&) { return false; },
+                                   /*allow_memory=*/true),
+            "durable");
+  EXPECT_FALSE(store->set_claim_mode("w-1", "memory", [](const WorkerInfo&) { return false; }));
+  ClaimRequest in_memory = claim_request("w-1");
+  in_memory.durable = false;
+  store->insert({make_job()});
+  EXPECT_THROW(store->claim(in_memory), StoreError);
+  EXPECT_EQ(store->claim(claim_request("w-1")).size(), 1u);
+}
+
+TEST_F(PostgresStoreTest, SchemaIsRecordedInTheMigrationsTableAndReopeningKeepsRows) {
+  auto job = make_job();
+  {
+    auto store = open_pg();
+    store->insert({job});
+  }
+  EXPECT_EQ(db().integer("SELECT max(version) FROM jobforge_migrations"), 1);
+  auto store = open_pg();
+  EXPECT_EQ(status_of(*store, job.id), Status::queued);
+  EXPECT_EQ(store->integrity_check(), "ok");
+  EXPECT_EQ(db().text("SELECT jsonb_typeof(payload) FROM jobs"), "object");
+}
+
+TEST_F(PostgresStoreTest, SchemaFromANewerJobforgeIsRefused) {
+  { auto store = open_pg(); }
+  db().exec("INSERT INTO jobforge_migrations (version, applied_at) VALUES (99, 0)");
+  try {
+    open_pg();
+    FAIL() << "expected StoreError";
+  } catch (const StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find("schema version 99"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(PostgresStoreTest, UnreachableServerIsAStoreErrorWithoutThePassword) {
+  try {
+    open_postgres_store("postgresql://someone:s3cret@127.0.0.1:1/nowhere?connect_timeout=2");
+    FAIL() << "expected StoreError";
+  } catch (const StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot connect"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("s3cret"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(PostgresStoreTest, InsertsAndCancelRequestsWakeOtherStoresThroughNotify) {
+  auto a = open_pg();
+  auto b = open_pg();
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<StoreWakeup> heard;
+  a->set_wakeup_listener([&](const StoreWakeup& w) {
+    std::lock_guard lock(m);
+    heard.push_back(w);
+    cv.notify_all();
+  });
+  auto heard_kind = [&](StoreWakeup::Kind kind, const std::string& worker_id) {
+    std::unique_lock lock(m);
+    return cv.wait_for(lock, jobforge::testing::kPatience, [&] {
+      return std::any_of(heard.begin(), heard.end(), [&](const StoreWakeup& w) {
+        return w.kind == kind && w.worker_id == worker_id;
+      });
+    });
+  };
+  // The listener connects in the background: keep inserting until one is heard.
+  auto job = make_job();
+  b->insert({job});
+  bool woken = heard_kind(StoreWakeup::Kind::jobs_due, "");
+  EXPECT_TRUE(woken);
+  auto claimed = a->claim(claim_request("w-a"));
+  ASSERT_EQ(claimed.size(), 1u);
+  EXPECT_EQ(b->cancel(job.id, kT0), CancelResult::requested);
+  EXPECT_TRUE(heard_kind(StoreWakeup::Kind::cancel_requested, "w-a"));
+  EXPECT_EQ(a->cancel_requests("w-a"), std::vector<std::string>{job.id});
+}
+
+TEST_F(PostgresStoreTest, LostConnectionsAreReopenedAndEndsOfJobsAreNotLost) {
+  auto store = open_pg();
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 20; ++i) jobs.push_back(make_job());
+  store->insert(jobs);
+  auto claimed = store->claim(claim_request("w-1", 20));
+  ASSERT_EQ(claimed.size(), 20u);
+  ASSERT_GE(cut_connections(), 1);
+  // Ends written while the writer's connection is dead: retried on a new one.
+  for (auto& job : claimed) store->finish(outcome_for(job, "w-1", Status::completed));
+  store->flush();
+  EXPECT_EQ(store->stats().count(Status::completed), 20);
+  // Reads and claims come back too, and the health says ok again.
+  cut_connections();
+  auto more = make_job();
+  store->insert({more});
+  EXPECT_EQ(store->claim(claim_request("w-1")).size(), 1u);
+  EXPECT_EQ(status_of(*store, more.id), Status::running);
+  EXPECT_TRUE(jobforge::testing::eventually([&] { return store->health() == "ok"; }))
+      << store->health();
+}

@@ -74,9 +74,9 @@ std::string text_array(const std::vector<std::string>& values) {
 
 Connection::Connection(const std::string& url, int connect_timeout_s) {
   const std::string timeout = std::to_string(connect_timeout_s);
-  const char* keys[] = {"dbname", "connect_timeout", "application_name", nullptr};
-  const char* values[] = {url.c_str(), timeout.c_str(), "jobforge", nullptr};
-  // expand_dbname = 1: the URL's own settings win over these defaults.
+  const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
+  const char* values[] = {timeout.c_str(), "jobforge", url.c_str(), nullptr};
+  // expand_dbname = 1, the URL last: its own settings win over these defaults.
   conn_ = PQconnectdbParams(keys, values, 1);
   if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
     std::string message = conn_ ? PQerrorMessage(conn_) : "out of memory";

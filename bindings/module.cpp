@@ -391,6 +391,8 @@ PYBIND11_MODULE(_core, m) {
              }
              return stats_dict(st);
            })
+      .def("store_health", [](Engine& e) { return e.store().health(); },
+           py::call_guard<py::gil_scoped_release>())
       .def("cancel", &Engine::cancel, py::call_guard<py::gil_scoped_release>())
       .def("retry", &Engine::retry, py::call_guard<py::gil_scoped_release>())
       .def("abort_all", &Engine::abort_all, py::call_guard<py::gil_scoped_release>())

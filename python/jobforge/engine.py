@@ -33,6 +33,11 @@ EVENT_TYPES = frozenset(
 )  # fmt: skip
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _is_postgres_url(path: str) -> bool:
+    """A PostgreSQL store ("postgresql://..." or "postgres://..."), not a SQLite file."""
+    return path.startswith(("postgresql://", "postgres://"))
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _abandoned_after_fork: list[Any] = []  # see Engine._stand_in_for
 
@@ -162,7 +167,7 @@ class Engine:
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
         folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
+        if not _is_postgres_url(path) and not os.path.isdir(folder):
             raise _errors().StoreError(
                 f"cannot open database '{path}': folder '{folder}' does not exist"
             )
@@ -466,6 +471,15 @@ class Engine:
     def active(self, limit: int = 1000) -> list[Job]:
         """Jobs that are created, queued or running, newest first."""
         return [Job(self, r) for r in self._core.active(limit)]
+
+    def store_health(self) -> str:
+        """``"ok"``, or ``"degraded: <why>"`` while the store cannot reach its database.
+
+        Only a PostgreSQL store degrades: while its server is unreachable it keeps the ends of
+        jobs and retries them, reconnecting with backoff; enqueue raises ``StoreError`` after
+        30 s without the server. See docs/postgresql.md.
+        """
+        return self._core.store_health()
 
     def stats(self) -> dict[str, int]:
         """Counts of jobs: ``total`` and one per status. Kept by the store, so no scan."""

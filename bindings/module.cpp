@@ -141,7 +141,10 @@ void translate_errors(std::exception_ptr p) {
   } catch (const UnknownJobType& e) {
     PyErr_SetString(error_class("UnknownJobType").ptr(), e.what());
   } catch (const ValidationError& e) {
-    PyErr_SetString(PyExc_ValueError, e.what());
+    // jobforge.ValidationError is also a ValueError; it carries the field's name.
+    py::object cls = error_class("ValidationError");
+    py::object exc = cls(e.what(), e.field());
+    PyErr_SetObject(cls.ptr(), exc.ptr());
   } catch (const StoreError& e) {
     PyErr_SetString(error_class("StoreError").ptr(), e.what());
   } catch (const JobCancelled& e) {
@@ -191,6 +194,55 @@ py::dict stats_dict(const Stats& st) {
   return d;
 }
 
+py::dict type_stats_dict(const TypeStats& t) {
+  py::dict d;
+  py::dict counts;
+  for (int i = 0; i < kStatusCount; ++i)
+    counts[py::str(std::string(to_string(static_cast<Status>(i))))] = t.by_status[i];
+  d["counts"] = counts;
+  d["finished"] = t.finished;
+  d["completed"] = t.completed;
+  d["failed"] = t.failed;
+  d["cancelled"] = t.cancelled;
+  d["timeout"] = t.timed_out;
+  d["retried"] = t.retried;
+  d["runs"] = t.runs;
+  d["mean_run_ms"] = t.mean_run_ms;
+  d["p50_run_ms"] = t.p50_run_ms;
+  d["p95_run_ms"] = t.p95_run_ms;
+  d["error_rate"] = t.error_rate;
+  d["created_per_s"] = t.created_per_s;
+  d["completed_per_s"] = t.completed_per_s;
+  return d;
+}
+
+py::dict stats_detail_dict(const StatsDetail& sd) {
+  py::dict d = stats_dict(sd.totals);
+  py::dict types;
+  for (const auto& t : sd.types) types[py::str(t.type)] = type_stats_dict(t);
+  d["types"] = types;
+  d["queued_total"] = sd.queued;
+  d["due"] = sd.due;
+  d["oldest_due_age_ms"] = sd.oldest_due_age_ms;
+  d["window_ms"] = sd.window_ms;
+  d["rate_window_ms"] = sd.rate_window_ms;
+  return d;
+}
+
+py::dict worker_dict(const WorkerInfo& w) {
+  py::dict d;
+  d["id"] = w.id;
+  d["hostname"] = w.hostname;
+  d["pid"] = w.pid;
+  d["version"] = w.version;
+  d["started_at"] = w.started_at;
+  d["heartbeat_at"] = w.heartbeat_at;
+  d["state"] = w.state;
+  d["claim_mode"] = w.claim_mode;
+  d["singleton_role"] = w.singleton_role;
+  return d;
+}
+
 std::optional<Status> status_arg(const std::optional<std::string>& s) {
   if (!s) return std::nullopt;
   auto parsed = parse_status(*s);
@@ -235,7 +287,22 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("completed_at", &Job::completed_at)
       .def_readonly("run_at", &Job::run_at)
       .def_readonly("timeout_at", &Job::timeout_at)
-      .def_readonly("lease_owner", &Job::lease_owner);
+      .def_readonly("lease_owner", &Job::lease_owner)
+      .def_readonly("stage", &Job::stage)
+      .def_readonly("outcome_json", &Job::outcome_json)
+      .def_readonly("rate", &Job::rate)
+      .def_readonly("eta_ms", &Job::eta_ms);
+
+  py::class_<LogRecord>(m, "LogRecord")
+      .def_readonly("id", &LogRecord::id)
+      .def_readonly("job_id", &LogRecord::job_id)
+      .def_readonly("attempt", &LogRecord::attempt)
+      .def_readonly("at", &LogRecord::at)
+      .def_property_readonly("level",
+                             [](const LogRecord& l) { return std::string(to_string(l.level)); })
+      .def_readonly("stage", &LogRecord::stage)
+      .def_readonly("message", &LogRecord::message)
+      .def_readonly("fields_json", &LogRecord::fields_json);
 
   py::class_<Event>(m, "EventRecord")
       .def_property_readonly("type", [](const Event& e) { return std::string(to_string(e.type)); })
@@ -251,7 +318,14 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("result_json", &Event::result_json)
       .def_readonly("error", &Event::error)
       .def_readonly("attempt", &Event::attempt)
-      .def_readonly("timestamp", &Event::timestamp);
+      .def_readonly("timestamp", &Event::timestamp)
+      .def_readonly("stage", &Event::stage)
+      .def_readonly("rate", &Event::rate)
+      .def_readonly("eta_ms", &Event::eta_ms)
+      .def_property_readonly("level",
+                             [](const Event& e) { return std::string(to_string(e.log_level)); })
+      .def_readonly("log_id", &Event::log_id)
+      .def_readonly("fields_json", &Event::fields_json);
 
   py::class_<Context, std::shared_ptr<Context>>(m, "Context")
       .def_property_readonly("job_id", &Context::job_id)
@@ -272,18 +346,52 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "progress",
           [](Context& c, double current, std::optional<double> total,
-             std::optional<std::string> message) {
-            c.progress(current, total.value_or(0), message ? std::string_view(*message) : std::string_view());
+             std::optional<std::string> message, std::optional<std::string> stage) {
+            const std::string_view msg = message ? std::string_view(*message) : std::string_view();
+            if (stage) c.progress(current, total.value_or(0), msg, *stage);
+            else c.progress(current, total.value_or(0), msg);
           },
-          py::arg("current"), py::arg("total") = py::none(), py::arg("message") = py::none());
+          py::arg("current"), py::arg("total") = py::none(), py::arg("message") = py::none(),
+          py::arg("stage") = py::none())
+      .def(
+          "stage",
+          [](Context& c, const std::string& name, std::optional<double> total) {
+            c.stage(name, total.value_or(0));
+          },
+          py::arg("name"), py::arg("total") = py::none())
+      .def("increment", [](Context& c, double n) { c.increment(n); }, py::arg("n") = 1.0)
+      .def(
+          "log",
+          [](Context& c, const std::string& level, const std::string& message,
+             const py::kwargs& fields) {
+            const auto parsed = parse_log_level(level);
+            if (!parsed)
+              throw ValidationError("level", "level must be one of debug, info, warning, error; "
+                                             "got '" + level + "'");
+            std::string fields_json;
+            if (fields.size() > 0) {
+              // Leaked on purpose: module objects outlive any processor call.
+              static py::handle dumps = py::object(py::module_::import("json").attr("dumps")).release();
+              static py::handle repr = py::object(py::module_::import("builtins").attr("repr")).release();
+              fields_json = py::str(dumps(fields, py::arg("default") = repr));
+            }
+            c.log(*parsed, message, fields_json);
+          },
+          py::arg("level"), py::arg("message"))
+      .def("count", [](Context& c, const std::string& key, int64_t n) { c.count(key, n); },
+           py::arg("key"), py::arg("n") = 1);
 
   py::class_<Engine, EngineHolder>(m, "Engine")
       .def(py::init([](const std::string& path, int workers, int64_t retry_delay_ms,
                        bool allow_unknown_types, int64_t poll_ms, int64_t heartbeat_ms,
                        int64_t lease_ms, int64_t progress_event_ms, bool synchronous_full,
                        std::string singleton_role, int64_t interrupt_grace_ms,
-                       bool claim_in_memory) {
+                       bool claim_in_memory, int64_t progress_persist_ms,
+                       int progress_persist_percent, int64_t stats_window_ms) {
              EngineConfig c;
+             c.progress_persist_ms = progress_persist_ms;
+             c.progress_persist_percent = progress_persist_percent;
+             c.stats_window_ms = stats_window_ms;
              c.path = path;
              c.workers = workers;
              c.default_retry_delay_ms = retry_delay_ms;
@@ -302,9 +410,10 @@ PYBIND11_MODULE(_core, m) {
            py::arg("path"), py::arg("workers") = 4, py::arg("retry_delay_ms") = 1000,
            py::arg("allow_unknown_types") = false, py::arg("poll_ms") = 250,
            py::arg("heartbeat_ms") = 5000, py::arg("lease_ms") = 30000,
-           py::arg("progress_event_ms") = 50, py::arg("synchronous_full") = false,
+           py::arg("progress_event_ms") = 100, py::arg("synchronous_full") = false,
            py::arg("singleton_role") = "", py::arg("interrupt_grace_ms") = 1000,
-           py::arg("claim_in_memory") = true)
+           py::arg("claim_in_memory") = true, py::arg("progress_persist_ms") = 30000,
+           py::arg("progress_persist_percent") = 10, py::arg("stats_window_ms") = 3600000)
       .def_property_readonly("worker_id", &Engine::worker_id)
       .def_property_readonly("path", [](const Engine& e) { return e.config().path; })
       .def_property_readonly("workers", [](const Engine& e) { return e.config().workers; })
@@ -391,6 +500,63 @@ PYBIND11_MODULE(_core, m) {
              }
              return stats_dict(st);
            })
+      .def("stats_detail",
+           [](Engine& e) {
+             StatsDetail sd;
+             {
+               py::gil_scoped_release release;
+               sd = e.stats_detail();
+             }
+             return stats_detail_dict(sd);
+           })
+      .def("worker_list",
+           [](Engine& e) {
+             std::vector<WorkerInfo> ws;
+             {
+               py::gil_scoped_release release;
+               ws = e.workers();
+             }
+             py::list out;
+             for (const auto& w : ws) out.append(worker_dict(w));
+             return out;
+           })
+      .def("integrity_check", &Engine::integrity_check, py::call_guard<py::gil_scoped_release>())
+      .def("local_stats",
+           [](Engine& e) {
+             const auto l = e.local_stats();
+             py::dict d;
+             d["workers"] = l.workers;
+             d["claimed"] = l.claimed;
+             d["running"] = l.running;
+             d["progress_writes"] = l.progress_writes;
+             d["log_lines"] = l.log_lines;
+             d["events_queued"] = l.events_queued;
+             d["events_coalesced"] = l.events_coalesced;
+             d["events_dropped"] = l.events_dropped;
+             return d;
+           })
+      .def(
+          "logs",
+          [](Engine& e, const std::string& job_id, std::optional<std::string> level,
+             int64_t since_ms, int64_t after_id, int limit, bool newest) {
+            LogQuery q;
+            q.job_id = job_id;
+            if (level) {
+              auto parsed = parse_log_level(*level);
+              if (!parsed)
+                throw ValidationError("level", "level must be one of debug, info, warning, "
+                                               "error; got '" + *level + "'");
+              q.min_level = *parsed;
+            }
+            q.since = since_ms;
+            q.after_id = after_id;
+            q.limit = limit;
+            q.newest = newest;
+            py::gil_scoped_release release;
+            return e.logs(q);
+          },
+          py::arg("job_id"), py::arg("level") = py::none(), py::arg("since_ms") = 0,
+          py::arg("after_id") = 0, py::arg("limit") = 1000, py::arg("newest") = false)
       .def("store_health", [](Engine& e) { return e.store().health(); },
            py::call_guard<py::gil_scoped_release>())
       .def("cancel", &Engine::cancel, py::call_guard<py::gil_scoped_release>())

@@ -6,7 +6,7 @@ engine = jobforge.Engine("jobs.db", workers=4)
 
 @engine.processor("resize", timeout=30, max_attempts=3)
 def resize(ctx, payload):
-    ctx.progress(50, message="half way")
+    ctx.progress(50, total=100, message="half way")
     return {"path": payload["path"]}
 
 with engine:
@@ -29,6 +29,7 @@ from .errors import (
     SingletonError,
     StoreError,
     UnknownJobType,
+    ValidationError,
 )
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, STATUSES, Event, Job
 
@@ -40,6 +41,7 @@ __all__ = [
     "Subscription",
     "JobforgeError",
     "StoreError",
+    "ValidationError",
     "UnknownJobType",
     "JobCancelled",
     "InvalidTransition",

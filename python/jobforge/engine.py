@@ -27,8 +27,8 @@ PRIORITIES = {"urgent": 1, "high": 3, "normal": 5, "low": 7, "maintenance": 10}
 
 EVENT_TYPES = frozenset(
     {
-        "job-status-changed", "job-queued", "job-started", "job-progress", "job-completed",
-        "job-failed", "job-cancelled", "job-timeout", "job-retry", "*",
+        "job-created", "job-queued", "job-started", "job-progress", "job-log", "job-retry",
+        "job-completed", "job-failed", "job-cancelled", "job-timeout", "job-status-changed", "*",
     }
 )  # fmt: skip
 
@@ -152,7 +152,10 @@ class Engine:
         poll_interval: float = 0.25,
         heartbeat_interval: float = 5.0,
         lease: float = 30.0,
-        progress_interval: float = 0.05,
+        progress_interval: float = 0.1,
+        progress_persist_interval: float = 30.0,
+        progress_persist_step: int = 10,
+        stats_window: float = 3600.0,
         durability: str = "normal",
         singleton: Union[bool, str] = False,
         interrupt_grace: float = 1.0,
@@ -184,6 +187,20 @@ class Engine:
             raise ValueError(
                 f"singleton must be a bool or a non-empty role name, got {singleton!r}"
             )
+        persist_ms = _seconds_to_ms("progress_persist_interval", progress_persist_interval)
+        if persist_ms is None or persist_ms < 0:
+            raise ValueError(
+                "progress_persist_interval must be 0 or more seconds, "
+                f"got {progress_persist_interval!r}"
+            )
+        step = _int_option("progress_persist_step", progress_persist_step)
+        if step is None or not 0 <= step <= 100:
+            raise ValueError(
+                f"progress_persist_step must be 0..100 percent, got {progress_persist_step!r}"
+            )
+        window_ms = _seconds_to_ms("stats_window", stats_window)
+        if window_ms is None or window_ms < 10_000:
+            raise ValueError(f"stats_window must be at least 10 seconds, got {stats_window!r}")
         grace_ms = _seconds_to_ms("interrupt_grace", interrupt_grace)
         if grace_ms is None or grace_ms < 0:
             raise ValueError(f"interrupt_grace must be 0 or more seconds, got {interrupt_grace!r}")
@@ -200,6 +217,9 @@ class Engine:
             singleton_role=singleton_role,
             interrupt_grace_ms=grace_ms,
             claim_in_memory=bool(claim_in_memory),
+            progress_persist_ms=persist_ms,
+            progress_persist_percent=step,
+            stats_window_ms=window_ms,
         )
         self.path = path
         self._subs_lock = threading.Lock()
@@ -212,7 +232,8 @@ class Engine:
             retry_delay=retry_delay, allow_unknown_types=allow_unknown_types,
             poll_interval=poll_interval, heartbeat_interval=heartbeat_interval, lease=lease,
             progress_interval=progress_interval, durability=durability, singleton=singleton,
-            interrupt_grace=interrupt_grace,
+            interrupt_grace=interrupt_grace, progress_persist_interval=progress_persist_interval,
+            progress_persist_step=progress_persist_step, stats_window=stats_window,
         )  # fmt: skip
         self._workers = workers
         self._registrations: dict[str, tuple[Callable, dict[str, Any]]] = {}
@@ -337,7 +358,20 @@ class Engine:
         limit) or SIGQUIT and SIGKILL after ``stop_grace`` seconds (wait=False)."""
         if self._supervisor is not None:
             self._supervisor.stop(wait)
-        self._core.stop(wait)
+        if not wait or threading.current_thread() is not threading.main_thread():
+            self._core.stop(wait)
+            return
+        # In the main thread, wait where Ctrl-C can reach us: a KeyboardInterrupt escalates to
+        # stop(wait=False) (running jobs asked to stop, back to the queue), then propagates.
+        stopper = threading.Thread(target=self._core.stop, args=(True,), name="jobforge-stop")
+        stopper.start()
+        try:
+            while stopper.is_alive():
+                stopper.join(0.1)
+        except KeyboardInterrupt:
+            self._core.stop(False)
+            stopper.join()
+            raise
 
     close = stop
 
@@ -481,9 +515,116 @@ class Engine:
         """
         return self._core.store_health()
 
-    def stats(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         """Counts of jobs: ``total`` and one per status. Kept by the store, so no scan."""
         return self._core.stats()
+
+    def stats(self) -> dict[str, Any]:
+        """``counts()`` plus, per job type (``types``): counts by status, mean/p50/p95 run time,
+        error rate, created/s and completed/s; and the queue: ``queued_total``, ``due``,
+        ``oldest_due_age_ms``. Run times and error rates cover the last ``stats_window`` seconds,
+        rates the last minute. See docs/observability.md."""
+        return self._core.stats_detail()
+
+    def queue_stats(self) -> dict[str, int]:
+        """``pending`` (due, waiting for a worker), ``active`` (running), ``concurrency`` (this
+        engine's worker threads), ``delayed`` (queued for later), ``running_here``."""
+        detail = self._core.stats_detail()
+        local = self._core.local_stats()
+        return {
+            "pending": detail["due"],
+            "active": detail["running"],
+            "concurrency": local["workers"],
+            "delayed": max(0, detail["queued_total"] - detail["due"]),
+            "running_here": local["running"],
+        }
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Worker engines registered on the store, with their last heartbeat (Unix ms)."""
+        return self._core.worker_list()
+
+    def health(self, *, integrity: bool = True, max_wait: float = 300.0) -> dict[str, Any]:
+        """``status`` "ok" / "degraded" / "failing" with ``reasons``; the database (reachable,
+        integrity quick check, cached for a minute), workers with heartbeats, queue depth, error
+        rates. See docs/observability.md for the rules."""
+        from .observe import health
+
+        return health(self, integrity=integrity, max_wait=max_wait)
+
+    def check_integrity(self, *, quick: bool = False) -> dict[str, Any]:
+        """SQLite's integrity check of the file (``quick``: the faster quick_check):
+        ``{"ok": bool, "problems": [...], ...}``. See ``jobforge.db`` for repair."""
+        from .db import check
+
+        return check(self.path, quick=quick)
+
+    def metrics_text(self) -> str:
+        """The figures of ``stats()`` and ``health()`` in the Prometheus text format."""
+        from .observe import metrics_text
+
+        return metrics_text(self)
+
+    def logs(
+        self,
+        job_id: Union[str, Job],
+        level: Optional[str] = None,
+        since: Optional[float] = None,
+        limit: int = 1000,
+        *,
+        after: int = 0,
+        tail: bool = False,
+    ) -> list:
+        """Lines of a job's log, oldest first: at ``level`` or above, logged at or after ``since``
+        (Unix seconds or a datetime), with an id above ``after`` (for follow-ups); ``tail``: the
+        last ``limit`` lines. Raises ``ValidationError`` for an unknown job."""
+        from .observe import LogLine
+
+        job_id = job_id.id if isinstance(job_id, Job) else job_id
+        if not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str, got {type(job_id).__name__}")
+        since_ms = 0
+        if since is not None:
+            if hasattr(since, "timestamp"):
+                since = since.timestamp()
+            if not isinstance(since, (int, float)) or isinstance(since, bool):
+                raise TypeError(f"since must be Unix seconds or a datetime, got {since!r}")
+            since_ms = int(since * 1000)
+        limit = _int_option("limit", limit)
+        after = _int_option("after", after)
+        records = self._core.logs(job_id, level=level, since_ms=since_ms, after_id=after or 0,
+                                  limit=limit, newest=bool(tail))  # fmt: skip
+        return [LogLine(r) for r in records]
+
+    def events(
+        self,
+        event: str = "*",
+        *,
+        job_id: Optional[str] = None,
+        job_type: Optional[str] = None,
+        timeout: Optional[float] = None,
+        maxsize: int = 10_000,
+    ):
+        """A blocking iterator over events as they are committed (``for ev in
+        engine.events(timeout=5)``); it ends after ``timeout`` seconds without an event."""
+        from .observe import EventStream
+
+        return EventStream(self, event, job_id=job_id, job_type=job_type, timeout=timeout,
+                           maxsize=maxsize)  # fmt: skip
+
+    def aevents(
+        self,
+        event: str = "*",
+        *,
+        job_id: Optional[str] = None,
+        job_type: Optional[str] = None,
+        timeout: Optional[float] = None,
+        maxsize: int = 10_000,
+    ):
+        """The same as ``events`` for asyncio: ``async for ev in engine.aevents(): ...``."""
+        from .observe import AsyncEventStream
+
+        return AsyncEventStream(self, event, job_id=job_id, job_type=job_type,
+                                timeout=timeout, maxsize=maxsize)  # fmt: skip
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> Job:
         """Waits for the job to end; see ``Job.wait``."""

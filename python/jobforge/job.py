@@ -104,8 +104,39 @@ class Job:
         return self._rec.progress_total or None
 
     @property
+    def percent(self) -> Optional[float]:
+        """Percent done (0–100) when the total is known, else None."""
+        total = self._rec.progress_total
+        if not total:
+            return None
+        return max(0.0, min(100.0, 100.0 * self._rec.progress_current / total))
+
+    @property
     def message(self) -> str:
         return self._rec.message
+
+    @property
+    def stage(self) -> Optional[str]:
+        return self._rec.stage or None
+
+    @property
+    def rate(self) -> Optional[float]:
+        """Progress units per second, from recent progress (jobs running in this process), or
+        the average since the start otherwise; None when unknown."""
+        if self._rec.rate > 0:
+            return self._rec.rate
+        return None
+
+    @property
+    def eta(self) -> Optional[float]:
+        """Estimated seconds left (running jobs with a known total and rate), else None."""
+        return self._rec.eta_ms / 1000.0 if self._rec.eta_ms >= 0 else None
+
+    @property
+    def outcome(self) -> dict:
+        """The sums of ``ctx.count(key, n)``: e.g. ``{"updates": 3, "errors": 1}``."""
+        raw = self._rec.outcome_json
+        return _json.loads(raw) if raw else {}
 
     @property
     def result(self) -> Any:
@@ -178,6 +209,48 @@ class Job:
         self._set(self._engine._wait_record(self.id, timeout))
         return self
 
+    async def wait_async(self, timeout: Optional[float] = None) -> Job:
+        """``await job.wait_async()`` (or ``await job``): waits for the end without blocking the
+        event loop. Final events of this process wake it at once; jobs run by other processes
+        are seen by polling."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def on_status(ev: Event) -> None:
+            if ev.status in FINAL_STATUSES and not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        sub = self._engine.on("job-status-changed", on_status, job_id=self.id)
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                self.refresh()
+                if self.is_final:
+                    return self
+                wait = 0.25
+                if deadline is not None:
+                    wait = min(wait, deadline - loop.time())
+                    if wait <= 0:
+                        raise TimeoutError(
+                            f"job {self.id} did not finish within {timeout} s "
+                            f"(status: {self.status})"
+                        )
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), wait)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            sub.unsubscribe()
+
+    def __await__(self):
+        return self.wait_async().__await__()
+
+    def logs(self, level: Optional[str] = None, limit: int = 1000) -> list:
+        """This job's log lines, oldest first (see ``Engine.logs``)."""
+        return self._engine.logs(self.id, level=level, limit=limit)
+
     def cancel(self) -> bool:
         return self._engine.cancel(self.id)
 
@@ -193,7 +266,8 @@ class Job:
 
     def to_dict(self) -> dict:
         keys = (
-            "id type status priority payload progress progress_current progress_total message "
+            "id type status priority payload progress progress_current progress_total percent "
+            "stage message rate eta outcome "
             "result error error_detail attempts max_attempts timeout parent_id user_initiated "
             "created_at queued_at started_at completed_at run_at"
         ).split()
@@ -223,7 +297,7 @@ class Event:
     __slots__ = (
         "type", "job_id", "job_type", "status", "previous_status", "progress",
         "progress_current", "progress_total", "message", "error", "attempt", "timestamp",
-        "_result_json", "_result",
+        "stage", "rate", "eta", "level", "log_id", "_fields_json", "_result_json", "_result",
     )  # fmt: skip
 
     def __init__(self, record: Any) -> None:
@@ -239,8 +313,25 @@ class Event:
         self.error: Optional[str] = record.error
         self.attempt: int = record.attempt
         self.timestamp: int = record.timestamp
+        self.stage: Optional[str] = record.stage or None
+        self.rate: Optional[float] = record.rate if record.rate > 0 else None
+        self.eta: Optional[float] = record.eta_ms / 1000.0 if record.eta_ms >= 0 else None
+        # job-log events: the line is ``message``, at ``level``, with ``fields``.
+        self.level: Optional[str] = record.level if record.type == "job-log" else None
+        self.log_id: int = record.log_id
+        self._fields_json: str = record.fields_json
         self._result_json: Optional[str] = record.result_json
         self._result: Any = _UNSET
+
+    @property
+    def fields(self) -> dict:
+        return _json.loads(self._fields_json) if self._fields_json else {}
+
+    @property
+    def percent(self) -> Optional[float]:
+        if not self.progress_total:
+            return None
+        return max(0.0, min(100.0, 100.0 * self.progress_current / self.progress_total))
 
     @property
     def result(self) -> Any:

@@ -157,18 +157,22 @@ def test_progress_with_a_total_is_stored_as_a_percentage(engine, wait_until):
     assert job.wait(timeout=WAIT).status == "completed"
 
 
-def test_progress_without_a_total_is_taken_as_a_percentage(engine, wait_until):
+def test_progress_without_a_total_is_a_count_with_no_percentage(engine, wait_until):
     gate = threading.Event()
 
-    @engine.processor("percent")
-    def percent(ctx, payload):
-        ctx.progress(40)
+    @engine.processor("count")
+    def count(ctx, payload):
+        ctx.progress(1250, message="1,250 processed")
         gate.wait(WAIT)
 
     engine.start()
-    job = engine.enqueue("percent", {})
+    job = engine.enqueue("count", {})
     try:
-        wait_until(lambda: job.refresh().progress == 40, what="progress 40")
+        wait_until(lambda: job.refresh().progress_current == 1250, what="progress 1250")
+        assert job.progress_total is None
+        assert job.percent is None
+        assert job.progress == 0
+        assert job.message == "1,250 processed"
     finally:
         gate.set()
     assert job.wait(timeout=WAIT).status == "completed"

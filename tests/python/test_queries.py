@@ -120,7 +120,11 @@ def test_active_lists_queued_and_running_jobs_only(engine, wait_until):
 
 
 def test_stats_of_an_empty_file_are_all_zero(engine):
-    assert engine.stats() == {key: 0 for key in STATS_KEYS}
+    assert engine.counts() == {key: 0 for key in STATS_KEYS}
+    stats = engine.stats()
+    assert {k: stats[k] for k in STATS_KEYS} == {key: 0 for key in STATS_KEYS}
+    assert stats["types"] == {}
+    assert stats["due"] == stats["queued_total"] == stats["oldest_due_age_ms"] == 0
 
 
 def test_stats_count_every_outcome(make_engine):
@@ -150,7 +154,7 @@ def test_stats_count_every_outcome(make_engine):
     for job in finished:
         job.wait(timeout=WAIT)
 
-    stats = engine.stats()
+    stats = engine.counts()
     assert set(stats) == STATS_KEYS
     assert stats == {
         "total": 8,
@@ -192,9 +196,11 @@ def test_stats_of_a_reopened_file_match_before_closing(make_engine):
     for _ in range(3):
         first.enqueue("noop", {}).wait(timeout=WAIT)
     first.enqueue("noop", {}, delay=60)
-    before = first.stats()
+    before = first.counts()
+    types_before = {t: v["counts"] for t, v in first.stats()["types"].items()}
     first.stop(wait=True)
 
     second = make_engine()
 
-    assert second.stats() == before
+    assert second.counts() == before
+    assert {t: v["counts"] for t, v in second.stats()["types"].items()} == types_before

@@ -57,6 +57,9 @@ class Context : public std::enable_shared_from_this<Context> {
   // Reports progress: `current` units done of `total` (total <= 0: unknown, the job shows a
   // count such as "1,250 processed" and no percentage). An empty message keeps the previous one.
   virtual void progress(double current, double total = 0, std::string_view message = {}) = 0;
+  // The same, inside the named stage: entering it if it is not the current one.
+  virtual void progress(double current, double total, std::string_view message,
+                        std::string_view stage) = 0;
   // Starts a named stage ("Phase 2: processing"): current goes back to 0 with this total.
   virtual void stage(std::string_view name, double total = 0) = 0;
   // Adds n to current, keeping total, message and stage.

@@ -5,6 +5,7 @@
 #include "jobforge/engine.hpp"
 
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -32,6 +33,18 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// steady_clock from the kernel's coarse monotonic clock (same base, a few ms resolution, a few
+// ns per read): enough for progress rate limits and rates, and cheap in a tight loop.
+Clock::time_point coarse_now() noexcept {
+#ifdef CLOCK_MONOTONIC_COARSE
+  timespec ts;
+  if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+    return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+        std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
+#endif
+  return Clock::now();
+}
+
 std::string seconds_text(int64_t ms) {
   std::ostringstream out;
   out << static_cast<double>(ms) / 1000.0;
@@ -56,6 +69,8 @@ class RunningJob final : public Context {
   int attempt() const noexcept override { return job.attempts; }
   StopReason stop_reason() const noexcept override { return stop.load(std::memory_order_relaxed); }
   void progress(double current, double total, std::string_view message) override;
+  void progress(double current, double total, std::string_view message,
+                std::string_view stage) override;
   void stage(std::string_view name, double total) override;
   void increment(double n) override;
   void log(LogLevel level, std::string_view message, std::string_view fields_json) override;
@@ -107,11 +122,11 @@ class RunningJob final : public Context {
   bool progress_due_ = false;            // moved enough to be written at the next flush
   bool progress_event_pending_ = false;  // an update not yet published (rate limit)
   int persisted_percent_ = 0;
-  Clock::time_point last_persist_{};
+  Clock::time_point dirty_since_{};  // the oldest unwritten change
   Clock::time_point last_progress_event_{};
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
-  std::vector<Event> held_log_events_;  // job-log events before job-started was committed
+  std::atomic<bool> logged{false};  // wrote a log line: its start is written before its end
 };
 
 struct Engine::Impl {
@@ -286,6 +301,10 @@ struct Engine::Impl {
     events.reserve(transitions.size() * 2);
     bool any_final = false, any_queued = false;
     for (auto& t : transitions) {
+      if (t.log_lines) {
+        append_log_events(*t.log_lines, events);
+        continue;
+      }
       Event e;
       e.job_id = t.job_id;
       e.job_type = t.job_type;
@@ -342,8 +361,7 @@ struct Engine::Impl {
     }
   }
 
-  // Returns the events held back while the start was not yet committed: log lines, then the
-  // latest progress.
+  // Returns the progress event held back while the start was not yet committed, if any.
   std::vector<Event> mark_start_committed(const std::string& job_id) {
     std::shared_ptr<RunningJob> rj;
     {
@@ -355,7 +373,6 @@ struct Engine::Impl {
     std::lock_guard lock(rj->progress_mutex_);
     rj->start_committed.store(true, std::memory_order_release);
     std::vector<Event> held;
-    held.swap(rj->held_log_events_);
     if (rj->progress_event_pending_) {
       rj->progress_event_pending_ = false;
       rj->last_progress_event_ = Clock::now();
@@ -521,6 +538,19 @@ struct Engine::Impl {
   }
 
   void stop(bool wait_for_running) {
+    if (!wait_for_running) {
+      // A stop(wait=true) may be waiting for running jobs: escalate it. They are asked to stop
+      // now (and interrupted after the grace period) and go back to the queue.
+      bool escalated = false;
+      {
+        std::lock_guard lock(jobs_mutex);
+        if (stopping) {
+          for (auto& [id, rj] : claimed) rj->request_stop(StopReason::shutdown);
+          escalated = true;
+        }
+      }
+      if (escalated) notify_watchdog();
+    }
     std::lock_guard lifecycle(lifecycle_mutex);
     if (!started) return;
     {
@@ -605,7 +635,8 @@ struct Engine::Impl {
       for (auto& [id, rj] : claimed)
         if (rj->claimed_in_memory && !rj->finished)
           store->mark_started(StartInfo{rj->job.rowid, rj->job.id, rj->job.type, worker_id,
-                                        rj->job.attempts, now, now + config.lease_ms});
+                                        rj->job.attempts, now, now + config.lease_ms,
+                                        rj->job.queued_at});
       dispatch_cv.notify_all();
     }
     release_unstarted(unstarted);
@@ -845,7 +876,7 @@ struct Engine::Impl {
     if (rj.claimed_in_memory) {
       store->mark_started(StartInfo{rj.job.rowid, rj.job.id, rj.job.type, worker_id,
                                     rj.job.attempts, rj.started_at,
-                                    rj.started_at + config.lease_ms});
+                                    rj.started_at + config.lease_ms, rj.job.queued_at});
     } else {
       rj.started_at = rj.job.started_at ? rj.job.started_at : rj.started_at;
     }
@@ -890,6 +921,8 @@ struct Engine::Impl {
     o.owner = worker_id;
     o.attempt = rj.job.attempts;
     o.claimed_in_memory = rj.claimed_in_memory;
+    o.keep_start = rj.logged.load(std::memory_order_relaxed);
+    o.queued_at = rj.job.queued_at;
     o.started_at = r.ran ? rj.started_at : 0;
     o.at = now_ms();
     {
@@ -1026,7 +1059,7 @@ struct Engine::Impl {
         }
         if (now >= rj->deadline) rj->request_stop(StopReason::timeout);
         const StopReason reason = rj->stop_reason();
-        if (reason == StopReason::timeout || reason == StopReason::cancelled) {
+        if (reason != StopReason::none) {
           // Asked to stop and still running: interrupt it once the grace period is over.
           if (rj->stop_requested_at == Clock::time_point::max()) rj->stop_requested_at = now;
           if (now >= rj->stop_requested_at + grace) {
@@ -1117,10 +1150,9 @@ struct Engine::Impl {
       if (rj->finished) continue;
       std::lock_guard lock(rj->progress_mutex_);
       if (!rj->progress_dirty_) continue;
-      if (!all && !rj->progress_due_ && now - rj->last_persist_ < period) continue;
+      if (!all && !rj->progress_due_ && now - rj->dirty_since_ < period) continue;
       rj->progress_dirty_ = false;
       rj->progress_due_ = false;
-      rj->last_persist_ = now;
       rj->persisted_percent_ = rj->progress_.percent;
       const auto& p = rj->progress_;
       updates.push_back(ProgressUpdate{rj->job.rowid, p.percent, p.current, p.total, p.message,
@@ -1150,8 +1182,7 @@ struct Engine::Impl {
             log_write_pending = false;
             log_space_cv.notify_all();
             return lines;
-          },
-          [this](std::vector<LogRecord>& lines) { publish_logs(lines); });
+          });
     } catch (const std::exception&) {
       // The store is closed: lines logged after the engine stopped are dropped.
       std::lock_guard l(log_mutex);
@@ -1161,12 +1192,8 @@ struct Engine::Impl {
     }
   }
 
-  void publish_logs(std::vector<LogRecord>& lines) {
-    if (!bus.has_subscribers()) return;
-    std::vector<Event> events;
-    events.reserve(lines.size());
-    std::shared_ptr<RunningJob> rj;
-    for (auto& l : lines) {
+  static void append_log_events(const std::vector<LogRecord>& lines, std::vector<Event>& events) {
+    for (const auto& l : lines) {
       Event e;
       e.type = EventType::log;
       e.job_id = l.job_id;
@@ -1180,19 +1207,8 @@ struct Engine::Impl {
       e.log_level = l.level;
       e.log_id = l.id;
       e.fields_json = l.fields_json;
-      // A job claimed in memory may log before its start is committed: its lines follow
-      // job-started (see mark_start_committed).
-      if (!rj || rj->job.id != l.job_id) rj = find_claimed(l.job_id);
-      if (rj && !rj->start_committed.load(std::memory_order_acquire)) {
-        std::lock_guard lock(rj->progress_mutex_);
-        if (!rj->start_committed.load(std::memory_order_acquire)) {
-          rj->held_log_events_.push_back(std::move(e));
-          continue;
-        }
-      }
       events.push_back(std::move(e));
     }
-    bus.publish(std::move(events));
   }
 
   void publish_progress(RunningJob& rj, const RunningJob::ProgressState& p) {
@@ -1280,6 +1296,16 @@ void RunningJob::progress(double current, double total, std::string_view message
   update_progress(current, total, message, nullptr, false);
 }
 
+void RunningJob::progress(double current, double total, std::string_view message,
+                          std::string_view stage_name) {
+  bool same;
+  {
+    std::lock_guard lock(progress_mutex_);
+    same = progress_.stage == stage_name;
+  }
+  update_progress(current, total, message, same ? nullptr : &stage_name, false);
+}
+
 void RunningJob::stage(std::string_view name, double total) {
   update_progress(0, total, {}, &name, false);
 }
@@ -1294,7 +1320,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
   if (finished.load(std::memory_order_relaxed)) return;
   if (!std::isfinite(current)) current = 0;
   if (!std::isfinite(total) || total < 0) total = 0;
-  const auto now = Clock::now();
+  const auto now = coarse_now();
   const auto& cfg = engine_->config;
   ProgressState snapshot;
   bool publish = false, wake_watchdog = false;
@@ -1307,6 +1333,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
     }
     if (stage_name) {
       p.stage.assign(*stage_name);
+      p.current = 0;  // a new stage counts from its start
       rate_samples_.clear();
       progress_due_ = true;  // a new stage is worth writing at once
     }
@@ -1331,6 +1358,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
       p.rate = 0;
       p.eta_ms = -1;
     }
+    if (!progress_dirty_) dirty_since_ = now;
     progress_dirty_ = true;
     if (std::abs(p.percent - persisted_percent_) >= cfg.progress_persist_percent)
       progress_due_ = true;
@@ -1363,6 +1391,7 @@ void RunningJob::log(LogLevel level, std::string_view message, std::string_view 
     std::lock_guard lock(progress_mutex_);
     line.stage = progress_.stage;
   }
+  logged.store(true, std::memory_order_relaxed);
   engine_->append_log(std::move(line));
 }
 
@@ -1433,7 +1462,7 @@ std::vector<LogRecord> Engine::logs(const LogQuery& query) {
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
   if (!impl_->store->get(query.job_id))
-    throw ValidationError("job_id", "no job with id '" + query.job_id + "'");
+    throw ValidationError("job_id", "job_id '" + query.job_id + "' does not name a job");
   return impl_->store->logs(query);
 }
 

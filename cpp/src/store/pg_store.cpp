@@ -169,9 +169,9 @@ struct WriteOp {
   std::function<void(WriteContext&)> apply;
   std::function<void()> committed;                 // optional
   std::function<void(std::exception_ptr)> failed;  // optional
-  std::function<void()> announce;                  // optional: after commit, before the listener
   bool caller_waits = false;
   SteadyClock::time_point submitted = SteadyClock::now();
+  std::optional<Outcome> outcome;  // the end of an attempt: merged with its neighbours' ends
 };
 
 std::string channel_name(const std::string& prefix, const std::string& schema) {
@@ -328,11 +328,12 @@ class PgStore final : public Store {
     // Nothing is ever held in memory here.
   }
 
+  // Queued in order with the other writes (a job's last log lines precede its end); the writer
+  // turns each run of consecutive ends into one statement.
   void finish(Outcome o) override {
-    std::lock_guard lock(mutex_);
-    if (closed_) throw StoreError(pg::kPgErrorCode, "store '" + display_ + "' is closed");
-    pending_finishes_.push_back(std::move(o));
-    work_cv_.notify_one();
+    WriteOp op;
+    op.outcome = std::move(o);
+    submit(std::move(op));
   }
 
   void save_progress(std::vector<ProgressUpdate> updates) override {
@@ -532,8 +533,8 @@ class PgStore final : public Store {
 
   // ---- logs and statistics -----------------------------------------------------------------
 
-  void append_logs(std::function<std::vector<LogRecord>()> drain,
-                   std::function<void(std::vector<LogRecord>&)> committed) override {
+  void append_logs(std::function<std::vector<LogRecord>()> drain) override {
+    // The op keeps the drained lines: a batch replayed after a failure writes them again.
     struct State {
       bool drained = false;
       std::vector<LogRecord> lines;
@@ -561,11 +562,12 @@ class PgStore final : public Store {
       for (int i = 0; i < r.rows(); ++i) ids.push_back(r.integer(i, 0));
       std::sort(ids.begin(), ids.end());  // identities are drawn in insertion order
       for (size_t i = 0; i < ids.size() && i < state->lines.size(); ++i) state->lines[i].id = ids[i];
+      Transition t;
+      t.from = t.to = Status::running;
+      t.at = state->lines.back().at;
+      t.log_lines = std::make_shared<const std::vector<LogRecord>>(state->lines);
+      w.transitions.push_back(std::move(t));
     };
-    if (committed)
-      op.announce = [state, committed = std::move(committed)] {
-        if (!state->lines.empty()) committed(state->lines);
-      };
     submit(std::move(op));
   }
 
@@ -687,8 +689,7 @@ class PgStore final : public Store {
     std::unique_lock lock(mutex_);
     const uint64_t target = submitted_;
     done_cv_.wait(lock, [&] {
-      return (completed_ >= target && pending_finishes_.empty() && pending_progress_.empty() &&
-              !side_in_flight_) ||
+      return (completed_ >= target && pending_progress_.empty() && !side_in_flight_) ||
              writer_exited_;
     });
   }
@@ -939,33 +940,41 @@ class PgStore final : public Store {
   }
 
   void writer_loop() {
-    std::vector<WriteOp> batch;
+    std::vector<WriteOp> batch, popped;
     for (;;) {
-      std::vector<Outcome> finishes;
       std::vector<ProgressUpdate> progress;
       size_t queued_ops = 0;
       {
         std::unique_lock lock(mutex_);
         work_cv_.wait(lock, [&] {
-          return !queue_.empty() || !pending_finishes_.empty() || !pending_progress_.empty() ||
-                 closed_;
+          return !queue_.empty() || !pending_progress_.empty() || closed_;
         });
-        if (queue_.empty() && pending_finishes_.empty() && pending_progress_.empty() && closed_)
-          break;
-        finishes.swap(pending_finishes_);
+        if (queue_.empty() && pending_progress_.empty() && closed_) break;
         for (auto& [seq, p] : pending_progress_) progress.push_back(std::move(p));
         pending_progress_.clear();
-        side_in_flight_ = !finishes.empty() || !progress.empty();
+        side_in_flight_ = !progress.empty();
         queued_ops = std::min(queue_.size(), static_cast<size_t>(options_.max_batch_ops));
-        batch.clear();
+        popped.clear();
         for (size_t i = 0; i < queued_ops; ++i) {
-          batch.push_back(std::move(queue_.front()));
+          popped.push_back(std::move(queue_.front()));
           queue_.pop_front();
         }
       }
-      // Ends of attempts first: claims and cancels in the same batch then see them.
-      if (!progress.empty()) batch.insert(batch.begin(), progress_op(std::move(progress)));
-      if (!finishes.empty()) batch.insert(batch.begin(), finish_op(std::move(finishes)));
+      // Progress first (a job's end in the same batch then overwrites it); every other write in
+      // submission order, each run of consecutive ends of attempts as one statement.
+      batch.clear();
+      if (!progress.empty()) batch.push_back(progress_op(std::move(progress)));
+      std::vector<Outcome> run;
+      for (auto& op : popped) {
+        if (op.outcome) {
+          run.push_back(std::move(*op.outcome));
+          continue;
+        }
+        if (!run.empty()) batch.push_back(finish_op(std::move(run)));
+        run.clear();
+        batch.push_back(std::move(op));
+      }
+      if (!run.empty()) batch.push_back(finish_op(std::move(run)));
       run_batch(batch);
       {
         std::lock_guard lock(mutex_);
@@ -1184,8 +1193,6 @@ class PgStore final : public Store {
       std::lock_guard lock(mutex_);
       listener = listener_cb_;
     }
-    for (auto& op : ops)
-      if (op.announce) op.announce();
     if (listener && !w.transitions.empty()) listener(w.transitions);
     for (auto& op : ops)
       if (op.committed) op.committed();
@@ -1366,7 +1373,6 @@ class PgStore final : public Store {
   std::mutex mutex_;
   std::condition_variable work_cv_, done_cv_;
   std::deque<WriteOp> queue_;
-  std::vector<Outcome> pending_finishes_;
   std::map<int64_t, ProgressUpdate> pending_progress_;
   bool side_in_flight_ = false;  // finishes or progress taken by the writer, not yet committed
   uint64_t submitted_ = 0, completed_ = 0;

@@ -1,0 +1,409 @@
+"""Observability: log lines, event streams (blocking and asyncio), health and metrics.
+
+The engine keeps the numbers (``jobforge._core``); this module shapes them for Python: a
+bounded event queue that coalesces progress for slow consumers, an iterator and an async
+iterator over it, the health verdict and the Prometheus text exposition."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any, Optional
+
+from . import _json
+from .job import Event
+
+if TYPE_CHECKING:
+    from .engine import Engine, Subscription
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class LogLine:
+    """One line of a job's log. ``at`` is Unix milliseconds; ``fields`` the keyword context."""
+
+    __slots__ = ("id", "job_id", "attempt", "at", "level", "stage", "message", "_fields_json")
+
+    def __init__(self, record: Any) -> None:
+        self.id: int = record.id
+        self.job_id: str = record.job_id
+        self.attempt: int = record.attempt
+        self.at: int = record.at
+        self.level: str = record.level
+        self.stage: Optional[str] = record.stage or None
+        self.message: str = record.message
+        self._fields_json: str = record.fields_json
+
+    @property
+    def fields(self) -> dict:
+        return _json.loads(self._fields_json) if self._fields_json else {}
+
+    def to_dict(self) -> dict:
+        keys = ("id", "job_id", "attempt", "at", "level", "stage", "message", "fields")
+        return {k: getattr(self, k) for k in keys}
+
+    def __repr__(self) -> str:
+        return f"<LogLine {self.level} {self.message[:60]!r}>"
+
+
+class _EventQueue:
+    """The queue between the engine's delivery thread and one consumer. Bounded: past
+    ``maxsize`` a progress event replaces its job's queued one, a log event is dropped (the line
+    is in the store), and lifecycle events are always kept, so a slow consumer never slows the
+    workers and never misses a final state."""
+
+    def __init__(self, maxsize: int, on_put=None) -> None:
+        self._items: deque[Event] = deque()
+        self._cond = threading.Condition()
+        self._maxsize = maxsize
+        self._on_put = on_put
+        self.coalesced = 0
+        self.dropped = 0
+
+    def put(self, ev: Event) -> None:
+        with self._cond:
+            if len(self._items) >= self._maxsize:
+                if ev.type == "job-progress":
+                    for i in range(len(self._items) - 1, -1, -1):
+                        old = self._items[i]
+                        if old.type == "job-progress" and old.job_id == ev.job_id:
+                            self._items[i] = ev
+                            self.coalesced += 1
+                            return
+                elif ev.type == "job-log":
+                    self.dropped += 1
+                    return
+            self._items.append(ev)
+            self._cond.notify()
+        if self._on_put is not None:
+            self._on_put()
+
+    def get(self, timeout: Optional[float]) -> Optional[Event]:
+        """The next event, or None when ``timeout`` seconds pass without one (releases the GIL
+        while waiting)."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait_for(lambda: bool(self._items), timeout)
+            return self._items.popleft() if self._items else None
+
+    def get_nowait(self) -> Optional[Event]:
+        with self._cond:
+            return self._items.popleft() if self._items else None
+
+
+class EventStream:
+    """``for event in engine.events(timeout=5): ...`` — events as they are committed. Iteration
+    ends when ``timeout`` seconds pass with no event (never, with ``timeout=None``) or after
+    ``close()``. Use it as a context manager, or close it, to end the subscription."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        event: str = "*",
+        *,
+        job_id: Optional[str] = None,
+        job_type: Optional[str] = None,
+        timeout: Optional[float] = None,
+        maxsize: int = 10_000,
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
+        self._queue = _EventQueue(maxsize)
+        self._timeout = timeout
+        self._closed = False
+        self._sub: Subscription = engine.on(event, self._queue.put, job_id=job_id,
+                                            job_type=job_type)  # fmt: skip
+
+    @property
+    def coalesced(self) -> int:
+        return self._queue.coalesced
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
+        if self._closed:
+            raise StopIteration
+        ev = self._queue.get(self._timeout)
+        if ev is None:
+            self.close()
+            raise StopIteration
+        return ev
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sub.unsubscribe()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _weak_call(ref: weakref.WeakMethod):
+    def call() -> None:
+        method = ref()
+        if method is not None:
+            method()
+
+    return call
+
+
+class AsyncEventStream:
+    """``async for event in engine.aevents(): ...`` — the same stream for asyncio. Events are
+    handed to the loop with ``call_soon_threadsafe``; nothing blocks the loop, so it works in a
+    running Jupyter kernel."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        event: str = "*",
+        *,
+        job_id: Optional[str] = None,
+        job_type: Optional[str] = None,
+        timeout: Optional[float] = None,
+        maxsize: int = 10_000,
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._ready: Optional[asyncio.Event] = None
+        # Weakly: the subscription holds the queue, and a stream dropped without close() must
+        # still be collected (and unsubscribe in __del__).
+        self._queue = _EventQueue(maxsize, on_put=_weak_call(weakref.WeakMethod(self._wake)))
+        self._timeout = timeout
+        self._closed = False
+        self._sub: Subscription = engine.on(event, self._queue.put, job_id=job_id,
+                                            job_type=job_type)  # fmt: skip
+
+    def _wake(self) -> None:
+        loop, ready = self._loop, self._ready
+        if loop is not None and ready is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(ready.set)
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._ready = asyncio.Event()
+        assert self._ready is not None
+        while not self._closed:
+            ev = self._queue.get_nowait()
+            if ev is not None:
+                return ev
+            self._ready.clear()
+            ev = self._queue.get_nowait()  # one may have arrived before the clear
+            if ev is not None:
+                return ev
+            try:
+                await asyncio.wait_for(self._ready.wait(), self._timeout)
+            except asyncio.TimeoutError:
+                self.close()
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sub.unsubscribe()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- health ----------------------------------------------------------------------------------
+
+_INTEGRITY_TTL = 60.0
+
+
+def health(
+    engine: Engine,
+    *,
+    integrity: bool = True,
+    max_wait: float = 300.0,
+    max_error_rate: float = 0.5,
+) -> dict:
+    """The engine's health: ``status`` is "ok", "degraded" or "failing", with ``reasons``."""
+    now_ms = int(time.time() * 1000)
+    reasons: list[str] = []
+    failing = False
+    result: dict[str, Any] = {"checked_at": now_ms, "path": engine.path}
+    try:
+        detail = engine._core.stats_detail()
+        workers = engine._core.worker_list()
+        reachable = True
+    except Exception as exc:  # noqa: BLE001 - any store error means unreachable
+        result.update(
+            status="failing",
+            reasons=[f"database unreachable: {exc}"],
+            database={"reachable": False, "integrity": None},
+            workers=[],
+        )
+        return result
+    check = None
+    if integrity:
+        cached = getattr(engine, "_integrity_cache", None)
+        if cached is None or time.monotonic() - cached[0] > _INTEGRITY_TTL:
+            cached = (time.monotonic(), engine._core.integrity_check())
+            engine._integrity_cache = cached
+        check = cached[1]
+        if check != "ok":
+            failing = True
+            reasons.append(f"integrity check failed: {check}")
+    result["database"] = {"reachable": reachable, "integrity": check}
+
+    lease_ms = int(1000 * float(engine._config.get("lease", 30.0)))
+    live = []
+    for w in workers:
+        age = max(0, now_ms - w["heartbeat_at"])
+        alive = w["state"] == "running" and age <= lease_ms
+        live.append({**w, "alive": alive, "heartbeat_age": age / 1000.0})
+    result["workers"] = live
+    alive_count = sum(1 for w in live if w["alive"])
+    due = detail["due"]
+    oldest = detail["oldest_due_age_ms"] / 1000.0
+    result["queue"] = {"queued": detail["queued_total"], "due": due, "oldest_due_age": oldest}
+    if due and not alive_count:
+        reasons.append(f"{due} job(s) due and no live worker")
+    if due and oldest > max_wait:
+        reasons.append(f"oldest due job has waited {oldest:.0f} s (more than {max_wait:g} s)")
+    rates = {}
+    for name, t in detail["types"].items():
+        ended = t["completed"] + t["failed"] + t["timeout"] + t["retried"]
+        rates[name] = t["error_rate"]
+        if ended >= 10 and t["error_rate"] > max_error_rate:
+            reasons.append(f"type '{name}': {t['error_rate']:.0%} of attempts failed recently")
+    result["error_rates"] = rates
+    dead = [w["id"] for w in live if w["state"] == "running" and not w["alive"]]
+    if dead:
+        reasons.append(f"{len(dead)} worker(s) stopped heartbeating: {', '.join(dead[:3])}")
+    result["status"] = "failing" if failing else ("degraded" if reasons else "ok")
+    result["reasons"] = reasons
+    return result
+
+
+# -- Prometheus text exposition (format 0.0.4) -------------------------------------------------
+
+
+def _label(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "+Inf" if value > 0 else "-Inf"
+        return repr(value)
+    return str(value)
+
+
+class _Exposition:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str, samples) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            if labels:
+                body = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+                self.lines.append(f"{name}{{{body}}} {_number(value)}")
+            else:
+                self.lines.append(f"{name} {_number(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def metrics_text(engine: Engine) -> str:
+    """The engine's figures in the Prometheus text format, for a scrape endpoint."""
+    detail = engine._core.stats_detail()
+    local = engine._core.local_stats()
+    h = health(engine, integrity=False)
+    out = _Exposition()
+    types = detail["types"]
+    out.family(
+        "jobforge_jobs", "gauge", "Jobs in the store by type and status.",
+        [({"type": t, "status": s}, n) for t, v in types.items() for s, n in v["counts"].items()
+         if n],
+    )  # fmt: skip
+    out.family("jobforge_queue_depth", "gauge", "Queued jobs, due or delayed.",
+               [({}, detail["queued_total"])])  # fmt: skip
+    out.family("jobforge_jobs_due", "gauge", "Queued jobs that are due now.", [({}, detail["due"])])
+    out.family("jobforge_oldest_due_age_seconds", "gauge",
+               "How long the oldest due job has waited.",
+               [({}, detail["oldest_due_age_ms"] / 1000.0)])  # fmt: skip
+    window = detail["window_ms"] / 1000.0
+    for stat, key, help_text in (
+        ("mean", "mean_run_ms", "Mean run time"),
+        ("p50", "p50_run_ms", "Median run time"),
+        ("p95", "p95_run_ms", "95th percentile run time"),
+    ):
+        out.family(
+            f"jobforge_job_run_seconds_{stat}", "gauge",
+            f"{help_text} of attempts that ended in the last {window:g} s, by type.",
+            [({"type": t}, v[key] / 1000.0) for t, v in types.items() if v["runs"]],
+        )  # fmt: skip
+    out.family("jobforge_job_error_ratio", "gauge",
+               f"Failed, timed-out and retried attempts among those ended in the last {window:g} s.",
+               [({"type": t}, v["error_rate"]) for t, v in types.items()])  # fmt: skip
+    rate_window = detail["rate_window_ms"] / 1000.0
+    out.family("jobforge_jobs_created_per_second", "gauge",
+               f"Jobs created per second over the last {rate_window:g} s.",
+               [({"type": t}, v["created_per_s"]) for t, v in types.items()])  # fmt: skip
+    out.family("jobforge_jobs_completed_per_second", "gauge",
+               f"Jobs completed per second over the last {rate_window:g} s.",
+               [({"type": t}, v["completed_per_s"]) for t, v in types.items()])  # fmt: skip
+    workers = h.get("workers", [])
+    out.family("jobforge_workers_alive", "gauge", "Worker engines with a recent heartbeat.",
+               [({}, sum(1 for w in workers if w["alive"]))])  # fmt: skip
+    out.family("jobforge_worker_heartbeat_age_seconds", "gauge",
+               "Seconds since each registered worker's last heartbeat.",
+               [({"worker": w["id"], "hostname": w["hostname"]}, w["heartbeat_age"])
+                for w in workers])  # fmt: skip
+    out.family("jobforge_health", "gauge", "1 for the current health status of this engine.",
+               [({"status": s}, 1 if h["status"] == s else 0)
+                for s in ("ok", "degraded", "failing")])  # fmt: skip
+    out.family("jobforge_engine_running_jobs", "gauge", "Jobs running in this process.",
+               [({}, local["running"])])  # fmt: skip
+    out.family("jobforge_engine_worker_threads", "gauge", "Worker threads of this engine.",
+               [({}, local["workers"])])  # fmt: skip
+    out.family("jobforge_progress_writes_total", "counter",
+               "Progress updates this process wrote to the store.",
+               [({}, local["progress_writes"])])  # fmt: skip
+    out.family("jobforge_log_lines_total", "counter", "Job log lines written by this process.",
+               [({}, local["log_lines"])])  # fmt: skip
+    out.family("jobforge_events_coalesced_total", "counter",
+               "Progress events replaced by a newer one for a slow subscriber.",
+               [({}, local["events_coalesced"])])  # fmt: skip
+    out.family("jobforge_events_dropped_total", "counter",
+               "Job log events dropped for a slow subscriber (the lines are in the store).",
+               [({}, local["events_dropped"])])  # fmt: skip
+    return out.text()

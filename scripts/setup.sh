@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing jobforge needs, where it is missing: the system packages
-# (compiler, CMake, Ninja, SQLite and libpq headers, nlohmann/json, GoogleTest) through apt-get, then a
-# virtual environment in .venv with jobforge installed in editable mode and its test extras.
+# (compiler, CMake, Ninja, SQLite and libpq headers, a PostgreSQL server for the tests,
+# nlohmann/json, GoogleTest) through apt-get, then a virtual environment in .venv with jobforge
+# installed in editable mode and its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ cmake ninja-build pkg-config libsqlite3-dev libpq-dev nlohmann-json3-dev libgtest-dev libgmock-dev)
+packages=(g++ cmake ninja-build pkg-config libsqlite3-dev libpq-dev postgresql nlohmann-json3-dev libgtest-dev libgmock-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

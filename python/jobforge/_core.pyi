@@ -170,6 +170,7 @@ class Engine:
         progress_persist_ms: int = 30000,
         progress_persist_percent: int = 10,
         stats_window_ms: int = 3600000,
+        pool_size: int = 4,
     ) -> None: ...
     @property
     def worker_id(self) -> str: ...

@@ -127,7 +127,7 @@ class Subscription:
 
 
 class Engine:
-    """A jobforge engine on one SQLite file.
+    """A jobforge engine on one SQLite file, or on a PostgreSQL database shared by many hosts.
 
     >>> engine = Engine("jobs.db", workers=4)
     >>> @engine.processor("resize", timeout=30, max_attempts=3)
@@ -140,6 +140,10 @@ class Engine:
 
     ``workers`` threads run jobs in this process. Processors may be registered before or after
     ``start()``. The native processors ``noop`` and ``sleep`` are always registered.
+
+    ``path`` may be a PostgreSQL URL (``"postgresql://user@host/db"``): worker processes on every
+    host then share one queue; ``pool_size`` bounds the connections this process uses for claims
+    and reads (plus one writer and one listener). See docs/postgresql.md.
     """
 
     def __init__(
@@ -160,10 +164,14 @@ class Engine:
         singleton: Union[bool, str] = False,
         interrupt_grace: float = 1.0,
         claim_in_memory: bool = True,
+        pool_size: int = 4,
     ) -> None:
         path = os.fspath(path)
         if not isinstance(path, str):
             raise TypeError(f"path must be a str or path, got {type(path).__name__}")
+        pool_size = _int_option("pool_size", pool_size)
+        if pool_size is None or pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size!r}")
         workers = _int_option("workers", workers)
         if workers is None or workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers!r}")
@@ -220,6 +228,7 @@ class Engine:
             progress_persist_ms=persist_ms,
             progress_persist_percent=step,
             stats_window_ms=window_ms,
+            pool_size=pool_size,
         )
         self.path = path
         self._subs_lock = threading.Lock()
@@ -234,6 +243,7 @@ class Engine:
             progress_interval=progress_interval, durability=durability, singleton=singleton,
             interrupt_grace=interrupt_grace, progress_persist_interval=progress_persist_interval,
             progress_persist_step=progress_persist_step, stats_window=stats_window,
+            pool_size=pool_size,
         )  # fmt: skip
         self._workers = workers
         self._registrations: dict[str, tuple[Callable, dict[str, Any]]] = {}

@@ -97,7 +97,9 @@ def drain(store: Store, n: int, processes: int) -> float:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, store.url],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for _ in range(processes)
     ]
@@ -142,7 +144,10 @@ def main() -> int:
     workloads.append(("enqueue_many (batches of 1,000)", lambda s: enqueue_many(s, args.jobs)))
     for procs in (1, 2, 4):
         workloads.append(
-            (f"drain noop, {procs} process(es) × 2 workers", lambda s, p=procs: drain(s, args.jobs, p))
+            (
+                f"drain noop, {procs} process(es) × 2 workers",
+                lambda s, p=procs: drain(s, args.jobs, p),
+            )
         )
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):

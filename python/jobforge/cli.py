@@ -128,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
             "failure, 2 usage or bad input, 3 job or database not found."
         ),
     )
-    parser.add_argument("--db", metavar="PATH", help=f"SQLite database file or postgresql:// URL (default: ${ENV_DB})")
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        help=f"SQLite database file or postgresql:// URL (default: ${ENV_DB})",
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -38,6 +38,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 def _is_postgres_url(path: str) -> bool:
     """A PostgreSQL store ("postgresql://..." or "postgres://..."), not a SQLite file."""
     return path.startswith(("postgresql://", "postgres://"))
+
+
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _abandoned_after_fork: list[Any] = []  # see Engine._stand_in_for
 

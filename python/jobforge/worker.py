@@ -66,12 +66,12 @@ class AppError(ValueError):
 # -- the app ------------------------------------------------------------------------------------
 
 
-
 def _absolute_db(path: str) -> str:
     """A SQLite path made absolute (children may start elsewhere); a PostgreSQL URL unchanged."""
     from .engine import _is_postgres_url
 
     return path if _is_postgres_url(path) else os.path.abspath(path)
+
 
 def load_app(spec: str) -> Engine:
     """The engine named by ``"module:attr"`` (attr may be dotted; an ``Engine`` or a callable

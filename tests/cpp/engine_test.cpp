@@ -1,5 +1,7 @@
 // Engine: enqueue → dispatcher → workers → store → events, with native test processors, real
 // SQLite files and real threads. Waits are generous and only guard against hangs.
+#include "jobforge/engine.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -7,22 +9,20 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
-#include "jobforge/engine.hpp"
 #include "jobforge/errors.hpp"
-#include <nlohmann/json.hpp>
-
 #include "test_support.hpp"
 
 using namespace jobforge;
+using jobforge::testing::Backend;
 using jobforge::testing::eventually;
 using jobforge::testing::Gate;
 using jobforge::testing::kPatience;
-using jobforge::testing::Backend;
 using jobforge::testing::TempDir;
 using jobforge::testing::TestDb;
 using namespace std::chrono_literals;
@@ -262,8 +262,8 @@ struct EventLog {
   }
   int count(EventType type) {
     std::lock_guard lock(mutex);
-    return static_cast<int>(
-        std::count_if(events.begin(), events.end(), [&](const Event& e) { return e.type == type; }));
+    return static_cast<int>(std::count_if(events.begin(), events.end(),
+                                          [&](const Event& e) { return e.type == type; }));
   }
 
   EventBus& bus;
@@ -409,8 +409,8 @@ TEST_P(EngineTest, OneWorkerRunsQueuedJobsInPriorityOrder) {
   engine.register_processor("echo", echo);
   // (label, priority), enqueued in this order before the engine starts.
   const std::vector<std::pair<std::string, int>> jobs = {
-      {"n1", 5}, {"m1", 10}, {"u1", 1}, {"h1", 3}, {"n2", 5},
-      {"l1", 7}, {"u2", 1}, {"h2", 3}, {"m2", 10}, {"n3", 5},
+      {"n1", 5}, {"m1", 10}, {"u1", 1}, {"h1", 3},  {"n2", 5},
+      {"l1", 7}, {"u2", 1},  {"h2", 3}, {"m2", 10}, {"n3", 5},
   };
   std::vector<std::string> ids;
   for (const auto& [label, prio] : jobs) {
@@ -691,7 +691,8 @@ TEST_P(EngineTest, JobCancelledWhileWaitingForAWorkerUsesNoAttempt) {
   const Job busy = engine.enqueue(spec("stuck"));
   ASSERT_TRUE(stuck->started.wait());
   const Job waiting = engine.enqueue(spec("echo"));
-  ASSERT_TRUE(eventually([&] { return engine.store().get(waiting.id)->status == Status::running; }));
+  ASSERT_TRUE(
+      eventually([&] { return engine.store().get(waiting.id)->status == Status::running; }));
   // The claim is committed before the dispatcher hands the job to the ready queue; let it get
   // there (a cancel inside that window is the subject of JobCancelledJustAfterItsClaimNeverRuns).
   std::this_thread::sleep_for(50ms);
@@ -937,7 +938,8 @@ TEST_P(EngineTest, EngineDestroyedWhileJobsRunDoesNotCrashOrHang) {
   {
     Engine engine(small_config(dir, /*workers=*/2));
     engine.start();
-    for (int i = 0; i < 6; ++i) ids.push_back(engine.enqueue(spec("sleep", R"({"seconds":0.1})")).id);
+    for (int i = 0; i < 6; ++i)
+      ids.push_back(engine.enqueue(spec("sleep", R"({"seconds":0.1})")).id);
     ASSERT_TRUE(sleep_has_begun(engine, ids[0]));
   }  // ~Engine: stop(true), then close
   auto store = open_store(path);
@@ -1002,19 +1004,31 @@ TEST_P(EngineTest, InvalidSpecsAreRejectedNamingTheFieldAndWriteNothing) {
     mutate(s);
     cases.push_back(Case{label, s, std::move(field), std::move(value)});
   };
-  add("priority 0", [](JobSpec& s) { s.priority = 0; }, "priority", "0");
-  add("priority 11", [](JobSpec& s) { s.priority = 11; }, "priority", "11");
-  add("max_attempts 0", [](JobSpec& s) { s.max_attempts = 0; }, "max_attempts", "0");
-  add("timeout 0", [](JobSpec& s) { s.timeout_ms = 0; }, "timeout", "0");
-  add("negative timeout", [](JobSpec& s) { s.timeout_ms = -5'000; }, "timeout", "-5");
-  add("negative delay", [](JobSpec& s) { s.delay_ms = -1'000; }, "delay", "-1");
-  add("negative retry delay", [](JobSpec& s) { s.retry_delay_ms = -1; }, "retry_delay", "-0.001");
-  add("invalid JSON", [](JobSpec& s) { s.payload_json = "{not json"; }, "payload", "{not json");
-  add("empty payload", [](JobSpec& s) { s.payload_json = ""; }, "payload", "");
-  add("payload too big", [](JobSpec& s) { s.payload_json = "\"" + std::string(100, 'x') + "\""; },
+  add(
+      "priority 0", [](JobSpec& s) { s.priority = 0; }, "priority", "0");
+  add(
+      "priority 11", [](JobSpec& s) { s.priority = 11; }, "priority", "11");
+  add(
+      "max_attempts 0", [](JobSpec& s) { s.max_attempts = 0; }, "max_attempts", "0");
+  add(
+      "timeout 0", [](JobSpec& s) { s.timeout_ms = 0; }, "timeout", "0");
+  add(
+      "negative timeout", [](JobSpec& s) { s.timeout_ms = -5'000; }, "timeout", "-5");
+  add(
+      "negative delay", [](JobSpec& s) { s.delay_ms = -1'000; }, "delay", "-1");
+  add(
+      "negative retry delay", [](JobSpec& s) { s.retry_delay_ms = -1; }, "retry_delay", "-0.001");
+  add(
+      "invalid JSON", [](JobSpec& s) { s.payload_json = "{not json"; }, "payload", "{not json");
+  add(
+      "empty payload", [](JobSpec& s) { s.payload_json = ""; }, "payload", "");
+  add(
+      "payload too big", [](JobSpec& s) { s.payload_json = "\"" + std::string(100, 'x') + "\""; },
       "payload", "102");
-  add("empty type", [](JobSpec& s) { s.type = ""; }, "type", "");
-  add("unknown parent", [](JobSpec& s) { s.parent_id = "00000000-0000-7000-8000-000000000000"; },
+  add(
+      "empty type", [](JobSpec& s) { s.type = ""; }, "type", "");
+  add(
+      "unknown parent", [](JobSpec& s) { s.parent_id = "00000000-0000-7000-8000-000000000000"; },
       "parent", "00000000-0000-7000-8000-000000000000");
 
   for (const auto& c : cases) {
@@ -1127,11 +1141,11 @@ void expect_events_of_a_completed_job_in_order_on_the_delivery_thread(EngineConf
   wait_final(engine, job.id);
   const auto events = log.for_job(engine, job.id);
 
-  ASSERT_EQ(types_of(events),
-            (std::vector<EventType>{EventType::created, EventType::status_changed, EventType::queued,
-                                    EventType::status_changed, EventType::started,
-                                    EventType::progress, EventType::progress, EventType::progress,
-                                    EventType::status_changed, EventType::completed}));
+  ASSERT_EQ(types_of(events), (std::vector<EventType>{
+                                  EventType::created, EventType::status_changed, EventType::queued,
+                                  EventType::status_changed, EventType::started,
+                                  EventType::progress, EventType::progress, EventType::progress,
+                                  EventType::status_changed, EventType::completed}));
   EXPECT_EQ(events[0].status, Status::created);
   EXPECT_EQ(events[1].status, Status::queued);
   EXPECT_EQ(events[3].previous_status, Status::queued);
@@ -1146,7 +1160,8 @@ void expect_events_of_a_completed_job_in_order_on_the_delivery_thread(EngineConf
   EXPECT_EQ(events[8].previous_status, Status::running);
   EXPECT_EQ(events[9].result_json, std::optional<std::string>("{\"done\":true}"));
   EXPECT_EQ(events[9].job_type, "progress");
-  for (size_t i = 1; i < events.size(); ++i) EXPECT_GE(events[i].timestamp, events[i - 1].timestamp);
+  for (size_t i = 1; i < events.size(); ++i)
+    EXPECT_GE(events[i].timestamp, events[i - 1].timestamp);
 
   std::lock_guard lock(log.mutex);
   EXPECT_FALSE(log.off_delivery_thread);
@@ -1188,10 +1203,11 @@ TEST_F(SqliteEngineTest, EventsOfAJobClaimedInMemoryArriveInOrder) {
       lifecycle.push_back(events[i]);
     }
   }
-  ASSERT_EQ(types_of(lifecycle),
-            (std::vector<EventType>{EventType::created, EventType::status_changed, EventType::queued,
-                                    EventType::status_changed, EventType::started,
-                                    EventType::status_changed, EventType::completed}));
+  ASSERT_EQ(
+      types_of(lifecycle),
+      (std::vector<EventType>{EventType::created, EventType::status_changed, EventType::queued,
+                              EventType::status_changed, EventType::started,
+                              EventType::status_changed, EventType::completed}));
   if (first_progress < events.size()) {
     EXPECT_EQ(events[first_progress - 1].type, EventType::started);
     EXPECT_EQ(events[last_progress + 1].status, Status::completed);
@@ -1207,10 +1223,10 @@ TEST_P(EngineTest, EventsOfAFailedJobEndWithTheFailure) {
   const Job job = engine.enqueue(spec("reject"));
   wait_final(engine, job.id);
   const auto events = log.for_job(engine, job.id);
-  EXPECT_EQ(types_of(events),
-            (std::vector<EventType>{EventType::created, EventType::status_changed, EventType::queued,
-                                    EventType::status_changed, EventType::started,
-                                    EventType::status_changed, EventType::failed}));
+  EXPECT_EQ(types_of(events), (std::vector<EventType>{EventType::created, EventType::status_changed,
+                                                      EventType::queued, EventType::status_changed,
+                                                      EventType::started, EventType::status_changed,
+                                                      EventType::failed}));
   ASSERT_FALSE(events.empty());
   EXPECT_EQ(events.back().status, Status::failed);
   EXPECT_EQ(events.back().error, std::optional<std::string>("payload is unusable"));
@@ -1740,8 +1756,8 @@ TEST_P(EngineTest, ProgressEventsAreRateLimitedAndTheLastOneStillArrives) {
     return !evs.empty() && evs.back().type == EventType::progress && evs.back().progress == 100;
   }));
   const auto evs = events.for_job(engine, job.id);
-  const auto progress_events =
-      std::count_if(evs.begin(), evs.end(), [](const Event& e) { return e.type == EventType::progress; });
+  const auto progress_events = std::count_if(
+      evs.begin(), evs.end(), [](const Event& e) { return e.type == EventType::progress; });
   EXPECT_LE(progress_events, 3);
   stepping->release.open();
   wait_final(engine, job.id);
@@ -1825,6 +1841,5 @@ TEST_P(EngineTest, StopWithoutWaitingEscalatesAStopThatIsWaiting) {
   EXPECT_EQ(got->attempts, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Stores, EngineTest,
-                         ::testing::Values(Backend::sqlite, Backend::postgres),
+INSTANTIATE_TEST_SUITE_P(Stores, EngineTest, ::testing::Values(Backend::sqlite, Backend::postgres),
                          jobforge::testing::backend_name);

@@ -1,5 +1,7 @@
 // SqliteStore, opened directly: schema and migrations, inserts, claims, leases, cancel, retry,
 // counters, recovery of dead owners, the commit listener, and errors. Real files, real threads.
+#include "jobforge/store.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,20 +10,18 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <thread>
 #include <vector>
 
 #include "jobforge/errors.hpp"
-#include "jobforge/store.hpp"
-#include <nlohmann/json.hpp>
-
 #include "test_support.hpp"
 
 using namespace jobforge;
-using jobforge::testing::RawDb;
 using jobforge::testing::Backend;
+using jobforge::testing::RawDb;
 using jobforge::testing::TempDir;
 using jobforge::testing::TestDb;
 
@@ -177,7 +177,8 @@ TEST_F(SqliteStoreTest, NewFileGetsTheFullSchemaInWalMode) {
   EXPECT_EQ(raw.text("PRAGMA journal_mode"), "wal");
   for (const char* table : {"jobs", "job_type_counts", "workers", "job_logs", "job_stats"})
     EXPECT_EQ(raw.integer(std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND "
-                                      "name='") + table + "'"),
+                                      "name='") +
+                          table + "'"),
               1)
         << table;
   EXPECT_EQ(raw.integer("SELECT count(*) FROM sqlite_master WHERE name='idx_jobs_claim'"), 1);
@@ -240,7 +241,7 @@ TEST_F(SqliteStoreTest, SeedSchemaFileIsMigratedInPlaceKeepingRowsAndCounts) {
   EXPECT_EQ(queued->priority, 3);
   EXPECT_EQ(queued->payload_json, R"({"a":1})");
   EXPECT_EQ(queued->timeout_ms, 20'000);  // seconds carried over into milliseconds
-  EXPECT_EQ(queued->run_at, 1500);         // due from when it was queued
+  EXPECT_EQ(queued->run_at, 1500);        // due from when it was queued
 
   auto completed = store->get("0a4d1e5b-3c2f-4b7a-8e90-1d2c3b4a5f60");
   ASSERT_TRUE(completed.has_value());
@@ -431,8 +432,10 @@ TEST_P(StoreTest, OneFailingInsertInAGroupCommitDoesNotLoseTheOthers) {
           ++good_ok;
         }
       } catch (const ValidationError&) {
-        if (i == kGoodThreads) ++bad_rejected;
-        else ++other_errors;
+        if (i == kGoodThreads)
+          ++bad_rejected;
+        else
+          ++other_errors;
       } catch (...) {
         ++other_errors;
       }
@@ -546,8 +549,8 @@ TEST_P(StoreTest, ClaimTakesPriorityThenRunAtThenInsertionOrder) {
     int64_t run_at;
   };
   const std::vector<Row> rows = {
-      {"p5-late", 5, kT0 - 10},   {"p9", 9, kT0 - 1000}, {"p1-b", 1, kT0 - 50},
-      {"p5-early", 5, kT0 - 20},  {"p1-a", 1, kT0 - 50}, {"p1-first", 1, kT0 - 60},
+      {"p5-late", 5, kT0 - 10},   {"p9", 9, kT0 - 1000},   {"p1-b", 1, kT0 - 50},
+      {"p5-early", 5, kT0 - 20},  {"p1-a", 1, kT0 - 50},   {"p1-first", 1, kT0 - 60},
       {"p5-late-2", 5, kT0 - 10}, {"p10", 10, kT0 - 5000},
   };
   std::map<std::string, std::string> name_of;
@@ -925,7 +928,8 @@ TEST_P(StoreTest, SavedProgressIsReadBack) {
   store->insert({job});
   auto claimed = store->claim(claim_request("owner-a"));
   ASSERT_EQ(claimed.size(), 1u);
-  store->save_progress({ProgressUpdate{claimed[0].rowid, 40, 4, 10, "four of ten", "counting", R"({"updates":4})"}});
+  store->save_progress(
+      {ProgressUpdate{claimed[0].rowid, 40, 4, 10, "four of ten", "counting", R"({"updates":4})"}});
   store->flush();
   auto got = store->get(job.id);
   ASSERT_TRUE(got.has_value());
@@ -1202,8 +1206,10 @@ TEST_P(StoreTest, RecoverOrphansTakesBackAnExpiredLeaseOfALiveOwner) {
   const auto job = make_job();
   store->insert({job});
   ASSERT_EQ(store->claim(claim_request("slow-owner")).size(), 1u);  // lease until kT0 + 60 s
-  EXPECT_EQ(store->recover_orphans(kT0 + 59'000, "self", [](const WorkerInfo&) { return false; }), 0);
-  EXPECT_EQ(store->recover_orphans(kT0 + 61'000, "self", [](const WorkerInfo&) { return false; }), 1);
+  EXPECT_EQ(store->recover_orphans(kT0 + 59'000, "self", [](const WorkerInfo&) { return false; }),
+            0);
+  EXPECT_EQ(store->recover_orphans(kT0 + 61'000, "self", [](const WorkerInfo&) { return false; }),
+            1);
   EXPECT_EQ(status_of(*store, job.id), Status::queued);
 }
 
@@ -1294,8 +1300,7 @@ TEST_P(StoreTest, WritesAfterCloseAreStoreErrors) {
   store->close();  // idempotent
 }
 
-INSTANTIATE_TEST_SUITE_P(Stores, StoreTest,
-                         ::testing::Values(Backend::sqlite, Backend::postgres),
+INSTANTIATE_TEST_SUITE_P(Stores, StoreTest, ::testing::Values(Backend::sqlite, Backend::postgres),
                          jobforge::testing::backend_name);
 
 // ---- what only the PostgreSQL store has -----------------------------------------------------
@@ -1319,8 +1324,9 @@ class PostgresStoreTest : public StoreTest {
 
 TEST_F(PostgresStoreTest, ClaimsAreAlwaysDurable) {
   auto store = open_pg();
-  EXPECT_EQ(store->register_worker(worker("w-1", kT0), [](const WorkerInfo&) { return false; },
-                                   /*allow_memory=*/true),
+  EXPECT_EQ(store->register_worker(
+                worker("w-1", kT0), [](const WorkerInfo&) { return false; },
+                /*allow_memory=*/true),
             "durable");
   EXPECT_FALSE(store->set_claim_mode("w-1", "memory", [](const WorkerInfo&) { return false; }));
   ClaimRequest in_memory = claim_request("w-1");

@@ -11,13 +11,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
-#include <ostream>
-#include <mutex>
-#include <random>
-#include <cstdlib>
 #include <memory>
+#include <mutex>
+#include <ostream>
+#include <random>
 #include <string>
 #include <thread>
 
@@ -26,8 +26,12 @@
 
 namespace jobforge {
 // Readable names in GoogleTest's failure messages (found by argument-dependent lookup).
-inline void PrintTo(Status s, std::ostream* os) { *os << to_string(s); }
-inline void PrintTo(EventType t, std::ostream* os) { *os << to_string(t); }
+inline void PrintTo(Status s, std::ostream* os) {
+  *os << to_string(s);
+}
+inline void PrintTo(EventType t, std::ostream* os) {
+  *os << to_string(t);
+}
 }  // namespace jobforge
 
 namespace jobforge::testing {
@@ -128,7 +132,8 @@ class PgSchema {
                     << PQerrorMessage(conn_);
       return;
     }
-    PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);
     exec("CREATE SCHEMA " + name_);
     exec("SET search_path TO " + name_);
   }
@@ -144,8 +149,8 @@ class PgSchema {
   // The store URL: the base URL with search_path set to this schema.
   std::string url() const {
     const std::string base = postgres_base_url();
-    return base + (base.find('?') == std::string::npos ? "?" : "&") +
-           "options=-csearch_path%3D" + name_;
+    return base + (base.find('?') == std::string::npos ? "?" : "&") + "options=-csearch_path%3D" +
+           name_;
   }
   const std::string& name() const noexcept { return name_; }
 

@@ -19,7 +19,6 @@ import pytest
 
 import jobforge
 
-
 # One behaviour suite, two stores: the tests of these modules run on a SQLite file and on a fresh
 # PostgreSQL schema (their `db_path` is then a postgresql:// URL).
 BOTH_STORES = {

@@ -5,8 +5,9 @@ import threading
 import time
 import uuid
 
-import jobforge
 from conftest import read_row
+
+import jobforge
 
 WAIT = 10  # generous guard against hangs, never a speed assertion
 

@@ -13,9 +13,9 @@ import textwrap
 import time
 
 import pytest
+from conftest import read_row
 
 import jobforge
-from conftest import read_row
 
 HOST = textwrap.dedent(
     """
@@ -88,7 +88,11 @@ def test_hosts_survive_a_sigkilled_worker_and_a_server_restart(tmp_path, pg_url,
         subprocess.Popen([sys.executable, str(script), pg_url, str(out), str(n)]) for out in outs
     ]
     try:
-        completed = lambda: int(read_row(pg_url, "SELECT count(*) FROM jobs WHERE status = 'completed'")[0])  # noqa: E731
+
+        def completed():
+            sql = "SELECT count(*) FROM jobs WHERE status = 'completed'"
+            return int(read_row(pg_url, sql)[0])
+
         wait_until(lambda: completed() >= n // 6, timeout=60, what="a sixth of the jobs done")
         procs[0].send_signal(signal.SIGKILL)  # a host lost mid-run, jobs in its hands
         procs[0].wait(timeout=10)
@@ -121,7 +125,9 @@ def test_hosts_survive_a_sigkilled_worker_and_a_server_restart(tmp_path, pg_url,
     assert unannounced <= 2 * 2 * 64, "more missing events than the killed host could hold"
     assert set(runs) == ids
     # The killed host's jobs were taken back and completed by the others.
-    killed_completions = {line.split()[1] for line in _lines(outs[0]) if line.startswith("completed ")}
+    killed_completions = {
+        line.split()[1] for line in _lines(outs[0]) if line.startswith("completed ")
+    }
     assert len(killed_completions) < n
     # The survivors saw the outage as a degraded health, not as a crash.
     degraded = [line for out in outs[1:] for line in _lines(out) if line.startswith("health ")]

@@ -80,12 +80,14 @@ Connection::Connection(const std::string& url, int connect_timeout_s) {
   conn_ = PQconnectdbParams(keys, values, 1);
   if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
     std::string message = conn_ ? PQerrorMessage(conn_) : "out of memory";
-    while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) message.pop_back();
+    while (!message.empty() && (message.back() == '\n' || message.back() == ' '))
+      message.pop_back();
     if (conn_) PQfinish(conn_);
     conn_ = nullptr;
     throw PgError(kPgConnectionLost, "08001", "cannot connect to PostgreSQL: " + message);
   }
-  PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);  // NOTICEs are not errors
+  PQsetNoticeProcessor(
+      conn_, [](void*, const char*) {}, nullptr);  // NOTICEs are not errors
 }
 
 Connection::~Connection() {
@@ -108,8 +110,8 @@ void Connection::fail(PGresult* r, std::string_view sql) {
   what += " (in: ";
   what += sql;
   what += ")";
-  throw PgError(lost ? kPgConnectionLost : kPgErrorCode, lost && sqlstate.empty() ? "08006" : sqlstate,
-                what);
+  throw PgError(lost ? kPgConnectionLost : kPgErrorCode,
+                lost && sqlstate.empty() ? "08006" : sqlstate, what);
 }
 
 Result Connection::exec(std::string_view sql) {
@@ -131,7 +133,9 @@ Result Connection::exec(std::string_view sql, const Params& params) {
   return Result(r);
 }
 
-bool Connection::consume_input() { return PQconsumeInput(conn_) == 1; }
+bool Connection::consume_input() {
+  return PQconsumeInput(conn_) == 1;
+}
 
 std::vector<std::pair<std::string, std::string>> Connection::notifications() {
   std::vector<std::pair<std::string, std::string>> out;

@@ -16,8 +16,8 @@
 namespace jobforge::pg {
 
 // StoreError codes of the PostgreSQL store (SQLite's are its own result codes, all below 1000).
-inline constexpr int kPgErrorCode = 1000;        // a statement failed
-inline constexpr int kPgConnectionLost = 1001;   // the connection is gone: reconnect and retry
+inline constexpr int kPgErrorCode = 1000;       // a statement failed
+inline constexpr int kPgConnectionLost = 1001;  // the connection is gone: reconnect and retry
 
 class PgError : public StoreError {
  public:
@@ -67,7 +67,9 @@ class Result {
   }
   int64_t integer(int row, int col) const;  // NULL reads as 0
   double real(int row, int col) const;      // NULL reads as 0
-  bool boolean(int row, int col) const { return !is_null(row, col) && PQgetvalue(r_, row, col)[0] == 't'; }
+  bool boolean(int row, int col) const {
+    return !is_null(row, col) && PQgetvalue(r_, row, col)[0] == 't';
+  }
   int64_t affected() const;  // rows changed by an INSERT/UPDATE/DELETE
 
  private:

@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS jobforge_migrations (
 )sql";
 // Any constant shared by all jobforge processes: the lock only orders migrations.
 inline constexpr const char* kMigrationLock = "SELECT pg_advisory_xact_lock(7301985234)";
-inline constexpr const char* kSchemaVersion = "SELECT COALESCE(MAX(version), 0) FROM jobforge_migrations";
+inline constexpr const char* kSchemaVersion =
+    "SELECT COALESCE(MAX(version), 0) FROM jobforge_migrations";
 inline constexpr const char* kRecordMigration =
     "INSERT INTO jobforge_migrations (version, applied_at) VALUES ($1, $2)";
 
@@ -118,14 +119,14 @@ inline constexpr const char* kMigrations[] = {kMigration1};
 inline constexpr int kLatestVersion = 1;
 
 // Columns read into a Job, in the order read_job expects.
-#define JOBFORGE_PG_JOB_COLUMNS                                                                   \
+#define JOBFORGE_PG_JOB_COLUMNS                                                                  \
   "seq, id, type, status, priority, payload::text, progress, progress_current, progress_total, " \
   "progress_message, result::text, error, error_detail, attempts, max_attempts, timeout_ms, "    \
-  "timeout_seconds, retry_delay_ms, parent_job_id, user_initiated, cancel_requested, "          \
+  "timeout_seconds, retry_delay_ms, parent_job_id, user_initiated, cancel_requested, "           \
   "created_at, queued_at, started_at, completed_at, run_at, timeout_at, lease_owner, "           \
   "lease_expires_at, backoff, progress_stage, outcome::text"
 
-#define JOBFORGE_PG_JOB_COLUMNS_J                                                                 \
+#define JOBFORGE_PG_JOB_COLUMNS_J                                                                \
   "j.seq, j.id, j.type, j.status, j.priority, j.payload::text, j.progress, j.progress_current, " \
   "j.progress_total, j.progress_message, j.result::text, j.error, j.error_detail, j.attempts, "  \
   "j.max_attempts, j.timeout_ms, j.timeout_seconds, j.retry_delay_ms, j.parent_job_id, "         \
@@ -219,7 +220,8 @@ FROM jsonb_to_recordset($1::jsonb) AS x(
 RETURNING id
 )sql";
 inline constexpr const char* kLogsPrefix =
-    "SELECT id, job_id, attempt, at, level, COALESCE(stage, ''), message, COALESCE(fields::text, '') "
+    "SELECT id, job_id, attempt, at, level, COALESCE(stage, ''), message, COALESCE(fields::text, "
+    "'') "
     "FROM job_logs WHERE job_id = $1 AND id > $2 AND level >= $3";
 
 inline constexpr const char* kAddStats = R"sql(
@@ -248,8 +250,7 @@ FROM job_stats WHERE bucket >= $1 GROUP BY 1, 2
 )sql";
 inline constexpr const char* kWindowRunHist =
     "SELECT type, bin, sum(n) FROM job_run_hist WHERE bucket >= $1 GROUP BY 1, 2";
-inline constexpr const char* kTypeCounts =
-    "SELECT type, status, count(*) FROM jobs GROUP BY 1, 2";
+inline constexpr const char* kTypeCounts = "SELECT type, status, count(*) FROM jobs GROUP BY 1, 2";
 inline constexpr const char* kOldestDue =
     "SELECT MIN(run_at), count(*) FROM jobs WHERE status = 'queued' AND run_at <= $1";
 inline constexpr const char* kStats = "SELECT status, count(*) FROM jobs GROUP BY status";

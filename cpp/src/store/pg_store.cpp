@@ -42,8 +42,12 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr int64_t kStatsBucketMs = 10'000;
 constexpr int64_t kStatsKeepBuckets = 24 * 360;
 constexpr int64_t kStatsPruneEvery = 30;
-int run_hist_bin(int64_t ms) { return static_cast<int>(std::floor(4.0 * std::log2(1.0 + ms))); }
-double run_hist_value(int bin) { return std::exp2((bin + 0.5) / 4.0) - 1.0; }
+int run_hist_bin(int64_t ms) {
+  return static_cast<int>(std::floor(4.0 * std::log2(1.0 + ms)));
+}
+double run_hist_value(int bin) {
+  return std::exp2((bin + 0.5) / 4.0) - 1.0;
+}
 
 Job read_job(const Result& r, int i) {
   Job j;
@@ -105,7 +109,9 @@ class JsonRow {
     pg::append_json_string(out_, v);
     return *this;
   }
-  JsonRow& field(const char* name, const std::string& v) { return field(name, std::string_view(v)); }
+  JsonRow& field(const char* name, const std::string& v) {
+    return field(name, std::string_view(v));
+  }
   JsonRow& field(const char* name, const char* v) { return field(name, std::string_view(v)); }
   JsonRow& field(const char* name, const std::optional<std::string>& v) {
     if (!v) return null(name);
@@ -157,8 +163,8 @@ std::optional<std::string> non_empty(const std::string& s) {
 struct WriteContext {
   Connection& conn;
   std::vector<Transition> transitions;
-  bool replay_after_loss = false;  // an earlier try of this batch may have committed
-  bool jobs_due = false;           // NOTIFY idle dispatchers at commit
+  bool replay_after_loss = false;       // an earlier try of this batch may have committed
+  bool jobs_due = false;                // NOTIFY idle dispatchers at commit
   std::set<std::string> cancel_owners;  // NOTIFY these workers of cancel requests at commit
 };
 
@@ -185,8 +191,8 @@ class PgStore final : public Store {
   PgStore(const std::string& url, const PostgresOptions& options)
       : url_(url), options_(options), display_(redact(url)) {
     if (options_.pool_size < 1)
-      throw ValidationError("pool_size", "pool_size must be at least 1, got " +
-                                             std::to_string(options_.pool_size));
+      throw ValidationError(
+          "pool_size", "pool_size must be at least 1, got " + std::to_string(options_.pool_size));
     writer_conn_ = connect();
     migrate(*writer_conn_);
     const std::string schema = writer_conn_->exec("SELECT current_schema()").text(0, 0);
@@ -218,8 +224,9 @@ class PgStore final : public Store {
   std::string health() override {
     std::lock_guard lock(health_mutex_);
     if (writer_down_.empty() && listener_down_.empty() && pool_down_.empty()) return "ok";
-    const std::string& why =
-        !writer_down_.empty() ? writer_down_ : !pool_down_.empty() ? pool_down_ : listener_down_;
+    const std::string& why = !writer_down_.empty() ? writer_down_
+                             : !pool_down_.empty() ? pool_down_
+                                                   : listener_down_;
     return "degraded: PostgreSQL at " + display_ + " unreachable (" + why + "); reconnecting";
   }
 
@@ -245,8 +252,8 @@ class PgStore final : public Store {
       }
     }
     batch += ']';
-    submit_and_wait([&jobs, batch = std::move(batch), parents = std::move(outside_parents)](
-                        WriteContext& w) {
+    submit_and_wait([&jobs, batch = std::move(batch),
+                     parents = std::move(outside_parents)](WriteContext& w) {
       if (!parents.empty()) {
         Result missing = w.conn.exec(sql::kMissingParents, Params().add(pg::text_array(parents)));
         if (missing.rows())
@@ -260,8 +267,8 @@ class PgStore final : public Store {
       } catch (const PgError& e) {
         // Class 22 (data exception): JSON that JSONB cannot hold, e.g. a \u0000 in a string.
         if (e.sqlstate().rfind("22", 0) == 0)
-          throw ValidationError("payload", std::string("payload cannot be stored as JSONB: ") +
-                                               e.what());
+          throw ValidationError("payload",
+                                std::string("payload cannot be stored as JSONB: ") + e.what());
         throw;
       }
       for (const NewJob& j : jobs)
@@ -309,8 +316,15 @@ class PgStore final : public Store {
     if (!claimed.empty()) {
       std::vector<Transition> transitions;
       for (const Job& j : claimed)
-        transitions.push_back(Transition{j.id, j.type, Status::queued, Status::running,
-                                         j.attempts, j.progress, {}, {}, req.now});
+        transitions.push_back(Transition{j.id,
+                                         j.type,
+                                         Status::queued,
+                                         Status::running,
+                                         j.attempts,
+                                         j.progress,
+                                         {},
+                                         {},
+                                         req.now});
       CommitListener listener;
       {
         std::lock_guard lock(mutex_);
@@ -366,8 +380,8 @@ class PgStore final : public Store {
       }
       w.conn.exec(sql::kCancelQueued, Params().add(now).add(seq).add(to_string(status)));
       result = CancelResult::cancelled;
-      w.transitions.push_back(Transition{job_id, type, status, Status::cancelled, attempts, 0, {},
-                                         std::string("cancelled"), now});
+      w.transitions.push_back(Transition{
+          job_id, type, status, Status::cancelled, attempts, 0, {}, std::string("cancelled"), now});
     });
     return result;
   }
@@ -383,9 +397,15 @@ class PgStore final : public Store {
         Result r = w.conn.exec(sql::kCancelAllWithStatus, Params().add(now).add(to_string(from)));
         for (int i = 0; i < r.rows(); ++i) {
           ++count;
-          w.transitions.push_back(Transition{r.text(i, 0), r.text(i, 1), from, Status::cancelled,
-                                             static_cast<int>(r.integer(i, 2)), 0, {},
-                                             std::string("cancelled"), now});
+          w.transitions.push_back(Transition{r.text(i, 0),
+                                             r.text(i, 1),
+                                             from,
+                                             Status::cancelled,
+                                             static_cast<int>(r.integer(i, 2)),
+                                             0,
+                                             {},
+                                             std::string("cancelled"),
+                                             now});
         }
       }
       Result r = w.conn.exec(sql::kRequestCancelAllRunning, Params().add(now));
@@ -524,8 +544,15 @@ class PgStore final : public Store {
         std::optional<std::string> error;
         if (to == Status::failed) error = "worker was lost while running the job";
         if (to == Status::queued) w.jobs_due = true;
-        w.transitions.push_back(Transition{r.text(i, 0), r.text(i, 1), Status::running, to,
-                                           static_cast<int>(r.integer(i, 3)), 0, {}, error, now});
+        w.transitions.push_back(Transition{r.text(i, 0),
+                                           r.text(i, 1),
+                                           Status::running,
+                                           to,
+                                           static_cast<int>(r.integer(i, 3)),
+                                           0,
+                                           {},
+                                           error,
+                                           now});
       }
     });
     return recovered;
@@ -561,7 +588,8 @@ class PgStore final : public Store {
       std::vector<int64_t> ids;
       for (int i = 0; i < r.rows(); ++i) ids.push_back(r.integer(i, 0));
       std::sort(ids.begin(), ids.end());  // identities are drawn in insertion order
-      for (size_t i = 0; i < ids.size() && i < state->lines.size(); ++i) state->lines[i].id = ids[i];
+      for (size_t i = 0; i < ids.size() && i < state->lines.size(); ++i)
+        state->lines[i].id = ids[i];
       Transition t;
       t.from = t.to = Status::running;
       t.at = state->lines.back().at;
@@ -732,9 +760,10 @@ class PgStore final : public Store {
     c.exec(sql::kMigrationLock);
     const int64_t version = c.exec(sql::kSchemaVersion).integer(0, 0);
     if (version > sql::kLatestVersion)
-      throw StoreError(pg::kPgErrorCode,
-                       "database '" + display_ + "' has schema version " + std::to_string(version) +
-                           ", newer than this jobforge (" + std::to_string(sql::kLatestVersion) + ")");
+      throw StoreError(pg::kPgErrorCode, "database '" + display_ + "' has schema version " +
+                                             std::to_string(version) +
+                                             ", newer than this jobforge (" +
+                                             std::to_string(sql::kLatestVersion) + ")");
     for (int v = static_cast<int>(version) + 1; v <= sql::kLatestVersion; ++v) {
       c.exec(sql::kMigrations[v - 1]);
       c.exec(sql::kRecordMigration, Params().add(v).add(now_ms()));
@@ -824,8 +853,8 @@ class PgStore final : public Store {
       tokens.swap(doubtful_claims_);
     }
     try {
-      Result r = c.exec(sql::kReleaseDoubtfulClaims,
-                        Params().add(pg::text_array(tokens)).add(now_ms()));
+      Result r =
+          c.exec(sql::kReleaseDoubtfulClaims, Params().add(pg::text_array(tokens)).add(now_ms()));
       if (r.affected() > 0) notify_jobs_due(c);
     } catch (...) {
       std::lock_guard lock(mutex_);
@@ -946,9 +975,8 @@ class PgStore final : public Store {
       size_t queued_ops = 0;
       {
         std::unique_lock lock(mutex_);
-        work_cv_.wait(lock, [&] {
-          return !queue_.empty() || !pending_progress_.empty() || closed_;
-        });
+        work_cv_.wait(lock,
+                      [&] { return !queue_.empty() || !pending_progress_.empty() || closed_; });
         if (queue_.empty() && pending_progress_.empty() && closed_) break;
         for (auto& [seq, p] : pending_progress_) progress.push_back(std::move(p));
         pending_progress_.clear();
@@ -992,7 +1020,9 @@ class PgStore final : public Store {
     JsonRow row(out);
     const bool requeue = o.to == Status::queued;
     row.field("seq", o.rowid).field("owner", o.owner).field("status", std::string(to_string(o.to)));
-    row.field("result", o.result_json).field("error", o.error).field("error_detail", o.error_detail);
+    row.field("result", o.result_json)
+        .field("error", o.error)
+        .field("error_detail", o.error_detail);
     row.field("progress", o.progress).field("pcur", o.progress_current);
     row.field("ptot", o.progress_total).field("message", o.message);
     row.field("stage", non_empty(o.stage)).field("outcome", o.outcome_json);
@@ -1002,7 +1032,10 @@ class PgStore final : public Store {
       row.field("completed_at", o.at).null("run_at").null("queued_at");
     }
     row.field("uncount", o.release ? 1 : 0);
-    if (o.started_at) row.field("started_at", o.started_at); else row.null("started_at");
+    if (o.started_at)
+      row.field("started_at", o.started_at);
+    else
+      row.null("started_at");
     row.field("at", o.at);
   }
 
@@ -1211,8 +1244,10 @@ class PgStore final : public Store {
       Sums& x = sums[{t.at / kStatsBucketMs, t.job_type}];
       switch (t.to) {
         case Status::queued:
-          if (t.from == Status::created) ++x.created;
-          else if (t.from == Status::running) ++x.retried;
+          if (t.from == Status::created)
+            ++x.created;
+          else if (t.from == Status::running)
+            ++x.retried;
           break;
         case Status::completed: ++x.completed; break;
         case Status::failed: ++x.failed; break;

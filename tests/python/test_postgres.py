@@ -4,6 +4,7 @@ job still ends completed exactly once. Real processes, the real server (restarte
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -142,3 +143,28 @@ def test_hosts_survive_a_sigkilled_worker_and_a_server_restart(tmp_path, pg_url,
         f"{unannounced} ends committed by the killed host before it could announce them; "
         f"{len(degraded)} degraded-health samples"
     )
+
+
+def test_engine_on_a_postgres_url_is_healthy_and_checks_its_pool_size(pg_url):
+    with pytest.raises(ValueError, match="pool_size must be at least 1, got 0"):
+        jobforge.Engine(pg_url, pool_size=0)
+    engine = jobforge.Engine(pg_url, workers=1, pool_size=1)
+    assert engine.store_health() == "ok"
+    with engine:
+        assert engine.enqueue("noop", {"a": [1, 2]}).wait(timeout=30).status == "completed"
+    assert engine.counts()["completed"] == 1
+
+
+def test_cli_reads_and_writes_a_postgres_store(pg_url):
+    def cli(*args):
+        out = subprocess.run(
+            [sys.executable, "-m", "jobforge", *args, "--db", pg_url, "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    job = json.loads(cli("enqueue", "noop", "--payload", '{"k": 1}'))
+    shown = json.loads(cli("show", job["id"]))
+    assert shown["status"] == "queued" and shown["payload"] == {"k": 1}
+    assert json.loads(cli("stats"))["queued"] == 1

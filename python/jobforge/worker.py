@@ -326,6 +326,9 @@ class ChildExit:
     ran: float  # seconds it lived
     requested: bool  # it was asked to stop (by the supervisor, or by a signal someone sent it)
     restarted: bool  # the supervisor started another in its place
+    # It had reported ready. One stopped before (SIGTERM during its start-up, before its handlers
+    # exist) dies of the signal's default action: harmless, it had claimed nothing.
+    ready: bool = True
 
     @property
     def reason(self) -> str:
@@ -517,7 +520,8 @@ class _Pool:
         self.report(
             "exit",
             dict(slot=slot.index, pid=slot.pid, returncode=code, ran=ran,
-                 requested=stopping or slot.stopping, restarted=restart, delay=delay),
+                 requested=stopping or slot.stopping, restarted=restart, delay=delay,
+                 ready=slot.ready),
         )  # fmt: skip
         slot.pid, slot.popen, slot.ready = None, None, False
 
@@ -736,7 +740,12 @@ class Supervisor:
                 child.update(ready=True, worker_id=f["worker_id"] or None)
             elif kind == "exit":
                 exit_info = ChildExit(
-                    f["pid"], f["returncode"], f["ran"], f["requested"], f["restarted"]
+                    f["pid"],
+                    f["returncode"],
+                    f["ran"],
+                    f["requested"],
+                    f["restarted"],
+                    f.get("ready", True),
                 )
                 self.exits.append(exit_info)
                 child.update(pid=None, ready=False)

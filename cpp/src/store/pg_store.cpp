@@ -759,6 +759,9 @@ class PgStore final : public Store {
     pg::Transaction txn(c);
     c.exec(sql::kMigrationLock);
     const int64_t version = c.exec(sql::kSchemaVersion).integer(0, 0);
+    if (version < 0)
+      throw StoreError(pg::kPgErrorCode, "database '" + display_ + "' has schema version " +
+                                             std::to_string(version) + ", which no jobforge wrote");
     if (version > sql::kLatestVersion)
       throw StoreError(pg::kPgErrorCode, "database '" + display_ + "' has schema version " +
                                              std::to_string(version) +

@@ -40,6 +40,17 @@ def _is_postgres_url(path: str) -> bool:
     return path.startswith(("postgresql://", "postgres://"))
 
 
+def _redacted(path: str) -> str:
+    """The path for display: a PostgreSQL URL's password replaced by ***."""
+    if not _is_postgres_url(path):
+        return path
+    scheme, _, rest = path.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if not at or ":" not in userinfo:
+        return path
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _abandoned_after_fork: list[Any] = []  # see Engine._stand_in_for
 
@@ -721,7 +732,7 @@ class Engine:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<jobforge.Engine {self.path!r} {state}>"
+        return f"<jobforge.Engine {_redacted(self.path)!r} {state}>"
 
 
 def _make_dispatcher(engine: Engine):

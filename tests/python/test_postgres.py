@@ -168,3 +168,11 @@ def test_cli_reads_and_writes_a_postgres_store(pg_url):
     shown = json.loads(cli("show", job["id"]))
     assert shown["status"] == "queued" and shown["payload"] == {"k": 1}
     assert json.loads(cli("stats"))["queued"] == 1
+
+
+def test_engine_repr_hides_the_password_of_a_postgres_url():
+    from jobforge.engine import _redacted
+
+    assert _redacted("postgresql://jobs:s3cret@db/jobs") == "postgresql://jobs:***@db/jobs"
+    assert _redacted("postgresql://jobs@db/jobs") == "postgresql://jobs@db/jobs"
+    assert _redacted("jobs.db") == "jobs.db"

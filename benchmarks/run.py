@@ -9,6 +9,8 @@ interleaved with the engine's trials so both see the same noise: the raw-SQLite 
 (``benchmarks/sqlite_limit.cpp``, built here with g++ -O2 into ``build/bench/``) for W1, W2, W3
 and W9, and a plain Python loop making the same processor calls for W4. ``--peers`` adds huey,
 rq, celery and dramatiq (where installed; Redis on 127.0.0.1:6379) on a W1/W3-like workload.
+``--only W10`` runs ``benchmarks/w10_postgres.py``: enqueue and drain with 1, 2 and 4 worker
+processes on PostgreSQL beside SQLite (needs a server; see docs/postgresql.md).
 
 The table goes to stdout; progress to stderr; the JSON to ``benchmarks/results/<date>-<commit>.json``
 (or ``--json``). Read ratios, not absolute numbers: the machine is shared and noisy.
@@ -1658,6 +1660,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.peers = True
         wanted.discard("peers")
         wanted = wanted or {"none"}
+    if "w10" in wanted:  # --only W10: PostgreSQL beside SQLite (needs a server; its own table)
+        wanted.discard("w10")
+        w10 = [sys.executable, str(Path(__file__).with_name("w10_postgres.py")), "--runs"]
+        w10.append(str(args.runs))
+        if args.quick:
+            w10 += ["--jobs", "5000", "--single", "1000"]
+        code = subprocess.call(w10)
+        if code or not wanted:
+            return code
     unknown = wanted - {w.lower() for w in ALL_WORKLOADS} - {"none"}
     if unknown:
         known = ", ".join(ALL_WORKLOADS)

@@ -403,8 +403,9 @@ PYBIND11_MODULE(_core, m) {
                        int64_t lease_ms, int64_t progress_event_ms, bool synchronous_full,
                        std::string singleton_role, int64_t interrupt_grace_ms,
                        bool claim_in_memory, int64_t progress_persist_ms,
-                       int progress_persist_percent, int64_t stats_window_ms) {
+                       int progress_persist_percent, int64_t stats_window_ms, int pool_size) {
              EngineConfig c;
+             c.postgres.pool_size = pool_size;
              c.progress_persist_ms = progress_persist_ms;
              c.progress_persist_percent = progress_persist_percent;
              c.stats_window_ms = stats_window_ms;
@@ -429,7 +430,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("progress_event_ms") = 100, py::arg("synchronous_full") = false,
            py::arg("singleton_role") = "", py::arg("interrupt_grace_ms") = 1000,
            py::arg("claim_in_memory") = true, py::arg("progress_persist_ms") = 30000,
-           py::arg("progress_persist_percent") = 10, py::arg("stats_window_ms") = 3600000)
+           py::arg("progress_persist_percent") = 10, py::arg("stats_window_ms") = 3600000,
+           py::arg("pool_size") = 4)
       .def_property_readonly("worker_id", &Engine::worker_id)
       .def_property_readonly("path", [](const Engine& e) { return e.config().path; })
       .def_property_readonly("workers", [](const Engine& e) { return e.config().workers; })
@@ -573,6 +575,8 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("job_id"), py::arg("level") = py::none(), py::arg("since_ms") = 0,
           py::arg("after_id") = 0, py::arg("limit") = 1000, py::arg("newest") = false)
+      .def("store_health", [](Engine& e) { return e.store().health(); },
+           py::call_guard<py::gil_scoped_release>())
       .def("cancel", &Engine::cancel, py::call_guard<py::gil_scoped_release>())
       .def("retry", &Engine::retry, py::call_guard<py::gil_scoped_release>())
       .def("abort_all", &Engine::abort_all, py::call_guard<py::gil_scoped_release>())

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing jobforge needs, where it is missing: the system packages
-# (compiler, CMake, Ninja, SQLite headers, nlohmann/json, GoogleTest, Chromium) through apt-get, then a
-# virtual environment in .venv with jobforge installed in editable mode and its test extras.
+# (compiler, CMake, Ninja, SQLite and libpq headers, a PostgreSQL server for the tests,
+# nlohmann/json, GoogleTest, Chromium) through apt-get, then a virtual environment in .venv with
+# jobforge installed in editable mode and its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium: the dashboard's browser test drives Debian's headless Chromium with Playwright (never
 # Playwright's own browser download).
-packages=(g++ cmake ninja-build pkg-config libsqlite3-dev nlohmann-json3-dev libgtest-dev libgmock-dev
-          chromium)
+packages=(g++ cmake ninja-build pkg-config libsqlite3-dev libpq-dev postgresql nlohmann-json3-dev
+          libgtest-dev libgmock-dev chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_db = argparse.ArgumentParser(add_help=False, parents=[common])
     with_db.add_argument(
         "--db", metavar="PATH", default=argparse.SUPPRESS,
-        help=f"SQLite database file (default: ${ENV_DB})",
+        help=f"SQLite database file or postgresql:// URL (default: ${ENV_DB})",
     )  # fmt: skip
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -148,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
             "failing, 130 interrupted."
         ),
     )
-    parser.add_argument("--db", metavar="PATH", help=f"SQLite database file (default: ${ENV_DB})")
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        help=f"SQLite database file or postgresql:// URL (default: ${ENV_DB})",
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -319,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     worker.add_argument(
         "--db", metavar="PATH", default=argparse.SUPPRESS,
-        help="SQLite database file (default: the app engine's file)",
+        help="SQLite database file or postgresql:// URL (default: the app engine's)",
     )  # fmt: skip
     worker.add_argument(
         "--concurrency", type=int, metavar="N",
@@ -395,7 +399,9 @@ def _open(args: argparse.Namespace, *, create: bool = False):
     import jobforge
 
     path = _db_path(args)
-    if not create and not os.path.exists(path):
+    from .engine import _is_postgres_url
+
+    if not create and not _is_postgres_url(path) and not os.path.exists(path):
         raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
     return jobforge.Engine(path, allow_unknown_types=True)
 

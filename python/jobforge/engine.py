@@ -33,6 +33,24 @@ EVENT_TYPES = frozenset(
 )  # fmt: skip
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _is_postgres_url(path: str) -> bool:
+    """A PostgreSQL store ("postgresql://..." or "postgres://..."), not a SQLite file."""
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def _redacted(path: str) -> str:
+    """The path for display: a PostgreSQL URL's password replaced by ***."""
+    if not _is_postgres_url(path):
+        return path
+    scheme, _, rest = path.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if not at or ":" not in userinfo:
+        return path
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _abandoned_after_fork: list[Any] = []  # see Engine._stand_in_for
 
@@ -122,7 +140,7 @@ class Subscription:
 
 
 class Engine:
-    """A jobforge engine on one SQLite file.
+    """A jobforge engine on one SQLite file, or on a PostgreSQL database shared by many hosts.
 
     >>> engine = Engine("jobs.db", workers=4)
     >>> @engine.processor("resize", timeout=30, max_attempts=3)
@@ -135,6 +153,10 @@ class Engine:
 
     ``workers`` threads run jobs in this process. Processors may be registered before or after
     ``start()``. The native processors ``noop`` and ``sleep`` are always registered.
+
+    ``path`` may be a PostgreSQL URL (``"postgresql://user@host/db"``): worker processes on every
+    host then share one queue; ``pool_size`` bounds the connections this process uses for claims
+    and reads (plus one writer and one listener). See docs/postgresql.md.
     """
 
     def __init__(
@@ -155,17 +177,21 @@ class Engine:
         singleton: Union[bool, str] = False,
         interrupt_grace: float = 1.0,
         claim_in_memory: bool = True,
+        pool_size: int = 4,
     ) -> None:
         path = os.fspath(path)
         if not isinstance(path, str):
             raise TypeError(f"path must be a str or path, got {type(path).__name__}")
+        pool_size = _int_option("pool_size", pool_size)
+        if pool_size is None or pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size!r}")
         workers = _int_option("workers", workers)
         if workers is None or workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers!r}")
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
         folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
+        if not _is_postgres_url(path) and not os.path.isdir(folder):
             raise _errors().StoreError(
                 f"cannot open database '{path}': folder '{folder}' does not exist"
             )
@@ -215,6 +241,7 @@ class Engine:
             progress_persist_ms=persist_ms,
             progress_persist_percent=step,
             stats_window_ms=window_ms,
+            pool_size=pool_size,
         )
         self.path = path
         self._subs_lock = threading.Lock()
@@ -229,6 +256,7 @@ class Engine:
             progress_interval=progress_interval, durability=durability, singleton=singleton,
             interrupt_grace=interrupt_grace, progress_persist_interval=progress_persist_interval,
             progress_persist_step=progress_persist_step, stats_window=stats_window,
+            pool_size=pool_size,
         )  # fmt: skip
         self._workers = workers
         self._registrations: dict[str, tuple[Callable, dict[str, Any]]] = {}
@@ -501,6 +529,15 @@ class Engine:
         """Jobs that are created, queued or running, newest first."""
         return [Job(self, r) for r in self._core.active(limit)]
 
+    def store_health(self) -> str:
+        """``"ok"``, or ``"degraded: <why>"`` while the store cannot reach its database.
+
+        Only a PostgreSQL store degrades: while its server is unreachable it keeps the ends of
+        jobs and retries them, reconnecting with backoff; enqueue raises ``StoreError`` after
+        30 s without the server. See docs/postgresql.md.
+        """
+        return self._core.store_health()
+
     def counts(self) -> dict[str, int]:
         """Counts of jobs: ``total`` and one per status. Kept by the store, so no scan."""
         return self._core.stats()
@@ -704,7 +741,7 @@ class Engine:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<jobforge.Engine {self.path!r} {state}>"
+        return f"<jobforge.Engine {_redacted(self.path)!r} {state}>"
 
 
 def _make_dispatcher(engine: Engine):

@@ -66,6 +66,13 @@ class AppError(ValueError):
 # -- the app ------------------------------------------------------------------------------------
 
 
+def _absolute_db(path: str) -> str:
+    """A SQLite path made absolute (children may start elsewhere); a PostgreSQL URL unchanged."""
+    from .engine import _is_postgres_url
+
+    return path if _is_postgres_url(path) else os.path.abspath(path)
+
+
 def load_app(spec: str) -> Engine:
     """The engine named by ``"module:attr"`` (attr may be dotted; an ``Engine`` or a callable
     without arguments returning one). The current directory is put on ``sys.path`` first."""
@@ -823,7 +830,7 @@ class Supervisor:
         env[ENV_SUPERVISOR_PID] = str(os.getpid())
         command = [
             sys.executable, "-m", "jobforge", "worker", "--app", str(self.app),
-            "--db", os.path.abspath(self.engine.path), "--concurrency", str(self.concurrency),
+            "--db", _absolute_db(self.engine.path), "--concurrency", str(self.concurrency),
         ]  # fmt: skip
         # A session of its own: Ctrl-C in a terminal reaches this process, which stops them.
         popen = subprocess.Popen(

@@ -4,16 +4,19 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
-#include <ostream>
+#include <memory>
 #include <mutex>
+#include <ostream>
 #include <random>
 #include <string>
 #include <thread>
@@ -23,8 +26,12 @@
 
 namespace jobforge {
 // Readable names in GoogleTest's failure messages (found by argument-dependent lookup).
-inline void PrintTo(Status s, std::ostream* os) { *os << to_string(s); }
-inline void PrintTo(EventType t, std::ostream* os) { *os << to_string(t); }
+inline void PrintTo(Status s, std::ostream* os) {
+  *os << to_string(s);
+}
+inline void PrintTo(EventType t, std::ostream* os) {
+  *os << to_string(t);
+}
 }  // namespace jobforge
 
 namespace jobforge::testing {
@@ -101,6 +108,121 @@ class RawDb {
 
  private:
   sqlite3* db_ = nullptr;
+};
+
+// ---- PostgreSQL ------------------------------------------------------------------------------
+
+// The server the PostgreSQL half of the suite uses: $JOBFORGE_TEST_POSTGRES_URL, else the local
+// server's `test` database over its socket. Each test gets a schema of its own (random name),
+// dropped at teardown: nothing else in the database is touched.
+inline std::string postgres_base_url() {
+  const char* env = std::getenv("JOBFORGE_TEST_POSTGRES_URL");
+  return env && *env ? env : "postgresql:///test";
+}
+
+class PgSchema {
+ public:
+  PgSchema() {
+    std::random_device rd;
+    name_ = "jobforge_test_" + std::to_string(rd()) + std::to_string(rd());
+    conn_ = PQconnectdb(postgres_base_url().c_str());
+    if (PQstatus(conn_) != CONNECTION_OK) {
+      ADD_FAILURE() << "PostgreSQL at " << postgres_base_url()
+                    << " is not reachable (start it, or set JOBFORGE_TEST_POSTGRES_URL): "
+                    << PQerrorMessage(conn_);
+      return;
+    }
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);
+    exec("CREATE SCHEMA " + name_);
+    exec("SET search_path TO " + name_);
+  }
+  ~PgSchema() {
+    // A server restarted by the test: this connection is gone, a new one drops the schema.
+    if (PQstatus(conn_) != CONNECTION_OK) PQreset(conn_);
+    if (PQstatus(conn_) == CONNECTION_OK) exec("DROP SCHEMA IF EXISTS " + name_ + " CASCADE");
+    PQfinish(conn_);
+  }
+  PgSchema(const PgSchema&) = delete;
+  PgSchema& operator=(const PgSchema&) = delete;
+
+  // The store URL: the base URL with search_path set to this schema.
+  std::string url() const {
+    const std::string base = postgres_base_url();
+    return base + (base.find('?') == std::string::npos ? "?" : "&") + "options=-csearch_path%3D" +
+           name_;
+  }
+  const std::string& name() const noexcept { return name_; }
+
+  void exec(const std::string& sql) {
+    std::lock_guard lock(mutex_);
+    PGresult* r = PQexec(conn_, sql.c_str());
+    const auto st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+      ADD_FAILURE() << "sql failed: " << PQresultErrorMessage(r) << "\n" << sql;
+    PQclear(r);
+  }
+  std::string text(const std::string& sql) {
+    std::lock_guard lock(mutex_);
+    PGresult* r = PQexec(conn_, sql.c_str());
+    std::string out;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+      ADD_FAILURE() << "query failed: " << PQresultErrorMessage(r) << "\n" << sql;
+    else if (PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
+      out = PQgetvalue(r, 0, 0);
+    PQclear(r);
+    return out;
+  }
+  int64_t integer(const std::string& sql) {
+    const std::string t = text(sql);
+    return t.empty() ? 0 : std::stoll(t);
+  }
+
+ private:
+  std::string name_;
+  std::mutex mutex_;  // one connection, used from the test's and the store's threads
+  PGconn* conn_ = nullptr;
+};
+
+enum class Backend { sqlite, postgres };
+inline std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
+  return info.param == Backend::sqlite ? "Sqlite" : "Postgres";
+}
+
+// Where a test's database lives: a file in a temporary folder, or a fresh PostgreSQL schema.
+// `path()` is what a store or an engine is opened on; `integer`/`text` read behind its back.
+class TestDb {
+ public:
+  explicit TestDb(Backend backend) : backend_(backend) {
+    if (backend == Backend::postgres) schema_ = std::make_unique<PgSchema>();
+  }
+  Backend backend() const noexcept { return backend_; }
+  bool postgres() const noexcept { return backend_ == Backend::postgres; }
+  std::string path() const { return schema_ ? schema_->url() : dir_.file("jobs.db"); }
+  std::string file(const std::string& name) const {
+    return schema_ ? schema_->url() : dir_.file(name);
+  }
+  const TempDir& dir() const noexcept { return dir_; }
+  int64_t integer(const std::string& sql) {
+    if (schema_) return schema_->integer(sql);
+    RawDb raw(path());
+    return raw.integer(sql);
+  }
+  std::string text(const std::string& sql) {
+    if (schema_) return schema_->text(sql);
+    RawDb raw(path());
+    return raw.text(sql);
+  }
+  void exec(const std::string& sql) {
+    if (schema_) return schema_->exec(sql);
+    RawDb raw(path());
+    raw.exec(sql);
+  }
+
+ private:
+  Backend backend_;
+  TempDir dir_;
+  std::unique_ptr<PgSchema> schema_;
 };
 
 // Polls `condition` until it holds or the patience runs out; returns whether it held.

@@ -8,19 +8,97 @@ that something is fast.
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
 import jobforge
 
+# One behaviour suite, two stores: the tests of these modules run on a SQLite file and on a fresh
+# PostgreSQL schema (their `db_path` is then a postgresql:// URL).
+BOTH_STORES = {
+    "test_cancel",
+    "test_enqueue",
+    "test_events",
+    "test_lifecycle",
+    "test_priority",
+    "test_queries",
+    "test_recovery",
+    "test_retry",
+    "test_timeout",
+    "test_postgres",
+}
+
+
+def postgres_base_url():
+    """The server of the PostgreSQL half: $JOBFORGE_TEST_POSTGRES_URL, else the local `test` db."""
+    return os.environ.get("JOBFORGE_TEST_POSTGRES_URL", "postgresql:///test")
+
+
+def psql(sql):
+    """Runs SQL on the test server with psql (no Python driver needed); returns its output."""
+    out = subprocess.run(
+        ["psql", postgres_base_url(), "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"psql failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def read_row(db_path, sql, params=()):
+    """The first row of a query, read behind the engine's back from its SQLite file or its
+    PostgreSQL schema (parameters as ? placeholders; PostgreSQL gets them inlined as literals)."""
+    if db_path.startswith(("postgresql://", "postgres://")):
+        for value in params:
+            sql = sql.replace("?", "'" + str(value).replace("'", "''") + "'", 1)
+        out = subprocess.run(
+            ["psql", db_path, "-v", "ON_ERROR_STOP=1", "-qAt", "-F", "\t", "-c", sql],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"psql failed: {out.stderr.strip()}")
+        line = out.stdout.strip()
+        return tuple(line.split("\t")) if line else None
+    connection = sqlite3.connect(db_path, timeout=5)
+    try:
+        return connection.execute(sql, params).fetchone()
+    finally:
+        connection.close()
+
 
 @pytest.fixture
-def db_path(tmp_path):
-    """Path of a fresh (not yet existing) SQLite file."""
+def pg_url():
+    """URL of a fresh PostgreSQL schema (random name), dropped with everything in it afterwards."""
+    schema = f"jobforge_pytest_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    psql(f"CREATE SCHEMA {schema}")
+    base = postgres_base_url()
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}&application_name={schema}"
+    psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def pytest_generate_tests(metafunc):
+    if "db_path" in metafunc.fixturenames and metafunc.module.__name__ in BOTH_STORES:
+        metafunc.parametrize("store", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture
+def store(request):
+    """Which store `db_path` names: "sqlite" unless the module runs on both."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def db_path(tmp_path, store, request):
+    """Path of a fresh (not yet existing) SQLite file, or URL of a fresh PostgreSQL schema."""
+    if store == "postgres":
+        return request.getfixturevalue("pg_url")
     return str(tmp_path / "jobs.db")
 
 

@@ -1,10 +1,11 @@
 """Enqueue: what a new job looks like, defaults, durability, persistence, batches and the
 native processors."""
 
-import sqlite3
 import threading
 import time
 import uuid
+
+from conftest import read_row
 
 import jobforge
 
@@ -75,11 +76,7 @@ def test_job_ids_are_time_ordered(engine):
 def test_enqueue_is_committed_to_the_file_when_it_returns(engine, db_path):
     job = engine.enqueue("noop", {"k": 1})
 
-    with sqlite3.connect(db_path) as other_connection:
-        row = other_connection.execute(
-            "SELECT type, status FROM jobs WHERE id = ?", (job.id,)
-        ).fetchone()
-    other_connection.close()
+    row = read_row(db_path, "SELECT type, status FROM jobs WHERE id = ?", (job.id,))
     assert row == ("noop", "queued")
 
 

@@ -2,10 +2,10 @@
 next opened. The dying process is a real child process killed with SIGKILL."""
 
 import signal
-import sqlite3
 import threading
 
 import pytest
+from conftest import read_row
 
 WAIT = 10  # generous guard against hangs, never a speed assertion
 
@@ -59,11 +59,7 @@ time.sleep(60)
 
 
 def _status_in_file(db_path, job_id):
-    connection = sqlite3.connect(db_path, timeout=5)
-    try:
-        row = connection.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    finally:
-        connection.close()
+    row = read_row(db_path, "SELECT status FROM jobs WHERE id = ?", (job_id,))
     return row[0] if row else None
 
 

@@ -19,6 +19,7 @@
 namespace jobforge {
 
 struct EngineConfig {
+  // A SQLite file, or a PostgreSQL URL ("postgresql://user@host/db"): see docs/postgresql.md.
   std::string path = "jobs.db";
   int workers = 4;
   // Jobs claimed ahead of a free worker. A claimed job is `running` in the store (it holds a
@@ -28,7 +29,7 @@ struct EngineConfig {
   int default_max_attempts = 3;
   int64_t default_retry_delay_ms = 1'000;
   int default_priority = priority::normal;
-  bool allow_unknown_types = false;    // producer-only processes may enqueue any type
+  bool allow_unknown_types = false;  // producer-only processes may enqueue any type
   // Alone on the file, claim jobs in memory and write only their end (and their running state
   // once they outlast a commit). Switched off automatically while other workers share the file.
   bool claim_in_memory = true;
@@ -39,20 +40,21 @@ struct EngineConfig {
   // (Processor::interrupt: for Python, an asynchronous JobCancelled in its thread).
   int64_t interrupt_grace_ms = 1'000;
   size_t max_payload_bytes = 16u << 20;
-  int64_t lease_ms = 30'000;           // a claimed job's lease; heartbeats renew it
+  int64_t lease_ms = 30'000;  // a claimed job's lease; heartbeats renew it
   int64_t heartbeat_ms = 5'000;
-  int64_t poll_ms = 250;               // idle dispatcher re-checks the store (other processes)
+  int64_t poll_ms = 250;  // idle dispatcher re-checks the store (other processes)
   // Progress is always current in memory (get() shows it). It reaches the store when it moved
   // progress_persist_percent points or entered a new stage, or progress_persist_ms after an
   // unwritten change, checked every progress_flush_ms; and always with the job's end.
   int64_t progress_flush_ms = 1'000;
   int64_t progress_persist_ms = 30'000;
   int progress_persist_percent = 10;
-  int64_t progress_event_ms = 100;     // progress events at most this often per job
+  int64_t progress_event_ms = 100;  // progress events at most this often per job
   // Statistics: durations and error rates over stats_window_ms, throughput over stats_rate_ms.
   int64_t stats_window_ms = 3'600'000;
   int64_t stats_rate_ms = 60'000;
   SqliteOptions sqlite;
+  PostgresOptions postgres;
 };
 
 class RunningJob;

@@ -62,7 +62,7 @@ struct Transition {
 using CommitListener = std::function<void(std::vector<Transition>&)>;
 
 struct ClaimRequest {
-  std::string owner;               // worker id that will hold the lease
+  std::string owner;  // worker id that will hold the lease
   int limit = 1;
   int64_t now = 0;
   int64_t lease_ms = 30'000;
@@ -94,13 +94,13 @@ struct Outcome {
   std::string job_id;
   std::string job_type;
   std::string owner;
-  Status to = Status::completed;  // completed | failed | cancelled | timeout | queued (retry)
-  bool release = false;           // the attempt is not counted (it never ran, or shutdown)
-  bool claimed_in_memory = false; // the job may still be 'queued' in the store
-  bool keep_start = false;        // write the pending start first (its log lines follow it)
-  int64_t queued_at = 0;          // claim token of a job claimed in memory (see StartInfo)
+  Status to = Status::completed;   // completed | failed | cancelled | timeout | queued (retry)
+  bool release = false;            // the attempt is not counted (it never ran, or shutdown)
+  bool claimed_in_memory = false;  // the job may still be 'queued' in the store
+  bool keep_start = false;         // write the pending start first (its log lines follow it)
+  int64_t queued_at = 0;           // claim token of a job claimed in memory (see StartInfo)
   int attempt = 0;
-  int64_t started_at = 0;         // when the attempt began (0: not known / not started)
+  int64_t started_at = 0;  // when the attempt began (0: not known / not started)
   std::optional<std::string> result_json;
   std::optional<std::string> error;
   std::optional<std::string> error_detail;
@@ -128,7 +128,7 @@ struct LogQuery {
   int64_t after_id = 0;  // lines with a greater id (for tails)
   int64_t since = 0;     // Unix ms; lines at or after
   int limit = 1000;
-  bool newest = false;   // the last `limit` lines (still returned oldest first)
+  bool newest = false;  // the last `limit` lines (still returned oldest first)
 };
 
 struct WorkerInfo {
@@ -140,10 +140,20 @@ struct WorkerInfo {
   int64_t heartbeat_at = 0;
   std::string state;
   std::string claim_mode = "durable";  // "memory" or "durable"
-  std::string singleton_role;           // non-empty: at most one live worker with this role
+  std::string singleton_role;          // non-empty: at most one live worker with this role
 };
 
 enum class CancelResult { not_found, not_cancellable, cancelled, requested };
+
+struct StoreWakeup {
+  enum class Kind : uint8_t {
+    jobs_due,          // jobs were inserted or queued again: idle dispatchers should claim
+    cancel_requested,  // a running job of `worker_id` was asked to stop
+    reconnected,       // notifications may have been missed: re-check everything
+  };
+  Kind kind = Kind::jobs_due;
+  std::string worker_id;
+};
 
 class Store {
  public:
@@ -177,12 +187,14 @@ class Store {
 
   // Registers the worker and, in the same transaction, chooses its claim mode: "memory" when
   // allowed and no other live worker (per `is_dead`) is registered, else "durable". Returns it.
+  // The PostgreSQL store always answers "durable": it is meant for many hosts.
   virtual std::string register_worker(const WorkerInfo& worker,
                                       const std::function<bool(const WorkerInfo&)>& is_dead,
                                       bool allow_memory) = 0;
   // Registers a worker that claims durably.
   std::string register_worker(const WorkerInfo& worker) {
-    return register_worker(worker, [](const WorkerInfo&) { return false; }, false);
+    return register_worker(
+        worker, [](const WorkerInfo&) { return false; }, false);
   }
   // Sets the worker's claim mode; "memory" only succeeds (true) while no other live worker exists.
   virtual bool set_claim_mode(const std::string& worker_id, const std::string& mode,
@@ -213,6 +225,14 @@ class Store {
   // The earliest run_at among queued jobs of these types, if any.
   virtual std::optional<int64_t> next_run_at(const std::vector<std::string>& types) = 0;
 
+  // Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY): called on the store's listener
+  // thread. Stores without a notification channel never call it; the engine polls regardless.
+  virtual void set_wakeup_listener(std::function<void(const StoreWakeup&)> listener) {
+    (void)listener;
+  }
+  // "ok", or "degraded: <why>" while the store cannot reach its database (it keeps retrying).
+  virtual std::string health() { return "ok"; }
+
   // Waits until everything submitted so far is committed.
   virtual void flush() = 0;
   virtual void close() = 0;
@@ -221,12 +241,38 @@ class Store {
 struct SqliteOptions {
   bool synchronous_full = false;  // FULL: durable against power loss; NORMAL: against crashes
   int busy_timeout_ms = 5'000;
-  int max_batch_ops = 4'096;      // group commit: at most this many operations per transaction
-  int group_commit_window_us = 0; // wait this long for more operations before committing
+  int max_batch_ops = 4'096;       // group commit: at most this many operations per transaction
+  int group_commit_window_us = 0;  // wait this long for more operations before committing
   int readers = 4;
 };
 
 // Opens (creating and migrating as needed) a SQLite store. Throws StoreError.
-std::unique_ptr<Store> open_sqlite_store(const std::string& path, const SqliteOptions& options = {});
+std::unique_ptr<Store> open_sqlite_store(const std::string& path,
+                                         const SqliteOptions& options = {});
+
+// PostgreSQL (docs/postgresql.md). Each store holds 1 writer connection (group commit), 1 listener
+// connection (LISTEN/NOTIFY) and up to `pool_size` connections for claims and reads.
+struct PostgresOptions {
+  int pool_size = 4;
+  int max_batch_ops = 4'096;  // group commit: at most this many operations per transaction
+  int connect_timeout_s = 5;
+  // While the server is unreachable, a caller waiting for a write (enqueue, cancel) gets a
+  // StoreError after this long; background writes (ends of jobs, heartbeats) are kept and retried
+  // until the server is back.
+  int64_t unavailable_timeout_ms = 30'000;
+  int64_t reconnect_max_delay_ms = 2'000;  // backoff between reconnection attempts, doubling
+};
+
+// Opens (creating and migrating as needed) a PostgreSQL store from a libpq URL
+// ("postgresql://user@host:port/db?options=..."). Throws StoreError.
+std::unique_ptr<Store> open_postgres_store(const std::string& url,
+                                           const PostgresOptions& options = {});
+
+// True for "postgresql://..." and "postgres://..." (a PostgreSQL store), false for a file path.
+bool is_postgres_url(const std::string& path) noexcept;
+
+// The store a path names: PostgreSQL for a postgres URL, else a SQLite file.
+std::unique_ptr<Store> open_store(const std::string& path, const SqliteOptions& sqlite = {},
+                                  const PostgresOptions& postgres = {});
 
 }  // namespace jobforge

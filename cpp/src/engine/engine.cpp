@@ -199,8 +199,18 @@ struct Engine::Impl {
                                             std::to_string(config.prefetch));
     hostname = host_name();
     worker_id = hostname + ":" + std::to_string(getpid()) + ":" + new_job_id().substr(24);
-    store = open_sqlite_store(config.path, config.sqlite);
+    store = open_store(config.path, config.sqlite, config.postgres);
     store->set_commit_listener([this](std::vector<Transition>& t) { on_commit(t); });
+    // Another process inserted jobs or asked to cancel ours (PostgreSQL NOTIFY): act now rather
+    // than at the next poll.
+    store->set_wakeup_listener([this](const StoreWakeup& w) {
+      if (w.kind != StoreWakeup::Kind::cancel_requested) wake_dispatcher();
+      if (w.kind != StoreWakeup::Kind::jobs_due) {
+        std::lock_guard lock(maintenance_mutex);
+        poll_now = true;
+        maintenance_cv.notify_all();
+      }
+    });
     store->set_start_rejected_listener([this](const std::vector<int64_t>& rowids) {
       // Cancelled by another process between our claim in memory and its start: stop it.
       std::lock_guard lock(jobs_mutex);
@@ -1138,8 +1148,10 @@ struct Engine::Impl {
       {
         std::unique_lock lock(maintenance_mutex);
         maintenance_cv.wait_until(lock, std::min({next_flush, next_heartbeat, next_poll}),
-                                  [&] { return maintenance_stop; });
+                                  [&] { return maintenance_stop || poll_now; });
         if (maintenance_stop) break;
+        if (poll_now) next_poll = Clock::now();
+        poll_now = false;
       }
       const auto now = Clock::now();
       if (now >= next_flush) {
@@ -1313,6 +1325,7 @@ struct Engine::Impl {
   std::mutex maintenance_mutex;
   std::condition_variable maintenance_cv;
   bool maintenance_stop = false;
+  bool poll_now = false;  // guarded by maintenance_mutex: a cancel request was announced
   uint64_t maintenance_generation = 0;  // bumped when a job starts or is asked to stop
 
   std::mutex waiters_mutex;

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "jobforge/cron.hpp"
 #include "jobforge/engine.hpp"
 
 namespace py = pybind11;
@@ -318,6 +319,13 @@ DirectProgress direct_progress(py::object callback) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "jobforge's C++ engine (private; use the jobforge package)";
   m.attr("__version__") = JOBFORGE_VERSION;
+  m.def(
+      "cron_next",
+      [](const std::string& expression, int64_t after_ms, const std::string& timezone) {
+        return CronSpec::parse(expression, timezone).next_after(after_ms);
+      },
+      py::arg("expression"), py::arg("after_ms"), py::arg("timezone") = "UTC",
+      "The first fire time (Unix ms) of a cron expression after after_ms (for tests and tools).");
   py::register_exception_translator(&translate_errors);
   python_gate().set_interpreter(PyThreadState_Get()->interp);
 

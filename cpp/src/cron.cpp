@@ -269,12 +269,13 @@ CronSpec CronSpec::parse(std::string_view expression, std::string_view timezone)
   for (int v = 1; v <= 12; ++v) spec.months_[v] = mons[v];
   for (int v = 0; v < 7; ++v) spec.weekdays_[v] = wdays[v];
   if (wdays[7]) spec.weekdays_[0] = true;
-  // A field that allows every value is unrestricted, however it is written ("*", "*/1", "1-31").
-  spec.day_star_ = spec.days_.count() == 31;
-  spec.weekday_star_ = spec.weekdays_.count() == 7;
+  // Only a bare "*" leaves a day field unrestricted (as croniter reads it: "*/1" or "1-31"
+  // restrict it, so the day matches if either day field does).
+  spec.day_star_ = fields[2] == "*";
+  spec.weekday_star_ = fields[4] == "*";
   // Reject expressions that can never fire: a day-of-month that no chosen month has, with the
   // day of week unrestricted (e.g. "0 0 30 2 *", "0 0 31 4,6 *").
-  if (spec.weekday_star_) {
+  if (spec.weekday_star_ || spec.weekdays_.none()) {
     static constexpr int kMaxDays[13] = {0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     bool possible = false;
     for (int m = 1; m <= 12 && !possible; ++m)

@@ -15,8 +15,8 @@ namespace jobforge {
 // a-b, steps */n and a-b/n, lists a,b, and names jan..dec / sun..sat), a shorthand (@hourly,
 // @daily/@midnight, @weekly, @monthly, @yearly/@annually), or a fixed interval ("@every 30s",
 // "@every 1h30m"; units ms, s, m, h, d).
-// Day of month and day of week follow Vixie cron: when both are restricted (neither starts with
-// '*'), a day matches if either does.
+// Day of month and day of week: when both are restricted (neither is a bare "*"), a day matches
+// if either does (Vixie cron and croniter; like croniter, "*/1" counts as restricted).
 // Time zones: "UTC" (the default) or a fixed offset ("+05:30", "-08:00", "UTC+2"); named zones
 // need a tz database, which this build does not use (GCC 12's <chrono> has none).
 class CronSpec {

@@ -25,12 +25,14 @@ from .errors import (
     JobCancelled,
     JobforgeError,
     PermanentError,
+    QueueFull,
     Retry,
     SingletonError,
     StoreError,
     UnknownJobType,
 )
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, STATUSES, Event, Job
+from .workflows import Batch, Schedule
 
 __all__ = [
     "Engine",
@@ -46,6 +48,9 @@ __all__ = [
     "Retry",
     "PermanentError",
     "SingletonError",
+    "QueueFull",
+    "Batch",
+    "Schedule",
     "Fixed",
     "Linear",
     "Exponential",

@@ -43,7 +43,9 @@ Civil civil_from_days(int64_t z) {
   return Civil{y + (m <= 2), m, d};
 }
 
-int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+int64_t floor_div(int64_t a, int64_t b) {
+  return a / b - ((a % b != 0) && ((a < 0) != (b < 0)));
+}
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -59,7 +61,8 @@ std::string trim(std::string_view s) {
 }
 
 [[noreturn]] void bad(std::string_view expression, const std::string& why) {
-  throw ValidationError("cron", "cron expression '" + std::string(expression) + "' is invalid: " + why);
+  throw ValidationError("cron",
+                        "cron expression '" + std::string(expression) + "' is invalid: " + why);
 }
 
 struct FieldRule {
@@ -99,8 +102,8 @@ std::vector<bool> parse_field(std::string_view expression, const std::string& fi
   size_t start = 0;
   while (start <= field.size()) {
     const size_t comma = field.find(',', start);
-    const std::string part = field.substr(start, comma == std::string::npos ? std::string::npos
-                                                                            : comma - start);
+    const std::string part =
+        field.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     if (part.empty()) bad(expression, std::string("empty item in the ") + rule.name + " field");
     std::string range = part;
     int step = 1;
@@ -122,13 +125,11 @@ std::vector<bool> parse_field(std::string_view expression, const std::string& fi
       const size_t dash = range.find('-');
       const std::string lo_text = range.substr(0, dash);
       lo = parse_value(lo_text, rule);
-      if (lo < 0)
-        bad(expression, "'" + lo_text + "' is not a valid " + rule.name + " value");
+      if (lo < 0) bad(expression, "'" + lo_text + "' is not a valid " + rule.name + " value");
       if (dash != std::string::npos) {
         const std::string hi_text = range.substr(dash + 1);
         hi = parse_value(hi_text, rule);
-        if (hi < 0)
-          bad(expression, "'" + hi_text + "' is not a valid " + rule.name + " value");
+        if (hi < 0) bad(expression, "'" + hi_text + "' is not a valid " + rule.name + " value");
       } else {
         hi = slash != std::string::npos ? top : lo;  // "a/n" means a, a+n, ... to the end
       }
@@ -161,14 +162,21 @@ int64_t parse_interval(std::string_view expression, const std::string& text) {
       ++unit_end;
     const std::string unit = text.substr(digits, unit_end - digits);
     int64_t scale;
-    if (unit == "ms") scale = 1;
-    else if (unit == "s") scale = 1000;
-    else if (unit == "m") scale = kMinuteMs;
-    else if (unit == "h") scale = 60 * kMinuteMs;
-    else if (unit == "d") scale = kDayMs;
-    else bad(expression, "duration '" + text + "' has unknown unit '" + unit + "' (ms, s, m, h, d)");
+    if (unit == "ms")
+      scale = 1;
+    else if (unit == "s")
+      scale = 1000;
+    else if (unit == "m")
+      scale = kMinuteMs;
+    else if (unit == "h")
+      scale = 60 * kMinuteMs;
+    else if (unit == "d")
+      scale = kDayMs;
+    else
+      bad(expression, "duration '" + text + "' has unknown unit '" + unit + "' (ms, s, m, h, d)");
     total += n * scale;
-    if (total > int64_t{3650} * kDayMs) bad(expression, "duration '" + text + "' is over ten years");
+    if (total > int64_t{3650} * kDayMs)
+      bad(expression, "duration '" + text + "' is over ten years");
     i = unit_end;
   }
   if (total < 1000) bad(expression, "@every needs at least 1s, got '" + text + "'");
@@ -186,7 +194,8 @@ int parse_utc_offset(std::string_view timezone) {
   auto fail = [&]() -> int {
     throw ValidationError("timezone",
                           "timezone must be 'UTC' or a fixed offset such as '+05:30' or "
-                          "'UTC-8' (named zones are not supported), got '" + std::string(timezone) + "'");
+                          "'UTC-8' (named zones are not supported), got '" +
+                              std::string(timezone) + "'");
   };
   if (rest.size() < 2 || (rest[0] != '+' && rest[0] != '-')) return fail();
   const int sign = rest[0] == '-' ? -1 : 1;
@@ -227,8 +236,12 @@ CronSpec CronSpec::parse(std::string_view expression, std::string_view timezone)
   }
   if (text[0] == '@') {
     static const std::array<std::pair<const char*, const char*>, 7> shorthands{{
-        {"@yearly", "0 0 1 1 *"}, {"@annually", "0 0 1 1 *"}, {"@monthly", "0 0 1 * *"},
-        {"@weekly", "0 0 * * 0"}, {"@daily", "0 0 * * *"}, {"@midnight", "0 0 * * *"},
+        {"@yearly", "0 0 1 1 *"},
+        {"@annually", "0 0 1 1 *"},
+        {"@monthly", "0 0 1 * *"},
+        {"@weekly", "0 0 * * 0"},
+        {"@daily", "0 0 * * *"},
+        {"@midnight", "0 0 * * *"},
         {"@hourly", "0 * * * *"},
     }};
     bool found = false;
@@ -238,8 +251,9 @@ CronSpec CronSpec::parse(std::string_view expression, std::string_view timezone)
         found = true;
       }
     if (!found)
-      bad(expression, "unknown shorthand (use @hourly, @daily, @weekly, @monthly, @yearly or "
-                      "@every <duration>)");
+      bad(expression,
+          "unknown shorthand (use @hourly, @daily, @weekly, @monthly, @yearly or "
+          "@every <duration>)");
   }
   std::vector<std::string> fields;
   {

@@ -1,5 +1,7 @@
 // The cron parser against a reference table (computed with Python's croniter), its errors, and a
 // randomized check that no input crashes it and every accepted expression yields a later time.
+#include "jobforge/cron.hpp"
+
 #include <gtest/gtest.h>
 
 #include <optional>
@@ -7,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "jobforge/cron.hpp"
 #include "jobforge/errors.hpp"
 
 namespace jobforge {
@@ -129,7 +130,8 @@ TEST(CronTest, NextFireTimesMatchTheReferenceTable) {
     int64_t t = ref.after;
     for (int i = 0; i < 3; ++i) {
       t = spec.next_after(t);
-      EXPECT_EQ(t, ref.next[i]) << ref.expression << " after " << ref.after << " (fire " << i << ")";
+      EXPECT_EQ(t, ref.next[i]) << ref.expression << " after " << ref.after << " (fire " << i
+                                << ")";
     }
   }
 }
@@ -137,8 +139,8 @@ TEST(CronTest, NextFireTimesMatchTheReferenceTable) {
 TEST(CronTest, ShorthandsMeanTheirFiveFieldForms) {
   const int64_t t0 = 1'704'067'200'000 + 12'345;  // 2024-01-01 00:00:12.345 UTC, a Monday
   const std::pair<const char*, const char*> pairs[] = {
-      {"@hourly", "0 * * * *"},  {"@daily", "0 0 * * *"},    {"@midnight", "0 0 * * *"},
-      {"@weekly", "0 0 * * 0"},  {"@monthly", "0 0 1 * *"},  {"@yearly", "0 0 1 1 *"},
+      {"@hourly", "0 * * * *"},  {"@daily", "0 0 * * *"},   {"@midnight", "0 0 * * *"},
+      {"@weekly", "0 0 * * 0"},  {"@monthly", "0 0 1 * *"}, {"@yearly", "0 0 1 1 *"},
       {"@annually", "0 0 1 1 *"}};
   for (auto [shorthand, fields] : pairs)
     EXPECT_EQ(CronSpec::parse(shorthand).next_after(t0), CronSpec::parse(fields).next_after(t0))
@@ -157,8 +159,10 @@ TEST(CronTest, EveryIsAFixedInterval) {
 
 TEST(CronTest, NamesAreCaseInsensitiveAndSevenIsSunday) {
   const int64_t t0 = 1'704'067'200'000;
-  EXPECT_EQ(CronSpec::parse("0 0 * * SUN").next_after(t0), CronSpec::parse("0 0 * * 7").next_after(t0));
-  EXPECT_EQ(CronSpec::parse("0 0 1 JAN *").next_after(t0), CronSpec::parse("0 0 1 1 *").next_after(t0));
+  EXPECT_EQ(CronSpec::parse("0 0 * * SUN").next_after(t0),
+            CronSpec::parse("0 0 * * 7").next_after(t0));
+  EXPECT_EQ(CronSpec::parse("0 0 1 JAN *").next_after(t0),
+            CronSpec::parse("0 0 1 1 *").next_after(t0));
 }
 
 TEST(CronTest, FixedOffsetsShiftTheWallClock) {
@@ -172,10 +176,26 @@ TEST(CronTest, FixedOffsetsShiftTheWallClock) {
 }
 
 TEST(CronTest, BadExpressionsNameTheFieldAndTheText) {
-  const char* bad[] = {"",          "* * * *",     "* * * * * *", "60 * * * *",  "* 24 * * *",
-                       "* * 0 * *", "* * 32 * *",  "* * * 13 *",  "* * * * 8",   "*/0 * * * *",
-                       "5-1 * * * *", "a * * * *", "1,,2 * * * *", "@often",     "@every",
-                       "@every 10x", "@every 0s",  "0 0 30 2 *",  "0 0 31 4,6,9,11 *", "* * * * mon-"};
+  const char* bad[] = {"",
+                       "* * * *",
+                       "* * * * * *",
+                       "60 * * * *",
+                       "* 24 * * *",
+                       "* * 0 * *",
+                       "* * 32 * *",
+                       "* * * 13 *",
+                       "* * * * 8",
+                       "*/0 * * * *",
+                       "5-1 * * * *",
+                       "a * * * *",
+                       "1,,2 * * * *",
+                       "@often",
+                       "@every",
+                       "@every 10x",
+                       "@every 0s",
+                       "0 0 30 2 *",
+                       "0 0 31 4,6,9,11 *",
+                       "* * * * mon-"};
   for (const char* text : bad) {
     try {
       CronSpec::parse(text);
@@ -201,8 +221,8 @@ TEST(CronTest, BadExpressionsNameTheFieldAndTheText) {
 TEST(CronTest, RandomExpressionsNeverCrashAndAgreeWithABruteForceScan) {
   std::mt19937_64 rng(20261124);
   const std::string alphabet = "0123456789*/-,*/ ";
-  const char* atoms[] = {"*", "*/2", "*/7", "1-5", "0", "30", "1,15", "mon", "jan-mar", "10-50/10",
-                         "3/4", "sun,sat", "12", "31", "29", "2", "feb", "7"};
+  const char* atoms[] = {"*",        "*/2", "*/7",     "1-5", "0",  "30", "1,15", "mon", "jan-mar",
+                         "10-50/10", "3/4", "sun,sat", "12",  "31", "29", "2",    "feb", "7"};
   auto random_field = [&] {
     std::string f;
     if (rng() % 4 == 0) {
@@ -237,7 +257,8 @@ TEST(CronTest, RandomExpressionsNeverCrashAndAgreeWithABruteForceScan) {
     const int64_t first = (after / 60'000 + 1) * 60'000;
     const int64_t minutes = (next - first) / 60'000;
     for (int s = 0; s < 50 && minutes > 0; ++s) {
-      const int64_t t = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(minutes)) * 60'000;
+      const int64_t t =
+          first + static_cast<int64_t>(rng() % static_cast<uint64_t>(minutes)) * 60'000;
       ASSERT_EQ(spec->next_after(t - 1), next) << text << ": fires earlier, at " << t;
     }
     ASSERT_EQ(spec->next_after(next - 1), next) << text;

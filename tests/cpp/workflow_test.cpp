@@ -16,8 +16,8 @@ namespace jobforge {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::TempDir;
 using testing::RawDb;
+using testing::TempDir;
 
 EngineConfig config_for(const TempDir& dir, int workers = 2) {
   EngineConfig c;
@@ -37,7 +37,8 @@ class Tracking final : public Processor {
   std::string run(Context& ctx, const std::string& payload) override {
     const int now = ++running_;
     int seen = max_seen_.load();
-    while (now > seen && !max_seen_.compare_exchange_weak(seen, now)) {}
+    while (now > seen && !max_seen_.compare_exchange_weak(seen, now)) {
+    }
     {
       std::lock_guard lock(mutex_);
       starts_.push_back(std::chrono::steady_clock::now());
@@ -45,7 +46,8 @@ class Tracking final : public Processor {
     }
     std::this_thread::sleep_for(hold_);
     --running_;
-    if (payload.find("\"fail\"") != std::string::npos) throw ProcessorFailure("asked to fail", "", true);
+    if (payload.find("\"fail\"") != std::string::npos)
+      throw ProcessorFailure("asked to fail", "", true);
     return payload;
   }
   int max_seen() const { return max_seen_; }
@@ -68,7 +70,9 @@ class Tracking final : public Processor {
 
 class ReadsDependencies final : public Processor {
  public:
-  std::string run(Context& ctx, const std::string&) override { return ctx.dependency_results_json(); }
+  std::string run(Context& ctx, const std::string&) override {
+    return ctx.dependency_results_json();
+  }
 };
 
 JobSpec spec(const std::string& type, const std::string& payload = "{}") {
@@ -236,11 +240,17 @@ TEST_F(WorkflowTest, UniqueKeyCanStayTakenForAPeriodAfterTheJobEnded) {
 TEST_F(WorkflowTest, TheStoreRefusesTwoRowsWithOneUniqueKey) {
   { Engine engine(config_for(dir)); }
   RawDb raw(dir.file("jobs.db"));
-  raw.exec("INSERT INTO jobs (id, type, status, payload, created_at, unique_key) VALUES ('a', 't', 'queued', '{}', 1, 'k')");
+  raw.exec(
+      "INSERT INTO jobs (id, type, status, payload, created_at, unique_key) VALUES ('a', 't', "
+      "'queued', '{}', 1, 'k')");
   char* err = nullptr;
   sqlite3* db = nullptr;
   sqlite3_open(dir.file("jobs.db").c_str(), &db);
-  EXPECT_NE(sqlite3_exec(db, "INSERT INTO jobs (id, type, status, payload, created_at, unique_key) VALUES ('b', 't', 'queued', '{}', 1, 'k')", nullptr, nullptr, &err), SQLITE_OK);
+  EXPECT_NE(sqlite3_exec(db,
+                         "INSERT INTO jobs (id, type, status, payload, created_at, unique_key) "
+                         "VALUES ('b', 't', 'queued', '{}', 1, 'k')",
+                         nullptr, nullptr, &err),
+            SQLITE_OK);
   sqlite3_free(err);
   sqlite3_close(db);
 }
@@ -310,7 +320,8 @@ TEST_F(WorkflowTest, ABatchCompletesWithASummaryWhenItsChildrenEnd) {
   engine.register_processor("analyze", std::make_shared<Tracking>());
   BatchSpec batch;
   batch.parent = spec("batch_analyze", R"({"folder": "x"})");
-  for (int i = 0; i < 5; ++i) batch.children.push_back(spec("analyze", i == 2 ? R"({"fail": 1})" : "{}"));
+  for (int i = 0; i < 5; ++i)
+    batch.children.push_back(spec("analyze", i == 2 ? R"({"fail": 1})" : "{}"));
   const auto jobs = engine.enqueue_batch(batch);
   ASSERT_EQ(jobs.size(), 6u);
   EXPECT_EQ(jobs[0].status, Status::running);
@@ -339,7 +350,8 @@ TEST_F(WorkflowTest, BatchPolicyFailFastFailsTheParentAndCancelsTheRest) {
   engine.start();
   const Job parent = wait_final(engine, jobs[0].id);
   EXPECT_EQ(parent.status, Status::failed);
-  EXPECT_NE(parent.error->find("child " + jobs[1].id + " failed"), std::string::npos) << *parent.error;
+  EXPECT_NE(parent.error->find("child " + jobs[1].id + " failed"), std::string::npos)
+      << *parent.error;
   int cancelled = 0;
   for (size_t i = 2; i < jobs.size(); ++i)
     cancelled += wait_final(engine, jobs[i].id).status == Status::cancelled;
@@ -357,7 +369,8 @@ TEST_F(WorkflowTest, CancellingABatchCancelsItsUnfinishedChildren) {
   const auto jobs = engine.enqueue_batch(batch);
   EXPECT_TRUE(engine.cancel(jobs[0].id));
   EXPECT_EQ(engine.get(jobs[0].id)->status, Status::cancelled);
-  for (size_t i = 1; i < jobs.size(); ++i) EXPECT_EQ(engine.get(jobs[i].id)->status, Status::cancelled);
+  for (size_t i = 1; i < jobs.size(); ++i)
+    EXPECT_EQ(engine.get(jobs[i].id)->status, Status::cancelled);
 }
 
 TEST_F(WorkflowTest, AnEmptyBatchIsCompletedAtOnce) {
@@ -475,8 +488,9 @@ TEST_F(WorkflowTest, CleanupDeletesOldFinishedJobsInBatchesAndKeepsTheRest) {
   engine.stop();
   const Job queued = engine.enqueue(spec("noop"));
   RawDb raw(dir.file("jobs.db"));
-  raw.exec("UPDATE jobs SET created_at = created_at - 7200000, completed_at = completed_at - 7200000 "
-           "WHERE status = 'completed'");
+  raw.exec(
+      "UPDATE jobs SET created_at = created_at - 7200000, completed_at = completed_at - 7200000 "
+      "WHERE status = 'completed'");
   EXPECT_EQ(engine.cleanup(3'600'000), 50);
   EXPECT_EQ(engine.stats().total, 1);
   EXPECT_TRUE(engine.get(queued.id).has_value());
@@ -497,7 +511,8 @@ TEST_F(WorkflowTest, RetentionSchedulesTheCleanupJobAtLowestPriority) {
   EXPECT_EQ(schedules[0].type, "cleanup");
   // Within a few seconds the job is older than a second and a cleanup run deletes it.
   const auto deadline = std::chrono::steady_clock::now() + testing::kPatience;
-  while (engine.get(old.id) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(50ms);
+  while (engine.get(old.id) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(50ms);
   EXPECT_FALSE(engine.get(old.id).has_value());
   JobQuery q;
   q.type = "cleanup";

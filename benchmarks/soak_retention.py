@@ -58,7 +58,9 @@ def main() -> None:
         cleaned = soak(os.path.join(tmp, "clean.db"), args.cycles, args.jobs, True)
         kept = soak(os.path.join(tmp, "kept.db"), args.cycles, args.jobs, False)
     print(f"retention soak: {args.cycles} cycles of {args.jobs:,} jobs (1 in 10 logs a line)")
-    print(f"{'cycle':>5}  {'jobs so far':>11}  {'with cleanup':>13}  {'without':>13}  {'s/cycle':>7}")
+    print(
+        f"{'cycle':>5}  {'jobs so far':>11}  {'with cleanup':>13}  {'without':>13}  {'s/cycle':>7}"
+    )
     for (cycle, size, secs), (_, size_kept, _) in zip(cleaned, kept):
         print(f"{cycle:>5}  {cycle * args.jobs:>11,}  {size / 1e6:>10.1f} MB  "
               f"{size_kept / 1e6:>10.1f} MB  {secs:>7.2f}")  # fmt: skip

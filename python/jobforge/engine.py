@@ -14,10 +14,10 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from . import _core, _json
+from . import workflows as _workflows
 from ._processors import make_adapter
 from .backoff import BackoffSpec, Exponential, Fixed, Linear
 from .errors import JobforgeError
-from . import workflows as _workflows
 from .job import STATUSES, Event, Job
 
 if TYPE_CHECKING:

@@ -5,7 +5,6 @@ cross-process guarantees) real child processes."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import sqlite3
 import subprocess
@@ -144,7 +143,9 @@ def test_chain_fans_out_and_in_in_one_transaction(make_engine):
             seen.append(payload)
         return payload
 
-    jobs = engine.chain(("stage", "a"), [("stage", "b1"), ("stage", "b2")], {"type": "stage", "payload": "c"})
+    jobs = engine.chain(
+        ("stage", "a"), [("stage", "b1"), ("stage", "b2")], {"type": "stage", "payload": "c"}
+    )
     assert [j.status for j in jobs] == ["queued", "created", "created", "created"]
     with engine:
         assert jobs[-1].wait(timeout=30).status == "completed"
@@ -169,7 +170,9 @@ def test_unique_key_gives_one_job_across_processes(tmp_path):
     db = str(tmp_path / "unique.db")
     jobforge.Engine(db, allow_unknown_types=True).stop()  # create the file once
     procs = [
-        subprocess.Popen([sys.executable, "-c", UNIQUE_PRODUCER, db, str(i)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", UNIQUE_PRODUCER, db, str(i)], stdout=subprocess.PIPE, text=True
+        )
         for i in range(3)
     ]
     outputs = [p.communicate(timeout=120)[0].split() for p in procs]
@@ -219,7 +222,9 @@ def test_run_at_datetime_delays_the_job(make_engine):
 def test_schedule_persists_and_validates(make_engine, db_path):
     engine = make_engine()
     engine.register("cleanup_tmp", lambda ctx, p: None)
-    sc = engine.schedule("nightly-cleanup", "0 2 * * *", "cleanup_tmp", {"dir": "/tmp"}, priority=10)
+    sc = engine.schedule(
+        "nightly-cleanup", "0 2 * * *", "cleanup_tmp", {"dir": "/tmp"}, priority=10
+    )
     assert sc.next_fire.hour == 2 and sc.next_fire.minute == 0
     assert sc.next_fire_at > time.time()
     again = make_engine()  # another engine on the file sees it: persisted
@@ -231,7 +236,10 @@ def test_schedule_persists_and_validates(make_engine, db_path):
         engine.schedule("bad", "@daily", "cleanup_tmp", timezone="Europe/Paris")
     with pytest.raises(ValueError, match="misfire"):
         engine.schedule("bad", "@daily", "cleanup_tmp", misfire="later")
-    assert engine.schedule("offset", "30 6 * * *", "cleanup_tmp", timezone="+02:00").next_fire.hour == 4
+    assert (
+        engine.schedule("offset", "30 6 * * *", "cleanup_tmp", timezone="+02:00").next_fire.hour
+        == 4
+    )
     assert engine.unschedule("nightly-cleanup") is True
     assert engine.unschedule("nightly-cleanup") is False
 
@@ -252,7 +260,9 @@ def test_every_fire_makes_exactly_one_job_with_three_processes(make_engine, db_p
     engine = make_engine()
     engine.register("tick", lambda ctx, p: None)
     engine.schedule("ticker", "@every 1s", "tick")
-    procs = [subprocess.Popen([sys.executable, "-c", SCHEDULE_WORKER, db_path, "4.5"]) for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SCHEDULE_WORKER, db_path, "4.5"]) for _ in range(3)
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0
     jobs = engine.jobs(type="tick")
@@ -303,7 +313,7 @@ def test_cron_next_fire_times_match_croniter_on_random_expressions(make_engine):
     months = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
     days = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
     checked = 0
-    for i in range(300):
+    for _ in range(300):
         expr = " ".join([
             _random_field(rng, 0, 59), _random_field(rng, 0, 23), _random_field(rng, 1, 28),
             _random_field(rng, 1, 12, months), _random_field(rng, 0, 6, days),
@@ -362,7 +372,9 @@ def test_max_concurrent_holds_across_two_processes(tmp_path):
     out = str(tmp_path / "events.txt")
     producer = jobforge.Engine(db, allow_unknown_types=True)
     producer.enqueue_many("scan", [{"i": i} for i in range(16)])
-    procs = [subprocess.Popen([sys.executable, "-c", LIMIT_WORKER, db, out, "16"]) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", LIMIT_WORKER, db, out, "16"]) for _ in range(2)
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0
     events = sorted((float(t), kind) for kind, t in (line.split() for line in open(out)))
@@ -461,7 +473,9 @@ def test_run_now_runs_in_the_callers_thread_and_raises_the_processors_error(make
         return {"w": payload["w"] // 2}
 
     updates = []
-    assert engine.run_now("resize", {"w": 100}, progress=lambda c, t, m: updates.append((c, t, m))) == {"w": 50}
+    assert engine.run_now(
+        "resize", {"w": 100}, progress=lambda c, t, m: updates.append((c, t, m))
+    ) == {"w": 50}
     assert seen["thread"] == threading.get_ident()
     assert updates == [(1.0, 2.0, "half")]
     with pytest.raises(KeyError, match="width"):

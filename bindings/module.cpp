@@ -144,7 +144,10 @@ void translate_errors(std::exception_ptr p) {
   } catch (const UnknownJobType& e) {
     PyErr_SetString(error_class("UnknownJobType").ptr(), e.what());
   } catch (const ValidationError& e) {
-    PyErr_SetString(PyExc_ValueError, e.what());
+    // jobforge.ValidationError is also a ValueError; it carries the field's name.
+    py::object cls = error_class("ValidationError");
+    py::object exc = cls(e.what(), e.field());
+    PyErr_SetObject(cls.ptr(), exc.ptr());
   } catch (const StoreError& e) {
     PyErr_SetString(error_class("StoreError").ptr(), e.what());
   } catch (const JobCancelled& e) {

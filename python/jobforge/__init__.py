@@ -30,6 +30,7 @@ from .errors import (
     SingletonError,
     StoreError,
     UnknownJobType,
+    ValidationError,
 )
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, STATUSES, Event, Job
 from .workflows import Batch, Schedule
@@ -42,6 +43,7 @@ __all__ = [
     "Subscription",
     "JobforgeError",
     "StoreError",
+    "ValidationError",
     "UnknownJobType",
     "JobCancelled",
     "InvalidTransition",

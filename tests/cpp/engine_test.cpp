@@ -1753,3 +1753,29 @@ TEST_F(EngineTest, OldestDueAgeAndDueCountIgnoreDelayedJobs) {
   EXPECT_GE(d.oldest_due_age_ms, 25);
   EXPECT_LT(d.oldest_due_age_ms, 30'000);
 }
+
+// stop(wait=true) waits for running jobs; a stop(wait=false) meanwhile (a second Ctrl-C) asks
+// them to stop: they go back to the queue, their attempt not counted, and both calls return.
+TEST_F(EngineTest, StopWithoutWaitingEscalatesAStopThatIsWaiting) {
+  Engine engine(small_config(dir, 1));
+  auto runner = std::make_shared<RunsUntilStopped>();
+  engine.register_processor("runner", runner);
+  engine.start();
+  const Job job = engine.enqueue(spec("runner"));
+  ASSERT_TRUE(runner->started.wait());
+  std::atomic<bool> waiting_stop_returned{false};
+  std::thread waiting([&] {
+    engine.stop(true);
+    waiting_stop_returned = true;
+  });
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(waiting_stop_returned) << "stop(true) returned while its job still ran";
+  engine.stop(false);
+  waiting.join();
+  EXPECT_TRUE(waiting_stop_returned);
+  EXPECT_EQ(runner->last_reason.load(), StopReason::shutdown);
+  auto got = engine.get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::queued);
+  EXPECT_EQ(got->attempts, 0);
+}

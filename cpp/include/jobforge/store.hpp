@@ -127,6 +127,9 @@ struct StartInfo {
   int attempt = 1;
   int64_t started_at = 0;
   int64_t lease_expires_at = 0;
+  // The claim's token: the row's queued_at when it was claimed. A job put back in the queue
+  // since (retried by another process) has a newer one, so a stale holder's write misses it.
+  int64_t queued_at = 0;
 };
 
 // The end of one attempt, decided by the engine. Only the lease holder may apply it.
@@ -139,6 +142,7 @@ struct Outcome {
   bool release = false;           // the attempt is not counted (it never ran, or shutdown)
   bool claimed_in_memory = false; // the job may still be 'queued' in the store
   bool keep_start = false;        // write the pending start first (its log lines follow it)
+  int64_t queued_at = 0;          // claim token of a job claimed in memory (see StartInfo)
   int attempt = 0;
   int64_t started_at = 0;         // when the attempt began (0: not known / not started)
   std::optional<std::string> result_json;

@@ -7,6 +7,7 @@
 #include "jobforge/cron.hpp"
 
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +36,18 @@ namespace jobforge {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// steady_clock from the kernel's coarse monotonic clock (same base, a few ms resolution, a few
+// ns per read): enough for progress rate limits and rates, and cheap in a tight loop.
+Clock::time_point coarse_now() noexcept {
+#ifdef CLOCK_MONOTONIC_COARSE
+  timespec ts;
+  if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+    return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+        std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
+#endif
+  return Clock::now();
+}
 
 std::string seconds_text(int64_t ms) {
   std::ostringstream out;
@@ -114,7 +127,7 @@ class RunningJob final : public Context {
   bool progress_due_ = false;            // moved enough to be written at the next flush
   bool progress_event_pending_ = false;  // an update not yet published (rate limit)
   int persisted_percent_ = 0;
-  Clock::time_point last_persist_{};
+  Clock::time_point dirty_since_{};  // the oldest unwritten change
   Clock::time_point last_progress_event_{};
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
@@ -527,6 +540,19 @@ struct Engine::Impl {
   }
 
   void stop(bool wait_for_running) {
+    if (!wait_for_running) {
+      // A stop(wait=true) may be waiting for running jobs: escalate it. They are asked to stop
+      // now (and interrupted after the grace period) and go back to the queue.
+      bool escalated = false;
+      {
+        std::lock_guard lock(jobs_mutex);
+        if (stopping) {
+          for (auto& [id, rj] : claimed) rj->request_stop(StopReason::shutdown);
+          escalated = true;
+        }
+      }
+      if (escalated) notify_watchdog();
+    }
     std::lock_guard lifecycle(lifecycle_mutex);
     if (!started) return;
     {
@@ -611,7 +637,8 @@ struct Engine::Impl {
       for (auto& [id, rj] : claimed)
         if (rj->claimed_in_memory && !rj->finished)
           store->mark_started(StartInfo{rj->job.rowid, rj->job.id, rj->job.type, worker_id,
-                                        rj->job.attempts, now, now + config.lease_ms});
+                                        rj->job.attempts, now, now + config.lease_ms,
+                                        rj->job.queued_at});
       dispatch_cv.notify_all();
     }
     release_unstarted(unstarted);
@@ -852,7 +879,7 @@ struct Engine::Impl {
     if (rj.claimed_in_memory) {
       store->mark_started(StartInfo{rj.job.rowid, rj.job.id, rj.job.type, worker_id,
                                     rj.job.attempts, rj.started_at,
-                                    rj.started_at + config.lease_ms});
+                                    rj.started_at + config.lease_ms, rj.job.queued_at});
     } else {
       rj.started_at = rj.job.started_at ? rj.job.started_at : rj.started_at;
     }
@@ -898,6 +925,7 @@ struct Engine::Impl {
     o.attempt = rj.job.attempts;
     o.claimed_in_memory = rj.claimed_in_memory;
     o.keep_start = rj.logged.load(std::memory_order_relaxed);
+    o.queued_at = rj.job.queued_at;
     o.started_at = r.ran ? rj.started_at : 0;
     o.at = now_ms();
     {
@@ -1034,7 +1062,7 @@ struct Engine::Impl {
         }
         if (now >= rj->deadline) rj->request_stop(StopReason::timeout);
         const StopReason reason = rj->stop_reason();
-        if (reason == StopReason::timeout || reason == StopReason::cancelled) {
+        if (reason != StopReason::none) {
           // Asked to stop and still running: interrupt it once the grace period is over.
           if (rj->stop_requested_at == Clock::time_point::max()) rj->stop_requested_at = now;
           if (now >= rj->stop_requested_at + grace) {
@@ -1127,10 +1155,9 @@ struct Engine::Impl {
       if (rj->finished) continue;
       std::lock_guard lock(rj->progress_mutex_);
       if (!rj->progress_dirty_) continue;
-      if (!all && !rj->progress_due_ && now - rj->last_persist_ < period) continue;
+      if (!all && !rj->progress_due_ && now - rj->dirty_since_ < period) continue;
       rj->progress_dirty_ = false;
       rj->progress_due_ = false;
-      rj->last_persist_ = now;
       rj->persisted_percent_ = rj->progress_.percent;
       const auto& p = rj->progress_;
       updates.push_back(ProgressUpdate{rj->job.rowid, p.percent, p.current, p.total, p.message,
@@ -1648,7 +1675,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
   if (finished.load(std::memory_order_relaxed)) return;
   if (!std::isfinite(current)) current = 0;
   if (!std::isfinite(total) || total < 0) total = 0;
-  const auto now = Clock::now();
+  const auto now = coarse_now();
   const auto& cfg = engine_->config;
   ProgressState snapshot;
   bool publish = false, wake_watchdog = false;
@@ -1686,6 +1713,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
       p.rate = 0;
       p.eta_ms = -1;
     }
+    if (!progress_dirty_) dirty_since_ = now;
     progress_dirty_ = true;
     if (std::abs(p.percent - persisted_percent_) >= cfg.progress_persist_percent)
       progress_due_ = true;
@@ -1790,7 +1818,7 @@ std::vector<LogRecord> Engine::logs(const LogQuery& query) {
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
   if (!impl_->store->get(query.job_id))
-    throw ValidationError("job_id", "no job with id '" + query.job_id + "'");
+    throw ValidationError("job_id", "job_id '" + query.job_id + "' does not name a job");
   return impl_->store->logs(query);
 }
 

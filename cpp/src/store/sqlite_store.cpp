@@ -276,6 +276,7 @@ class SqliteStore final : public Store {
                      s.bind(19, o.stage.empty() ? std::optional<std::string>{}
                                                 : std::optional<std::string>{o.stage});
                      s.bind(20, o.outcome_json);
+                     if (o.queued_at) s.bind(21, o.queued_at); else s.bind_null(21);
                      s.run();
                      if (w.db.changes() == 0) return;  // lease lost, or cancelled from outside
                      if (coalesced && !start_written)
@@ -667,6 +668,17 @@ class SqliteStore final : public Store {
     d.window_ms = window_ms;
     d.rate_window_ms = rate_window_ms;
     auto reader = readers_.acquire(*this);
+    // One read transaction: every figure from the same commit (queued and due agree).
+    struct ReadTxn {
+      Database& db;
+      explicit ReadTxn(Database& d) : db(d) { db.exec("BEGIN"); }
+      ~ReadTxn() {
+        try {
+          db.exec("COMMIT");
+        } catch (...) {
+        }
+      }
+    } txn(reader->db);
     std::map<std::string, TypeStats> types;
     auto type_entry = [&](const std::string& name) -> TypeStats& {
       TypeStats& t = types[name];
@@ -1485,7 +1497,9 @@ class SqliteStore final : public Store {
                        if (starts_written_.count(st.rowid)) continue;
                        ScopedReset r(s);
                        s.bind(1, st.attempt).bind(2, st.started_at).bind(3, st.owner);
-                       s.bind(4, st.lease_expires_at).bind(5, st.rowid).run();
+                       s.bind(4, st.lease_expires_at).bind(5, st.rowid);
+                       if (st.queued_at) s.bind(6, st.queued_at); else s.bind_null(6);
+                       s.run();
                        if (w.db.changes() == 0) {  // cancelled from outside meanwhile
                          w.rejected_starts.push_back(st.rowid);
                          continue;

@@ -175,14 +175,14 @@ class Engine:
         singleton_role: str = "",
         interrupt_grace_ms: int = 1000,
         claim_in_memory: bool = True,
+        progress_persist_ms: int = 30000,
+        progress_persist_percent: int = 10,
+        stats_window_ms: int = 3600000,
         queues: list[str] = ...,
         max_queue_size: int = 0,
         misfire_grace_ms: int = 60000,
         retention_ms: int = 0,
         cleanup_interval_ms: int = 3600000,
-        progress_persist_ms: int = 30000,
-        progress_persist_percent: int = 10,
-        stats_window_ms: int = 3600000,
     ) -> None: ...
     @property
     def worker_id(self) -> str: ...

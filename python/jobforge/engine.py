@@ -561,8 +561,20 @@ class Engine:
         backoff: Optional[BackoffSpec] = None,
         parent: Union[str, Job, None] = None,
         user_initiated: bool = True,
+        queue: Optional[str] = None,
     ) -> list[Job]:
-        """Stores many jobs of one type in one transaction: all of them or, on bad input, none."""
+        """Stores many jobs of one type in one transaction: all of them or, on bad input, none.
+        ``queue`` puts them in a named queue (docs/workflows.md)."""
+        if queue is not None:
+            specs = [
+                self._spec(
+                    type, payload, priority=priority, max_attempts=max_attempts,
+                    timeout=timeout, delay=delay, retry_delay=retry_delay, backoff=backoff,
+                    parent=parent, user_initiated=user_initiated, queue=queue,
+                )
+                for payload in payloads
+            ]  # fmt: skip
+            return [Job(self, r) for r in self._core.enqueue_specs(specs)]
         opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
                              user_initiated)  # fmt: skip
         encoded = []

@@ -336,11 +336,13 @@ def test_a_worker_serves_only_its_queues(make_engine, db_path):
     producer.register("export", lambda ctx, p: p)
     a = producer.enqueue("export", 1, queue="exports")
     b = producer.enqueue("export", 2, queue="images")
-    assert a.queue == "exports"
+    many = producer.enqueue_many("export", [3, 4], queue="exports")
+    assert a.queue == "exports" and {j.queue for j in many} == {"exports"}
     worker = make_engine(queues=["exports"])
     worker.register("export", lambda ctx, p: p)
     with worker:
         assert a.wait(timeout=30).status == "completed"
+        assert all(j.wait(timeout=30).status == "completed" for j in many)
         time.sleep(0.2)
         assert worker.get(b.id).status == "queued"
 

@@ -55,6 +55,61 @@ std::string seconds_text(int64_t ms) {
   return out.str();
 }
 
+// The first `n` bytes of `text`, never cutting a UTF-8 sequence in two.
+std::string utf8_prefix(const std::string& text, size_t n) {
+  if (text.size() <= n) return text;
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  return text.substr(0, n) + "...";
+}
+
+// JSON accepted in payloads: valid, and nested at most kMaxJsonDepth deep (what every reader,
+// Python's json included, can decode back). A SAX pass: no document is built.
+constexpr int kMaxJsonDepth = 500;
+
+struct JsonChecker : nlohmann::json::json_sax_t {
+  int depth = 0;
+  bool too_deep = false;
+  std::string error;
+  bool push() {
+    if (++depth > kMaxJsonDepth) too_deep = true;
+    return !too_deep;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return push(); }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return --depth, true; }
+  bool start_array(std::size_t) override { return push(); }
+  bool end_array() override { return --depth, true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::json::exception& e) override {
+    error = e.what();
+    return false;
+  }
+};
+
+void check_json(const char* field, const std::string& text) {
+  JsonChecker checker;
+  if (nlohmann::json::sax_parse(text, &checker)) return;
+  const std::string name(field);
+  if (checker.too_deep)
+    throw ValidationError(name, name + " is nested more than " + std::to_string(kMaxJsonDepth) +
+                                    " levels deep");
+  if (checker.error.find("number overflow") != std::string::npos)
+    throw ValidationError(name, name + " holds a number beyond the range of a double (about "
+                                       "1.8e308), which JSON readers cannot carry: " +
+                                       utf8_prefix(checker.error, 200));
+  const auto detail = checker.error.find("] ");
+  throw ValidationError(name, name + " is not valid JSON (" +
+                                  (detail == std::string::npos ? checker.error
+                                                               : checker.error.substr(detail + 2)) +
+                                  "): '" + utf8_prefix(text, 80) + "'");
+}
+
 std::string host_name() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0) return "localhost";
@@ -239,9 +294,7 @@ struct Engine::Impl {
       throw ValidationError("payload", "payload is " + std::to_string(spec.payload_json.size()) +
                                            " bytes, more than the limit of " +
                                            std::to_string(config.max_payload_bytes));
-    if (!nlohmann::json::accept(spec.payload_json))
-      throw ValidationError("payload", "payload is not valid JSON: '" +
-                                           spec.payload_json.substr(0, 80) + "'");
+    check_json("payload", spec.payload_json);
     j.payload_json = spec.payload_json;
     j.created_at = now;
     j.run_at = now + spec.delay_ms;

@@ -1351,6 +1351,10 @@ class SqliteStore final : public Store {
 
   void migrate() {
     const int64_t version = writer_db_.query_int("PRAGMA user_version");
+    if (version < 0)
+      throw StoreError(SQLITE_CORRUPT, "database '" + path_ + "' has schema version " +
+                                           std::to_string(version) +
+                                           ", which no jobforge writes (a damaged header?)");
     if (version > sql::kSchemaVersion)
       throw StoreError(SQLITE_ERROR, "database '" + path_ + "' has schema version " +
                                          std::to_string(version) + ", newer than this jobforge (" +

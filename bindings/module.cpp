@@ -10,6 +10,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "jobforge/cron.hpp"
 #include "jobforge/engine.hpp"
 
 namespace py = pybind11;
@@ -152,6 +153,8 @@ void set_error(PyObject* cls, const char* text) {
 void translate_errors(std::exception_ptr p) {
   try {
     if (p) std::rethrow_exception(p);
+  } catch (const QueueFull& e) {
+    PyErr_SetString(error_class("QueueFull").ptr(), e.what());
   } catch (const UnknownJobType& e) {
     set_error(error_class("UnknownJobType").ptr(), e.what());
   } catch (const ValidationError& e) {
@@ -268,11 +271,80 @@ std::optional<Status> status_arg(const std::optional<std::string>& s) {
   return parsed;
 }
 
+// A job spec from the dict python/jobforge/engine.py builds (keys as JobSpec's fields).
+JobSpec spec_from_dict(const py::dict& d) {
+  auto get = [&](const char* key) -> py::object {
+    return d.contains(key) ? py::object(d[key]) : py::object(py::none());
+  };
+  auto opt_int = [&](const char* key) -> std::optional<int64_t> {
+    auto v = get(key);
+    return v.is_none() ? std::nullopt : std::optional<int64_t>(v.cast<int64_t>());
+  };
+  auto opt_str = [&](const char* key) -> std::optional<std::string> {
+    auto v = get(key);
+    return v.is_none() ? std::nullopt : std::optional<std::string>(v.cast<std::string>());
+  };
+  JobSpec s;
+  s.type = d["type"].cast<std::string>();
+  s.payload_json = d.contains("payload_json") ? d["payload_json"].cast<std::string>() : "null";
+  if (auto v = opt_int("priority")) s.priority = static_cast<int>(*v);
+  if (auto v = opt_int("max_attempts")) s.max_attempts = static_cast<int>(*v);
+  s.timeout_ms = opt_int("timeout_ms");
+  s.retry_delay_ms = opt_int("retry_delay_ms");
+  s.backoff = opt_str("backoff");
+  s.delay_ms = opt_int("delay_ms").value_or(0);
+  s.parent_id = opt_str("parent_id");
+  if (d.contains("user_initiated")) s.user_initiated = d["user_initiated"].cast<bool>();
+  if (auto v = opt_str("queue")) s.queue = *v;
+  s.unique_key = opt_str("unique_key");
+  s.unique_for_ms = opt_int("unique_for_ms").value_or(0);
+  if (!get("depends_on").is_none()) s.depends_on = d["depends_on"].cast<std::vector<std::string>>();
+  if (!get("depends_on_index").is_none())
+    s.depends_on_index = d["depends_on_index"].cast<std::vector<size_t>>();
+  if (d.contains("run_if_dependency_fails"))
+    s.run_if_dependency_fails = d["run_if_dependency_fails"].cast<bool>();
+  return s;
+}
+
+py::dict schedule_dict(const Schedule& sc) {
+  py::dict d;
+  d["name"] = sc.name;
+  d["cron"] = sc.cron;
+  d["timezone"] = sc.timezone;
+  d["type"] = sc.type;
+  d["payload_json"] = sc.payload_json;
+  d["priority"] = sc.priority ? py::object(py::int_(*sc.priority)) : py::object(py::none());
+  d["queue"] = sc.queue;
+  d["misfire"] = sc.misfire;
+  d["next_fire_at"] = sc.next_fire_at;
+  d["last_fire_at"] = sc.last_fire_at;
+  d["last_job_id"] = sc.last_job_id;
+  d["created_at"] = sc.created_at;
+  return d;
+}
+
+// A Python callable as run_now's progress callback; it takes the GIL for each call.
+DirectProgress direct_progress(py::object callback) {
+  if (callback.is_none()) return nullptr;
+  auto ref = std::make_shared<PyRef>(std::move(callback));
+  return [ref](double current, double total, const std::string& message) {
+    py::gil_scoped_acquire gil;
+    ref->get()(current, total, message);
+  };
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "jobforge's C++ engine (private; use the jobforge package)";
   m.attr("__version__") = JOBFORGE_VERSION;
+  m.def(
+      "cron_next",
+      [](const std::string& expression, int64_t after_ms, const std::string& timezone) {
+        return CronSpec::parse(expression, timezone).next_after(after_ms);
+      },
+      py::arg("expression"), py::arg("after_ms"), py::arg("timezone") = "UTC",
+      "The first fire time (Unix ms) of a cron expression after after_ms (for tests and tools).");
   py::register_exception_translator(&translate_errors);
   python_gate().set_interpreter(PyThreadState_Get()->interp);
 
@@ -307,7 +379,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("stage", &Job::stage)
       .def_readonly("outcome_json", &Job::outcome_json)
       .def_readonly("rate", &Job::rate)
-      .def_readonly("eta_ms", &Job::eta_ms);
+      .def_readonly("eta_ms", &Job::eta_ms)
+      .def_readonly("queue", &Job::queue)
+      .def_readonly("unique_key", &Job::unique_key);
 
   py::class_<LogRecord>(m, "LogRecord")
       .def_readonly("id", &LogRecord::id)
@@ -395,7 +469,15 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("level"), py::arg("message"))
       .def("count", [](Context& c, const std::string& key, int64_t n) { c.count(key, n); },
-           py::arg("key"), py::arg("n") = 1);
+           py::arg("key"), py::arg("n") = 1)
+      .def_property_readonly("dependency_results", [](Context& c) {
+        std::string text;
+        {
+          py::gil_scoped_release release;
+          text = c.dependency_results_json();
+        }
+        return py::module_::import("jobforge._json").attr("loads")(text);
+      });
 
   py::class_<Engine, EngineHolder>(m, "Engine")
       .def(py::init([](const std::string& path, int workers, int64_t retry_delay_ms,
@@ -403,9 +485,16 @@ PYBIND11_MODULE(_core, m) {
                        int64_t lease_ms, int64_t progress_event_ms, bool synchronous_full,
                        std::string singleton_role, int64_t interrupt_grace_ms,
                        bool claim_in_memory, int64_t progress_persist_ms,
-                       int progress_persist_percent, int64_t stats_window_ms, int pool_size) {
+                       int progress_persist_percent, int64_t stats_window_ms, int pool_size,
+                       std::vector<std::string> queues, int64_t max_queue_size,
+                       int64_t misfire_grace_ms, int64_t retention_ms, int64_t cleanup_interval_ms) {
              EngineConfig c;
              c.postgres.pool_size = pool_size;
+             c.queues = std::move(queues);
+             c.max_queue_size = max_queue_size;
+             c.misfire_grace_ms = misfire_grace_ms;
+             c.retention_ms = retention_ms;
+             c.cleanup_interval_ms = cleanup_interval_ms;
              c.progress_persist_ms = progress_persist_ms;
              c.progress_persist_percent = progress_persist_percent;
              c.stats_window_ms = stats_window_ms;
@@ -431,23 +520,29 @@ PYBIND11_MODULE(_core, m) {
            py::arg("singleton_role") = "", py::arg("interrupt_grace_ms") = 1000,
            py::arg("claim_in_memory") = true, py::arg("progress_persist_ms") = 30000,
            py::arg("progress_persist_percent") = 10, py::arg("stats_window_ms") = 3600000,
-           py::arg("pool_size") = 4)
+           py::arg("pool_size") = 4,
+           py::arg("queues") = std::vector<std::string>{}, py::arg("max_queue_size") = 0,
+           py::arg("misfire_grace_ms") = 60000, py::arg("retention_ms") = 0,
+           py::arg("cleanup_interval_ms") = 3600000)
       .def_property_readonly("worker_id", &Engine::worker_id)
       .def_property_readonly("path", [](const Engine& e) { return e.config().path; })
       .def_property_readonly("workers", [](const Engine& e) { return e.config().workers; })
       .def("register_python_processor",
            [](Engine& e, const std::string& type, py::object adapter, std::optional<int64_t> timeout_ms,
               std::optional<int> max_attempts, std::optional<int64_t> retry_delay_ms,
-              std::optional<std::string> backoff, std::optional<int> priority) {
+              std::optional<std::string> backoff, std::optional<int> priority,
+              std::optional<int> max_concurrent, std::optional<std::string> rate) {
              if (backoff) Backoff::parse(*backoff);  // validate now, not at the first enqueue
-             ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, backoff, priority};
+             ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, backoff, priority,
+                                max_concurrent, rate};
              auto p = std::make_shared<PythonProcessor>(std::move(adapter));
              py::gil_scoped_release release;
              e.register_processor(type, std::move(p), o);
            },
            py::arg("type"), py::arg("adapter"), py::arg("timeout_ms") = py::none(),
            py::arg("max_attempts") = py::none(), py::arg("retry_delay_ms") = py::none(),
-           py::arg("backoff") = py::none(), py::arg("priority") = py::none())
+           py::arg("backoff") = py::none(), py::arg("priority") = py::none(),
+           py::arg("max_concurrent") = py::none(), py::arg("rate") = py::none())
       .def("has_processor", &Engine::has_processor)
       .def("processor_types", &Engine::processor_types)
       .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
@@ -610,6 +705,84 @@ PYBIND11_MODULE(_core, m) {
       .def("flush_events", [](Engine& e) { e.store().flush(); e.events().flush(); },
            py::call_guard<py::gil_scoped_release>())
       .def("on_delivery_thread", [](Engine& e) { return e.events().on_delivery_thread(); })
+      // ---- workflows (docs/workflows.md) ----
+      .def(
+          "enqueue_specs",
+          [](Engine& e, py::list specs) {
+            std::vector<JobSpec> out;
+            for (auto item : specs) out.push_back(spec_from_dict(item.cast<py::dict>()));
+            py::gil_scoped_release release;
+            return e.enqueue_many(out);
+          },
+          py::arg("specs"))
+      .def(
+          "enqueue_batch",
+          [](Engine& e, py::dict parent, py::list children, std::string on_child_failure) {
+            BatchSpec b;
+            b.parent = spec_from_dict(parent);
+            for (auto item : children) b.children.push_back(spec_from_dict(item.cast<py::dict>()));
+            b.on_child_failure = std::move(on_child_failure);
+            py::gil_scoped_release release;
+            return e.enqueue_batch(b);
+          },
+          py::arg("parent"), py::arg("children"), py::arg("on_child_failure") = "continue")
+      .def("dependencies", &Engine::dependencies, py::arg("job_id"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("set_queue_limits", &Engine::set_queue_limits, py::arg("queue"),
+           py::arg("max_concurrent") = 0, py::arg("max_size") = 0,
+           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "schedule",
+          [](Engine& e, std::string name, std::string cron, std::string type, std::string payload_json,
+             std::optional<int> priority, std::string timezone, std::string misfire, std::string queue) {
+            Schedule sc;
+            sc.name = std::move(name);
+            sc.cron = std::move(cron);
+            sc.type = std::move(type);
+            sc.payload_json = std::move(payload_json);
+            sc.priority = priority;
+            sc.timezone = std::move(timezone);
+            sc.misfire = std::move(misfire);
+            sc.queue = std::move(queue);
+            Schedule stored;
+            {
+              py::gil_scoped_release release;
+              stored = e.schedule(std::move(sc));
+            }
+            return schedule_dict(stored);
+          },
+          py::arg("name"), py::arg("cron"), py::arg("type"), py::arg("payload_json") = "null",
+          py::arg("priority") = py::none(), py::arg("timezone") = "UTC",
+          py::arg("misfire") = "run_once", py::arg("queue") = "default")
+      .def("unschedule", &Engine::unschedule, py::arg("name"), py::call_guard<py::gil_scoped_release>())
+      .def("schedules",
+           [](Engine& e) {
+             std::vector<Schedule> all;
+             {
+               py::gil_scoped_release release;
+               all = e.schedules();
+             }
+             py::list out;
+             for (const auto& sc : all) out.append(schedule_dict(sc));
+             return out;
+           })
+      .def("fire_due_schedules", &Engine::fire_due_schedules, py::call_guard<py::gil_scoped_release>())
+      .def("cleanup", [](Engine& e, int64_t older_than_ms) { return e.cleanup(older_than_ms); },
+           py::arg("older_than_ms"), py::call_guard<py::gil_scoped_release>())
+      .def(
+          "run_now",
+          [](Engine& e, const std::string& type, const std::string& payload_json, py::object progress) {
+            DirectProgress cb = direct_progress(std::move(progress));
+            py::gil_scoped_release release;
+            return e.run_now(type, payload_json, std::move(cb));
+          },
+          py::arg("type"), py::arg("payload_json"), py::arg("progress") = py::none())
+      .def(
+          "direct_context",
+          [](Engine& e, const std::string& type, py::object progress) {
+            return e.direct_context(type, direct_progress(std::move(progress)));
+          },
+          py::arg("type"), py::arg("progress") = py::none())
       .def("close",
            [](Engine& e) {
              py::gil_scoped_release release;

@@ -25,6 +25,7 @@ from .errors import (
     JobCancelled,
     JobforgeError,
     PermanentError,
+    QueueFull,
     Retry,
     SingletonError,
     StoreError,
@@ -32,6 +33,7 @@ from .errors import (
     ValidationError,
 )
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, STATUSES, Event, Job
+from .workflows import Batch, Schedule
 
 __all__ = [
     "Engine",
@@ -48,6 +50,9 @@ __all__ = [
     "Retry",
     "PermanentError",
     "SingletonError",
+    "QueueFull",
+    "Batch",
+    "Schedule",
     "Fixed",
     "Linear",
     "Exponential",

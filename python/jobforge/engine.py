@@ -5,6 +5,7 @@ arguments, names errors in Python terms and fans events out to Python subscriber
 from __future__ import annotations
 
 import atexit
+import datetime
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from . import _core, _json
+from . import workflows as _workflows
 from ._processors import make_adapter
 from .backoff import BackoffSpec, Exponential, Fixed, Linear
 from .errors import JobforgeError
@@ -100,6 +102,30 @@ def _int_option(field: str, value: Any) -> Optional[int]:
     return value
 
 
+def _workflow_config(queues, max_queue_size, misfire_grace, retention, cleanup_interval) -> dict:
+    if queues is not None:
+        if isinstance(queues, str):
+            raise TypeError("queues must be a list of queue names, not a str")
+        queues = list(queues)
+        for q in queues:
+            if not isinstance(q, str) or not q:
+                raise ValueError(f"queues must hold non-empty str names, got {q!r}")
+    size = _int_option("max_queue_size", max_queue_size) or 0
+    if size < 0:
+        raise ValueError(f"max_queue_size must be 0 or more, got {max_queue_size!r}")
+    grace = _seconds_to_ms("misfire_grace", misfire_grace)
+    if grace is None or grace < 0:
+        raise ValueError(f"misfire_grace must be 0 or more seconds, got {misfire_grace!r}")
+    keep = _seconds_to_ms("retention", retention) or 0
+    if keep < 0:
+        raise ValueError(f"retention must be 0 or more seconds, got {retention!r}")
+    every = _seconds_to_ms("cleanup_interval", cleanup_interval)
+    if every is None or every < 1000:
+        raise ValueError(f"cleanup_interval must be at least 1 second, got {cleanup_interval!r}")
+    return dict(queues=queues or [], max_queue_size=size, misfire_grace_ms=grace,
+                retention_ms=keep, cleanup_interval_ms=every)  # fmt: skip
+
+
 def _priority(value: Any) -> Optional[int]:
     if isinstance(value, str):
         if value not in PRIORITIES:
@@ -178,8 +204,14 @@ class Engine:
         interrupt_grace: float = 1.0,
         claim_in_memory: bool = True,
         pool_size: int = 4,
+        queues: Optional[Iterable[str]] = None,
+        max_queue_size: int = 0,
+        misfire_grace: float = 60.0,
+        retention: Optional[float] = None,
+        cleanup_interval: float = 3600.0,
     ) -> None:
         path = os.fspath(path)
+        wf = _workflow_config(queues, max_queue_size, misfire_grace, retention, cleanup_interval)
         if not isinstance(path, str):
             raise TypeError(f"path must be a str or path, got {type(path).__name__}")
         pool_size = _int_option("pool_size", pool_size)
@@ -242,6 +274,7 @@ class Engine:
             progress_persist_percent=step,
             stats_window_ms=window_ms,
             pool_size=pool_size,
+            **wf,
         )
         self.path = path
         self._subs_lock = threading.Lock()
@@ -257,7 +290,10 @@ class Engine:
             interrupt_grace=interrupt_grace, progress_persist_interval=progress_persist_interval,
             progress_persist_step=progress_persist_step, stats_window=stats_window,
             pool_size=pool_size,
+            queues=queues, max_queue_size=max_queue_size, misfire_grace=misfire_grace,
+            retention=retention, cleanup_interval=cleanup_interval,
         )  # fmt: skip
+        self._queue_limits: dict[str, tuple[int, int]] = {}
         self._workers = workers
         self._registrations: dict[str, tuple[Callable, dict[str, Any]]] = {}
         self._supervisor: Optional[Supervisor] = None
@@ -273,14 +309,19 @@ class Engine:
         retry_delay: Optional[float] = None,
         backoff: Optional[BackoffSpec] = None,
         priority: Union[int, str, None] = None,
+        max_concurrent: Optional[int] = None,
+        rate: Optional[str] = None,
     ) -> Callable[[Callable], Callable]:
         """Decorator registering ``fn(ctx, payload)`` as the processor of ``type``. The options
-        are defaults for jobs of this type; a job's own options override them."""
+        are defaults for jobs of this type; a job's own options override them.
+        ``max_concurrent`` and ``rate`` ("10/s") limit the type across every process on the
+        file (docs/workflows.md)."""
 
         def decorator(fn: Callable) -> Callable:
             self.register(
                 type, fn, timeout=timeout, max_attempts=max_attempts,
                 retry_delay=retry_delay, backoff=backoff, priority=priority,
+                max_concurrent=max_concurrent, rate=rate,
             )  # fmt: skip
             return fn
 
@@ -296,6 +337,8 @@ class Engine:
         retry_delay: Optional[float] = None,
         backoff: Optional[BackoffSpec] = None,
         priority: Union[int, str, None] = None,
+        max_concurrent: Optional[int] = None,
+        rate: Optional[str] = None,
     ) -> None:
         """Registers ``fn(ctx, payload)`` as the processor of ``type`` (see ``processor``)."""
         if not isinstance(type, str) or not type:
@@ -314,15 +357,19 @@ class Engine:
         prio = _priority(priority)
         if prio is not None and not 1 <= prio <= 10:
             raise ValueError(f"priority must be between 1 and 10, got {prio}")
+        max_concurrent = _int_option("max_concurrent", max_concurrent)
+        if max_concurrent is not None and max_concurrent < 0:
+            raise ValueError(f"max_concurrent must be 0 or more, got {max_concurrent!r}")
         self._core.register_python_processor(
             type, make_adapter(fn), timeout_ms=timeout_ms, max_attempts=max_attempts,
             retry_delay_ms=retry_ms, backoff=backoff_text, priority=prio,
+            max_concurrent=max_concurrent, rate=_workflows.check_rate(rate),
         )  # fmt: skip
         self._processors[type] = fn
         self._registrations[type] = (
             fn,
             dict(timeout=timeout, max_attempts=max_attempts, retry_delay=retry_delay,
-                 backoff=backoff, priority=priority),
+                 backoff=backoff, priority=priority, max_concurrent=max_concurrent, rate=rate),
         )  # fmt: skip
 
     @property
@@ -465,15 +512,69 @@ class Engine:
         backoff: Optional[BackoffSpec] = None,
         parent: Union[str, Job, None] = None,
         user_initiated: bool = True,
+        queue: Optional[str] = None,
+        unique_key: Optional[str] = None,
+        unique_for: Optional[float] = None,
+        depends_on: Optional[Iterable[Union[str, Job]]] = None,
+        run_anyway: bool = False,
+        run_at: Optional[datetime.datetime] = None,
     ) -> Job:
         """Stores a new job and returns it once it is durably committed.
 
         ``priority`` 1 (highest) .. 10 (lowest) or a name (urgent, high, normal, low,
-        maintenance); ``timeout``, ``delay`` and ``retry_delay`` in seconds."""
-        opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
+        maintenance); ``timeout``, ``delay`` and ``retry_delay`` in seconds.
+
+        Workflows (docs/workflows.md): ``queue`` names the queue; ``unique_key`` returns the
+        queued or running job with that key instead of a new one (and, with ``unique_for``
+        seconds, a job that ended less than that long ago); ``depends_on`` runs the job once
+        those jobs completed (a failed or cancelled one cancels it, unless ``run_anyway``);
+        ``run_at`` (a datetime; naive = UTC) is ``delay`` as a time."""
+        if (queue is None and unique_key is None and unique_for is None and depends_on is None
+                and run_at is None and not run_anyway):  # fmt: skip
+            opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay,
+                                 parent, user_initiated)  # fmt: skip
+            record = self._core.enqueue(type, _json.dumps(payload), **opts)
+            return Job(self, record)
+        spec = self._spec(
+            type, payload, priority=priority, max_attempts=max_attempts, timeout=timeout,
+            delay=delay, retry_delay=retry_delay, backoff=backoff, parent=parent,
+            user_initiated=user_initiated, queue=queue, unique_key=unique_key,
+            unique_for=unique_for, depends_on=depends_on, run_anyway=run_anyway, run_at=run_at,
+        )  # fmt: skip
+        return Job(self, self._core.enqueue_specs([spec])[0])
+
+    def _spec(
+        self, type: str, payload: Any = None, *, priority=None, max_attempts=None, timeout=None,
+        delay: float = 0, retry_delay=None, backoff=None, parent=None, user_initiated=True,
+        queue=None, unique_key=None, unique_for=None, depends_on=None, run_anyway=False,
+        run_at=None,
+    ) -> dict:  # fmt: skip
+        """One job as the dict ``_core.enqueue_specs`` takes (every option checked)."""
+        if not isinstance(type, str):
+            raise TypeError(f"job type must be a str, got {type!r}")
+        if run_at is not None:
+            if delay:
+                raise ValueError("give either delay or run_at, not both")
+            delay = _workflows.run_at_delay(run_at)
+        spec = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
                              user_initiated)  # fmt: skip
-        record = self._core.enqueue(type, _json.dumps(payload), **opts)
-        return Job(self, record)
+        spec.update(type=type, payload_json=_json.dumps(payload))
+        if queue is not None:
+            if not isinstance(queue, str) or not queue:
+                raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+            spec["queue"] = queue
+        if unique_key is not None:
+            if not isinstance(unique_key, str) or not unique_key:
+                raise ValueError(f"unique_key must be a non-empty str, got {unique_key!r}")
+            spec["unique_key"] = unique_key
+        if unique_for is not None:
+            if unique_key is None:
+                raise ValueError("unique_for needs a unique_key")
+            spec["unique_for_ms"] = _seconds_to_ms("unique_for", unique_for)
+        if depends_on is not None:
+            spec["depends_on"] = _workflows.dependency_ids(depends_on)
+        spec["run_if_dependency_fails"] = bool(run_anyway)
+        return spec
 
     def enqueue_many(
         self,
@@ -488,8 +589,20 @@ class Engine:
         backoff: Optional[BackoffSpec] = None,
         parent: Union[str, Job, None] = None,
         user_initiated: bool = True,
+        queue: Optional[str] = None,
     ) -> list[Job]:
-        """Stores many jobs of one type in one transaction: all of them or, on bad input, none."""
+        """Stores many jobs of one type in one transaction: all of them or, on bad input, none.
+        ``queue`` puts them in a named queue (docs/workflows.md)."""
+        if queue is not None:
+            specs = [
+                self._spec(
+                    type, payload, priority=priority, max_attempts=max_attempts,
+                    timeout=timeout, delay=delay, retry_delay=retry_delay, backoff=backoff,
+                    parent=parent, user_initiated=user_initiated, queue=queue,
+                )
+                for payload in payloads
+            ]  # fmt: skip
+            return [Job(self, r) for r in self._core.enqueue_specs(specs)]
         opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
                              user_initiated)  # fmt: skip
         encoded = []
@@ -497,6 +610,120 @@ class Engine:
             encoded.append(_json.dumps(payload, f"payloads[{index}]"))
         records = self._core.enqueue_many(type, encoded, **opts)
         return [Job(self, r) for r in records]
+
+    # -- workflows (docs/workflows.md) ---------------------------------------------------------
+    def batch(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        on_child_failure: str = "continue",
+        **options: Any,
+    ) -> _workflows.Batch:
+        """A batch: ``with engine.batch("batch_analyze", {...}) as b: b.enqueue("analyze", p)``.
+        The parent (no processor runs it) is ``running`` while its children run; its progress is
+        children ended / total; it completes when all ended, with ``{"total": n, "completed": ..,
+        "failed": ..}``. ``on_child_failure``: "continue" (complete anyway), "fail" (fail at the
+        end if a child failed) or "fail_fast" (fail at once, cancel the rest). Cancelling the
+        parent cancels its unfinished children. Everything is stored when the block ends."""
+        if on_child_failure not in _workflows.BATCH_POLICIES:
+            raise ValueError(
+                f"on_child_failure must be one of {', '.join(_workflows.BATCH_POLICIES)}; "
+                f"got {on_child_failure!r}"
+            )
+        return _workflows.Batch(self, self._spec(type, payload, **options), on_child_failure)
+
+    def enqueue_batch(
+        self,
+        type: str,
+        children: Iterable[Any],
+        payload: Any = None,
+        *,
+        on_child_failure: str = "continue",
+        **options: Any,
+    ) -> Job:
+        """Stores a batch parent and its ``children`` (``(type, payload)`` or ``(type, payload,
+        options)``) in one transaction; returns the parent (see ``batch``)."""
+        with self.batch(type, payload, on_child_failure=on_child_failure, **options) as b:
+            for index, child in enumerate(children):
+                if not isinstance(child, tuple) or not 1 <= len(child) <= 3:
+                    raise TypeError(
+                        f"children[{index}] must be (type, payload[, options]), got {child!r}"
+                    )
+                b.enqueue(child[0], child[1] if len(child) > 1 else None,
+                          **(child[2] if len(child) > 2 else {}))  # fmt: skip
+        assert b.job is not None
+        return b.job
+
+    def chain(self, *steps: Any) -> list[Job]:
+        """Jobs that run one step after another, stored in one transaction: each step is
+        ``(type, payload[, options])``, a dict with "type"/"payload"/options, or a list of them
+        that run in parallel (fan-out); a step waits for every job of the step before it (fan-in).
+        A failed or cancelled job cancels the rest of the chain. Returns the jobs in order."""
+        specs, _ = _workflows.chain_specs(self, steps)
+        return [Job(self, r) for r in self._core.enqueue_specs(specs)]
+
+    def dependencies(self, job: Union[str, Job]) -> list[Job]:
+        """The jobs ``job`` depends on."""
+        job_id = job.id if isinstance(job, Job) else job
+        return [Job(self, r) for r in self._core.dependencies(job_id)]
+
+    def queue(self, name: str, *, max_concurrent: int = 0, max_size: int = 0) -> None:
+        """Limits of a named queue: at most ``max_concurrent`` of its jobs run at once across
+        every process on the file (0: no limit), and enqueue raises ``QueueFull`` once
+        ``max_size`` jobs are queued in it (0: the engine's ``max_queue_size``)."""
+        max_concurrent = _int_option("max_concurrent", max_concurrent) or 0
+        max_size = _int_option("max_size", max_size) or 0
+        self._core.set_queue_limits(name, max_concurrent, max_size)
+        self._queue_limits[name] = (max_concurrent, max_size)
+
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        type: str,
+        payload: Any = None,
+        *,
+        priority: Union[int, str, None] = None,
+        timezone: str = "UTC",
+        misfire: str = "run_once",
+        queue: str = "default",
+    ) -> _workflows.Schedule:
+        """Creates or replaces the cron schedule ``name``: ``cron`` is 5 fields ("0 2 * * *"),
+        @hourly/@daily/@weekly/@monthly/@yearly or "@every 30s". ``timezone`` is "UTC" or a
+        fixed offset ("+02:00"). Each fire enqueues one job, even with several processes.
+        ``misfire``: a fire missed by more than ``misfire_grace`` (nothing ran) makes one job at
+        start-up ("run_once") or none ("skip"). Fired by any started engine on the file."""
+        if misfire not in _workflows.MISFIRE_POLICIES:
+            raise ValueError(f"misfire must be 'run_once' or 'skip', got {misfire!r}")
+        record = self._core.schedule(
+            name, cron, type, _json.dumps(payload), priority=_priority(priority),
+            timezone=timezone, misfire=misfire, queue=queue,
+        )  # fmt: skip
+        return _workflows.Schedule.from_record(record)
+
+    def unschedule(self, name: str) -> bool:
+        """Deletes the schedule ``name``; False if there was none."""
+        return self._core.unschedule(name)
+
+    def schedules(self) -> list[_workflows.Schedule]:
+        """Every schedule on the file, by name."""
+        return [_workflows.Schedule.from_record(r) for r in self._core.schedules()]
+
+    def cleanup(self, older_than: float) -> int:
+        """Deletes finished jobs (and their logs) that ended more than ``older_than`` seconds
+        ago, in small transactions; returns how many. Jobs of a batch still running stay."""
+        ms = _seconds_to_ms("older_than", older_than)
+        if ms is None or ms < 0:
+            raise ValueError(f"older_than must be 0 or more seconds, got {older_than!r}")
+        return self._core.cleanup(ms)
+
+    def run_now(self, type: str, payload: Any = None, *, progress: Any = True) -> Any:
+        """Runs the processor of ``type`` now, in this thread, without the queue and without a
+        row in the store, and returns its result (raising its exception unchanged). Progress is
+        drawn on stderr when it is a terminal (``progress=False``: never; a callable:
+        ``progress(current, total, message)``)."""
+        return _workflows.run_now(self, type, payload, progress)
 
     # -- queries -------------------------------------------------------------------------------
     def get(self, job_id: str) -> Optional[Job]:

@@ -63,3 +63,11 @@ class PermanentError(JobforgeError):
 
 
 __all__ += ["Retry", "PermanentError", "SingletonError"]
+
+
+class QueueFull(JobforgeError):
+    """``enqueue`` into a queue that already holds ``max_queue_size`` queued jobs. Nothing was
+    written; try again later or raise the limit."""
+
+
+__all__ += ["QueueFull"]

@@ -99,6 +99,15 @@ class Job:
     def user_initiated(self) -> bool:
         return self._rec.user_initiated
 
+    @property
+    def queue(self) -> str:
+        """The named queue the job waits in ("default" unless enqueued with ``queue=``)."""
+        return self._rec.queue
+
+    @property
+    def unique_key(self) -> Optional[str]:
+        return self._rec.unique_key
+
     # -- progress and outcome -----------------------------------------------------------------
     @property
     def progress(self) -> int:

@@ -118,6 +118,8 @@ def replay_processors(source: Engine, target: Engine) -> list[str]:
     with; returns their types. Reads only Python state of ``source`` (safe in a forked child)."""
     for job_type, (fn, options) in source._registrations.items():
         target.register(job_type, fn, **options)
+    for name, (max_concurrent, max_size) in getattr(source, "_queue_limits", {}).items():
+        target.queue(name, max_concurrent=max_concurrent, max_size=max_size)
     return list(source._registrations)
 
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -55,7 +56,38 @@ struct EngineConfig {
   int64_t stats_rate_ms = 60'000;
   SqliteOptions sqlite;
   PostgresOptions postgres;
+  // Workflows (docs/workflows.md).
+  std::vector<std::string> queues;  // serve only jobs in these queues (empty: every queue)
+  int64_t max_queue_size = 0;       // queued jobs per queue before enqueue raises QueueFull; 0: none
+  // A schedule whose fire time passed more than this long ago was missed (nothing ran): its
+  // misfire policy decides ("run_once": one job now; "skip": none).
+  int64_t misfire_grace_ms = 60'000;
+  // > 0: a schedule "jobforge.cleanup" enqueues the maintenance job `cleanup` (priority 10) every
+  // cleanup_interval_ms, deleting finished jobs and their logs older than this.
+  int64_t retention_ms = 0;
+  int64_t cleanup_interval_ms = 3'600'000;
+  int cleanup_batch = 500;  // rows deleted per transaction, so the writer is never held long
 };
+
+// A rate such as "10/s": `count` starts per `period_ms`. Throws ValidationError naming "rate".
+struct RateLimit {
+  double count = 0;
+  int64_t period_ms = 1000;
+  static RateLimit parse(std::string_view text);
+  double per_ms() const noexcept { return count / static_cast<double>(period_ms); }
+};
+
+// How a batch parent ends: "continue" (completes with a summary whatever its children did),
+// "fail" (fails at the end if any child failed or timed out), "fail_fast" (fails at the first
+// such child and cancels the unfinished ones).
+struct BatchSpec {
+  JobSpec parent;
+  std::vector<JobSpec> children;
+  std::string on_child_failure = "continue";
+};
+
+// A processor's progress, for run_now's caller (e.g. a terminal progress bar).
+using DirectProgress = std::function<void(double current, double total, const std::string& message)>;
 
 class RunningJob;
 
@@ -111,6 +143,31 @@ class Engine {
   std::optional<Job> wait(const std::string& job_id,
                           std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
+  // ---- workflows (docs/workflows.md) ----
+  // The parent and its children in one transaction; returns the parent then the children.
+  std::vector<Job> enqueue_batch(const BatchSpec& batch);
+  // Jobs this one depends on (with their results).
+  std::vector<Job> dependencies(const std::string& job_id);
+  // Per-queue limits: max_concurrent (0: none) across every process; max_size (0: the engine's
+  // max_queue_size) for enqueue.
+  void set_queue_limits(const std::string& queue, int max_concurrent, int64_t max_size);
+  // Creates or replaces a cron schedule; returns it (with its next fire time). Bad cron text,
+  // time zone or misfire policy throws ValidationError.
+  Schedule schedule(Schedule schedule);
+  bool unschedule(const std::string& name);
+  std::vector<Schedule> schedules();
+  // Fires the schedules that are due now (maintenance does this on its own); returns jobs made.
+  int fire_due_schedules();
+  // Deletes finished jobs (and their logs) that ended more than older_than_ms ago, in
+  // transactions of config().cleanup_batch rows; returns how many.
+  int64_t cleanup(int64_t older_than_ms, const Context* ctx = nullptr);
+  // Runs the type's processor now, in the calling thread, without the queue and without a row in
+  // the store; returns its result JSON or throws its error (ProcessorFailure, JobCancelled...).
+  std::string run_now(const std::string& type, const std::string& payload_json,
+                      DirectProgress progress = nullptr);
+  // The context run_now gives a processor, for callers that run the processor themselves.
+  std::shared_ptr<Context> direct_context(const std::string& type, DirectProgress progress = nullptr);
+
   EventBus& events() noexcept;
   Store& store() noexcept;
 
@@ -124,5 +181,7 @@ class Engine {
 // {"seconds": s}; sleeps in slices, reports progress, honours cancellation).
 std::shared_ptr<Processor> make_noop_processor();
 std::shared_ptr<Processor> make_sleep_processor();
+// "cleanup": payload {"older_than_ms": n}; deletes finished jobs through Engine::cleanup.
+std::shared_ptr<Processor> make_cleanup_processor(Engine& engine);
 
 }  // namespace jobforge

@@ -44,6 +44,19 @@ class InvalidTransition : public Error {
   using Error::Error;
 };
 
+// enqueue into a queue that holds max_queue_size queued jobs already. Nothing was written.
+class QueueFull : public Error {
+ public:
+  QueueFull(std::string queue, int64_t limit)
+      : Error("queue '" + queue + "' is full: it holds " + std::to_string(limit) +
+              " queued jobs (max_queue_size=" + std::to_string(limit) + ")"),
+        queue_(std::move(queue)) {}
+  const std::string& queue() const noexcept { return queue_; }
+
+ private:
+  std::string queue_;
+};
+
 // The store failed (I/O, corrupt file, not a database, locked past the retry budget).
 class StoreError : public Error {
  public:

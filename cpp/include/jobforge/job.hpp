@@ -59,6 +59,16 @@ struct JobSpec {
   int64_t delay_ms = 0;
   std::optional<std::string> parent_id;
   bool user_initiated = true;
+  // Workflows (docs/workflows.md).
+  std::string queue = "default";
+  // While a job with this key is queued or running (or ended less than unique_for_ms ago),
+  // enqueue returns that job instead of a new one.
+  std::optional<std::string> unique_key;
+  int64_t unique_for_ms = 0;
+  // Runs once these jobs have completed; ids, or indexes of earlier specs of the same enqueue_many.
+  std::vector<std::string> depends_on;
+  std::vector<size_t> depends_on_index;
+  bool run_if_dependency_fails = false;  // false: a failed/cancelled dependency cancels this job
 };
 
 // A job as stored. Timestamps are Unix milliseconds; 0 means "not set".
@@ -92,6 +102,8 @@ struct Job {
   int64_t timeout_at = 0;
   std::string lease_owner;
   int64_t lease_expires_at = 0;
+  std::string queue = "default";
+  std::optional<std::string> unique_key;
   std::string stage;                        // the current stage's name, "" for none
   std::optional<std::string> outcome_json;  // {"updates": 3, ...}: the sums of ctx.count
   // Only for a job running in this process (from recent progress), else 0.

@@ -70,6 +70,8 @@ class Context : public std::enable_shared_from_this<Context> {
   // Adds n to the outcome counter `key` ("updates", "inserts", "errors"...); the sums are stored
   // with the job as its outcome summary.
   virtual void count(std::string_view key, int64_t n = 1) = 0;
+  // The results of the jobs this one depends on (depends_on), as a JSON object {id: result}.
+  virtual std::string dependency_results_json() { return "{}"; }
 };
 
 // Something a processor must hold to run, such as the Python GIL. A worker thread that runs
@@ -104,6 +106,10 @@ struct ProcessorOptions {
   std::optional<int64_t> retry_delay_ms;
   std::optional<std::string> backoff;
   std::optional<int> priority;
+  // Limits across every process on the store (docs/workflows.md): at most this many jobs of the
+  // type run at once, and at most `rate` start ("10/s", "100/m", "5/h", "1/30s").
+  std::optional<int> max_concurrent;
+  std::optional<std::string> rate;
 };
 
 }  // namespace jobforge

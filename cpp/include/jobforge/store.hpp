@@ -29,6 +29,40 @@ struct NewJob {
   int64_t run_at;
   std::optional<std::string> parent_id;
   bool user_initiated;
+  // Workflows. A job with any of these set goes through the store's workflow insert.
+  std::string queue = "default";
+  std::optional<std::string> unique_key;
+  int64_t unique_for_ms = 0;
+  std::vector<std::string> depends_on;
+  bool run_if_dependency_fails = false;
+  std::optional<std::string> batch_policy;  // a batch parent: "continue", "fail" or "fail_fast"
+  int64_t batch_children = 0;
+
+  bool plain() const noexcept {
+    return queue == "default" && !unique_key && depends_on.empty() && !batch_policy;
+  }
+};
+
+// What insert_jobs enforces besides the rows themselves.
+struct InsertLimits {
+  int64_t max_queue_size = 0;                      // every queue; 0: none
+  std::vector<std::pair<std::string, int64_t>> max_queue_sizes;  // per queue, overrides
+  int64_t limit_for(const std::string& queue) const {
+    for (const auto& [name, n] : max_queue_sizes)
+      if (name == queue) return n;
+    return max_queue_size;
+  }
+};
+
+// A cron schedule as stored.
+struct Schedule {
+  std::string name, cron, timezone = "UTC", type, payload_json = "null";
+  std::optional<int> priority;
+  std::string queue = "default";
+  std::string misfire = "run_once";  // or "skip"
+  int64_t next_fire_at = 0, last_fire_at = 0;
+  std::string last_job_id;
+  int64_t created_at = 0;
 };
 
 // One line of a job's log.
@@ -71,6 +105,16 @@ struct ClaimRequest {
   // jobs are held in memory by this store and stay 'queued' in the file until mark_started's
   // write or their end; only for a process alone on the file.
   bool durable = true;
+  std::vector<std::string> queues = {};     // only jobs in these queues (empty: any)
+  std::vector<std::string> exclude_queues = {};  // never jobs in these
+  // Concurrency limits of this claim: at most max_running_type jobs of its one type, and at most
+  // max_running_queue in its one queue, run at once (0: no limit). Durable claims count running
+  // jobs in the store (every process); claims in memory count local_running_* (alone on the file).
+  int max_running_type = 0, max_running_queue = 0;
+  int local_running_type = 0, local_running_queue = 0;
+  // A rate limit shared by every process: a token bucket in the store under rate_key.
+  std::string rate_key = {};
+  double rate_per_ms = 0, rate_burst = 1;
 };
 
 // A job claimed in memory has begun. Its running state is written with the next commit, unless
@@ -232,10 +276,50 @@ class Store {
   }
   // "ok", or "degraded: <why>" while the store cannot reach its database (it keeps retrying).
   virtual std::string health() { return "ok"; }
+  // ---- workflows (docs/workflows.md). Stores without them throw StoreError. ----
+  // Inserts jobs with workflow options; returns, for each, the id stored: its own, or that of the
+  // job holding its unique key. Throws QueueFull (nothing written) when a queue is full.
+  virtual std::vector<std::string> insert_jobs(const std::vector<NewJob>& jobs,
+                                               const InsertLimits& limits) {
+    for (const auto& j : jobs)
+      if (!j.plain() || limits.max_queue_size || !limits.max_queue_sizes.empty()) unsupported("workflows");
+    insert(jobs);
+    std::vector<std::string> ids;
+    for (const auto& j : jobs) ids.push_back(j.id);
+    return ids;
+  }
+  // The earliest run_at among queued jobs matching the claim's filters (types, queues).
+  virtual std::optional<int64_t> next_run_at_filtered(const ClaimRequest& filter) {
+    if (!filter.queues.empty() || !filter.exclude_queues.empty()) unsupported("queues");
+    return next_run_at(filter.types);
+  }
+  virtual std::vector<Job> dependencies(const std::string& job_id) {
+    (void)job_id;
+    return {};
+  }
+  virtual void upsert_schedule(const Schedule& schedule) { (void)schedule; unsupported("schedules"); }
+  virtual bool delete_schedule(const std::string& name) { (void)name; unsupported("schedules"); }
+  virtual std::vector<Schedule> schedules() { return {}; }
+  // Moves the schedule's next fire time from `expected_next` to `next` and inserts `job` (if any),
+  // in one transaction; false (nothing written) when another process moved it first.
+  virtual bool fire_schedule(const std::string& name, int64_t expected_next, int64_t next,
+                             const std::optional<NewJob>& job) {
+    (void)name, (void)expected_next, (void)next, (void)job;
+    unsupported("schedules");
+  }
+  // Deletes up to `limit` finished jobs (and their logs and dependency rows) that ended before
+  // `cutoff`; returns how many.
+  virtual int64_t delete_finished(int64_t cutoff, int limit) {
+    (void)cutoff, (void)limit;
+    unsupported("retention");
+  }
 
   // Waits until everything submitted so far is committed.
   virtual void flush() = 0;
   virtual void close() = 0;
+
+ protected:
+  [[noreturn]] static void unsupported(const char* what);
 };
 
 struct SqliteOptions {

@@ -4,16 +4,20 @@
 // dead-worker rescue, cancel requests from other processes, the claim mode).
 #include "jobforge/engine.hpp"
 
+#include "jobforge/cron.hpp"
+
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -130,6 +134,7 @@ class RunningJob final : public Context {
   void increment(double n) override;
   void log(LogLevel level, std::string_view message, std::string_view fields_json) override;
   void count(std::string_view key, int64_t n) override;
+  std::string dependency_results_json() override;
   void update_progress(double current, double total, std::string_view message,
                        const std::string_view* stage_name, bool relative);
 
@@ -237,7 +242,12 @@ struct Engine::Impl {
     if (!p) throw ValidationError("processor", "processor for '" + type + "' is null");
     {
       std::lock_guard lock(registry_mutex);
+      if (options.max_concurrent && *options.max_concurrent < 0)
+        throw ValidationError("max_concurrent", "max_concurrent must be 0 or more, got " +
+                                                    std::to_string(*options.max_concurrent));
+      if (options.rate) RateLimit::parse(*options.rate);
       registry[type] = Registration{std::move(p), options};
+      refresh_limits_locked();
       types_cache.clear();
       for (auto& [name, reg] : registry) types_cache.push_back(name);
     }
@@ -259,10 +269,10 @@ struct Engine::Impl {
   // ---- enqueue -----------------------------------------------------------------------------
 
   // Resolves a spec against the processor's and the engine's defaults and validates every field.
-  NewJob resolve(const JobSpec& spec, int64_t now) const {
+  NewJob resolve(const JobSpec& spec, int64_t now, bool allow_unknown = false) const {
     if (spec.type.empty()) throw ValidationError("type", "job type must not be empty");
     auto reg = registration(spec.type);
-    if (!reg && !config.allow_unknown_types) throw UnknownJobType(spec.type);
+    if (!reg && !config.allow_unknown_types && !allow_unknown) throw UnknownJobType(spec.type);
     const ProcessorOptions defaults = reg ? reg->options : ProcessorOptions{};
 
     NewJob j;
@@ -300,6 +310,7 @@ struct Engine::Impl {
     j.run_at = now + spec.delay_ms;
     j.parent_id = spec.parent_id;
     j.user_initiated = spec.user_initiated;
+    resolve_workflow(spec, j);
     return j;
   }
 
@@ -327,12 +338,8 @@ struct Engine::Impl {
     std::vector<NewJob> rows;
     rows.reserve(specs.size());
     for (const auto& spec : specs) rows.push_back(resolve(spec, now));
-    store->insert(rows);
-    wake_dispatcher();
-    std::vector<Job> out;
-    out.reserve(rows.size());
-    for (const auto& r : rows) out.push_back(to_job(r));
-    return out;
+    link_dependencies(specs, rows);
+    return insert_rows(rows);
   }
 
   // ---- events and waiters ------------------------------------------------------------------
@@ -579,6 +586,11 @@ struct Engine::Impl {
     durable_claims = mode != "memory";
     peers_durable = mode == "memory";  // alone: nobody to wait for
     recover_orphans();
+    try {
+      ensure_cleanup_schedule();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: could not schedule the cleanup job: %s\n", e.what());
+    }
     {
       std::lock_guard lock(jobs_mutex);
       stopping = false;
@@ -776,8 +788,7 @@ struct Engine::Impl {
         }
         std::lock_guard claim_lock(claim_mutex);
         const bool durable = durable_claims;
-        jobs = store->claim(
-            ClaimRequest{worker_id, capacity, now_ms(), config.lease_ms, types_now, durable});
+        jobs = claim_jobs(capacity, types_now, durable);
         std::vector<std::shared_ptr<RunningJob>> cancelled_early;
         std::unique_lock lock(jobs_mutex);
         for (auto& j : jobs) {
@@ -809,10 +820,11 @@ struct Engine::Impl {
       // Nothing more is due: sleep until the next delayed job, a local wake-up, or the poll.
       int64_t wake_in = config.poll_ms;
       try {
-        if (auto next = store->next_run_at(types_now)) wake_in = std::min(wake_in, *next - now_ms());
+        if (auto next = next_due(types_now)) wake_in = std::min(wake_in, *next - now_ms());
       } catch (const std::exception&) {
       }
       if (wake_in <= 0) continue;
+      if (has_limits.load(std::memory_order_relaxed)) wake_in = std::min(wake_in, limited_wake_ms());
       std::unique_lock lock(jobs_mutex);
       dispatch_cv.wait_for(lock, std::chrono::milliseconds(wake_in),
                            [&] { return stopping || dispatch_wake; });
@@ -907,6 +919,7 @@ struct Engine::Impl {
       {
         std::lock_guard lock(jobs_mutex);
         claimed.erase(rj->job.id);
+        if (has_limits.load(std::memory_order_relaxed)) dispatch_wake = true;  // a slot is free
         dispatch_cv.notify_all();
       }
     }
@@ -1144,16 +1157,21 @@ struct Engine::Impl {
     auto next_flush = Clock::now() + std::chrono::milliseconds(config.progress_flush_ms);
     auto next_heartbeat = Clock::now() + std::chrono::milliseconds(config.heartbeat_ms);
     auto next_poll = Clock::now() + std::chrono::milliseconds(config.poll_ms);
+    auto next_schedule = Clock::now();  // cron: when the next schedule is due (or a re-check)
     for (;;) {
       {
         std::unique_lock lock(maintenance_mutex);
-        maintenance_cv.wait_until(lock, std::min({next_flush, next_heartbeat, next_poll}),
-                                  [&] { return maintenance_stop || poll_now; });
+        maintenance_cv.wait_until(
+            lock, std::min({next_flush, next_heartbeat, next_poll, next_schedule}),
+            [&] { return maintenance_stop || poll_now || schedules_changed; });
         if (maintenance_stop) break;
         if (poll_now) next_poll = Clock::now();
         poll_now = false;
+        if (schedules_changed) next_schedule = Clock::now();
+        schedules_changed = false;
       }
       const auto now = Clock::now();
+      if (now >= next_schedule) next_schedule = now + run_schedules();
       if (now >= next_flush) {
         flush_progress(claimed_jobs());
         next_flush = now + std::chrono::milliseconds(config.progress_flush_ms);
@@ -1286,6 +1304,357 @@ struct Engine::Impl {
     e.timestamp = now_ms();
     return e;
   }
+
+  // ---- workflows (docs/workflows.md) -------------------------------------------------------
+
+  void resolve_workflow(const JobSpec& spec, NewJob& j) const {
+    if (spec.queue.empty()) throw ValidationError("queue", "queue must be a non-empty name");
+    j.queue = spec.queue;
+    if (spec.unique_key && spec.unique_key->empty())
+      throw ValidationError("unique_key", "unique_key must be a non-empty string");
+    if (spec.unique_for_ms < 0)
+      throw ValidationError("unique_for", "unique_for must be 0 or more seconds, got " +
+                                              seconds_text(spec.unique_for_ms));
+    j.unique_key = spec.unique_key;
+    j.unique_for_ms = spec.unique_for_ms;
+    for (const auto& id : spec.depends_on)
+      if (id.empty()) throw ValidationError("depends_on", "depends_on holds an empty job id");
+    j.depends_on = spec.depends_on;
+    j.run_if_dependency_fails = spec.run_if_dependency_fails;
+  }
+
+  // depends_on_index: a spec may depend on earlier specs of the same call (chains, fan-in).
+  static void link_dependencies(const std::vector<JobSpec>& specs, std::vector<NewJob>& rows) {
+    for (size_t i = 0; i < specs.size(); ++i)
+      for (size_t index : specs[i].depends_on_index) {
+        if (index >= i)
+          throw ValidationError("depends_on", "job " + std::to_string(i) +
+                                                  " may only depend on earlier jobs of the same "
+                                                  "call, not on job " + std::to_string(index));
+        rows[i].depends_on.push_back(rows[index].id);
+      }
+  }
+
+  InsertLimits insert_limits() const {
+    InsertLimits limits;
+    limits.max_queue_size = config.max_queue_size;
+    std::lock_guard lock(registry_mutex);
+    for (const auto& [name, q] : queue_limits)
+      if (q.max_size > 0) limits.max_queue_sizes.emplace_back(name, q.max_size);
+    return limits;
+  }
+
+  std::vector<Job> insert_rows(const std::vector<NewJob>& rows) {
+    const auto ids = store->insert_jobs(rows, insert_limits());
+    wake_dispatcher();
+    std::vector<Job> out;
+    out.reserve(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i].plain() && ids[i] == rows[i].id) {
+        out.push_back(to_job(rows[i]));
+        continue;
+      }
+      // A workflow job's status depends on the store (waiting, cancelled, an existing holder of
+      // its unique key): read it back.
+      auto stored = get(ids[i]);
+      out.push_back(stored ? *stored : to_job(rows[i]));
+    }
+    return out;
+  }
+
+  std::vector<Job> enqueue_batch(const BatchSpec& batch) {
+    const auto& policy = batch.on_child_failure;
+    if (policy != "continue" && policy != "fail" && policy != "fail_fast")
+      throw ValidationError("on_child_failure", "on_child_failure must be 'continue', 'fail' or "
+                                                "'fail_fast', got '" + policy + "'");
+    if (batch.parent.unique_key || !batch.parent.depends_on.empty() ||
+        !batch.parent.depends_on_index.empty())
+      throw ValidationError("batch", "a batch parent takes no unique_key or depends_on");
+    const int64_t now = now_ms();
+    std::vector<NewJob> rows;
+    rows.reserve(batch.children.size() + 1);
+    rows.push_back(resolve(batch.parent, now, /*allow_unknown=*/true));  // no processor runs it
+    rows[0].batch_policy = policy;
+    rows[0].batch_children = static_cast<int64_t>(batch.children.size());
+    for (const auto& child : batch.children) {
+      if (child.parent_id)
+        throw ValidationError("parent", "a batch child's parent is the batch; got parent '" +
+                                            *child.parent_id + "'");
+      rows.push_back(resolve(child, now));
+      rows.back().parent_id = rows[0].id;
+    }
+    return insert_rows(rows);
+  }
+
+  // ---- queues and limits -------------------------------------------------------------------
+
+  struct QueueLimits {
+    int max_concurrent = 0;
+    int64_t max_size = 0;
+  };
+
+  void set_queue_limits(const std::string& queue, int max_concurrent, int64_t max_size) {
+    if (queue.empty()) throw ValidationError("queue", "queue must be a non-empty name");
+    if (max_concurrent < 0)
+      throw ValidationError("max_concurrent", "max_concurrent must be 0 or more, got " +
+                                                  std::to_string(max_concurrent));
+    if (max_size < 0)
+      throw ValidationError("max_size", "max_size must be 0 or more, got " + std::to_string(max_size));
+    {
+      std::lock_guard lock(registry_mutex);
+      queue_limits[queue] = QueueLimits{max_concurrent, max_size};
+      refresh_limits_locked();
+    }
+    wake_dispatcher();
+  }
+
+  // Called with registry_mutex held after a registration or a queue limit changed.
+  void refresh_limits_locked() {
+    bool any = false;
+    for (auto& [name, reg] : registry)
+      any = any || reg.options.max_concurrent.value_or(0) > 0 || reg.options.rate.has_value();
+    for (auto& [name, q] : queue_limits) any = any || q.max_concurrent > 0;
+    has_limits = any;
+  }
+
+  bool serves_queue(const std::string& queue) const {
+    return config.queues.empty() ||
+           std::find(config.queues.begin(), config.queues.end(), queue) != config.queues.end();
+  }
+
+  // The claim's filters without limits: every type, the queues this engine serves.
+  ClaimRequest base_claim(int capacity, const std::vector<std::string>& types, bool durable) const {
+    ClaimRequest r{worker_id, capacity, now_ms(), config.lease_ms, types, durable};
+    r.queues = config.queues;
+    return r;
+  }
+
+  // Claims up to `capacity` jobs. Without limits: one claim. With limits: one claim for the
+  // unlimited types outside limited queues, then one per (limited type or not) × (limited
+  // queue or not), each bounded by its limits in the store's transaction.
+  std::vector<Job> claim_jobs(int capacity, const std::vector<std::string>& types, bool durable) {
+    if (!has_limits.load(std::memory_order_relaxed))
+      return store->claim(base_claim(capacity, types, durable));
+    struct TypeSlice {
+      std::vector<std::string> types;
+      int max_running = 0;
+      std::optional<RateLimit> rate;
+    };
+    std::vector<TypeSlice> type_slices(1);
+    std::vector<std::pair<std::string, int>> limited_queues;
+    {
+      std::lock_guard lock(registry_mutex);
+      for (const auto& t : types) {
+        auto it = registry.find(t);
+        const ProcessorOptions* o = it == registry.end() ? nullptr : &it->second.options;
+        if (o && (o->max_concurrent.value_or(0) > 0 || o->rate)) {
+          TypeSlice slice{{t}, o->max_concurrent.value_or(0), std::nullopt};
+          if (o->rate) slice.rate = RateLimit::parse(*o->rate);
+          type_slices.push_back(std::move(slice));
+        } else {
+          type_slices[0].types.push_back(t);
+        }
+      }
+      for (const auto& [name, q] : queue_limits)
+        if (q.max_concurrent > 0 && serves_queue(name)) limited_queues.emplace_back(name, q.max_concurrent);
+    }
+    std::vector<std::string> excluded;
+    for (const auto& [name, n] : limited_queues) excluded.push_back(name);
+    std::vector<Job> out;
+    auto local_running = [&](const std::string* type, const std::string* queue) {
+      int n = 0;
+      std::lock_guard lock(jobs_mutex);
+      for (const auto& [id, rj] : claimed)
+        if ((!type || rj->job.type == *type) && (!queue || rj->job.queue == *queue)) ++n;
+      for (const auto& j : out)  // claimed in this pass, not yet in `claimed`
+        if ((!type || j.type == *type) && (!queue || j.queue == *queue)) ++n;
+      return n;
+    };
+    for (size_t q = 0; q <= limited_queues.size(); ++q) {
+      for (const auto& slice : type_slices) {
+        const int left = capacity - static_cast<int>(out.size());
+        if (left <= 0 || slice.types.empty()) break;
+        ClaimRequest r = base_claim(left, slice.types, durable);
+        if (q == 0) {
+          r.exclude_queues = excluded;
+        } else {
+          r.queues = {limited_queues[q - 1].first};
+          r.max_running_queue = limited_queues[q - 1].second;
+          r.local_running_queue = durable ? 0 : local_running(nullptr, &r.queues.front());
+        }
+        if (slice.max_running > 0) {
+          r.max_running_type = slice.max_running;
+          r.local_running_type = durable ? 0 : local_running(&slice.types.front(), nullptr);
+        }
+        if (slice.rate) {
+          r.rate_key = "type:" + slice.types.front();
+          r.rate_per_ms = slice.rate->per_ms();
+          // Bursts of up to a tenth of a second's worth (at least one job).
+          r.rate_burst = std::max(1.0, r.rate_per_ms * 100.0);
+        }
+        auto got = store->claim(r);
+        for (auto& j : got) out.push_back(std::move(j));
+      }
+    }
+    return out;
+  }
+
+  // The next delayed job the dispatcher must wake for (unlimited work; limited work is woken by
+  // local ends, the rate's next token and the poll).
+  std::optional<int64_t> next_due(const std::vector<std::string>& types) {
+    ClaimRequest filter = base_claim(0, types, true);
+    if (has_limits.load(std::memory_order_relaxed)) {
+      std::lock_guard lock(registry_mutex);
+      filter.types.clear();
+      for (const auto& t : types) {
+        auto it = registry.find(t);
+        if (it == registry.end() ||
+            (it->second.options.max_concurrent.value_or(0) == 0 && !it->second.options.rate))
+          filter.types.push_back(t);
+      }
+      for (const auto& [name, q] : queue_limits)
+        if (q.max_concurrent > 0) filter.exclude_queues.push_back(name);
+    }
+    if (filter.types.empty()) return std::nullopt;
+    if (filter.queues.empty() && filter.exclude_queues.empty()) return store->next_run_at(types);
+    return store->next_run_at_filtered(filter);
+  }
+
+  // How soon a rate-limited type may have its next token.
+  int64_t limited_wake_ms() {
+    int64_t wake = config.poll_ms;
+    std::lock_guard lock(registry_mutex);
+    for (const auto& [name, reg] : registry)
+      if (reg.options.rate) {
+        const RateLimit rate = RateLimit::parse(*reg.options.rate);
+        wake = std::min<int64_t>(wake, std::max<int64_t>(1, static_cast<int64_t>(1.0 / rate.per_ms())));
+      }
+    return wake;
+  }
+
+  // ---- schedules ---------------------------------------------------------------------------
+
+  Schedule schedule(Schedule sc) {
+    if (sc.name.empty()) throw ValidationError("name", "schedule name must not be empty");
+    if (sc.misfire != "run_once" && sc.misfire != "skip")
+      throw ValidationError("misfire", "misfire must be 'run_once' or 'skip', got '" + sc.misfire + "'");
+    const CronSpec spec = CronSpec::parse(sc.cron, sc.timezone);
+    JobSpec probe;  // validates type, priority, payload and queue as enqueue would
+    probe.type = sc.type;
+    probe.payload_json = sc.payload_json;
+    probe.priority = sc.priority;
+    probe.queue = sc.queue;
+    resolve(probe, now_ms());
+    const int64_t now = now_ms();
+    sc.next_fire_at = spec.next_after(now);
+    sc.created_at = now;
+    store->upsert_schedule(sc);
+    {
+      std::lock_guard lock(maintenance_mutex);
+      schedules_changed = true;
+      maintenance_cv.notify_all();
+    }
+    for (auto& stored : store->schedules())
+      if (stored.name == sc.name) return stored;
+    return sc;
+  }
+
+  // Fires every due schedule once; returns how many jobs were made and sets *next_fire to the
+  // earliest next fire time. Each fire is a compare-and-set on next_fire_at in the same
+  // transaction as its job's insert, so several processes make exactly one job per fire.
+  int fire_due_schedules(int64_t* next_fire = nullptr) {
+    const int64_t now = now_ms();
+    int made = 0;
+    int64_t earliest = std::numeric_limits<int64_t>::max();
+    for (const auto& sc : store->schedules()) {
+      if (sc.next_fire_at > now) {
+        earliest = std::min(earliest, sc.next_fire_at);
+        continue;
+      }
+      try {
+        const CronSpec spec = CronSpec::parse(sc.cron, sc.timezone);
+        int64_t next;
+        if (spec.is_interval()) {
+          const int64_t behind = now - sc.next_fire_at;
+          next = sc.next_fire_at + (behind / spec.interval_ms() + 1) * spec.interval_ms();
+        } else {
+          next = spec.next_after(now);
+        }
+        const bool missed = now - sc.next_fire_at > config.misfire_grace_ms;
+        std::optional<NewJob> job;
+        if (!missed || sc.misfire == "run_once") {
+          JobSpec js;
+          js.type = sc.type;
+          js.payload_json = sc.payload_json;
+          js.priority = sc.priority;
+          js.queue = sc.queue;
+          js.user_initiated = false;
+          job = resolve(js, now, /*allow_unknown=*/true);
+        }
+        if (store->fire_schedule(sc.name, sc.next_fire_at, next, job) && job) ++made;
+        earliest = std::min(earliest, next);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "jobforge: schedule '%s' did not fire: %s\n", sc.name.c_str(), e.what());
+      }
+    }
+    if (made) wake_dispatcher();
+    if (next_fire) *next_fire = earliest;
+    return made;
+  }
+
+  // Maintenance's part: fire what is due; returns how long to wait for the next fire (at most
+  // one poll, since other processes may add schedules).
+  Clock::duration run_schedules() {
+    int64_t next = std::numeric_limits<int64_t>::max();
+    try {
+      fire_due_schedules(&next);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: schedules failed: %s\n", e.what());
+    }
+    const int64_t wait = std::clamp<int64_t>(next == std::numeric_limits<int64_t>::max()
+                                                 ? config.poll_ms
+                                                 : next - now_ms(),
+                                             0, config.poll_ms);
+    return std::chrono::milliseconds(wait);
+  }
+
+  // ---- retention ---------------------------------------------------------------------------
+
+  int64_t cleanup(int64_t older_than_ms, Context* ctx) {
+    if (older_than_ms < 0)
+      throw ValidationError("older_than", "older_than must be 0 or more seconds, got " +
+                                              seconds_text(older_than_ms));
+    const int64_t cutoff = now_ms() - older_than_ms;
+    const int batch = std::max(1, config.cleanup_batch);
+    int64_t total = 0;
+    for (;;) {
+      if (ctx) ctx->check_cancelled();
+      const int64_t n = store->delete_finished(cutoff, batch);
+      total += n;
+      if (ctx) ctx->progress(static_cast<double>(total), 0, "deleted " + std::to_string(total) + " jobs");
+      if (n < batch) break;
+    }
+    return total;
+  }
+
+  void ensure_cleanup_schedule() {
+    if (config.retention_ms <= 0) return;
+    Schedule sc;
+    sc.name = "jobforge.cleanup";
+    sc.cron = "@every " + std::to_string(std::max<int64_t>(1000, config.cleanup_interval_ms)) + "ms";
+    sc.type = "cleanup";
+    sc.payload_json = "{\"older_than_ms\": " + std::to_string(config.retention_ms) + "}";
+    sc.priority = priority::maintenance;
+    for (const auto& existing : store->schedules())
+      if (existing.name == sc.name && existing.cron == sc.cron &&
+          existing.payload_json == sc.payload_json)
+        return;  // already there: keep its next fire time
+    schedule(sc);
+  }
+
+  std::atomic<bool> has_limits{false};         // any max_concurrent or rate: see claim_jobs
+  std::map<std::string, QueueLimits> queue_limits;  // guarded by registry_mutex
+  bool schedules_changed = false;              // guarded by maintenance_mutex
 
   EngineConfig config;
   std::string hostname, worker_id;
@@ -1458,6 +1827,7 @@ void RunningJob::count(std::string_view key, int64_t n) {
 Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {
   register_processor("noop", make_noop_processor());
   register_processor("sleep", make_sleep_processor());
+  if (impl_->config.retention_ms > 0) register_processor("cleanup", make_cleanup_processor(*this));
 }
 
 Engine::~Engine() = default;
@@ -1549,5 +1919,145 @@ std::optional<Job> Engine::wait(const std::string& job_id,
 
 EventBus& Engine::events() noexcept { return impl_->bus; }
 Store& Engine::store() noexcept { return *impl_->store; }
+
+// ---- workflows ---------------------------------------------------------------------------------
+
+std::string RunningJob::dependency_results_json() {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& dep : engine_->store->dependencies(job.id))
+    out[dep.id] = dep.result_json ? nlohmann::json::parse(*dep.result_json, nullptr, false)
+                                  : nlohmann::json();
+  return out.dump();
+}
+
+RateLimit RateLimit::parse(std::string_view text) {
+  const std::string t(text);
+  auto fail = [&]() -> RateLimit {
+    throw ValidationError("rate", "rate must look like '10/s', '100/m', '5/h' or '1/30s', got '" + t + "'");
+  };
+  const size_t slash = t.find('/');
+  if (slash == std::string::npos || slash == 0) return fail();
+  RateLimit r;
+  try {
+    size_t used = 0;
+    r.count = std::stod(t.substr(0, slash), &used);
+    if (used != slash) return fail();
+  } catch (const std::exception&) {
+    return fail();
+  }
+  if (!(r.count > 0) || !std::isfinite(r.count)) return fail();
+  std::string period = t.substr(slash + 1);
+  if (period == "s" || period == "sec") period = "1s";
+  else if (period == "m" || period == "min") period = "1m";
+  else if (period == "h" || period == "hour") period = "1h";
+  else if (period == "d" || period == "day") period = "1d";
+  try {
+    r.period_ms = CronSpec::parse("@every " + period).interval_ms();
+  } catch (const ValidationError&) {
+    return fail();
+  }
+  return r;
+}
+
+namespace {
+
+// The context of a processor run by run_now: no job row, no lease; progress goes to a callback.
+class DirectContext final : public Context {
+ public:
+  DirectContext(std::string type, DirectProgress progress)
+      : id_(new_job_id()), type_(std::move(type)), on_progress_(std::move(progress)) {}
+  const std::string& job_id() const noexcept override { return id_; }
+  const std::string& job_type() const noexcept override { return type_; }
+  int attempt() const noexcept override { return 1; }
+  StopReason stop_reason() const noexcept override { return StopReason::none; }
+  void progress(double current, double total, std::string_view message,
+                std::string_view stage_name) override {
+    {
+      std::lock_guard lock(mutex_);
+      stage_.assign(stage_name);
+    }
+    progress(current, total, message);
+  }
+  void progress(double current, double total, std::string_view message) override {
+    std::string text;
+    {
+      std::lock_guard lock(mutex_);
+      current_ = current;
+      total_ = total;
+      if (!message.empty()) message_.assign(message);
+      text = stage_.empty() ? message_ : stage_ + (message_.empty() ? "" : ": " + message_);
+    }
+    if (on_progress_) on_progress_(current, total, text);
+  }
+  void stage(std::string_view name, double total) override {
+    {
+      std::lock_guard lock(mutex_);
+      stage_.assign(name);
+    }
+    progress(0, total, {});
+  }
+  void increment(double n) override {
+    double current, total;
+    {
+      std::lock_guard lock(mutex_);
+      current = current_ + n;
+      total = total_;
+    }
+    progress(current, total, {});
+  }
+  void log(LogLevel level, std::string_view message, std::string_view fields_json) override {
+    (void)fields_json;
+    if (level >= LogLevel::info)
+      std::fprintf(stderr, "%s: %.*s\n", type_.c_str(), static_cast<int>(message.size()), message.data());
+  }
+  void count(std::string_view key, int64_t n) override { (void)key, (void)n; }
+
+ private:
+  std::string id_, type_;
+  DirectProgress on_progress_;
+  std::mutex mutex_;
+  double current_ = 0, total_ = 0;
+  std::string message_, stage_;
+};
+
+}  // namespace
+
+std::vector<Job> Engine::enqueue_batch(const BatchSpec& batch) { return impl_->enqueue_batch(batch); }
+
+std::vector<Job> Engine::dependencies(const std::string& job_id) {
+  return impl_->store->dependencies(job_id);
+}
+
+void Engine::set_queue_limits(const std::string& queue, int max_concurrent, int64_t max_size) {
+  impl_->set_queue_limits(queue, max_concurrent, max_size);
+}
+
+Schedule Engine::schedule(Schedule schedule) { return impl_->schedule(std::move(schedule)); }
+
+bool Engine::unschedule(const std::string& name) { return impl_->store->delete_schedule(name); }
+
+std::vector<Schedule> Engine::schedules() { return impl_->store->schedules(); }
+
+int Engine::fire_due_schedules() { return impl_->fire_due_schedules(); }
+
+int64_t Engine::cleanup(int64_t older_than_ms, const Context* ctx) {
+  return impl_->cleanup(older_than_ms, const_cast<Context*>(ctx));
+}
+
+std::shared_ptr<Context> Engine::direct_context(const std::string& type, DirectProgress progress) {
+  if (!impl_->registration(type)) throw UnknownJobType(type);
+  return std::make_shared<DirectContext>(type, std::move(progress));
+}
+
+std::string Engine::run_now(const std::string& type, const std::string& payload_json,
+                            DirectProgress progress) {
+  auto reg = impl_->registration(type);
+  if (!reg) throw UnknownJobType(type);
+  if (!nlohmann::json::accept(payload_json))
+    throw ValidationError("payload", "payload is not valid JSON: '" + payload_json.substr(0, 80) + "'");
+  auto ctx = std::make_shared<DirectContext>(type, std::move(progress));
+  std::string result = reg->processor->run(*ctx, payload_json);
+  return result.empty() ? "null" : result;
+}
 
 }  // namespace jobforge

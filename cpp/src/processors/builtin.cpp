@@ -52,4 +52,30 @@ class SleepProcessor final : public Processor {
 std::shared_ptr<Processor> make_noop_processor() { return std::make_shared<NoopProcessor>(); }
 std::shared_ptr<Processor> make_sleep_processor() { return std::make_shared<SleepProcessor>(); }
 
+namespace {
+
+// Deletes finished jobs older than the payload's older_than_ms, in small transactions.
+class CleanupProcessor final : public Processor {
+ public:
+  explicit CleanupProcessor(Engine& engine) : engine_(engine) {}
+  std::string run(Context& ctx, const std::string& payload_json) override {
+    const auto payload = nlohmann::json::parse(payload_json, nullptr, false);
+    if (!payload.is_object() || !payload.contains("older_than_ms") ||
+        !payload["older_than_ms"].is_number())
+      throw ProcessorFailure("cleanup needs a payload {\"older_than_ms\": n}, got " + payload_json,
+                             "", /*permanent=*/true);
+    const int64_t deleted = engine_.cleanup(payload["older_than_ms"].get<int64_t>(), &ctx);
+    return "{\"deleted\": " + std::to_string(deleted) + "}";
+  }
+
+ private:
+  Engine& engine_;
+};
+
+}  // namespace
+
+std::shared_ptr<Processor> make_cleanup_processor(Engine& engine) {
+  return std::make_shared<CleanupProcessor>(engine);
+}
+
 }  // namespace jobforge

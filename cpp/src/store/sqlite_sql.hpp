@@ -185,9 +185,50 @@ CREATE TABLE job_run_hist (
 ) WITHOUT ROWID;
 )sql";
 
+
+// Workflows: unique keys (enforced by a unique index, so across processes), how long a key stays
+// taken after its job ended, batch parents (running while their children run; progress_current
+// counts final children), dependencies (a job waits in 'created' until deps_pending reaches 0),
+// cron schedules (next_fire_at moves by compare-and-set in the same transaction as the insert of
+// the fired job), token buckets of rate limits, and the jobs' queue for claims by queue.
+inline constexpr const char* kMigration7 = R"sql(
+ALTER TABLE jobs ADD COLUMN unique_for_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN batch_policy TEXT;
+ALTER TABLE jobs ADD COLUMN deps_pending INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN on_dependency_failure TEXT;
+CREATE UNIQUE INDEX idx_jobs_unique_key ON jobs(unique_key) WHERE unique_key IS NOT NULL;
+CREATE INDEX idx_jobs_batches ON jobs(batch_policy) WHERE batch_policy IS NOT NULL;
+CREATE TABLE job_dependencies (
+  depends_on TEXT NOT NULL,
+  job_id TEXT NOT NULL,
+  PRIMARY KEY (depends_on, job_id)
+) WITHOUT ROWID;
+CREATE INDEX idx_job_dependencies_job ON job_dependencies(job_id);
+CREATE TABLE schedules (
+  name TEXT PRIMARY KEY,
+  cron TEXT NOT NULL,
+  timezone TEXT NOT NULL DEFAULT 'UTC',
+  type TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  priority INTEGER,
+  queue TEXT NOT NULL DEFAULT 'default',
+  misfire TEXT NOT NULL DEFAULT 'run_once',
+  next_fire_at INTEGER NOT NULL,
+  last_fire_at INTEGER,
+  last_job_id TEXT,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE rate_limits (
+  key TEXT PRIMARY KEY,
+  tokens REAL NOT NULL,
+  updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql";
+
 inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4,
-                                              kMigration5, kMigration6};
-inline constexpr int kSchemaVersion = 6;
+                                              kMigration5, kMigration6, kMigration7};
+inline constexpr int kSchemaVersion = 7;
 
 // Columns read into a Job, in the order read_job expects.
 #define JOBFORGE_JOB_COLUMNS                                                                 \
@@ -195,7 +236,7 @@ inline constexpr int kSchemaVersion = 6;
   "progress_message, result, error, error_detail, attempts, max_attempts, timeout_ms, "      \
   "timeout_seconds, retry_delay_ms, parent_job_id, user_initiated, cancel_requested, "      \
   "created_at, queued_at, started_at, completed_at, run_at, timeout_at, lease_owner, "       \
-  "lease_expires_at, backoff, progress_stage, outcome"
+  "lease_expires_at, backoff, progress_stage, outcome, queue, unique_key"
 
 inline constexpr const char* kInsertJob = R"sql(
 INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_id,
@@ -356,7 +397,7 @@ UPDATE jobs SET
   run_at = ?1, queued_at = ?1, updated_at = ?1,
   completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ?1 END,
   lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
-WHERE status = 'running' AND COALESCE(lease_owner, '') <> ?2
+WHERE status = 'running' AND COALESCE(lease_owner, '') <> ?2 AND batch_policy IS NULL
   AND (lease_owner IS NULL
        OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running')
        OR lease_expires_at < ?1)
@@ -370,5 +411,134 @@ inline constexpr const char* kGetJob = "SELECT " JOBFORGE_JOB_COLUMNS " FROM job
 inline constexpr const char* kListPrefix = "SELECT " JOBFORGE_JOB_COLUMNS " FROM jobs";
 inline constexpr const char* kStats =
     "SELECT status, sum(n) FROM job_type_counts GROUP BY status";
+
+// ---- workflows (kMigration7) ----------------------------------------------------------------
+
+// Inserts a job with any workflow option: its queue, unique key, status ('queued', 'created' while
+// dependencies are pending, 'cancelled' when one already failed, 'running' for a batch parent,
+// 'completed' for an empty batch), pending dependency count, batch policy and child count.
+inline constexpr const char* kInsertWorkflowJob = R"sql(
+INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_id,
+                  user_initiated, timeout_seconds, timeout_ms, retry_delay_ms, created_at,
+                  queued_at, run_at, updated_at, backoff, queue, unique_key, unique_for_ms,
+                  deps_pending, on_dependency_failure, batch_policy, progress_total, error,
+                  completed_at, started_at, result, progress)
+VALUES (?1, ?2, ?13, ?3, ?4, ?5, ?6, ?7, (?8 + 999) / 1000, ?8, ?9, ?10, ?10, ?11, ?10,
+        NULLIF(?12, 'fixed'), ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
+)sql";
+
+inline constexpr const char* kUniqueHolder =
+    "SELECT rowid, id, status, COALESCE(completed_at, 0), COALESCE(unique_for_ms, 0) "
+    "FROM jobs WHERE unique_key = ?1";
+inline constexpr const char* kReleaseUniqueKey = "UPDATE jobs SET unique_key = NULL WHERE rowid = ?1";
+
+// Queued jobs in one queue, counted up to a bound (?2): the cost of max_queue_size is at most
+// the limit, and only for callers that set one.
+inline constexpr const char* kCountQueuedInQueue =
+    "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY idx_jobs_claim "
+    "WHERE status = 'queued' AND queue = ?1 LIMIT ?2)";
+
+inline constexpr const char* kDependencyState = "SELECT status FROM jobs WHERE id = ?1";
+inline constexpr const char* kInsertDependency =
+    "INSERT OR IGNORE INTO job_dependencies (depends_on, job_id) VALUES (?1, ?2)";
+inline constexpr const char* kAnyDependency = "SELECT 1 FROM job_dependencies LIMIT 1";
+inline constexpr const char* kDependents =
+    "SELECT job_id FROM job_dependencies WHERE depends_on = ?1";
+inline constexpr const char* kWaitingJob =
+    "SELECT rowid, type, deps_pending, COALESCE(on_dependency_failure, '') FROM jobs "
+    "WHERE id = ?1 AND status = 'created'";
+inline constexpr const char* kDependencyDone = R"sql(
+UPDATE jobs SET deps_pending = deps_pending - 1,
+       status = CASE WHEN deps_pending <= 1 THEN 'queued' ELSE status END,
+       queued_at = CASE WHEN deps_pending <= 1 THEN ?1 ELSE queued_at END,
+       run_at = CASE WHEN deps_pending <= 1 THEN MAX(COALESCE(run_at, ?1), ?1) ELSE run_at END,
+       updated_at = ?1
+WHERE rowid = ?2 AND status = 'created'
+RETURNING status
+)sql";
+inline constexpr const char* kCancelWaiting = R"sql(
+UPDATE jobs SET status = 'cancelled', error = ?1, completed_at = ?2, updated_at = ?2
+WHERE rowid = ?3 AND status = 'created'
+)sql";
+inline constexpr const char* kDependencies =
+    "SELECT " JOBFORGE_JOB_COLUMNS " FROM jobs WHERE id IN "
+    "(SELECT depends_on FROM job_dependencies WHERE job_id = ?1)";
+
+inline constexpr const char* kAnyBatch =
+    "SELECT 1 FROM jobs INDEXED BY idx_jobs_batches WHERE batch_policy IS NOT NULL LIMIT 1";
+inline constexpr const char* kParentAndPolicy =
+    "SELECT parent_job_id, batch_policy FROM jobs WHERE id = ?1";
+// A child reached (+1) or left (-1) a final state: the open batch parent counts it.
+inline constexpr const char* kBatchChildFinal = R"sql(
+UPDATE jobs SET progress_current = progress_current + ?2,
+       progress = CAST(100 * (progress_current + ?2) / MAX(progress_total, 1) AS INTEGER),
+       updated_at = ?3
+WHERE id = ?1 AND batch_policy IS NOT NULL AND status = 'running'
+RETURNING rowid, type, progress_current, progress_total, batch_policy, attempts
+)sql";
+inline constexpr const char* kBatchChildCounts =
+    "SELECT status, count(*) FROM jobs WHERE parent_job_id = ?1 GROUP BY status";
+inline constexpr const char* kEndBatch = R"sql(
+UPDATE jobs SET status = ?1, result = ?2, error = ?3, completed_at = ?4, updated_at = ?4,
+       progress = CASE WHEN ?1 = 'completed' THEN 100 ELSE progress END
+WHERE rowid = ?5 AND status = 'running'
+)sql";
+inline constexpr const char* kCancelChildren = R"sql(
+UPDATE jobs SET status = 'cancelled', error = ?1, completed_at = ?2, updated_at = ?2
+WHERE parent_job_id = ?3 AND status IN ('created', 'queued')
+RETURNING id, type, status, attempts
+)sql";
+inline constexpr const char* kRequestCancelChildren =
+    "UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE parent_job_id = ?2 "
+    "AND status = 'running' AND batch_policy IS NULL";
+inline constexpr const char* kIsBatchParent = "SELECT batch_policy IS NOT NULL FROM jobs WHERE rowid = ?1";
+
+// Retention: finished jobs older than the cutoff (?2), in batches (?3), never the children of a
+// batch that is still running (its summary counts them). Logs go with them (jobs_delete_logs).
+inline constexpr const char* kDeleteFinished = R"sql(
+DELETE FROM jobs WHERE rowid IN (
+  SELECT j.rowid FROM jobs AS j INDEXED BY idx_jobs_status_created
+  WHERE j.status = ?1 AND j.created_at < ?2 AND COALESCE(j.completed_at, j.created_at) < ?2
+    AND (j.parent_job_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM jobs AS p WHERE p.id = j.parent_job_id AND p.status = 'running'))
+  LIMIT ?3)
+RETURNING id
+)sql";
+inline constexpr const char* kDeleteDependenciesOf =
+    "DELETE FROM job_dependencies WHERE job_id = ?1 OR depends_on = ?1";
+inline constexpr const char* kDeleteOldStats = "DELETE FROM job_stats WHERE bucket < ?1";
+inline constexpr const char* kDeleteOldHist = "DELETE FROM job_run_hist WHERE bucket < ?1";
+
+// Concurrency limits: jobs running now, across every worker on the file.
+inline constexpr const char* kRunningOfType =
+    "SELECT COALESCE(SUM(n), 0) FROM job_type_counts WHERE type = ?1 AND status = 'running'";
+inline constexpr const char* kRunningInQueue =
+    "SELECT count(*) FROM jobs INDEXED BY idx_jobs_running_owner "
+    "WHERE status = 'running' AND queue = ?1";
+inline constexpr const char* kReadBucket = "SELECT tokens, updated_at FROM rate_limits WHERE key = ?1";
+inline constexpr const char* kWriteBucket =
+    "INSERT INTO rate_limits (key, tokens, updated_at) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT(key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at";
+
+inline constexpr const char* kUpsertSchedule = R"sql(
+INSERT INTO schedules (name, cron, timezone, type, payload, priority, queue, misfire,
+                       next_fire_at, created_at, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
+ON CONFLICT(name) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone,
+  type = excluded.type, payload = excluded.payload, priority = excluded.priority,
+  queue = excluded.queue, misfire = excluded.misfire, next_fire_at = excluded.next_fire_at,
+  updated_at = excluded.updated_at
+)sql";
+inline constexpr const char* kDeleteSchedule = "DELETE FROM schedules WHERE name = ?1";
+inline constexpr const char* kListSchedules =
+    "SELECT name, cron, timezone, type, payload, priority, queue, misfire, next_fire_at, "
+    "COALESCE(last_fire_at, 0), COALESCE(last_job_id, ''), created_at FROM schedules ORDER BY name";
+inline constexpr const char* kNextScheduleFire = "SELECT MIN(next_fire_at) FROM schedules";
+// Compare-and-set: only the process that still sees the old fire time moves it (and inserts).
+inline constexpr const char* kAdvanceSchedule = R"sql(
+UPDATE schedules SET next_fire_at = ?1, last_fire_at = ?2, last_job_id = COALESCE(?3, last_job_id),
+       updated_at = ?4
+WHERE name = ?5 AND next_fire_at = ?2
+)sql";
 
 }  // namespace jobforge::sqlite::sql

@@ -75,6 +75,8 @@ Job read_job(const Statement& s) {
   j.backoff = s.is_null(29) ? "fixed" : s.get_text(29);
   j.stage = s.get_text(30);
   j.outcome_json = s.get_optional_text(31);
+  j.queue = s.is_null(32) ? "default" : s.get_text(32);
+  j.unique_key = s.get_optional_text(33);
   return j;
 }
 
@@ -174,38 +176,46 @@ class SqliteStore final : public Store {
   std::vector<Job> claim(const ClaimRequest& req) override {
     std::vector<Job> claimed;
     if (req.limit <= 0 || req.types.empty()) return claimed;
+    const bool limited = req.max_running_type > 0 || req.max_running_queue > 0 || req.rate_per_ms > 0;
     if (req.durable) {
-      const std::string sql_text =
-          std::string(sql::kClaimPrefix) + in_list(req.types, 5) + sql::kClaimSuffix;
+      const std::string sql_text = std::string(sql::kClaimPrefix) + in_list(req.types, 5) +
+                                   queue_filter(req, 5 + static_cast<int>(req.types.size())) +
+                                   sql::kClaimSuffix;
       submit_and_wait(kClaims, [&](WriteContext& w) {
         claimed.clear();
+        const int limit = limited ? allowed_by_limits(w, req) : req.limit;
+        if (limit <= 0) return;
         Statement& s = w.statements.get_dynamic(sql_text);
         ScopedReset r(s);
-        s.bind(1, req.now).bind(2, req.owner).bind(3, req.now + req.lease_ms).bind(4, req.limit);
-        for (size_t i = 0; i < req.types.size(); ++i) s.bind(5 + static_cast<int>(i), req.types[i]);
+        s.bind(1, req.now).bind(2, req.owner).bind(3, req.now + req.lease_ms).bind(4, limit);
+        bind_filter(s, req, 5);
         while (s.step()) claimed.push_back(read_job(s));
         for (const Job& j : claimed)
           w.transitions.push_back(Transition{j.id, j.type, Status::queued, Status::running,
                                              j.attempts, j.progress, {}, {}, req.now});
+        if (req.rate_per_ms > 0) spend_tokens(w, req, static_cast<int>(claimed.size()));
       });
     } else {
       // A read inside the writer's transaction: it sees the ends applied before it and none of
       // the inserts after it, and it returns without waiting for the commit.
-      const std::string sql_text =
-          std::string(sql::kSelectDuePrefix) + in_list(req.types, 3) + sql::kSelectDueSuffix;
+      const std::string sql_text = std::string(sql::kSelectDuePrefix) + in_list(req.types, 3) +
+                                   queue_filter(req, 3 + static_cast<int>(req.types.size())) +
+                                   sql::kSelectDueSuffix;
       submit_and_wait(
           kClaims,
           [&](WriteContext& w) {
+            const int limit = limited ? allowed_by_limits(w, req) : req.limit;
+            if (limit <= 0) return;
             Statement& s = w.statements.get_dynamic(sql_text);
             ScopedReset r(s);
-            s.bind(1, req.now).bind(2, static_cast<int64_t>(req.limit + held_.size()));
-            for (size_t i = 0; i < req.types.size(); ++i)
-              s.bind(3 + static_cast<int>(i), req.types[i]);
-            while (static_cast<int>(claimed.size()) < req.limit && s.step()) {
+            s.bind(1, req.now).bind(2, static_cast<int64_t>(limit + held_.size()));
+            bind_filter(s, req, 3);
+            while (static_cast<int>(claimed.size()) < limit && s.step()) {
               if (held_.count(s.get_int(0))) continue;
               claimed.push_back(read_job(s));
             }
             for (const Job& j : claimed) held_.insert(j.rowid);
+            if (req.rate_per_ms > 0) spend_tokens(w, req, static_cast<int>(claimed.size()));
           },
           /*return_after_apply=*/true);
     }
@@ -318,7 +328,14 @@ class SqliteStore final : public Store {
         status = parse_status(q.get_text(2)).value_or(Status::created);
         attempts = static_cast<int>(q.get_int(3));
       }
-      if (status == Status::running) {
+      bool batch_parent = false;
+      if (status == Status::running) {  // a batch parent has no worker: it ends here
+        Statement& b = w.statements.get(sql::kIsBatchParent);
+        ScopedReset rb(b);
+        b.bind(1, rowid);
+        batch_parent = b.step() && b.get_int(0) != 0;
+      }
+      if (status == Status::running && !batch_parent) {
         Statement& s = w.statements.get(sql::kRequestCancel);
         ScopedReset r(s);
         s.bind(1, now).bind(2, rowid).run();
@@ -800,6 +817,146 @@ class SqliteStore final : public Store {
     return s.get_int(0);
   }
 
+  std::optional<int64_t> next_run_at_filtered(const ClaimRequest& filter) override {
+    if (filter.types.empty()) return std::nullopt;
+    if (filter.queues.empty() && filter.exclude_queues.empty()) return next_run_at(filter.types);
+    const std::string text = std::string(sql::kNextRunAtPrefix) + in_list(filter.types, 1) +
+                             queue_filter(filter, 1 + static_cast<int>(filter.types.size())) + ")";
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get_dynamic(text);
+    ScopedReset r(s);
+    bind_filter(s, filter, 1);
+    if (!s.step() || s.is_null(0)) return std::nullopt;
+    return s.get_int(0);
+  }
+
+  // ---- workflows ---------------------------------------------------------------------------
+
+  std::vector<std::string> insert_jobs(const std::vector<NewJob>& jobs,
+                                       const InsertLimits& limits) override {
+    std::vector<std::string> ids;
+    if (jobs.empty()) return ids;
+    bool plain = limits.max_queue_size == 0 && limits.max_queue_sizes.empty();
+    for (const auto& j : jobs) plain = plain && j.plain();
+    if (plain) {  // the hot path: no workflow option at all
+      insert(jobs);
+      for (const auto& j : jobs) ids.push_back(j.id);
+      return ids;
+    }
+    submit_and_wait(kInserts, [&](WriteContext& w) {
+      ids.clear();
+      std::vector<std::pair<std::string, int64_t>> queued_in;  // queue → queued jobs (checked ones)
+      for (const NewJob& j : jobs) ids.push_back(insert_workflow_job(w, j, limits, queued_in));
+    });
+    return ids;
+  }
+
+  std::vector<Job> dependencies(const std::string& job_id) override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get(sql::kDependencies);
+    ScopedReset r(s);
+    s.bind(1, job_id);
+    std::vector<Job> out;
+    while (s.step()) out.push_back(read_job(s));
+    return out;
+  }
+
+  void upsert_schedule(const Schedule& sc) override {
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
+      Statement& s = w.statements.get(sql::kUpsertSchedule);
+      ScopedReset r(s);
+      s.bind(1, sc.name).bind(2, sc.cron).bind(3, sc.timezone).bind(4, sc.type);
+      s.bind(5, sc.payload_json);
+      if (sc.priority) s.bind(6, *sc.priority); else s.bind_null(6);
+      s.bind(7, sc.queue).bind(8, sc.misfire).bind(9, sc.next_fire_at).bind(10, now_ms());
+      s.run();
+    });
+  }
+
+  bool delete_schedule(const std::string& name) override {
+    bool deleted = false;
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
+      Statement& s = w.statements.get(sql::kDeleteSchedule);
+      ScopedReset r(s);
+      s.bind(1, name).run();
+      deleted = w.db.changes() > 0;
+    });
+    return deleted;
+  }
+
+  std::vector<Schedule> schedules() override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get(sql::kListSchedules);
+    ScopedReset r(s);
+    std::vector<Schedule> out;
+    while (s.step()) {
+      Schedule sc;
+      sc.name = s.get_text(0);
+      sc.cron = s.get_text(1);
+      sc.timezone = s.get_text(2);
+      sc.type = s.get_text(3);
+      sc.payload_json = s.get_text(4);
+      if (!s.is_null(5)) sc.priority = static_cast<int>(s.get_int(5));
+      sc.queue = s.get_text(6);
+      sc.misfire = s.get_text(7);
+      sc.next_fire_at = s.get_int(8);
+      sc.last_fire_at = s.get_int(9);
+      sc.last_job_id = s.get_text(10);
+      sc.created_at = s.get_int(11);
+      out.push_back(std::move(sc));
+    }
+    return out;
+  }
+
+  bool fire_schedule(const std::string& name, int64_t expected_next, int64_t next,
+                     const std::optional<NewJob>& job) override {
+    bool fired = false;
+    submit_and_wait(kInserts, [&](WriteContext& w) {
+      fired = false;
+      Statement& s = w.statements.get(sql::kAdvanceSchedule);
+      ScopedReset r(s);
+      s.bind(1, next).bind(2, expected_next);
+      if (job) s.bind(3, job->id); else s.bind_null(3);
+      s.bind(4, now_ms()).bind(5, name).run();
+      if (w.db.changes() == 0) return;  // another process fired it
+      fired = true;
+      if (!job) return;
+      std::vector<std::pair<std::string, int64_t>> queued_in;
+      insert_workflow_job(w, *job, InsertLimits{}, queued_in);
+    });
+    return fired;
+  }
+
+  int64_t delete_finished(int64_t cutoff, int limit) override {
+    int64_t deleted = 0;
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
+      deleted = 0;
+      std::vector<std::string> ids;
+      for (Status st : {Status::completed, Status::failed, Status::cancelled, Status::timeout}) {
+        if (static_cast<int>(ids.size()) >= limit) break;
+        Statement& s = w.statements.get(sql::kDeleteFinished);
+        ScopedReset r(s);
+        s.bind(1, to_string(st)).bind(2, cutoff).bind(3, static_cast<int64_t>(limit) - static_cast<int64_t>(ids.size()));
+        while (s.step()) ids.push_back(s.get_text(0));
+      }
+      deleted = static_cast<int64_t>(ids.size());
+      if (!ids.empty() && exists(w, sql::kAnyDependency)) {
+        Statement& d = w.statements.get(sql::kDeleteDependenciesOf);
+        for (const auto& id : ids) {
+          ScopedReset r(d);
+          d.bind(1, id).run();
+        }
+      }
+      // Statistics buckets older than the cutoff go too (10-second buckets).
+      for (const char* text : {sql::kDeleteOldStats, sql::kDeleteOldHist}) {
+        Statement& s = w.statements.get(text);
+        ScopedReset r(s);
+        s.bind(1, cutoff / 10'000).run();
+      }
+    });
+    return deleted;
+  }
+
   void flush() override {
     std::unique_lock lock(mutex_);
     const uint64_t target = submitted_;
@@ -882,6 +1039,309 @@ class SqliteStore final : public Store {
       if (other.id != self_id && other.state == "running" && !is_dead(other)) return true;
     }
     return false;
+  }
+
+  // ---- workflows: helpers inside the writer's transaction ----------------------------------
+
+  static std::string queue_filter(const ClaimRequest& req, int first_param) {
+    std::string out;
+    if (!req.queues.empty()) {
+      out += ") AND +queue IN (" + in_list(req.queues, first_param);
+      first_param += static_cast<int>(req.queues.size());
+    }
+    if (!req.exclude_queues.empty())
+      out += ") AND +queue NOT IN (" + in_list(req.exclude_queues, first_param);
+    return out;
+  }
+
+  static void bind_filter(Statement& s, const ClaimRequest& req, int first_param) {
+    int i = first_param;
+    for (const auto& t : req.types) s.bind(i++, t);
+    for (const auto& q : req.queues) s.bind(i++, q);
+    for (const auto& q : req.exclude_queues) s.bind(i++, q);
+  }
+
+  static bool exists(WriteContext& w, const char* query) {
+    Statement& s = w.statements.get(query);
+    ScopedReset r(s);
+    return s.step();
+  }
+
+  static int64_t count_of(WriteContext& w, const char* query, const std::string& key) {
+    Statement& s = w.statements.get(query);
+    ScopedReset r(s);
+    s.bind(1, key);
+    return s.step() ? s.get_int(0) : 0;
+  }
+
+  // How many jobs this claim may take under its concurrency and rate limits, counted in the
+  // claim's own transaction (so every process sees the same counts).
+  static int allowed_by_limits(WriteContext& w, const ClaimRequest& req) {
+    int64_t limit = req.limit;
+    if (req.max_running_type > 0) {
+      const int64_t running = req.durable ? count_of(w, sql::kRunningOfType, req.types.front())
+                                          : req.local_running_type;
+      limit = std::min<int64_t>(limit, req.max_running_type - running);
+    }
+    if (req.max_running_queue > 0 && !req.queues.empty()) {
+      const int64_t running = req.durable ? count_of(w, sql::kRunningInQueue, req.queues.front())
+                                          : req.local_running_queue;
+      limit = std::min<int64_t>(limit, req.max_running_queue - running);
+    }
+    if (req.rate_per_ms > 0) limit = std::min<int64_t>(limit, static_cast<int64_t>(tokens(w, req)));
+    return static_cast<int>(std::max<int64_t>(0, limit));
+  }
+
+  static double tokens(WriteContext& w, const ClaimRequest& req) {
+    Statement& s = w.statements.get(sql::kReadBucket);
+    ScopedReset r(s);
+    s.bind(1, req.rate_key);
+    if (!s.step()) return req.rate_burst;
+    const double elapsed = static_cast<double>(std::max<int64_t>(0, req.now - s.get_int(1)));
+    return std::min(req.rate_burst, s.get_double(0) + elapsed * req.rate_per_ms);
+  }
+
+  static void spend_tokens(WriteContext& w, const ClaimRequest& req, int taken) {
+    const double left = tokens(w, req) - taken;
+    Statement& s = w.statements.get(sql::kWriteBucket);
+    ScopedReset r(s);
+    s.bind(1, req.rate_key).bind(2, left).bind(3, req.now).run();
+  }
+
+  // Inserts one job with workflow options; returns its id, or that of the job holding its key.
+  std::string insert_workflow_job(WriteContext& w, const NewJob& j, const InsertLimits& limits,
+                                  std::vector<std::pair<std::string, int64_t>>& queued_in) {
+    if (j.unique_key) {
+      Statement& q = w.statements.get(sql::kUniqueHolder);
+      ScopedReset r(q);
+      q.bind(1, *j.unique_key);
+      if (q.step()) {
+        const auto status = parse_status(q.get_text(2)).value_or(Status::queued);
+        const int64_t ended = q.get_int(3), keep_for = q.get_int(4);
+        if (!is_final(status) || ended + keep_for > j.created_at) return q.get_text(1);
+        const int64_t holder = q.get_int(0);
+        ScopedReset r2(q);  // done reading: release the key from the old job
+        Statement& u = w.statements.get(sql::kReleaseUniqueKey);
+        ScopedReset ru(u);
+        u.bind(1, holder).run();
+      }
+    }
+    if (j.parent_id) {
+      Statement& e = w.statements.get(sql::kJobExists);
+      ScopedReset r(e);
+      e.bind(1, *j.parent_id);
+      if (!e.step())
+        throw ValidationError("parent", "parent job '" + *j.parent_id + "' does not exist");
+    }
+    Status status = j.batch_policy ? (j.batch_children ? Status::running : Status::completed)
+                                   : Status::queued;
+    std::optional<std::string> error;
+    int64_t pending = 0;
+    for (const auto& dep : j.depends_on) {
+      Statement& d = w.statements.get(sql::kDependencyState);
+      ScopedReset r(d);
+      d.bind(1, dep);
+      if (!d.step())
+        throw ValidationError("depends_on", "dependency '" + dep + "' does not exist");
+      const auto dep_status = parse_status(d.get_text(0)).value_or(Status::queued);
+      if (!is_final(dep_status)) {
+        ++pending;
+      } else if (dep_status != Status::completed && !j.run_if_dependency_fails && !error) {
+        error = "dependency " + dep + " ended " + std::string(to_string(dep_status));
+      }
+    }
+    if (error) status = Status::cancelled;
+    else if (pending > 0) status = Status::created;
+    if (status == Status::queued) {
+      const int64_t max = limits.limit_for(j.queue);
+      if (max > 0) {
+        auto it = std::find_if(queued_in.begin(), queued_in.end(),
+                               [&](const auto& p) { return p.first == j.queue; });
+        if (it == queued_in.end()) {
+          Statement& c = w.statements.get(sql::kCountQueuedInQueue);
+          ScopedReset r(c);
+          c.bind(1, j.queue).bind(2, max);
+          queued_in.emplace_back(j.queue, c.step() ? c.get_int(0) : 0);
+          it = std::prev(queued_in.end());
+        }
+        if (it->second >= max) throw QueueFull(j.queue, max);
+        ++it->second;
+      }
+    }
+    const bool final_now = is_final(status);
+    std::optional<std::string> result;
+    if (status == Status::completed) result = R"({"total": 0})";
+    Statement& ins = w.statements.get(sql::kInsertWorkflowJob);
+    ScopedReset r(ins);
+    ins.bind(1, j.id).bind(2, j.type).bind(3, j.priority).bind(4, j.payload_json);
+    ins.bind(5, j.max_attempts).bind(6, j.parent_id).bind(7, j.user_initiated ? 1 : 0);
+    ins.bind(8, j.timeout_ms).bind(9, j.retry_delay_ms).bind(10, j.created_at).bind(11, j.run_at);
+    ins.bind(12, j.backoff).bind(13, to_string(status)).bind(14, j.queue).bind(15, j.unique_key);
+    ins.bind(16, j.unique_for_ms).bind(17, pending);
+    if (j.run_if_dependency_fails) ins.bind(18, "run"); else ins.bind_null(18);
+    ins.bind(19, j.batch_policy).bind(20, static_cast<double>(j.batch_children)).bind(21, error);
+    if (final_now) ins.bind(22, j.created_at); else ins.bind_null(22);
+    if (status == Status::running) ins.bind(23, j.created_at); else ins.bind_null(23);
+    ins.bind(24, result).bind(25, status == Status::completed ? 100 : 0);
+    ins.run();
+    if (!j.depends_on.empty()) {
+      Statement& d = w.statements.get(sql::kInsertDependency);
+      for (const auto& dep : j.depends_on) {
+        ScopedReset rd(d);
+        d.bind(1, dep).bind(2, j.id).run();
+      }
+    }
+    if (status != Status::created)
+      w.transitions.push_back(Transition{j.id, j.type, Status::created, status, 0,
+                                         status == Status::completed ? 100 : 0, result, error,
+                                         j.created_at});
+    return j.id;
+  }
+
+  // What a status change means for other jobs, in the same transaction: a batch parent counts
+  // its final children (and ends with the last); a batch parent that ends early cancels its
+  // unfinished children; dependents of a final job are released or cancelled. Changes made here
+  // are transitions too, so they cascade (a cancelled dependent cancels its own dependents).
+  // Costs one indexed probe per transaction with final transitions while no batch or
+  // dependency exists.
+  void apply_workflow_effects(WriteContext& w) {
+    std::optional<bool> any_batch, any_dependency;
+    const int64_t now = now_ms();
+    for (size_t i = 0; i < w.transitions.size(); ++i) {
+      const Transition t = w.transitions[i];  // a copy: the vector grows below
+      if (t.from == t.to) continue;
+      const bool to_final = is_final(t.to);
+      const bool reopened = is_final(t.from) && t.to == Status::queued;  // a manual retry
+      if (!to_final && !reopened) continue;
+      if (!any_batch) any_batch = exists(w, sql::kAnyBatch);
+      if (*any_batch) batch_effects(w, t, to_final, now);
+      if (!to_final) continue;
+      if (!any_dependency) any_dependency = exists(w, sql::kAnyDependency);
+      if (*any_dependency) dependency_effects(w, t, now);
+    }
+  }
+
+  void batch_effects(WriteContext& w, const Transition& t, bool to_final, int64_t now) {
+    std::optional<std::string> parent, policy;
+    {
+      Statement& s = w.statements.get(sql::kParentAndPolicy);
+      ScopedReset r(s);
+      s.bind(1, t.job_id);
+      if (!s.step()) return;
+      parent = s.get_optional_text(0);
+      policy = s.get_optional_text(1);
+    }
+    if (policy && to_final && t.to != Status::completed) {
+      // A batch parent ended early (cancelled, failed fast): its unfinished children end too.
+      Statement& c = w.statements.get(sql::kCancelChildren);
+      ScopedReset r(c);
+      c.bind(1, "batch " + t.job_id + " ended " + std::string(to_string(t.to))).bind(2, now);
+      c.bind(3, t.job_id);
+      std::vector<Transition> ended;
+      while (c.step())
+        ended.push_back(Transition{c.get_text(0), c.get_text(1), Status::queued, Status::cancelled,
+                                   static_cast<int>(c.get_int(3)), 0, {},
+                                   std::string("batch cancelled"), now});
+      ScopedReset r2(c);
+      for (auto& e : ended) w.transitions.push_back(std::move(e));
+      Statement& rq = w.statements.get(sql::kRequestCancelChildren);
+      ScopedReset r3(rq);
+      rq.bind(1, now).bind(2, t.job_id).run();
+    }
+    if (!parent) return;
+    Statement& u = w.statements.get(sql::kBatchChildFinal);
+    int64_t rowid, current, total, attempts;
+    std::string type, parent_policy;
+    {
+      ScopedReset r(u);
+      u.bind(1, *parent).bind(2, to_final ? 1 : -1).bind(3, now);
+      if (!u.step()) return;  // not a batch, or it already ended
+      rowid = u.get_int(0);
+      type = u.get_text(1);
+      current = static_cast<int64_t>(u.get_double(2));
+      total = static_cast<int64_t>(u.get_double(3));
+      parent_policy = u.get_text(4);
+      attempts = u.get_int(5);
+    }
+    const bool child_failed = t.to == Status::failed || t.to == Status::timeout;
+    if (parent_policy == "fail_fast" && child_failed) {
+      end_batch(w, *parent, rowid, type, attempts, Status::failed, std::nullopt,
+                "child " + t.job_id + " " + std::string(to_string(t.to)) +
+                    (t.error ? ": " + *t.error : std::string()),
+                now);
+      return;
+    }
+    if (!to_final || current < total) return;
+    // The last child ended: the summary counts children by final status.
+        std::string result = "{\"total\": " + std::to_string(total);
+    int64_t failed = 0;
+    {
+      Statement& c = w.statements.get(sql::kBatchChildCounts);
+      ScopedReset r(c);
+      c.bind(1, *parent);
+      while (c.step()) {
+        const std::string st = c.get_text(0);
+        const int64_t n = c.get_int(1);
+        result += ", \"" + st + "\": " + std::to_string(n);
+        if (st == "failed" || st == "timeout") failed += n;
+      }
+    }
+    result += "}";
+    if (parent_policy == "fail" && failed > 0)
+      end_batch(w, *parent, rowid, type, attempts, Status::failed, result,
+                std::to_string(failed) + " of " + std::to_string(total) + " children failed", now);
+    else
+      end_batch(w, *parent, rowid, type, attempts, Status::completed, result, std::nullopt, now);
+  }
+
+  void end_batch(WriteContext& w, const std::string& id, int64_t rowid, const std::string& type,
+                 int64_t attempts, Status to, const std::optional<std::string>& result,
+                 const std::optional<std::string>& error, int64_t now) {
+    Statement& e = w.statements.get(sql::kEndBatch);
+    ScopedReset r(e);
+    e.bind(1, to_string(to)).bind(2, result).bind(3, error).bind(4, now).bind(5, rowid).run();
+    if (w.db.changes() == 0) return;
+    w.transitions.push_back(Transition{id, type, Status::running, to, static_cast<int>(attempts),
+                                       to == Status::completed ? 100 : 0, result, error, now});
+  }
+
+  void dependency_effects(WriteContext& w, const Transition& t, int64_t now) {
+    std::vector<std::string> dependents;
+    {
+      Statement& s = w.statements.get(sql::kDependents);
+      ScopedReset r(s);
+      s.bind(1, t.job_id);
+      while (s.step()) dependents.push_back(s.get_text(0));
+    }
+    for (const auto& id : dependents) {
+      int64_t rowid;
+      std::string type, on_failure;
+      {
+        Statement& q = w.statements.get(sql::kWaitingJob);
+        ScopedReset r(q);
+        q.bind(1, id);
+        if (!q.step()) continue;  // not waiting any more (cancelled, say)
+        rowid = q.get_int(0);
+        type = q.get_text(1);
+        on_failure = q.get_text(3);
+      }
+      if (t.to == Status::completed || on_failure == "run") {
+        Statement& u = w.statements.get(sql::kDependencyDone);
+        ScopedReset r(u);
+        u.bind(1, now).bind(2, rowid);
+        if (u.step() && u.get_text(0) == "queued")
+          w.transitions.push_back(
+              Transition{id, type, Status::created, Status::queued, 0, 0, {}, {}, now});
+      } else {
+        const std::string why = "dependency " + t.job_id + " ended " + std::string(to_string(t.to));
+        Statement& c = w.statements.get(sql::kCancelWaiting);
+        ScopedReset r(c);
+        c.bind(1, why).bind(2, now).bind(3, rowid).run();
+        if (w.db.changes() > 0)
+          w.transitions.push_back(
+              Transition{id, type, Status::created, Status::cancelled, 0, 0, {}, why, now});
+      }
+    }
   }
 
   void configure(Database& db) {
@@ -1079,6 +1539,7 @@ class SqliteStore final : public Store {
       try {
         sqlite::Transaction txn(writer_db_);
         for (size_t i = 0; i < n; ++i) ops[i].apply(w);
+        if (!w.transitions.empty()) apply_workflow_effects(w);
         if (!w.transitions.empty()) record_stats(w);
         txn.commit();
       } catch (const StoreError& e) {
@@ -1199,6 +1660,10 @@ class SqliteStore final : public Store {
 };
 
 }  // namespace
+
+void Store::unsupported(const char* what) {
+  throw StoreError(SQLITE_MISUSE, std::string(what) + " are not supported by this store");
+}
 
 std::unique_ptr<Store> open_sqlite_store(const std::string& path, const SqliteOptions& options) {
   try {

@@ -3,6 +3,9 @@
 from typing import Callable, Optional
 
 __version__: str
+SDK_ABI_VERSION: int
+SDK_CAPSULE_NAME: str
+SDK_STDLIB: str
 
 class JobRecord:
     @property
@@ -134,6 +137,16 @@ class Engine:
         self,
         type: str,
         adapter: Callable[[Context, str], tuple],
+        timeout_ms: Optional[int] = None,
+        max_attempts: Optional[int] = None,
+        retry_delay_ms: Optional[int] = None,
+        backoff: Optional[str] = None,
+        priority: Optional[int] = None,
+    ) -> None: ...
+    def register_native(
+        self,
+        type: str,
+        capsule: object,
         timeout_ms: Optional[int] = None,
         max_attempts: Optional[int] = None,
         retry_delay_ms: Optional[int] = None,

@@ -111,7 +111,9 @@ def replay_processors(source: Engine, target: Engine) -> list[str]:
     with; returns their types. Reads only Python state of ``source`` (safe in a forked child)."""
     for job_type, (fn, options) in source._registrations.items():
         target.register(job_type, fn, **options)
-    return list(source._registrations)
+    for job_type, (capsule, options) in source._native_registrations.items():
+        target.register_native(job_type, capsule, **options)
+    return [*source._registrations, *source._native_registrations]
 
 
 def worker_engine(

@@ -3,6 +3,7 @@
 // interruptions, never waiting for the store) and maintenance (progress flushes, heartbeats,
 // dead-worker rescue, cancel requests from other processes, the claim mode).
 #include "jobforge/engine.hpp"
+#include "jobforge/processors.hpp"
 
 #include <signal.h>
 #include <unistd.h>
@@ -219,6 +220,7 @@ struct Engine::Impl {
     if (!nlohmann::json::accept(spec.payload_json))
       throw ValidationError("payload", "payload is not valid JSON: '" +
                                            spec.payload_json.substr(0, 80) + "'");
+    if (reg) reg->processor->validate(spec.payload_json);  // the processor's own field rules
     j.payload_json = spec.payload_json;
     j.created_at = now;
     j.run_at = now + spec.delay_ms;
@@ -1376,6 +1378,9 @@ void RunningJob::count(std::string_view key, int64_t n) {
 Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {
   register_processor("noop", make_noop_processor());
   register_processor("sleep", make_sleep_processor());
+  register_processor("scan", make_scan_processor());
+  register_processor("checksum", make_checksum_processor());
+  register_processor("exec", make_exec_processor());
 }
 
 Engine::~Engine() = default;

@@ -386,7 +386,20 @@ class Engine:
         limit) or SIGQUIT and SIGKILL after ``stop_grace`` seconds (wait=False)."""
         if self._supervisor is not None:
             self._supervisor.stop(wait)
-        self._core.stop(wait)
+        if not wait or threading.current_thread() is not threading.main_thread():
+            self._core.stop(wait)
+            return
+        # In the main thread, wait where Ctrl-C can reach us: a KeyboardInterrupt escalates to
+        # stop(wait=False) (running jobs asked to stop, back to the queue), then propagates.
+        stopper = threading.Thread(target=self._core.stop, args=(True,), name="jobforge-stop")
+        stopper.start()
+        try:
+            while stopper.is_alive():
+                stopper.join(0.1)
+        except KeyboardInterrupt:
+            self._core.stop(False)
+            stopper.join()
+            raise
 
     close = stop
 

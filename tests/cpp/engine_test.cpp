@@ -1549,3 +1549,233 @@ TEST_F(EngineTest, NoJobStartsAfterStopWithoutWaitingWasCalled) {
   }
   EXPECT_EQ(started_after_stop, 0) << "jobs started by a worker after stop(false) was called";
 }
+
+// ---- observability: logs, outcome counters, stages, progress persistence, statistics -------
+
+// Logs, counts and stages, then finishes.
+class ObservedProcessor final : public Processor {
+ public:
+  std::string run(Context& ctx, const std::string&) override {
+    ctx.stage("scan", 4);
+    ctx.log(LogLevel::info, "scanning", R"({"dir":"/media"})");
+    ctx.increment();
+    ctx.increment(2);
+    ctx.count("inserts", 2);
+    ctx.count("updates");
+    ctx.count("inserts", 3);
+    ctx.stage("write", 0);
+    ctx.log(LogLevel::warning, "slow disk");
+    ctx.log(LogLevel::debug, "detail");
+    ctx.progress(7, 0, "7 written");
+    return "null";
+  }
+};
+
+TEST_F(EngineTest, LogLinesOutcomeCountersAndStagesAreStoredWithTheJob) {
+  Engine engine(small_config(dir));
+  engine.register_processor("observed", std::make_shared<ObservedProcessor>());
+  EventLog events(engine);
+  engine.start();
+  const Job job = engine.enqueue(spec("observed"));
+  const Job done = wait_final(engine, job.id);
+  ASSERT_EQ(done.status, Status::completed);
+  EXPECT_EQ(done.outcome_json.value_or(""), R"({"inserts":5,"updates":1})");
+  EXPECT_EQ(done.stage, "write");
+  EXPECT_DOUBLE_EQ(done.progress_current, 7);
+  EXPECT_DOUBLE_EQ(done.progress_total, 0);
+  EXPECT_EQ(done.message, "7 written");
+
+  LogQuery q;
+  q.job_id = job.id;
+  auto lines = engine.logs(q);
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0].message, "scanning");
+  EXPECT_EQ(lines[0].stage, "scan");
+  EXPECT_EQ(lines[0].fields_json, R"({"dir":"/media"})");
+  EXPECT_EQ(lines[0].attempt, 1);
+  EXPECT_EQ(lines[1].level, LogLevel::warning);
+  EXPECT_EQ(lines[1].stage, "write");
+  EXPECT_LT(lines[0].id, lines[1].id);
+  q.min_level = LogLevel::info;
+  EXPECT_EQ(engine.logs(q).size(), 2u);
+  q.after_id = lines[0].id;
+  EXPECT_EQ(engine.logs(q).size(), 1u);
+  q = LogQuery{};
+  q.job_id = job.id;
+  q.limit = 1;
+  q.newest = true;
+  ASSERT_EQ(engine.logs(q).size(), 1u);
+  EXPECT_EQ(engine.logs(q)[0].message, "detail");
+  q.job_id = "no-such-job";
+  EXPECT_THROW(engine.logs(q), ValidationError);
+
+  // job-log events come after job-started and before the end.
+  const auto evs = events.for_job(engine, job.id);
+  std::vector<EventType> order;
+  for (const auto& e : evs) {
+    if (e.type == EventType::started || e.type == EventType::log || e.type == EventType::completed)
+      order.push_back(e.type);
+  }
+  EXPECT_EQ(order, (std::vector<EventType>{EventType::started, EventType::log, EventType::log,
+                                           EventType::log, EventType::completed}));
+}
+
+TEST_F(EngineTest, LogLinesOfAJobClaimedInMemoryFollowItsStart) {
+  auto config = small_config(dir, 1);
+  config.claim_in_memory = true;
+  Engine engine(config);
+  engine.register_processor("observed", std::make_shared<ObservedProcessor>());
+  EventLog events(engine);
+  engine.start();
+  for (int round = 0; round < 20; ++round) {
+    const Job job = engine.enqueue(spec("observed"));
+    wait_final(engine, job.id);
+    const auto evs = events.for_job(engine, job.id);
+    bool started = false;
+    for (const auto& e : evs) {
+      if (e.type == EventType::started) started = true;
+      if (e.type == EventType::log) {
+        EXPECT_TRUE(started) << "job-log before job-started";
+      }
+    }
+    EXPECT_EQ(std::count_if(evs.begin(), evs.end(),
+                            [](const Event& e) { return e.type == EventType::log; }),
+              3);
+  }
+}
+
+// Moves through 0..100 in steps of 1, holding at the end until released.
+class SteppingProcessor final : public Processor {
+ public:
+  std::string run(Context& ctx, const std::string&) override {
+    for (int i = 0; i <= 100; ++i) ctx.progress(i, 100);
+    reached.open();
+    release.wait();
+    return "null";
+  }
+  Gate reached, release;
+};
+
+TEST_F(EngineTest, ProgressReachesTheStoreEveryTenPointsAndAlwaysAtTheEnd) {
+  auto config = small_config(dir, 1);
+  config.progress_persist_ms = 3'600'000;  // only the step rule applies
+  Engine engine(config);
+  auto stepping = std::make_shared<SteppingProcessor>();
+  engine.register_processor("stepping", stepping);
+  engine.start();
+  const Job job = engine.enqueue(spec("stepping"));
+  ASSERT_TRUE(stepping->reached.wait());
+  // In memory at once; in the store after the next flush (every 50 ms here).
+  EXPECT_EQ(engine.get(job.id)->progress, 100);
+  ASSERT_TRUE(eventually([&] {
+    engine.store().flush();
+    return engine.store().get(job.id)->progress == 100;
+  }));
+  const auto writes = engine.local_stats().progress_writes;
+  EXPECT_GE(writes, 1u);
+  EXPECT_LE(writes, 11u) << "101 updates should cost at most one write per 10 points";
+  stepping->release.open();
+  EXPECT_EQ(wait_final(engine, job.id).progress, 100);
+}
+
+TEST_F(EngineTest, ProgressEventsAreRateLimitedAndTheLastOneStillArrives) {
+  auto config = small_config(dir, 1);
+  config.progress_event_ms = 200;
+  Engine engine(config);
+  auto stepping = std::make_shared<SteppingProcessor>();
+  engine.register_processor("stepping", stepping);
+  EventLog events(engine);
+  engine.start();
+  const Job job = engine.enqueue(spec("stepping"));
+  ASSERT_TRUE(stepping->reached.wait());
+  // 101 updates in well under 200 ms: the first is published, the last follows as a trailing
+  // event once the interval has passed, though no further update comes.
+  ASSERT_TRUE(eventually([&] {
+    const auto evs = events.for_job(engine, job.id);
+    return !evs.empty() && evs.back().type == EventType::progress && evs.back().progress == 100;
+  }));
+  const auto evs = events.for_job(engine, job.id);
+  const auto progress_events =
+      std::count_if(evs.begin(), evs.end(), [](const Event& e) { return e.type == EventType::progress; });
+  EXPECT_LE(progress_events, 3);
+  stepping->release.open();
+  wait_final(engine, job.id);
+}
+
+TEST_F(EngineTest, StatisticsPerTypeCountWindowedOutcomesAndRunTimes) {
+  Engine engine(small_config(dir, 2));
+  engine.register_processor("reject", std::make_shared<RejectingProcessor>());
+  engine.start();
+  std::vector<Job> jobs;
+  for (int i = 0; i < 6; ++i) jobs.push_back(engine.enqueue(spec("sleep", R"({"seconds":0.02})")));
+  for (int i = 0; i < 2; ++i) {
+    JobSpec s = spec("reject");
+    s.max_attempts = 1;
+    jobs.push_back(engine.enqueue(s));
+  }
+  for (const auto& j : jobs) wait_final(engine, j.id);
+  engine.store().flush();
+  const StatsDetail d = engine.stats_detail();
+  EXPECT_EQ(d.totals.count(Status::completed), 6);
+  EXPECT_EQ(d.totals.count(Status::failed), 2);
+  ASSERT_EQ(d.types.size(), 2u);
+  const TypeStats& rej = d.types[0];
+  const TypeStats& slp = d.types[1];
+  EXPECT_EQ(rej.type, "reject");
+  EXPECT_EQ(rej.count(Status::failed), 2);
+  EXPECT_EQ(rej.failed, 2);
+  EXPECT_DOUBLE_EQ(rej.error_rate, 1.0);
+  EXPECT_EQ(slp.type, "sleep");
+  EXPECT_EQ(slp.count(Status::completed), 6);
+  EXPECT_EQ(slp.completed, 6);
+  EXPECT_EQ(slp.runs, 6);
+  EXPECT_DOUBLE_EQ(slp.error_rate, 0.0);
+  EXPECT_GE(slp.mean_run_ms, 15.0);
+  EXPECT_GE(slp.p95_run_ms, 15.0);
+  EXPECT_LT(slp.p95_run_ms, 2'000.0);
+  EXPECT_GT(slp.created_per_s, 0.0);
+  EXPECT_GT(slp.completed_per_s, 0.0);
+  EXPECT_EQ(d.queued, 0);
+  EXPECT_EQ(d.oldest_due_age_ms, 0);
+  EXPECT_EQ(engine.integrity_check(), "ok");
+}
+
+TEST_F(EngineTest, OldestDueAgeAndDueCountIgnoreDelayedJobs) {
+  Engine engine(small_config(dir));  // not started: nothing runs
+  JobSpec later = spec("noop");
+  later.delay_ms = 60'000;
+  engine.enqueue(later);
+  engine.enqueue(spec("noop"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  const StatsDetail d = engine.stats_detail();
+  EXPECT_EQ(d.queued, 2);
+  EXPECT_EQ(d.due, 1);
+  EXPECT_GE(d.oldest_due_age_ms, 25);
+  EXPECT_LT(d.oldest_due_age_ms, 30'000);
+}
+
+// stop(wait=true) waits for running jobs; a stop(wait=false) meanwhile (a second Ctrl-C) asks
+// them to stop: they go back to the queue, their attempt not counted, and both calls return.
+TEST_F(EngineTest, StopWithoutWaitingEscalatesAStopThatIsWaiting) {
+  Engine engine(small_config(dir, 1));
+  auto runner = std::make_shared<RunsUntilStopped>();
+  engine.register_processor("runner", runner);
+  engine.start();
+  const Job job = engine.enqueue(spec("runner"));
+  ASSERT_TRUE(runner->started.wait());
+  std::atomic<bool> waiting_stop_returned{false};
+  std::thread waiting([&] {
+    engine.stop(true);
+    waiting_stop_returned = true;
+  });
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(waiting_stop_returned) << "stop(true) returned while its job still ran";
+  engine.stop(false);
+  waiting.join();
+  EXPECT_TRUE(waiting_stop_returned);
+  EXPECT_EQ(runner->last_reason.load(), StopReason::shutdown);
+  auto got = engine.get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::queued);
+  EXPECT_EQ(got->attempts, 0);
+}

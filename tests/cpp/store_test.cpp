@@ -92,6 +92,7 @@ Outcome outcome_for(const Job& job, const std::string& owner, Status to) {
   o.to = to;
   o.attempt = job.attempts;
   o.at = kT0 + 1;
+  o.queued_at = job.queued_at;
   if (to == Status::completed) {
     o.result_json = R"({"ok":true})";
     o.progress = 100;
@@ -643,6 +644,7 @@ StartInfo start_of(const Job& job, const std::string& owner) {
   s.attempt = job.attempts + 1;
   s.started_at = kT0 + 1;
   s.lease_expires_at = kT0 + 60'000;
+  s.queued_at = job.queued_at;
   return s;
 }
 
@@ -664,6 +666,32 @@ TEST_F(StoreTest, ClaimInMemoryLeavesJobsQueuedInTheFileAndNeverHandsOneOutTwice
   ASSERT_EQ(second.size(), 1u);
   EXPECT_EQ(second[0].id, jobs[2].id);
   EXPECT_TRUE(store->claim(memory_claim("owner-a", 10)).empty());
+}
+
+// Another process cancels and retries a job this one holds in memory: the holder's late end, or
+// late start, must not land on the re-queued job (the claim token, queued_at, has changed).
+TEST_F(StoreTest, AStaleInMemoryHolderCannotFinishOrStartAJobRetriedMeanwhile) {
+  auto store = open();
+  const auto job = make_job();
+  store->insert({job});
+  auto claimed = store->claim(memory_claim("owner-a", 1));
+  ASSERT_EQ(claimed.size(), 1u);
+  auto other = open();  // another process on the same file
+  ASSERT_EQ(other->cancel(job.id, kT0 + 10), CancelResult::cancelled);
+  ASSERT_TRUE(other->retry(job.id, kT0 + 20));
+  other->close();
+
+  store->mark_started(start_of(claimed[0], "owner-a"));
+  Outcome o = outcome_for(claimed[0], "owner-a", Status::completed);
+  o.claimed_in_memory = true;
+  o.attempt = 1;
+  store->finish(o);
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::queued) << "the retried job must run again, not be finished";
+  EXPECT_EQ(got->attempts, 0);
+  EXPECT_FALSE(got->result_json.has_value());
 }
 
 TEST_F(StoreTest, ReleasedJobsClaimedInMemoryAreClaimableAgain) {

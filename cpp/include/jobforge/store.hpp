@@ -31,6 +31,19 @@ struct NewJob {
   bool user_initiated;
 };
 
+// One line of a job's log.
+struct LogRecord {
+  int64_t id = 0;  // set by the store, increasing
+  std::string job_id;
+  std::string job_type;  // not stored; for events
+  int attempt = 0;
+  int64_t at = 0;
+  LogLevel level = LogLevel::info;
+  std::string stage;
+  std::string message;
+  std::string fields_json;  // a JSON object's text, or empty
+};
+
 // A committed status change, for events and waiters.
 struct Transition {
   std::string job_id;
@@ -43,6 +56,8 @@ struct Transition {
   std::optional<std::string> error;
   int64_t at = 0;
   int64_t run_ms = -1;  // a finished attempt's run time, when known (for statistics)
+  // Log lines written at this point of the commit (from == to == running; no status change).
+  std::shared_ptr<const std::vector<LogRecord>> log_lines = nullptr;
 };
 using CommitListener = std::function<void(std::vector<Transition>&)>;
 
@@ -68,6 +83,9 @@ struct StartInfo {
   int attempt = 1;
   int64_t started_at = 0;
   int64_t lease_expires_at = 0;
+  // The claim's token: the row's queued_at when it was claimed. A job put back in the queue
+  // since (retried by another process) has a newer one, so a stale holder's write misses it.
+  int64_t queued_at = 0;
 };
 
 // The end of one attempt, decided by the engine. Only the lease holder may apply it.
@@ -79,6 +97,8 @@ struct Outcome {
   Status to = Status::completed;  // completed | failed | cancelled | timeout | queued (retry)
   bool release = false;           // the attempt is not counted (it never ran, or shutdown)
   bool claimed_in_memory = false; // the job may still be 'queued' in the store
+  bool keep_start = false;        // write the pending start first (its log lines follow it)
+  int64_t queued_at = 0;          // claim token of a job claimed in memory (see StartInfo)
   int attempt = 0;
   int64_t started_at = 0;         // when the attempt began (0: not known / not started)
   std::optional<std::string> result_json;
@@ -100,19 +120,6 @@ struct ProgressUpdate {
   std::string message;
   std::string stage;
   std::optional<std::string> outcome_json;
-};
-
-// One line of a job's log.
-struct LogRecord {
-  int64_t id = 0;  // set by the store, increasing
-  std::string job_id;
-  std::string job_type;  // not stored; for events
-  int attempt = 0;
-  int64_t at = 0;
-  LogLevel level = LogLevel::info;
-  std::string stage;
-  std::string message;
-  std::string fields_json;  // a JSON object's text, or empty
 };
 
 struct LogQuery {
@@ -190,10 +197,10 @@ class Store {
                                   const std::function<bool(const WorkerInfo&)>& is_dead) = 0;
 
   // Writes log lines asynchronously, in the writer's next commit. `drain` is called once, on the
-  // writing thread, and returns the lines to write (so lines logged until then share the write);
-  // `committed` receives them, with ids, once durable.
-  virtual void append_logs(std::function<std::vector<LogRecord>()> drain,
-                           std::function<void(std::vector<LogRecord>&)> committed) = 0;
+  // writing thread, and returns the lines to write (so lines logged until then share the write).
+  // The commit listener receives them, with ids, as a Transition carrying `log_lines`, in order
+  // with the status changes of the same commit.
+  virtual void append_logs(std::function<std::vector<LogRecord>()> drain) = 0;
   virtual std::vector<LogRecord> logs(const LogQuery& query) = 0;
   // Counts by type and status, windowed figures, queue depth and the oldest wait.
   virtual StatsDetail stats_detail(int64_t now, int64_t window_ms, int64_t rate_window_ms) = 0;

@@ -6,6 +6,7 @@
 #include "jobforge/processors.hpp"
 
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -32,6 +33,18 @@ namespace jobforge {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// steady_clock from the kernel's coarse monotonic clock (same base, a few ms resolution, a few
+// ns per read): enough for progress rate limits and rates, and cheap in a tight loop.
+Clock::time_point coarse_now() noexcept {
+#ifdef CLOCK_MONOTONIC_COARSE
+  timespec ts;
+  if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+    return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+        std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
+#endif
+  return Clock::now();
+}
 
 std::string seconds_text(int64_t ms) {
   std::ostringstream out;
@@ -114,7 +127,7 @@ class RunningJob final : public Context {
   Clock::time_point last_progress_event_{};
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
-  std::vector<Event> held_log_events_;  // job-log events before job-started was committed
+  std::atomic<bool> logged{false};  // wrote a log line: its start is written before its end
 };
 
 struct Engine::Impl {
@@ -280,6 +293,10 @@ struct Engine::Impl {
     events.reserve(transitions.size() * 2);
     bool any_final = false, any_queued = false;
     for (auto& t : transitions) {
+      if (t.log_lines) {
+        append_log_events(*t.log_lines, events);
+        continue;
+      }
       Event e;
       e.job_id = t.job_id;
       e.job_type = t.job_type;
@@ -336,8 +353,7 @@ struct Engine::Impl {
     }
   }
 
-  // Returns the events held back while the start was not yet committed: log lines, then the
-  // latest progress.
+  // Returns the progress event held back while the start was not yet committed, if any.
   std::vector<Event> mark_start_committed(const std::string& job_id) {
     std::shared_ptr<RunningJob> rj;
     {
@@ -349,7 +365,6 @@ struct Engine::Impl {
     std::lock_guard lock(rj->progress_mutex_);
     rj->start_committed.store(true, std::memory_order_release);
     std::vector<Event> held;
-    held.swap(rj->held_log_events_);
     if (rj->progress_event_pending_) {
       rj->progress_event_pending_ = false;
       rj->last_progress_event_ = Clock::now();
@@ -515,6 +530,19 @@ struct Engine::Impl {
   }
 
   void stop(bool wait_for_running) {
+    if (!wait_for_running) {
+      // A stop(wait=true) may be waiting for running jobs: escalate it. They are asked to stop
+      // now (and interrupted after the grace period) and go back to the queue.
+      bool escalated = false;
+      {
+        std::lock_guard lock(jobs_mutex);
+        if (stopping) {
+          for (auto& [id, rj] : claimed) rj->request_stop(StopReason::shutdown);
+          escalated = true;
+        }
+      }
+      if (escalated) notify_watchdog();
+    }
     std::lock_guard lifecycle(lifecycle_mutex);
     if (!started) return;
     {
@@ -599,7 +627,8 @@ struct Engine::Impl {
       for (auto& [id, rj] : claimed)
         if (rj->claimed_in_memory && !rj->finished)
           store->mark_started(StartInfo{rj->job.rowid, rj->job.id, rj->job.type, worker_id,
-                                        rj->job.attempts, now, now + config.lease_ms});
+                                        rj->job.attempts, now, now + config.lease_ms,
+                                        rj->job.queued_at});
       dispatch_cv.notify_all();
     }
     release_unstarted(unstarted);
@@ -839,7 +868,7 @@ struct Engine::Impl {
     if (rj.claimed_in_memory) {
       store->mark_started(StartInfo{rj.job.rowid, rj.job.id, rj.job.type, worker_id,
                                     rj.job.attempts, rj.started_at,
-                                    rj.started_at + config.lease_ms});
+                                    rj.started_at + config.lease_ms, rj.job.queued_at});
     } else {
       rj.started_at = rj.job.started_at ? rj.job.started_at : rj.started_at;
     }
@@ -884,6 +913,8 @@ struct Engine::Impl {
     o.owner = worker_id;
     o.attempt = rj.job.attempts;
     o.claimed_in_memory = rj.claimed_in_memory;
+    o.keep_start = rj.logged.load(std::memory_order_relaxed);
+    o.queued_at = rj.job.queued_at;
     o.started_at = r.ran ? rj.started_at : 0;
     o.at = now_ms();
     {
@@ -1020,7 +1051,7 @@ struct Engine::Impl {
         }
         if (now >= rj->deadline) rj->request_stop(StopReason::timeout);
         const StopReason reason = rj->stop_reason();
-        if (reason == StopReason::timeout || reason == StopReason::cancelled) {
+        if (reason != StopReason::none) {
           // Asked to stop and still running: interrupt it once the grace period is over.
           if (rj->stop_requested_at == Clock::time_point::max()) rj->stop_requested_at = now;
           if (now >= rj->stop_requested_at + grace) {
@@ -1142,8 +1173,7 @@ struct Engine::Impl {
             log_write_pending = false;
             log_space_cv.notify_all();
             return lines;
-          },
-          [this](std::vector<LogRecord>& lines) { publish_logs(lines); });
+          });
     } catch (const std::exception&) {
       // The store is closed: lines logged after the engine stopped are dropped.
       std::lock_guard l(log_mutex);
@@ -1153,12 +1183,8 @@ struct Engine::Impl {
     }
   }
 
-  void publish_logs(std::vector<LogRecord>& lines) {
-    if (!bus.has_subscribers()) return;
-    std::vector<Event> events;
-    events.reserve(lines.size());
-    std::shared_ptr<RunningJob> rj;
-    for (auto& l : lines) {
+  static void append_log_events(const std::vector<LogRecord>& lines, std::vector<Event>& events) {
+    for (const auto& l : lines) {
       Event e;
       e.type = EventType::log;
       e.job_id = l.job_id;
@@ -1172,19 +1198,8 @@ struct Engine::Impl {
       e.log_level = l.level;
       e.log_id = l.id;
       e.fields_json = l.fields_json;
-      // A job claimed in memory may log before its start is committed: its lines follow
-      // job-started (see mark_start_committed).
-      if (!rj || rj->job.id != l.job_id) rj = find_claimed(l.job_id);
-      if (rj && !rj->start_committed.load(std::memory_order_acquire)) {
-        std::lock_guard lock(rj->progress_mutex_);
-        if (!rj->start_committed.load(std::memory_order_acquire)) {
-          rj->held_log_events_.push_back(std::move(e));
-          continue;
-        }
-      }
       events.push_back(std::move(e));
     }
-    bus.publish(std::move(events));
   }
 
   void publish_progress(RunningJob& rj, const RunningJob::ProgressState& p) {
@@ -1295,7 +1310,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
   if (finished.load(std::memory_order_relaxed)) return;
   if (!std::isfinite(current)) current = 0;
   if (!std::isfinite(total) || total < 0) total = 0;
-  const auto now = Clock::now();
+  const auto now = coarse_now();
   const auto& cfg = engine_->config;
   ProgressState snapshot;
   bool publish = false, wake_watchdog = false;
@@ -1365,6 +1380,7 @@ void RunningJob::log(LogLevel level, std::string_view message, std::string_view 
     std::lock_guard lock(progress_mutex_);
     line.stage = progress_.stage;
   }
+  logged.store(true, std::memory_order_relaxed);
   engine_->append_log(std::move(line));
 }
 

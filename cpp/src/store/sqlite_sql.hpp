@@ -230,7 +230,7 @@ inline constexpr const char* kMarkStarted = R"sql(
 UPDATE jobs SET status = 'running', attempts = ?1, started_at = ?2, updated_at = ?2,
        lease_owner = ?3, lease_expires_at = ?4, cancel_requested = 0,
        timeout_at = ?2 + COALESCE(timeout_ms, timeout_seconds * 1000, 300000)
-WHERE rowid = ?5 AND status = 'queued'
+WHERE rowid = ?5 AND status = 'queued' AND queued_at IS ?6
 )sql";
 
 inline constexpr const char* kNextRunAtPrefix =
@@ -247,7 +247,8 @@ UPDATE jobs SET status = ?1, result = ?2, error = ?3, error_detail = ?4, progres
        attempts = CASE WHEN status = 'queued' THEN ?12 ELSE attempts - ?17 END,
        started_at = COALESCE(?18, started_at), updated_at = ?13,
        lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
-WHERE rowid = ?14 AND ((status = 'running' AND lease_owner = ?15) OR (?16 AND status = 'queued'))
+WHERE rowid = ?14 AND ((status = 'running' AND lease_owner = ?15)
+                    OR (?16 AND status = 'queued' AND queued_at IS ?21))
 )sql";
 
 inline constexpr const char* kSaveProgress = R"sql(

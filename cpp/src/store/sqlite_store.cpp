@@ -119,7 +119,6 @@ struct WriteOp {
   // which thus see those ends, then inserts (2), which a claim in memory must not see before
   // they are committed.
   int phase = 0;
-  std::function<void()> announce = {};  // optional: after the commit, before the commit listener
 };
 enum Phase { kUpdates = 0, kClaims = 1, kInserts = 2 };
 
@@ -235,7 +234,7 @@ class SqliteStore final : public Store {
 
   void finish(Outcome o) override {
     std::optional<StartInfo> coalesced;
-    {
+    if (!o.keep_start) {
       std::lock_guard lock(mutex_);
       auto it = pending_starts_.find(o.rowid);
       if (it != pending_starts_.end()) {
@@ -267,6 +266,7 @@ class SqliteStore final : public Store {
                      s.bind(19, o.stage.empty() ? std::optional<std::string>{}
                                                 : std::optional<std::string>{o.stage});
                      s.bind(20, o.outcome_json);
+                     if (o.queued_at) s.bind(21, o.queued_at); else s.bind_null(21);
                      s.run();
                      if (w.db.changes() == 0) return;  // lease lost, or cancelled from outside
                      if (coalesced && !start_written)
@@ -587,8 +587,7 @@ class SqliteStore final : public Store {
     return out;
   }
 
-  void append_logs(std::function<std::vector<LogRecord>()> drain,
-                   std::function<void(std::vector<LogRecord>&)> committed) override {
+  void append_logs(std::function<std::vector<LogRecord>()> drain) override {
     // The op keeps the drained lines: a batch replayed after a failure writes them again.
     struct State {
       bool drained = false;
@@ -609,11 +608,13 @@ class SqliteStore final : public Store {
         s.run();
         l.id = w.db.last_insert_rowid();
       }
+      if (state->lines.empty()) return;
+      Transition t;
+      t.from = t.to = Status::running;
+      t.at = state->lines.back().at;
+      t.log_lines = std::make_shared<const std::vector<LogRecord>>(state->lines);
+      w.transitions.push_back(std::move(t));
     };
-    if (committed)
-      op.announce = [state, committed = std::move(committed)] {
-        if (!state->lines.empty()) committed(state->lines);
-      };
     op.phase = kUpdates;
     submit(std::move(op));
   }
@@ -1025,7 +1026,9 @@ class SqliteStore final : public Store {
                        if (starts_written_.count(st.rowid)) continue;
                        ScopedReset r(s);
                        s.bind(1, st.attempt).bind(2, st.started_at).bind(3, st.owner);
-                       s.bind(4, st.lease_expires_at).bind(5, st.rowid).run();
+                       s.bind(4, st.lease_expires_at).bind(5, st.rowid);
+                       if (st.queued_at) s.bind(6, st.queued_at); else s.bind_null(6);
+                       s.run();
                        if (w.db.changes() == 0) {  // cancelled from outside meanwhile
                          w.rejected_starts.push_back(st.rowid);
                          continue;
@@ -1081,8 +1084,6 @@ class SqliteStore final : public Store {
         listener = listener_;
         rejected_listener = start_rejected_listener_;
       }
-      for (size_t i = 0; i < n; ++i)
-        if (ops[i].announce) ops[i].announce();
       if (listener && !w.transitions.empty()) listener(w.transitions);
       if (rejected_listener && !w.rejected_starts.empty()) rejected_listener(w.rejected_starts);
       for (size_t i = 0; i < n; ++i)

@@ -136,7 +136,10 @@ def timed(fn: Callable[[list[str]], None], paths: list[str]) -> tuple[float, flo
     import resource
 
     def cpu() -> float:
-        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        me, kids = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
         return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
     c0, t0 = cpu(), time.perf_counter()
@@ -172,7 +175,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     raw: dict[str, list[float]] = {}
     native = None
     try:
-        bench.log(f"writing {n_large} × {mib} MiB and {n_small:,} × {small_size // 1024} KiB in {tmp}")
+        bench.log(
+            f"writing {n_large} × {mib} MiB and {n_small:,} × {small_size // 1024} KiB in {tmp}"
+        )
         large = make_files(tmp / "large", n_large, mib << 20, "large")
         small = make_files(tmp / "small", n_small, small_size, "small")
         large_mb = n_large * (mib << 20) / 1e6

@@ -70,9 +70,7 @@ def test_scan_permission_error_is_logged_and_counted(engine, tmp_path):
     assert done.result["errors"] == 1
     assert done.outcome["permission_errors"] == 1
     lines = engine.logs(done)
-    assert any(
-        line.level == "warning" and line.fields.get("path") == str(locked) for line in lines
-    )
+    assert any(line.level == "warning" and line.fields.get("path") == str(locked) for line in lines)
 
 
 def test_scan_missing_root_fails_without_retry(engine, tmp_path):

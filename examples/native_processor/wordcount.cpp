@@ -33,8 +33,8 @@ struct Options {
 Options parse(const std::string& payload_json) {
   const json p = json::parse(payload_json, nullptr, false);
   if (!p.is_object())
-    throw jobforge::ValidationError("payload", "wordcount: payload must be an object, got " +
-                                                   payload_json.substr(0, 80));
+    throw jobforge::ValidationError(
+        "payload", "wordcount: payload must be an object, got " + payload_json.substr(0, 80));
   Options o;
   if (!p.contains("path") || !p["path"].is_string() || p["path"].get<std::string>().empty())
     throw jobforge::ValidationError(

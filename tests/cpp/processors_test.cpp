@@ -176,14 +176,15 @@ TEST_F(ScanTest, FindsFilesRecursivelyWithSizeAndMtime) {
 
 TEST_F(ScanTest, NonRecursiveStaysInTheRoot) {
   const json r = scan({{"recursive", false}});
-  EXPECT_EQ(paths_of(r), (std::vector<std::string>{root.string() + "/B.JPG", root.string() + "/a.txt"}));
+  EXPECT_EQ(paths_of(r),
+            (std::vector<std::string>{root.string() + "/B.JPG", root.string() + "/a.txt"}));
 }
 
 TEST_F(ScanTest, ExtensionFilterIgnoresCaseAndLeadingDots) {
   const json r = scan({{"extensions", {"jpg", ".tar.gz"}}});
   const std::string t = root.string();
-  EXPECT_EQ(paths_of(r), (std::vector<std::string>{t + "/B.JPG", t + "/sub/c.jpg",
-                                                   t + "/sub/deeper/d.tar.gz"}));
+  EXPECT_EQ(paths_of(r),
+            (std::vector<std::string>{t + "/B.JPG", t + "/sub/c.jpg", t + "/sub/deeper/d.tar.gz"}));
   EXPECT_EQ(r["skipped"]["extension"], 1);
   EXPECT_EQ(r["files_seen"], 4);
 }
@@ -256,7 +257,8 @@ TEST_F(ScanTest, PathTooLongIsLoggedAndCountedNotFatal) {
   EXPECT_NE(r["error_samples"][0]["error"].get<std::string>().find("too long"), std::string::npos);
   // std::filesystem::remove_all works with full paths: take the chain down from the inside.
   std::vector<int> fds{::open(root.c_str(), O_RDONLY | O_DIRECTORY)};
-  for (int depth = 0; depth < 24; ++depth) fds.push_back(::openat(fds.back(), part.c_str(), O_RDONLY | O_DIRECTORY));
+  for (int depth = 0; depth < 24; ++depth)
+    fds.push_back(::openat(fds.back(), part.c_str(), O_RDONLY | O_DIRECTORY));
   for (int depth = 24; depth >= 0; --depth) {
     ::unlinkat(fds[depth], part.c_str(), AT_REMOVEDIR);
     ::close(fds[depth]);
@@ -271,15 +273,22 @@ TEST_F(ScanTest, CancelledScanThrowsJobCancelled) {
 TEST_F(ScanTest, BadPayloadNamesTheField) {
   expect_validation_error([&] { processor->validate(R"({"paths": []})"); }, "paths");
   expect_validation_error([&] { processor->validate(R"({})"); }, "paths");
-  expect_validation_error([&] { processor->validate(R"({"paths": "x", "recursive": "yes"})"); }, "recursive");
-  expect_validation_error([&] { processor->validate(R"({"paths": "x", "symlinks": "always"})"); }, "symlinks");
-  expect_validation_error([&] { processor->validate(R"({"paths": "x", "hidden": true})"); }, "hidden");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "recursive": "yes"})"); },
+                          "recursive");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "symlinks": "always"})"); },
+                          "symlinks");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "hidden": true})"); },
+                          "hidden");
   expect_validation_error([&] { processor->validate(R"({"paths": ["x", 3]})"); }, "paths[1]");
   expect_validation_error([&] { processor->validate(R"({"paths": "x", "colour": 1})"); }, "colour");
   expect_validation_error([&] { processor->validate(R"([1])"); }, "payload");
-  expect_payload_error([&] { processor->run(ctx, R"({"paths": "x", "recursive": 1})"); }, "recursive");
-  expect_payload_error([&] { processor->run(ctx, json{{"paths", (root / "nope").string()}}.dump()); },
-                       "paths[0]");
+  expect_payload_error([&] { processor->run(ctx, R"({"paths": "x", "recursive": 1})"); },
+                       "recursive");
+  expect_payload_error(
+      [&] {
+        processor->run(ctx, json{{"paths", (root / "nope").string()}}.dump());
+      },
+      "paths[0]");
 }
 
 // ---- checksum ------------------------------------------------------------------------------
@@ -341,7 +350,8 @@ TEST_F(ChecksumTest, DigestsMatchOneShotHashesAcrossBufferBoundaries) {
     EXPECT_EQ(f["xxh128"], hex64(wide.high64) + hex64(wide.low64)) << i;
   }
   // Known answers, independent of both libraries.
-  EXPECT_EQ(r["files"][1]["sha256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(r["files"][1]["sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(r["files"][0]["xxh64"], "ef46db3751d8e999");
   EXPECT_EQ(r["files"][0]["xxh3"], "2d06800538d394c2");
   int64_t total = 0;
@@ -391,12 +401,14 @@ TEST_F(ChecksumTest, CancelledBetweenBuffers) {
 }
 
 TEST_F(ChecksumTest, BadPayloadNamesTheField) {
-  expect_validation_error([&] { processor->validate(R"({"paths": "x", "algorithms": ["sha256", "crc"]})"); },
-                          "algorithms[1]");
+  expect_validation_error(
+      [&] { processor->validate(R"({"paths": "x", "algorithms": ["sha256", "crc"]})"); },
+      "algorithms[1]");
   expect_validation_error([&] { processor->validate(R"({"paths": "x", "buffer_size": 12})"); },
                           "buffer_size");
   expect_validation_error([&] { processor->validate(R"({"paths": 5})"); }, "paths");
-  expect_validation_error([&] { processor->validate(R"({"paths": "x", "on_error": "skip"})"); }, "on_error");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "on_error": "skip"})"); },
+                          "on_error");
   expect_payload_error([&] { processor->run(ctx, R"({"paths": "x", "algorithms": "sha3"})"); },
                        "algorithms[0]");
 }
@@ -431,13 +443,15 @@ bool wait_until_gone(pid_t pid) {
 }
 
 TEST_F(ExecTest, RunsWithArgumentsCwdEnvAndStdin) {
-  const json r = exec({{"argv", {"sh", "-c", "pwd; echo \"$GREETING $1\"; cat; echo oops >&2", "sh", "world"}},
-                       {"cwd", dir.path().string()},
-                       {"env", {{"GREETING", "hello"}}},
-                       {"stdin", "line one\nline two"}});
+  const json r =
+      exec({{"argv", {"sh", "-c", "pwd; echo \"$GREETING $1\"; cat; echo oops >&2", "sh", "world"}},
+            {"cwd", dir.path().string()},
+            {"env", {{"GREETING", "hello"}}},
+            {"stdin", "line one\nline two"}});
   EXPECT_EQ(r["exit_code"], 0);
   EXPECT_EQ(r["signal"], nullptr);
-  EXPECT_EQ(r["stdout_tail"], fs::canonical(dir.path()).string() + "\nhello world\nline one\nline two\n");
+  EXPECT_EQ(r["stdout_tail"],
+            fs::canonical(dir.path()).string() + "\nhello world\nline one\nline two\n");
   EXPECT_EQ(r["stderr_tail"], "oops\n");
   EXPECT_EQ(r["stdout_lines"], 4);
   std::vector<std::string> stdout_lines, stderr_lines;
@@ -504,7 +518,8 @@ TEST_F(ExecTest, CancelKillsTheWholeProcessGroup) {
   ASSERT_GT(background, 0);
   EXPECT_TRUE(wait_until_gone(background));
   bool escalated = false;
-  for (const auto& l : ctx.log_lines()) escalated = escalated || l.message.find("SIGKILL") != std::string::npos;
+  for (const auto& l : ctx.log_lines())
+    escalated = escalated || l.message.find("SIGKILL") != std::string::npos;
   EXPECT_TRUE(escalated);
 }
 
@@ -532,9 +547,10 @@ TEST_F(ExecTest, LeftoverBackgroundChildDoesNotHoldTheJob) {
 }
 
 TEST_F(ExecTest, LogLinesBeyondTheBudgetAreCountedAndTailsKept) {
-  const json r = exec({{"argv", {"sh", "-c", "i=0; while [ $i -lt 50 ]; do echo line$i; i=$((i+1)); done"}},
-                       {"max_log_lines", 10},
-                       {"tail_lines", 3}});
+  const json r =
+      exec({{"argv", {"sh", "-c", "i=0; while [ $i -lt 50 ]; do echo line$i; i=$((i+1)); done"}},
+            {"max_log_lines", 10},
+            {"tail_lines", 3}});
   EXPECT_EQ(r["stdout_lines"], 50);
   EXPECT_EQ(r["stdout_tail"], "line47\nline48\nline49\n");
   EXPECT_EQ(ctx.counts["log_lines_dropped"], 40);
@@ -547,15 +563,19 @@ TEST_F(ExecTest, OutputThatIsNotUtf8IsReplaced) {
 
 TEST_F(ExecTest, MissingProgramOrDirectoryIsAPermanentFailure) {
   expect_payload_error([&] { exec({{"argv", {"/no/such/program"}}}); }, "argv[0]");
-  expect_payload_error([&] { exec({{"argv", {"true"}}, {"cwd", (dir.path() / "nope").string()}}); },
-                       "cwd");
+  expect_payload_error(
+      [&] {
+        exec({{"argv", {"true"}}, {"cwd", (dir.path() / "nope").string()}});
+      },
+      "cwd");
 }
 
 TEST_F(ExecTest, BadPayloadNamesTheField) {
   expect_validation_error([&] { processor->validate(R"({"argv": "ls -l"})"); }, "argv");
   expect_validation_error([&] { processor->validate(R"({"argv": []})"); }, "argv");
   expect_validation_error([&] { processor->validate(R"({"argv": ["ls", 1]})"); }, "argv[1]");
-  expect_validation_error([&] { processor->validate(R"({"argv": ["ls"], "env": {"A": 1}})"); }, "env.A");
+  expect_validation_error([&] { processor->validate(R"({"argv": ["ls"], "env": {"A": 1}})"); },
+                          "env.A");
   expect_validation_error([&] { processor->validate(R"({"argv": ["ls"], "kill_grace": -1})"); },
                           "kill_grace");
   expect_validation_error([&] { processor->validate(R"({"argv": ["ls"], "stdin": 5})"); }, "stdin");

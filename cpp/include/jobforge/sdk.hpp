@@ -65,7 +65,9 @@ inline ProcessorExport* make_export(std::shared_ptr<Processor> processor) {
   return e;
 }
 
-inline void destroy_export(void* pointer) noexcept { delete static_cast<ProcessorExport*>(pointer); }
+inline void destroy_export(void* pointer) noexcept {
+  delete static_cast<ProcessorExport*>(pointer);
+}
 
 // Run by the engine on an export it received: empty when it can be used, else why not. Only the
 // first three fields are read before they are checked.

@@ -3,7 +3,6 @@
 // interruptions, never waiting for the store) and maintenance (progress flushes, heartbeats,
 // dead-worker rescue, cancel requests from other processes, the claim mode).
 #include "jobforge/engine.hpp"
-#include "jobforge/processors.hpp"
 
 #include <signal.h>
 #include <time.h>
@@ -24,6 +23,8 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+
+#include "jobforge/processors.hpp"
 
 #ifndef JOBFORGE_VERSION
 #define JOBFORGE_VERSION "0.0.0"

@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <cerrno>
 #include <chrono>
@@ -13,8 +14,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <xxhash.h>
 #if defined(__x86_64__) || defined(__i386__)
 // xxHash's runtime dispatch picks the widest vector unit the CPU has (AVX2, AVX-512) for XXH3.
 #include <xxh_x86dispatch.h>
@@ -43,8 +42,8 @@ struct AlgorithmName {
   const char* evp;  // nullptr: xxHash
 };
 constexpr AlgorithmName kAlgorithms[] = {
-    {"sha256", "SHA2-256"}, {"sha512", "SHA2-512"}, {"sha1", "SHA1"}, {"md5", "MD5"},
-    {"blake2b", "BLAKE2B-512"}, {"xxh3", nullptr}, {"xxh128", nullptr}, {"xxh64", nullptr},
+    {"sha256", "SHA2-256"},     {"sha512", "SHA2-512"}, {"sha1", "SHA1"},    {"md5", "MD5"},
+    {"blake2b", "BLAKE2B-512"}, {"xxh3", nullptr},      {"xxh128", nullptr}, {"xxh64", nullptr},
 };
 
 ChecksumOptions parse_checksum(const std::string& payload_json) {
@@ -96,7 +95,8 @@ class EvpHasher final : public Hasher {
  public:
   explicit EvpHasher(const char* evp_name)
       : md_(EVP_MD_fetch(nullptr, evp_name, nullptr)), ctx_(EVP_MD_CTX_new()) {
-    if (!md_ || !ctx_) throw ProcessorFailure(std::string("checksum: OpenSSL has no ") + evp_name, "");
+    if (!md_ || !ctx_)
+      throw ProcessorFailure(std::string("checksum: OpenSSL has no ") + evp_name, "");
   }
   ~EvpHasher() override {
     EVP_MD_CTX_free(ctx_);
@@ -125,12 +125,16 @@ class Xxh3Hasher final : public Hasher {
   explicit Xxh3Hasher(bool wide) : wide_(wide), state_(XXH3_createState()) {}
   ~Xxh3Hasher() override { XXH3_freeState(state_); }
   void reset() override {
-    if (wide_) XXH3_128bits_reset(state_);
-    else XXH3_64bits_reset(state_);
+    if (wide_)
+      XXH3_128bits_reset(state_);
+    else
+      XXH3_64bits_reset(state_);
   }
   void update(const void* data, size_t n) override {
-    if (wide_) XXH3_128bits_update(state_, data, n);
-    else XXH3_64bits_update(state_, data, n);
+    if (wide_)
+      XXH3_128bits_update(state_, data, n);
+    else
+      XXH3_64bits_update(state_, data, n);
   }
   std::string hex_digest() override {
     if (wide_) {
@@ -256,19 +260,21 @@ class ChecksumProcessor final : public Processor {
       }
       if (error.empty()) {
         entry["size"] = size;
-        for (size_t a = 0; a < hashers.size(); ++a) entry[o.algorithms[a]] = hashers[a]->hex_digest();
+        for (size_t a = 0; a < hashers.size(); ++a)
+          entry[o.algorithms[a]] = hashers[a]->hex_digest();
         ++hashed;
       } else {
         ++errors;
         ctx.log(LogLevel::warning, "checksum: " + error, payload::dump({{"path", path}}));
         ctx.count("errors");
         if (o.fail_on_error)
-          throw ProcessorFailure("checksum: cannot hash " + payload::dump(json(path)) + ": " + error,
-                                 "");
+          throw ProcessorFailure(
+              "checksum: cannot hash " + payload::dump(json(path)) + ": " + error, "");
         entry["error"] = error;
       }
       files.push_back(std::move(entry));
-      ctx.progress(static_cast<double>(done_bytes), static_cast<double>(std::max(total_bytes, done_bytes)),
+      ctx.progress(static_cast<double>(done_bytes),
+                   static_cast<double>(std::max(total_bytes, done_bytes)),
                    std::to_string(i + 1) + "/" + std::to_string(o.paths.size()) + " files");
     }
     const double seconds =
@@ -276,14 +282,15 @@ class ChecksumProcessor final : public Processor {
     const double cpu_seconds = thread_cpu_seconds() - cpu_started;
     ctx.count("files", hashed);
     ctx.count("bytes", done_bytes);
-    json result = {{"files", std::move(files)},
-                   {"algorithms", o.algorithms},
-                   {"hashed", hashed},
-                   {"errors", errors},
-                   {"bytes", done_bytes},
-                   {"seconds", seconds},
-                   {"cpu_seconds", cpu_seconds},
-                   {"mb_per_s", seconds > 0 ? static_cast<double>(done_bytes) / 1e6 / seconds : 0.0}};
+    json result = {
+        {"files", std::move(files)},
+        {"algorithms", o.algorithms},
+        {"hashed", hashed},
+        {"errors", errors},
+        {"bytes", done_bytes},
+        {"seconds", seconds},
+        {"cpu_seconds", cpu_seconds},
+        {"mb_per_s", seconds > 0 ? static_cast<double>(done_bytes) / 1e6 / seconds : 0.0}};
     return payload::dump(result);
   }
 };

@@ -47,8 +47,8 @@ struct ExecOptions {
 
 ExecOptions parse_exec(const std::string& payload_json) {
   payload::Reader r("exec", payload_json);
-  r.only({"argv", "cwd", "env", "inherit_env", "stdin", "tail_lines", "max_log_lines",
-          "kill_grace", "check"});
+  r.only({"argv", "cwd", "env", "inherit_env", "stdin", "tail_lines", "max_log_lines", "kill_grace",
+          "check"});
   ExecOptions o;
   if (!r.has("argv") || !r.doc()["argv"].is_array())
     r.fail("argv", "must be a non-empty list of strings (the program and its arguments)",
@@ -230,8 +230,8 @@ class ExecProcessor final : public Processor {
     sigset_t all, none;
     sigfillset(&all);
     sigemptyset(&none);
-    posix_spawnattr_setflags(&setup.attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF |
-                                              POSIX_SPAWN_SETSIGMASK);
+    posix_spawnattr_setflags(
+        &setup.attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
     posix_spawnattr_setpgroup(&setup.attr, 0);
     posix_spawnattr_setsigdefault(&setup.attr, &all);
     posix_spawnattr_setsigmask(&setup.attr, &none);
@@ -265,8 +265,8 @@ class ExecProcessor final : public Processor {
     argv.push_back(nullptr);
 
     pid_t pid = -1;
-    const int rc = ::posix_spawnp(&pid, argv[0], &setup.actions, &setup.attr, argv.data(),
-                                  envp.data());
+    const int rc =
+        ::posix_spawnp(&pid, argv[0], &setup.actions, &setup.attr, argv.data(), envp.data());
     if (rc != 0) {
       // The program or the directory does not exist or is not allowed: the same payload would
       // fail every attempt.
@@ -337,7 +337,8 @@ class ExecProcessor final : public Processor {
             in.close_write();  // the command closed its stdin
             continue;
           }
-          const ssize_t w = ::write(in.write, data.data() + stdin_written, data.size() - stdin_written);
+          const ssize_t w =
+              ::write(in.write, data.data() + stdin_written, data.size() - stdin_written);
           if (w > 0) stdin_written += static_cast<size_t>(w);
           if ((w < 0 && errno != EAGAIN && errno != EINTR) || stdin_written == data.size())
             in.close_write();
@@ -407,8 +408,10 @@ class ExecProcessor final : public Processor {
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (!ok && o.check) {
       std::string detail = "exit: " + ended + "\n";
-      if (!stderr_stream.tail().empty()) detail += "--- stderr (last lines) ---\n" + stderr_stream.tail();
-      if (!stdout_stream.tail().empty()) detail += "--- stdout (last lines) ---\n" + stdout_stream.tail();
+      if (!stderr_stream.tail().empty())
+        detail += "--- stderr (last lines) ---\n" + stderr_stream.tail();
+      if (!stdout_stream.tail().empty())
+        detail += "--- stdout (last lines) ---\n" + stdout_stream.tail();
       throw ProcessorFailure("exec: " + payload::dump(json(o.argv[0])) + " " + ended, detail);
     }
     return payload::dump(result);
@@ -425,6 +428,8 @@ class ExecProcessor final : public Processor {
 
 }  // namespace
 
-std::shared_ptr<Processor> make_exec_processor() { return std::make_shared<ExecProcessor>(); }
+std::shared_ptr<Processor> make_exec_processor() {
+  return std::make_shared<ExecProcessor>();
+}
 
 }  // namespace jobforge

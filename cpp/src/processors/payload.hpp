@@ -25,14 +25,14 @@ class Reader {
       : processor_(std::move(processor)) {
     doc_ = json::parse(payload_json, nullptr, false);
     if (doc_.is_null()) doc_ = json::object();  // enqueue(type) without a payload
-    if (!doc_.is_object())
-      fail("payload", "must be a JSON object", doc_);
+    if (!doc_.is_object()) fail("payload", "must be a JSON object", doc_);
   }
 
   const json& doc() const { return doc_; }
   bool has(const char* field) const { return doc_.contains(field) && !doc_[field].is_null(); }
 
-  [[noreturn]] void fail(const std::string& field, const std::string& rule, const json& value) const {
+  [[noreturn]] void fail(const std::string& field, const std::string& rule,
+                         const json& value) const {
     const std::string shown = value.dump(-1, ' ', false, json::error_handler_t::replace);
     const std::string text = processor_ + ": payload field '" + field + "' " + rule + ", got " +
                              (shown.size() > 200 ? shown.substr(0, 200) + "..." : shown);
@@ -82,7 +82,8 @@ class Reader {
     if (!has(field)) return std::nullopt;
     const json& v = doc_[field];
     if (!v.is_string()) fail(field, "must be a string", v);
-    if (!allow_empty && v.get_ref<const std::string&>().empty()) fail(field, "must not be empty", v);
+    if (!allow_empty && v.get_ref<const std::string&>().empty())
+      fail(field, "must not be empty", v);
     return v.get<std::string>();
   }
 

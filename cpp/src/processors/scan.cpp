@@ -44,8 +44,10 @@ ScanOptions parse_scan(const std::string& payload_json) {
   for (std::string ext : r.strings("extensions", /*single_ok=*/true, /*allow_empty_list=*/true)) {
     if (ext.front() == '.') ext.erase(0, 1);
     if (ext.empty() || ext.find('/') != std::string::npos)
-      r.fail("extensions", "must hold extensions such as \"jpg\" or \".tar.gz\"", r.doc()["extensions"]);
-    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+      r.fail("extensions", "must hold extensions such as \"jpg\" or \".tar.gz\"",
+             r.doc()["extensions"]);
+    std::transform(ext.begin(), ext.end(), ext.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
     o.extensions.push_back("." + ext);
   }
   const std::string symlinks = r.choice("symlinks", "skip", {"skip", "files", "follow"});
@@ -110,12 +112,9 @@ class Walker {
     r["bytes"] = bytes_;
     r["directories"] = dirs_;
     r["files_seen"] = files_seen_;
-    r["skipped"] = {{"hidden", skipped_hidden_},
-                    {"symlinks", skipped_symlinks_},
-                    {"extension", skipped_extension_},
-                    {"other", skipped_other_},
-                    {"broken_symlinks", broken_symlinks_},
-                    {"loops", loops_}};
+    r["skipped"] = {{"hidden", skipped_hidden_},           {"symlinks", skipped_symlinks_},
+                    {"extension", skipped_extension_},     {"other", skipped_other_},
+                    {"broken_symlinks", broken_symlinks_}, {"loops", loops_}};
     r["errors"] = errors_;
     r["error_samples"] = error_samples_;
     return r;
@@ -238,7 +237,8 @@ class Walker {
   void entry_error(const std::string& path, const char* what, int err) {
     ++errors_;
     const std::string reason = std::string(what) + ": " + std::strerror(err);
-    ctx_.log(LogLevel::warning, "scan: cannot " + std::string(what) + " (" + std::strerror(err) + ")",
+    ctx_.log(LogLevel::warning,
+             "scan: cannot " + std::string(what) + " (" + std::strerror(err) + ")",
              payload::dump({{"path", path}, {"errno", err}}));
     ctx_.count(err == EACCES || err == EPERM ? "permission_errors" : "errors");
     if (static_cast<int64_t>(error_samples_.size()) < o_.max_errors_listed)
@@ -246,8 +246,9 @@ class Walker {
   }
 
   void report() {
-    ctx_.progress(static_cast<double>(files_seen_), 0,
-                  std::to_string(dirs_) + " directories, " + std::to_string(files_seen_) + " files");
+    ctx_.progress(
+        static_cast<double>(files_seen_), 0,
+        std::to_string(dirs_) + " directories, " + std::to_string(files_seen_) + " files");
   }
 
   Context& ctx_;
@@ -277,6 +278,8 @@ class ScanProcessor final : public Processor {
 
 }  // namespace
 
-std::shared_ptr<Processor> make_scan_processor() { return std::make_shared<ScanProcessor>(); }
+std::shared_ptr<Processor> make_scan_processor() {
+  return std::make_shared<ScanProcessor>();
+}
 
 }  // namespace jobforge

@@ -241,7 +241,8 @@ class ChecksumProcessor final : public Processor {
       } else if (!S_ISREG(st.st_mode)) {
         error = "not a regular file";
       } else {
-        ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        // Wider readahead for files of several reads; a small file is one read anyway.
+        if (st.st_size > o.buffer_size) ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
         for (auto& h : hashers) h->reset();
         for (;;) {
           const ssize_t n = ::read(file.fd, buffer.get(), static_cast<size_t>(o.buffer_size));

@@ -297,6 +297,7 @@ class ExecProcessor final : public Processor {
     if (in.write >= 0) ::fcntl(in.write, F_SETFL, O_NONBLOCK);
 
     int status = 0;
+    bool status_known = true;
     bool reaped = false;
     StopReason stopped = StopReason::none;
     Clock::time_point kill_at = Clock::time_point::max();
@@ -356,14 +357,21 @@ class ExecProcessor final : public Processor {
         // Seen exited but not reaped yet: the zombie leader keeps the group id reserved while
         // the rest of its group is killed, so the signal cannot reach a stranger's group.
         siginfo_t info{};
-        if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-            info.si_pid == pid) {
+        const int waited =
+            ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
+        // ECHILD: someone else reaped it (SIGCHLD set to SIG_IGN in the host process).
+        const bool lost = waited != 0 && errno == ECHILD;
+        if (lost || (waited == 0 && info.si_pid == pid)) {
           {
             std::lock_guard lock(groups_mutex_);
             groups_.erase(&ctx);
           }
-          ::kill(-pid, SIGKILL);  // whatever the leader left behind in its group
-          ::waitpid(pid, &status, 0);
+          if (lost) {
+            status_known = false;
+          } else {
+            ::kill(-pid, SIGKILL);  // whatever the leader left behind in its group
+            ::waitpid(pid, &status, 0);
+          }
           reaped = true;
           drain_until = Clock::now() + std::chrono::seconds(1);
         } else if (n == 0) {
@@ -393,6 +401,12 @@ class ExecProcessor final : public Processor {
                    {"stdout_bytes", stdout_stream.bytes()},
                    {"stderr_bytes", stderr_stream.bytes()}};
     std::string ended;
+    if (!status_known) {
+      if (stopped != StopReason::none) ctx.check_cancelled();
+      throw ProcessorFailure("exec: the exit status of " + payload::dump(json(o.argv[0])) +
+                                 " was taken by another waiter (is SIGCHLD ignored?)",
+                             "");
+    }
     if (WIFEXITED(status)) {
       result["exit_code"] = WEXITSTATUS(status);
       result["signal"] = nullptr;

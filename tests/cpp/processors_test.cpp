@@ -570,6 +570,21 @@ TEST_F(ExecTest, MissingProgramOrDirectoryIsAPermanentFailure) {
       "cwd");
 }
 
+TEST_F(ExecTest, IgnoredSigchldEndsTheJobInsteadOfHanging) {
+  // With SIGCHLD ignored the kernel reaps children itself: no exit status to wait for.
+  struct sigaction ignore {
+  }, previous{};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(::sigaction(SIGCHLD, &ignore, &previous), 0);
+  try {
+    exec({{"argv", {"true"}}});
+    ADD_FAILURE() << "no failure";
+  } catch (const ProcessorFailure& e) {
+    EXPECT_NE(std::string(e.what()).find("SIGCHLD"), std::string::npos) << e.what();
+  }
+  ::sigaction(SIGCHLD, &previous, nullptr);
+}
+
 TEST_F(ExecTest, BadPayloadNamesTheField) {
   expect_validation_error([&] { processor->validate(R"({"argv": "ls -l"})"); }, "argv");
   expect_validation_error([&] { processor->validate(R"({"argv": []})"); }, "argv");

@@ -1185,7 +1185,7 @@ class Runner:
             trials=[o["ns_per_call"] for o in outs],
         )
         floods = []
-        for k in range(self.runs):
+        for _k in range(self.runs):
             p = self.fresh("w7f")
             floods.append(self.child("progress_flood", path=str(p), n=max(1000, n // 10), jobs=8))
             self.drop(p)
@@ -1204,7 +1204,7 @@ class Runner:
         )
         binary = self.build_progress_native()
         native = []
-        for k in range(self.runs):
+        for _k in range(self.runs):
             p = self.fresh("w7n")
             r = subprocess.run([str(binary), str(p), str(n)], capture_output=True, text=True,
                                timeout=600)  # fmt: skip

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -136,23 +137,41 @@ class PythonProcessor final : public Processor {
   std::unordered_map<Context*, unsigned long> running_;  // run in progress → its thread
 };
 
+// Sets a Python exception of class `cls` with `text`, which may hold bytes that are not UTF-8
+// (an SQLite message quoting a damaged file): they are replaced, never a UnicodeDecodeError.
+void set_error(PyObject* cls, const char* text) {
+  PyObject* message = PyUnicode_DecodeUTF8(text, static_cast<Py_ssize_t>(std::strlen(text)), "replace");
+  if (!message) {
+    PyErr_Clear();
+    PyErr_SetString(cls, "(message not decodable)");
+    return;
+  }
+  PyErr_SetObject(cls, message);
+  Py_DECREF(message);
+}
+
 void translate_errors(std::exception_ptr p) {
   try {
     if (p) std::rethrow_exception(p);
   } catch (const UnknownJobType& e) {
-    PyErr_SetString(error_class("UnknownJobType").ptr(), e.what());
+    set_error(error_class("UnknownJobType").ptr(), e.what());
   } catch (const ValidationError& e) {
-    PyErr_SetString(PyExc_ValueError, e.what());
+    // jobforge.ValidationError is also a ValueError; it carries the field's name.
+    py::object cls = error_class("ValidationError");
+    py::object exc = cls(py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(
+                             e.what(), static_cast<Py_ssize_t>(std::strlen(e.what())), "replace")),
+                         e.field());
+    PyErr_SetObject(cls.ptr(), exc.ptr());
   } catch (const StoreError& e) {
-    PyErr_SetString(error_class("StoreError").ptr(), e.what());
+    set_error(error_class("StoreError").ptr(), e.what());
   } catch (const JobCancelled& e) {
-    PyErr_SetString(error_class("JobCancelled").ptr(), e.what());
+    set_error(error_class("JobCancelled").ptr(), e.what());
   } catch (const SingletonTaken& e) {
-    PyErr_SetString(error_class("SingletonError").ptr(), e.what());
+    set_error(error_class("SingletonError").ptr(), e.what());
   } catch (const InvalidTransition& e) {
-    PyErr_SetString(error_class("InvalidTransition").ptr(), e.what());
+    set_error(error_class("InvalidTransition").ptr(), e.what());
   } catch (const Error& e) {
-    PyErr_SetString(error_class("JobforgeError").ptr(), e.what());
+    set_error(error_class("JobforgeError").ptr(), e.what());
   }
 }
 

@@ -29,6 +29,7 @@ from .errors import (
     SingletonError,
     StoreError,
     UnknownJobType,
+    ValidationError,
 )
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, STATUSES, Event, Job
 
@@ -40,6 +41,7 @@ __all__ = [
     "Subscription",
     "JobforgeError",
     "StoreError",
+    "ValidationError",
     "UnknownJobType",
     "JobCancelled",
     "InvalidTransition",

@@ -7,7 +7,10 @@ import math
 from typing import Any
 
 _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+# For text holding lone surrogates (valid in a Python str, not in UTF-8): \udXXX escapes.
+_ascii_encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=True)
 loads = json.loads
+_MAX_DEPTH = 500  # the engine refuses deeper JSON: what every reader can decode back
 
 
 def dumps(value: Any, field: str = "payload") -> str:
@@ -15,9 +18,14 @@ def dumps(value: Any, field: str = "payload") -> str:
     hold) or ``ValueError`` (NaN, infinity, a cycle) naming the offending key path, e.g.
     ``payload["images"][2]``."""
     try:
-        return _encoder.encode(value)
-    except (TypeError, ValueError, RecursionError) as exc:
-        path, culprit, problem = _find_culprit(value, field, set())
+        text = _encoder.encode(value)
+    except RecursionError:
+        raise ValueError(f"{field} is nested more than {_MAX_DEPTH} levels deep") from None
+    except (TypeError, ValueError) as exc:
+        try:
+            path, culprit, problem = _find_culprit(value, field, set())
+        except RecursionError:
+            raise ValueError(f"{field} is nested more than {_MAX_DEPTH} levels deep") from None
         if problem is None:
             raise ValueError(f"{field} is not JSON-serialisable: {exc}") from None
         if problem == "type":
@@ -25,10 +33,18 @@ def dumps(value: Any, field: str = "payload") -> str:
                 f"{path} is not JSON-serialisable: {type(culprit).__name__} {_short(culprit)}"
             ) from None
         raise ValueError(f"{path} is not JSON-serialisable: {problem}") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = _ascii_encoder.encode(value)  # lone surrogates travel as \udXXX escapes
+    return text
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__} object>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

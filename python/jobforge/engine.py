@@ -570,6 +570,13 @@ class Engine:
 
         return health(self, integrity=integrity, max_wait=max_wait)
 
+    def check_integrity(self, *, quick: bool = False) -> dict[str, Any]:
+        """SQLite's integrity check of the file (``quick``: the faster quick_check):
+        ``{"ok": bool, "problems": [...], ...}``. See ``jobforge.db`` for repair."""
+        from .db import check
+
+        return check(self.path, quick=quick)
+
     def metrics_text(self) -> str:
         """The figures of ``stats()`` and ``health()`` in the Prometheus text format."""
         from .observe import metrics_text

@@ -12,7 +12,15 @@ class StoreError(JobforgeError):
     """The store failed: the file is missing or not a database, the disk is full, it is locked."""
 
 
-class UnknownJobType(JobforgeError, ValueError):
+class ValidationError(JobforgeError, ValueError):
+    """Bad input refused before anything was written; ``field`` names what was wrong."""
+
+    def __init__(self, message: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownJobType(ValidationError):
     """A job type has no registered processor."""
 
 
@@ -29,7 +37,10 @@ class InvalidTransition(JobforgeError):
     """A status change the lifecycle does not allow."""
 
 
-__all__ = ["JobforgeError", "StoreError", "UnknownJobType", "JobCancelled", "InvalidTransition"]
+__all__ = [
+    "JobforgeError", "StoreError", "ValidationError", "UnknownJobType", "JobCancelled",
+    "InvalidTransition",
+]  # fmt: skip
 
 
 class Retry(JobforgeError):

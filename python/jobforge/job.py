@@ -17,6 +17,16 @@ STATUSES = ("created", "queued", "running", "completed", "failed", "cancelled", 
 _UNSET: Any = object()
 
 
+def _decode_stored(raw: str, job_id: str, what: str) -> Any:
+    """JSON read back from the store; text damaged on disk is a StoreError naming the job."""
+    try:
+        return _json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        from .errors import StoreError
+
+        raise StoreError(f"job {job_id}: the stored {what} is not readable JSON ({exc})") from None
+
+
 def _ms_or_none(value: int) -> Optional[int]:
     return value or None
 
@@ -54,7 +64,7 @@ class Job:
     @property
     def payload(self) -> Any:
         if self._payload is _UNSET:
-            self._payload = _json.loads(self._rec.payload_json)
+            self._payload = _decode_stored(self._rec.payload_json, self._rec.id, "payload")
         return self._payload
 
     @property
@@ -142,7 +152,7 @@ class Job:
     def result(self) -> Any:
         if self._result is _UNSET:
             raw = self._rec.result_json
-            self._result = None if raw is None else _json.loads(raw)
+            self._result = None if raw is None else _decode_stored(raw, self._rec.id, "result")
         return self._result
 
     @property

@@ -10,6 +10,7 @@ import asyncio
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -151,6 +152,15 @@ class EventStream:
             pass
 
 
+def _weak_call(ref: weakref.WeakMethod):
+    def call() -> None:
+        method = ref()
+        if method is not None:
+            method()
+
+    return call
+
+
 class AsyncEventStream:
     """``async for event in engine.aevents(): ...`` — the same stream for asyncio. Events are
     handed to the loop with ``call_soon_threadsafe``; nothing blocks the loop, so it works in a
@@ -170,7 +180,9 @@ class AsyncEventStream:
             raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._ready: Optional[asyncio.Event] = None
-        self._queue = _EventQueue(maxsize, on_put=self._wake)
+        # Weakly: the subscription holds the queue, and a stream dropped without close() must
+        # still be collected (and unsubscribe in __del__).
+        self._queue = _EventQueue(maxsize, on_put=_weak_call(weakref.WeakMethod(self._wake)))
         self._timeout = timeout
         self._closed = False
         self._sub: Subscription = engine.on(event, self._queue.put, job_id=job_id,
@@ -210,6 +222,12 @@ class AsyncEventStream:
 
     async def aclose(self) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     async def __aenter__(self) -> AsyncEventStream:
         return self

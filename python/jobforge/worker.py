@@ -321,6 +321,9 @@ class ChildExit:
     ran: float  # seconds it lived
     requested: bool  # it was asked to stop (by the supervisor, or by a signal someone sent it)
     restarted: bool  # the supervisor started another in its place
+    # It had reported ready. One stopped before (SIGTERM during its start-up, before its handlers
+    # exist) dies of the signal's default action: harmless, it had claimed nothing.
+    ready: bool = True
 
     @property
     def reason(self) -> str:
@@ -512,7 +515,8 @@ class _Pool:
         self.report(
             "exit",
             dict(slot=slot.index, pid=slot.pid, returncode=code, ran=ran,
-                 requested=stopping or slot.stopping, restarted=restart, delay=delay),
+                 requested=stopping or slot.stopping, restarted=restart, delay=delay,
+                 ready=slot.ready),
         )  # fmt: skip
         slot.pid, slot.popen, slot.ready = None, None, False
 
@@ -731,7 +735,12 @@ class Supervisor:
                 child.update(ready=True, worker_id=f["worker_id"] or None)
             elif kind == "exit":
                 exit_info = ChildExit(
-                    f["pid"], f["returncode"], f["ran"], f["requested"], f["restarted"]
+                    f["pid"],
+                    f["returncode"],
+                    f["ran"],
+                    f["requested"],
+                    f["restarted"],
+                    f.get("ready", True),
                 )
                 self.exits.append(exit_info)
                 child.update(pid=None, ready=False)

@@ -180,7 +180,14 @@ def test_four_worker_processes_drain_5000_jobs_while_one_is_sigkilled_every_300_
     exits = supervisor.exits
     killed = sum(1 for e in exits if e.returncode == -signal.SIGKILL)
     assert killed >= kills * 0.9  # a few SIGKILLs hit a process that was exiting anyway
-    assert all(e.returncode in (0, -signal.SIGKILL) for e in exits), exits
+    # Besides our SIGKILLs and clean exits: a replacement still starting up when the final stop
+    # came dies of SIGTERM's default action before its handlers exist (it claimed nothing).
+    unexpected = [
+        e for e in exits
+        if e.returncode not in (0, -signal.SIGKILL)
+        and not (e.requested and not e.ready and e.returncode == -signal.SIGTERM)
+    ]  # fmt: skip
+    assert not unexpected, unexpected
     max_attempts = max(job.attempts for job in final.values())
     print(
         f"\nchaos ({mode}): {JOBS} jobs, {PROCESSES} worker processes, {kills} SIGKILLs, "

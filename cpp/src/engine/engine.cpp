@@ -53,6 +53,61 @@ std::string seconds_text(int64_t ms) {
   return out.str();
 }
 
+// The first `n` bytes of `text`, never cutting a UTF-8 sequence in two.
+std::string utf8_prefix(const std::string& text, size_t n) {
+  if (text.size() <= n) return text;
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  return text.substr(0, n) + "...";
+}
+
+// JSON accepted in payloads: valid, and nested at most kMaxJsonDepth deep (what every reader,
+// Python's json included, can decode back). A SAX pass: no document is built.
+constexpr int kMaxJsonDepth = 500;
+
+struct JsonChecker : nlohmann::json::json_sax_t {
+  int depth = 0;
+  bool too_deep = false;
+  std::string error;
+  bool push() {
+    if (++depth > kMaxJsonDepth) too_deep = true;
+    return !too_deep;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return push(); }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return --depth, true; }
+  bool start_array(std::size_t) override { return push(); }
+  bool end_array() override { return --depth, true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::json::exception& e) override {
+    error = e.what();
+    return false;
+  }
+};
+
+void check_json(const char* field, const std::string& text) {
+  JsonChecker checker;
+  if (nlohmann::json::sax_parse(text, &checker)) return;
+  const std::string name(field);
+  if (checker.too_deep)
+    throw ValidationError(name, name + " is nested more than " + std::to_string(kMaxJsonDepth) +
+                                    " levels deep");
+  if (checker.error.find("number overflow") != std::string::npos)
+    throw ValidationError(name, name + " holds a number beyond the range of a double (about "
+                                       "1.8e308), which JSON readers cannot carry: " +
+                                       utf8_prefix(checker.error, 200));
+  const auto detail = checker.error.find("] ");
+  throw ValidationError(name, name + " is not valid JSON (" +
+                                  (detail == std::string::npos ? checker.error
+                                                               : checker.error.substr(detail + 2)) +
+                                  "): '" + utf8_prefix(text, 80) + "'");
+}
+
 std::string host_name() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0) return "localhost";
@@ -124,7 +179,7 @@ class RunningJob final : public Context {
   bool progress_due_ = false;            // moved enough to be written at the next flush
   bool progress_event_pending_ = false;  // an update not yet published (rate limit)
   int persisted_percent_ = 0;
-  Clock::time_point last_persist_{};
+  Clock::time_point dirty_since_{};  // the oldest unwritten change
   Clock::time_point last_progress_event_{};
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
@@ -231,9 +286,7 @@ struct Engine::Impl {
       throw ValidationError("payload", "payload is " + std::to_string(spec.payload_json.size()) +
                                            " bytes, more than the limit of " +
                                            std::to_string(config.max_payload_bytes));
-    if (!nlohmann::json::accept(spec.payload_json))
-      throw ValidationError("payload", "payload is not valid JSON: '" +
-                                           spec.payload_json.substr(0, 80) + "'");
+    check_json("payload", spec.payload_json);
     if (reg) reg->processor->validate(spec.payload_json);  // the processor's own field rules
     j.payload_json = spec.payload_json;
     j.created_at = now;
@@ -1141,10 +1194,9 @@ struct Engine::Impl {
       if (rj->finished) continue;
       std::lock_guard lock(rj->progress_mutex_);
       if (!rj->progress_dirty_) continue;
-      if (!all && !rj->progress_due_ && now - rj->last_persist_ < period) continue;
+      if (!all && !rj->progress_due_ && now - rj->dirty_since_ < period) continue;
       rj->progress_dirty_ = false;
       rj->progress_due_ = false;
-      rj->last_persist_ = now;
       rj->persisted_percent_ = rj->progress_.percent;
       const auto& p = rj->progress_;
       updates.push_back(ProgressUpdate{rj->job.rowid, p.percent, p.current, p.total, p.message,
@@ -1349,6 +1401,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
       p.rate = 0;
       p.eta_ms = -1;
     }
+    if (!progress_dirty_) dirty_since_ = now;
     progress_dirty_ = true;
     if (std::abs(p.percent - persisted_percent_) >= cfg.progress_persist_percent)
       progress_due_ = true;
@@ -1455,7 +1508,7 @@ std::vector<LogRecord> Engine::logs(const LogQuery& query) {
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
   if (!impl_->store->get(query.job_id))
-    throw ValidationError("job_id", "no job with id '" + query.job_id + "'");
+    throw ValidationError("job_id", "job_id '" + query.job_id + "' does not name a job");
   return impl_->store->logs(query);
 }
 

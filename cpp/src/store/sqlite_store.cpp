@@ -651,6 +651,17 @@ class SqliteStore final : public Store {
     d.window_ms = window_ms;
     d.rate_window_ms = rate_window_ms;
     auto reader = readers_.acquire(*this);
+    // One read transaction: every figure from the same commit (queued and due agree).
+    struct ReadTxn {
+      Database& db;
+      explicit ReadTxn(Database& d) : db(d) { db.exec("BEGIN"); }
+      ~ReadTxn() {
+        try {
+          db.exec("COMMIT");
+        } catch (...) {
+        }
+      }
+    } txn(reader->db);
     std::map<std::string, TypeStats> types;
     auto type_entry = [&](const std::string& name) -> TypeStats& {
       TypeStats& t = types[name];
@@ -880,6 +891,10 @@ class SqliteStore final : public Store {
 
   void migrate() {
     const int64_t version = writer_db_.query_int("PRAGMA user_version");
+    if (version < 0)
+      throw StoreError(SQLITE_CORRUPT, "database '" + path_ + "' has schema version " +
+                                           std::to_string(version) +
+                                           ", which no jobforge writes (a damaged header?)");
     if (version > sql::kSchemaVersion)
       throw StoreError(SQLITE_ERROR, "database '" + path_ + "' has schema version " +
                                          std::to_string(version) + ", newer than this jobforge (" +

@@ -12,6 +12,7 @@
 
 #include "jobforge/cron.hpp"
 #include "jobforge/engine.hpp"
+#include "jobforge/sdk.hpp"
 
 namespace py = pybind11;
 using namespace jobforge;
@@ -345,6 +346,9 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("expression"), py::arg("after_ms"), py::arg("timezone") = "UTC",
       "The first fire time (Unix ms) of a cron expression after after_ms (for tests and tools).");
+  m.attr("SDK_ABI_VERSION") = sdk::abi_version;
+  m.attr("SDK_CAPSULE_NAME") = sdk::capsule_name;
+  m.attr("SDK_STDLIB") = sdk::stdlib_abi_tag();
   py::register_exception_translator(&translate_errors);
   python_gate().set_interpreter(PyThreadState_Get()->interp);
 
@@ -543,6 +547,32 @@ PYBIND11_MODULE(_core, m) {
            py::arg("max_attempts") = py::none(), py::arg("retry_delay_ms") = py::none(),
            py::arg("backoff") = py::none(), py::arg("priority") = py::none(),
            py::arg("max_concurrent") = py::none(), py::arg("rate") = py::none())
+      .def("register_native",
+           [](Engine& e, const std::string& type, py::object capsule, std::optional<int64_t> timeout_ms,
+              std::optional<int> max_attempts, std::optional<int64_t> retry_delay_ms,
+              std::optional<std::string> backoff, std::optional<int> priority) {
+             // A processor built elsewhere against the SDK (jobforge/sdk.hpp): checked, not trusted.
+             if (!PyCapsule_CheckExact(capsule.ptr()))
+               throw py::type_error("processor must be a capsule named '" +
+                                    std::string(sdk::capsule_name) + "', got " +
+                                    std::string(py::str(py::type::of(capsule).attr("__name__"))));
+             const char* name = PyCapsule_GetName(capsule.ptr());
+             if (!name || std::string(name) != sdk::capsule_name)
+               throw ValidationError("processor", "capsule is named '" + std::string(name ? name : "") +
+                                                      "', this engine takes '" + sdk::capsule_name +
+                                                      "' (rebuild the module against this jobforge's SDK)");
+             auto* exported = static_cast<sdk::ProcessorExport*>(PyCapsule_GetPointer(capsule.ptr(), name));
+             if (const std::string why = sdk::check_export(exported); !why.empty())
+               throw ValidationError("processor", "cannot register '" + type + "': " + why);
+             if (backoff) Backoff::parse(*backoff);
+             ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, backoff, priority};
+             std::shared_ptr<Processor> p = exported->processor;
+             py::gil_scoped_release release;
+             e.register_processor(type, std::move(p), o);
+           },
+           py::arg("type"), py::arg("capsule"), py::arg("timeout_ms") = py::none(),
+           py::arg("max_attempts") = py::none(), py::arg("retry_delay_ms") = py::none(),
+           py::arg("backoff") = py::none(), py::arg("priority") = py::none())
       .def("has_processor", &Engine::has_processor)
       .def("processor_types", &Engine::processor_types)
       .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())

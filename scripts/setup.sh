@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # chromium: the dashboard's browser test drives Debian's headless Chromium with Playwright (never
 # Playwright's own browser download).
 packages=(g++ cmake ninja-build pkg-config libsqlite3-dev libpq-dev postgresql nlohmann-json3-dev
-          libgtest-dev libgmock-dev chromium)
+          libgtest-dev libgmock-dev libssl-dev libxxhash-dev chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -3,6 +3,9 @@
 from typing import Any, Callable, Optional
 
 __version__: str
+SDK_ABI_VERSION: int
+SDK_CAPSULE_NAME: str
+SDK_STDLIB: str
 
 def cron_next(expression: str, after_ms: int, timezone: str = "UTC") -> int: ...
 
@@ -204,6 +207,16 @@ class Engine:
         priority: Optional[int] = None,
         max_concurrent: Optional[int] = None,
         rate: Optional[str] = None,
+    ) -> None: ...
+    def register_native(
+        self,
+        type: str,
+        capsule: object,
+        timeout_ms: Optional[int] = None,
+        max_attempts: Optional[int] = None,
+        retry_delay_ms: Optional[int] = None,
+        backoff: Optional[str] = None,
+        priority: Optional[int] = None,
     ) -> None: ...
     def has_processor(self, type: str) -> bool: ...
     def processor_types(self) -> list[str]: ...

@@ -126,6 +126,24 @@ def _workflow_config(queues, max_queue_size, misfire_grace, retention, cleanup_i
                 retention_ms=keep, cleanup_interval_ms=every)  # fmt: skip
 
 
+def _processor_options(timeout, max_attempts, retry_delay, backoff, priority) -> dict[str, Any]:
+    """A processor's default job options, checked, as the core's register_* calls take them."""
+    timeout_ms = _seconds_to_ms("timeout", timeout)
+    if timeout_ms is not None and timeout_ms <= 0:
+        raise ValueError(f"timeout must be greater than 0 seconds, got {timeout!r}")
+    max_attempts = _int_option("max_attempts", max_attempts)
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
+    retry_ms, backoff_text = _backoff(retry_delay, backoff)
+    if retry_ms is not None and retry_ms < 0:
+        raise ValueError(f"retry_delay must be 0 or more seconds, got {retry_delay!r}")
+    prio = _priority(priority)
+    if prio is not None and not 1 <= prio <= 10:
+        raise ValueError(f"priority must be between 1 and 10, got {prio}")
+    return dict(timeout_ms=timeout_ms, max_attempts=max_attempts, retry_delay_ms=retry_ms,
+                backoff=backoff_text, priority=prio)  # fmt: skip
+
+
 def _priority(value: Any) -> Optional[int]:
     if isinstance(value, str):
         if value not in PRIORITIES:
@@ -178,7 +196,8 @@ class Engine:
     {'ok': True}
 
     ``workers`` threads run jobs in this process. Processors may be registered before or after
-    ``start()``. The native processors ``noop`` and ``sleep`` are always registered.
+    ``start()``. The native processors ``noop``, ``sleep``, ``scan``, ``checksum`` and ``exec`` are
+    always registered (docs/native-processors.md); ``register_native`` adds C++ ones.
 
     ``path`` may be a PostgreSQL URL (``"postgresql://user@host/db"``): worker processes on every
     host then share one queue; ``pool_size`` bounds the connections this process uses for claims
@@ -296,6 +315,7 @@ class Engine:
         self._queue_limits: dict[str, tuple[int, int]] = {}
         self._workers = workers
         self._registrations: dict[str, tuple[Callable, dict[str, Any]]] = {}
+        self._native_registrations: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._supervisor: Optional[Supervisor] = None
         _live_engines.add(self)
 
@@ -345,31 +365,46 @@ class Engine:
             raise ValueError(f"job type must be a non-empty str, got {type!r}")
         if not callable(fn):
             raise TypeError(f"processor for '{type}' must be callable, got {fn!r}")
-        timeout_ms = _seconds_to_ms("timeout", timeout)
-        if timeout_ms is not None and timeout_ms <= 0:
-            raise ValueError(f"timeout must be greater than 0 seconds, got {timeout!r}")
-        max_attempts = _int_option("max_attempts", max_attempts)
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
-        retry_ms, backoff_text = _backoff(retry_delay, backoff)
-        if retry_ms is not None and retry_ms < 0:
-            raise ValueError(f"retry_delay must be 0 or more seconds, got {retry_delay!r}")
-        prio = _priority(priority)
-        if prio is not None and not 1 <= prio <= 10:
-            raise ValueError(f"priority must be between 1 and 10, got {prio}")
+        core_options = _processor_options(timeout, max_attempts, retry_delay, backoff, priority)
         max_concurrent = _int_option("max_concurrent", max_concurrent)
         if max_concurrent is not None and max_concurrent < 0:
             raise ValueError(f"max_concurrent must be 0 or more, got {max_concurrent!r}")
         self._core.register_python_processor(
-            type, make_adapter(fn), timeout_ms=timeout_ms, max_attempts=max_attempts,
-            retry_delay_ms=retry_ms, backoff=backoff_text, priority=prio,
-            max_concurrent=max_concurrent, rate=_workflows.check_rate(rate),
-        )  # fmt: skip
+            type, make_adapter(fn), **core_options, max_concurrent=max_concurrent,
+            rate=_workflows.check_rate(rate),
+        )
         self._processors[type] = fn
         self._registrations[type] = (
             fn,
             dict(timeout=timeout, max_attempts=max_attempts, retry_delay=retry_delay,
                  backoff=backoff, priority=priority, max_concurrent=max_concurrent, rate=rate),
+        )  # fmt: skip
+
+    def register_native(
+        self,
+        type: str,
+        processor: Any,
+        *,
+        timeout: Optional[float] = None,
+        max_attempts: Optional[int] = None,
+        retry_delay: Optional[float] = None,
+        backoff: Optional[BackoffSpec] = None,
+        priority: Union[int, str, None] = None,
+    ) -> None:
+        """Registers a C++ processor built against the jobforge SDK (``jobforge/sdk.hpp``) in a
+        module of its own: ``processor`` is the ``PyCapsule`` named "jobforge.processor.v1" that
+        the module returns (``jobforge::sdk::processor_capsule``). Its jobs run on the worker
+        threads without the GIL. The capsule's SDK version and C++ library ABI are checked first
+        (``ValueError`` naming the mismatch). Options as for ``processor``; see
+        docs/native-processors.md."""
+        if not isinstance(type, str) or not type:
+            raise ValueError(f"job type must be a non-empty str, got {type!r}")
+        core_options = _processor_options(timeout, max_attempts, retry_delay, backoff, priority)
+        self._core.register_native(type, processor, **core_options)
+        self._native_registrations[type] = (
+            processor,
+            dict(timeout=timeout, max_attempts=max_attempts, retry_delay=retry_delay,
+                 backoff=backoff, priority=priority),
         )  # fmt: skip
 
     @property

@@ -120,7 +120,9 @@ def replay_processors(source: Engine, target: Engine) -> list[str]:
         target.register(job_type, fn, **options)
     for name, (max_concurrent, max_size) in getattr(source, "_queue_limits", {}).items():
         target.queue(name, max_concurrent=max_concurrent, max_size=max_size)
-    return list(source._registrations)
+    for job_type, (capsule, options) in source._native_registrations.items():
+        target.register_native(job_type, capsule, **options)
+    return [*source._registrations, *source._native_registrations]
 
 
 def worker_engine(

@@ -91,6 +91,9 @@ class Processor {
  public:
   virtual ~Processor() = default;
   virtual std::string run(Context& ctx, const std::string& payload_json) = 0;
+  // Checks a payload when a job is enqueued, before anything is written: throws ValidationError
+  // naming the field and the value. The default accepts every payload.
+  virtual void validate(const std::string& payload_json) const { (void)payload_json; }
   // The gate run() needs, if any; the engine enters it before calling run().
   virtual ExecutionGate* gate() noexcept { return nullptr; }
   // Called once, from another thread, when a run() of `ctx` has not returned some time after its

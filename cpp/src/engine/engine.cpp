@@ -28,6 +28,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "jobforge/processors.hpp"
+
 #ifndef JOBFORGE_VERSION
 #define JOBFORGE_VERSION "0.0.0"
 #endif
@@ -305,6 +307,7 @@ struct Engine::Impl {
                                            " bytes, more than the limit of " +
                                            std::to_string(config.max_payload_bytes));
     check_json("payload", spec.payload_json);
+    if (reg) reg->processor->validate(spec.payload_json);  // the processor's own field rules
     j.payload_json = spec.payload_json;
     j.created_at = now;
     j.run_at = now + spec.delay_ms;
@@ -1827,6 +1830,9 @@ void RunningJob::count(std::string_view key, int64_t n) {
 Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {
   register_processor("noop", make_noop_processor());
   register_processor("sleep", make_sleep_processor());
+  register_processor("scan", make_scan_processor());
+  register_processor("checksum", make_checksum_processor());
+  register_processor("exec", make_exec_processor());
   if (impl_->config.retention_ms > 0) register_processor("cleanup", make_cleanup_processor(*this));
 }
 

@@ -1,0 +1,601 @@
+// The native processors scan, checksum and exec, run directly on real files, directories and
+// processes, with a Context that records what they report.
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "jobforge/processors.hpp"
+#include "test_support.hpp"
+
+namespace jobforge::testing {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+// What a processor reported, kept for the assertions. stop() plays the engine's cancel.
+class RecordingContext final : public Context {
+ public:
+  const std::string& job_id() const noexcept override { return id_; }
+  const std::string& job_type() const noexcept override { return type_; }
+  int attempt() const noexcept override { return 1; }
+  StopReason stop_reason() const noexcept override { return stop_.load(); }
+  void progress(double current, double total, std::string_view message) override {
+    std::lock_guard lock(mutex_);
+    last_current = current;
+    last_total = total;
+    if (!message.empty()) last_message = message;
+    ++progress_calls;
+  }
+  void progress(double current, double total, std::string_view message,
+                std::string_view stage_name) override {
+    {
+      std::lock_guard lock(mutex_);
+      if (stages.empty() || stages.back() != stage_name) stages.emplace_back(stage_name);
+    }
+    progress(current, total, message);
+  }
+  void stage(std::string_view name, double total) override {
+    std::lock_guard lock(mutex_);
+    stages.emplace_back(name);
+    last_current = 0;
+    last_total = total;
+  }
+  void increment(double n) override {
+    std::lock_guard lock(mutex_);
+    last_current += n;
+  }
+  void log(LogLevel level, std::string_view message, std::string_view fields_json) override {
+    std::lock_guard lock(mutex_);
+    logs.push_back({level, std::string(message), std::string(fields_json)});
+  }
+  void count(std::string_view key, int64_t n) override {
+    std::lock_guard lock(mutex_);
+    counts[std::string(key)] += n;
+  }
+  void stop(StopReason reason) { stop_ = reason; }
+
+  struct Line {
+    LogLevel level;
+    std::string message, fields;
+  };
+  std::vector<Line> log_lines() {
+    std::lock_guard lock(mutex_);
+    return logs;
+  }
+
+  std::mutex mutex_;
+  double last_current = 0, last_total = 0;
+  std::string last_message;
+  int64_t progress_calls = 0;
+  std::vector<std::string> stages;
+  std::vector<Line> logs;
+  std::map<std::string, int64_t> counts;
+
+ private:
+  std::string id_ = "test-job", type_ = "test";
+  std::atomic<StopReason> stop_{StopReason::none};
+};
+
+void write_file(const fs::path& p, const std::string& content) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << content;
+}
+
+json run_json(Processor& p, Context& ctx, const json& payload) {
+  return json::parse(p.run(ctx, payload.dump()));
+}
+
+std::vector<std::string> paths_of(const json& result) {
+  std::vector<std::string> out;
+  for (const auto& f : result["files"]) out.push_back(f["path"].get<std::string>());
+  return out;
+}
+
+// Expects a permanent failure whose message names `field`.
+template <typename Fn>
+void expect_payload_error(Fn&& fn, const std::string& field) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error for field " << field;
+  } catch (const ProcessorFailure& e) {
+    EXPECT_TRUE(e.permanent()) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'" + field + "'"), std::string::npos) << e.what();
+  }
+}
+
+template <typename Fn>
+void expect_validation_error(Fn&& fn, const std::string& field) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error for field " << field;
+  } catch (const ValidationError& e) {
+    EXPECT_EQ(e.field(), field) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'" + field + "'"), std::string::npos) << e.what();
+  }
+}
+
+// ---- scan ----------------------------------------------------------------------------------
+
+class ScanTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root = dir.path() / "tree";
+    write_file(root / "a.txt", "aaaa");
+    write_file(root / "B.JPG", "jpeg!");
+    write_file(root / "sub" / "c.jpg", "c");
+    write_file(root / "sub" / "deeper" / "d.tar.gz", "dddddd");
+    write_file(root / ".hidden", "h");
+    write_file(root / ".hiddendir" / "e.txt", "e");
+  }
+  json scan(json payload) {
+    payload["paths"] = root.string();
+    return run_json(*processor, ctx, payload);
+  }
+  TempDir dir;
+  fs::path root;
+  std::shared_ptr<Processor> processor = make_scan_processor();
+  RecordingContext ctx;
+};
+
+TEST_F(ScanTest, FindsFilesRecursivelyWithSizeAndMtime) {
+  const json r = scan(json::object());
+  const std::string t = root.string();
+  EXPECT_EQ(paths_of(r), (std::vector<std::string>{t + "/B.JPG", t + "/a.txt", t + "/sub/c.jpg",
+                                                   t + "/sub/deeper/d.tar.gz"}));
+  EXPECT_EQ(r["count"], 4);
+  EXPECT_EQ(r["bytes"], 4 + 5 + 1 + 6);
+  EXPECT_EQ(r["directories"], 3);
+  EXPECT_EQ(r["skipped"]["hidden"], 2);
+  EXPECT_EQ(r["errors"], 0);
+  struct stat st {};
+  ASSERT_EQ(::stat((root / "a.txt").c_str(), &st), 0);
+  const json& a = r["files"][1];
+  EXPECT_EQ(a["size"], 4);
+  EXPECT_NEAR(a["mtime"].get<double>(), st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9, 1e-6);
+  // Progress counts files seen, with no total; the counters hold the outcome.
+  EXPECT_EQ(ctx.last_current, 4);
+  EXPECT_EQ(ctx.last_total, 0);
+  EXPECT_EQ(ctx.last_message, "3 directories, 4 files");
+  EXPECT_EQ(ctx.counts["files"], 4);
+  EXPECT_EQ(ctx.counts["directories"], 3);
+}
+
+TEST_F(ScanTest, NonRecursiveStaysInTheRoot) {
+  const json r = scan({{"recursive", false}});
+  EXPECT_EQ(paths_of(r),
+            (std::vector<std::string>{root.string() + "/B.JPG", root.string() + "/a.txt"}));
+}
+
+TEST_F(ScanTest, ExtensionFilterIgnoresCaseAndLeadingDots) {
+  const json r = scan({{"extensions", {"jpg", ".tar.gz"}}});
+  const std::string t = root.string();
+  EXPECT_EQ(paths_of(r),
+            (std::vector<std::string>{t + "/B.JPG", t + "/sub/c.jpg", t + "/sub/deeper/d.tar.gz"}));
+  EXPECT_EQ(r["skipped"]["extension"], 1);
+  EXPECT_EQ(r["files_seen"], 4);
+}
+
+TEST_F(ScanTest, HiddenEntriesIncludedOnRequest) {
+  const json r = scan({{"hidden", "include"}, {"extensions", "txt"}});
+  const std::string t = root.string();
+  // A directory's files come first, then its subdirectories, each in name order.
+  EXPECT_EQ(paths_of(r), (std::vector<std::string>{t + "/a.txt", t + "/.hiddendir/e.txt"}));
+}
+
+TEST_F(ScanTest, SymlinkPolicies) {
+  const fs::path other = dir.path() / "other";
+  write_file(other / "linked.txt", "12345678");
+  fs::create_symlink(other / "linked.txt", root / "file-link.txt");
+  fs::create_directory_symlink(other, root / "dir-link");
+  fs::create_directory_symlink(root, root / "sub" / "loop");  // back to the root
+  fs::create_symlink(root / "missing", root / "broken.txt");
+  const std::string t = root.string();
+
+  json r = scan({{"extensions", "txt"}});  // skip (default)
+  EXPECT_EQ(paths_of(r), std::vector<std::string>{t + "/a.txt"});
+  EXPECT_EQ(r["skipped"]["symlinks"], 4);
+
+  r = scan({{"extensions", "txt"}, {"symlinks", "files"}});
+  EXPECT_EQ(paths_of(r), (std::vector<std::string>{t + "/a.txt", t + "/file-link.txt"}));
+  EXPECT_EQ(r["files"][1]["size"], 8);  // the target's size
+  EXPECT_EQ(r["skipped"]["broken_symlinks"], 1);
+
+  r = scan({{"extensions", "txt"}, {"symlinks", "follow"}});
+  EXPECT_EQ(paths_of(r), (std::vector<std::string>{t + "/a.txt", t + "/file-link.txt",
+                                                   t + "/dir-link/linked.txt"}));
+  EXPECT_EQ(r["skipped"]["loops"], 1);  // sub/loop leads back to the root: walked once
+}
+
+TEST_F(ScanTest, UnreadableDirectoryIsLoggedAndCountedNotFatal) {
+  write_file(root / "locked" / "secret.txt", "s");
+  ASSERT_EQ(::chmod((root / "locked").c_str(), 0), 0);
+  const json r = scan(json::object());
+  ::chmod((root / "locked").c_str(), 0755);
+  EXPECT_EQ(r["count"].get<int>() >= 4, true);
+  if (::geteuid() == 0) GTEST_SKIP() << "root reads a chmod 000 directory; see PathTooLong";
+  EXPECT_EQ(r["errors"], 1);
+  EXPECT_EQ(ctx.counts["permission_errors"], 1);
+  EXPECT_EQ(r["error_samples"][0]["path"], (root / "locked").string());
+  bool logged = false;
+  for (const auto& l : ctx.log_lines())
+    logged = logged || (l.level == LogLevel::warning &&
+                        l.fields.find((root / "locked").string()) != std::string::npos);
+  EXPECT_TRUE(logged);
+}
+
+// A fault even root meets: a directory whose path is longer than PATH_MAX cannot be opened.
+TEST_F(ScanTest, PathTooLongIsLoggedAndCountedNotFatal) {
+  const std::string part(200, 'x');
+  int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(fd, 0);
+  for (int depth = 0; depth < 25; ++depth) {  // 25 × 201 bytes > 4096
+    ASSERT_EQ(::mkdirat(fd, part.c_str(), 0755), 0);
+    const int next = ::openat(fd, part.c_str(), O_RDONLY | O_DIRECTORY);
+    ::close(fd);
+    ASSERT_GE(next, 0);
+    fd = next;
+  }
+  ::close(fd);
+  const json r = scan(json::object());
+  EXPECT_EQ(r["count"], 4);  // the rest of the tree is still reported
+  EXPECT_EQ(r["errors"], 1);
+  EXPECT_EQ(ctx.counts["errors"], 1);
+  EXPECT_NE(r["error_samples"][0]["error"].get<std::string>().find("too long"), std::string::npos);
+  // std::filesystem::remove_all works with full paths: take the chain down from the inside.
+  std::vector<int> fds{::open(root.c_str(), O_RDONLY | O_DIRECTORY)};
+  for (int depth = 0; depth < 24; ++depth)
+    fds.push_back(::openat(fds.back(), part.c_str(), O_RDONLY | O_DIRECTORY));
+  for (int depth = 24; depth >= 0; --depth) {
+    ::unlinkat(fds[depth], part.c_str(), AT_REMOVEDIR);
+    ::close(fds[depth]);
+  }
+}
+
+TEST_F(ScanTest, CancelledScanThrowsJobCancelled) {
+  ctx.stop(StopReason::cancelled);
+  EXPECT_THROW(scan(json::object()), JobCancelled);
+}
+
+TEST_F(ScanTest, BadPayloadNamesTheField) {
+  expect_validation_error([&] { processor->validate(R"({"paths": []})"); }, "paths");
+  expect_validation_error([&] { processor->validate(R"({})"); }, "paths");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "recursive": "yes"})"); },
+                          "recursive");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "symlinks": "always"})"); },
+                          "symlinks");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "hidden": true})"); },
+                          "hidden");
+  expect_validation_error([&] { processor->validate(R"({"paths": ["x", 3]})"); }, "paths[1]");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "colour": 1})"); }, "colour");
+  expect_validation_error([&] { processor->validate(R"([1])"); }, "payload");
+  expect_payload_error([&] { processor->run(ctx, R"({"paths": "x", "recursive": 1})"); },
+                       "recursive");
+  expect_payload_error(
+      [&] {
+        processor->run(ctx, json{{"paths", (root / "nope").string()}}.dump());
+      },
+      "paths[0]");
+}
+
+// ---- checksum ------------------------------------------------------------------------------
+
+std::string evp_hex(const char* name, const std::string& data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_MD* md = EVP_MD_fetch(nullptr, name, nullptr);
+  EVP_Digest(data.data(), data.size(), out, &len, md, nullptr);
+  EVP_MD_free(md);
+  static const char digits[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned i = 0; i < len; ++i) hex += {digits[out[i] >> 4], digits[out[i] & 15]};
+  return hex;
+}
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string pseudo_random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(gen());
+  return s;
+}
+
+class ChecksumTest : public ::testing::Test {
+ protected:
+  TempDir dir;
+  std::shared_ptr<Processor> processor = make_checksum_processor();
+  RecordingContext ctx;
+};
+
+TEST_F(ChecksumTest, DigestsMatchOneShotHashesAcrossBufferBoundaries) {
+  const std::vector<std::string> contents = {"", "abc", pseudo_random_bytes((1 << 20) + 123, 7),
+                                             pseudo_random_bytes(4096 * 3, 8)};
+  json paths = json::array();
+  for (size_t i = 0; i < contents.size(); ++i) {
+    write_file(dir.path() / ("f" + std::to_string(i)), contents[i]);
+    paths.push_back((dir.path() / ("f" + std::to_string(i))).string());
+  }
+  const json r = run_json(*processor, ctx,
+                          {{"paths", paths},
+                           {"algorithms", {"sha256", "xxh3", "xxh64", "xxh128", "md5"}},
+                           {"buffer_size", 4096}});
+  ASSERT_EQ(r["files"].size(), contents.size());
+  for (size_t i = 0; i < contents.size(); ++i) {
+    const json& f = r["files"][i];
+    const std::string& c = contents[i];
+    EXPECT_EQ(f["size"], c.size());
+    EXPECT_EQ(f["sha256"], evp_hex("SHA2-256", c)) << i;
+    EXPECT_EQ(f["md5"], evp_hex("MD5", c)) << i;
+    EXPECT_EQ(f["xxh3"], hex64(XXH3_64bits(c.data(), c.size()))) << i;
+    EXPECT_EQ(f["xxh64"], hex64(XXH64(c.data(), c.size(), 0))) << i;
+    const XXH128_hash_t wide = XXH3_128bits(c.data(), c.size());
+    EXPECT_EQ(f["xxh128"], hex64(wide.high64) + hex64(wide.low64)) << i;
+  }
+  // Known answers, independent of both libraries.
+  EXPECT_EQ(r["files"][1]["sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(r["files"][0]["xxh64"], "ef46db3751d8e999");
+  EXPECT_EQ(r["files"][0]["xxh3"], "2d06800538d394c2");
+  int64_t total = 0;
+  for (const auto& c : contents) total += static_cast<int64_t>(c.size());
+  EXPECT_EQ(r["bytes"], total);
+  EXPECT_EQ(r["hashed"], 4);
+  // Progress is in bytes, against the total measured first.
+  EXPECT_EQ(ctx.stages, (std::vector<std::string>{"sizing", "hashing"}));
+  EXPECT_EQ(ctx.last_current, total);
+  EXPECT_EQ(ctx.last_total, total);
+  EXPECT_GT(ctx.progress_calls, (1 << 20) / 4096);  // at least once per buffer
+  EXPECT_EQ(ctx.counts["bytes"], total);
+}
+
+TEST_F(ChecksumTest, DefaultIsSha256) {
+  write_file(dir.path() / "x", "abc");
+  const json r = run_json(*processor, ctx, {{"paths", (dir.path() / "x").string()}});
+  EXPECT_EQ(r["algorithms"], json{"sha256"});
+  EXPECT_EQ(r["files"][0].size(), 3u);  // path, size, sha256
+}
+
+TEST_F(ChecksumTest, UnreadableFilesAreRecordedOrFailTheJob) {
+  write_file(dir.path() / "ok", "abc");
+  const json paths = {(dir.path() / "missing").string(), dir.path().string(),
+                      (dir.path() / "ok").string()};
+  const json r = run_json(*processor, ctx, {{"paths", paths}});
+  EXPECT_EQ(r["errors"], 2);
+  EXPECT_EQ(r["hashed"], 1);
+  EXPECT_NE(r["files"][0]["error"].get<std::string>().find("No such file"), std::string::npos);
+  EXPECT_EQ(r["files"][1]["error"], "not a regular file");
+  EXPECT_TRUE(r["files"][2].contains("sha256"));
+  EXPECT_EQ(ctx.counts["errors"], 2);
+  try {
+    processor->run(ctx, json{{"paths", paths}, {"on_error", "fail"}}.dump());
+    ADD_FAILURE() << "on_error=fail did not fail";
+  } catch (const ProcessorFailure& e) {
+    EXPECT_FALSE(e.permanent());  // a file may appear: worth another attempt
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos);
+  }
+}
+
+TEST_F(ChecksumTest, CancelledBetweenBuffers) {
+  write_file(dir.path() / "big", pseudo_random_bytes(1 << 20, 3));
+  ctx.stop(StopReason::timeout);
+  EXPECT_THROW(processor->run(ctx, json{{"paths", (dir.path() / "big").string()}}.dump()),
+               JobCancelled);
+}
+
+TEST_F(ChecksumTest, BadPayloadNamesTheField) {
+  expect_validation_error(
+      [&] { processor->validate(R"({"paths": "x", "algorithms": ["sha256", "crc"]})"); },
+      "algorithms[1]");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "buffer_size": 12})"); },
+                          "buffer_size");
+  expect_validation_error([&] { processor->validate(R"({"paths": 5})"); }, "paths");
+  expect_validation_error([&] { processor->validate(R"({"paths": "x", "on_error": "skip"})"); },
+                          "on_error");
+  expect_payload_error([&] { processor->run(ctx, R"({"paths": "x", "algorithms": "sha3"})"); },
+                       "algorithms[0]");
+}
+
+// ---- exec ----------------------------------------------------------------------------------
+
+class ExecTest : public ::testing::Test {
+ protected:
+  json exec(const json& payload) { return run_json(*processor, ctx, payload); }
+  TempDir dir;
+  std::shared_ptr<Processor> processor = make_exec_processor();
+  RecordingContext ctx;
+};
+
+bool process_gone(pid_t pid) {
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  // Reparented and dead but not yet reaped by init: a zombie runs nothing.
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const auto close = line.rfind(')');
+  return close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'Z';
+}
+
+bool wait_until_gone(pid_t pid) {
+  const auto until = std::chrono::steady_clock::now() + kPatience;
+  while (!process_gone(pid)) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+TEST_F(ExecTest, RunsWithArgumentsCwdEnvAndStdin) {
+  const json r =
+      exec({{"argv", {"sh", "-c", "pwd; echo \"$GREETING $1\"; cat; echo oops >&2", "sh", "world"}},
+            {"cwd", dir.path().string()},
+            {"env", {{"GREETING", "hello"}}},
+            {"stdin", "line one\nline two"}});
+  EXPECT_EQ(r["exit_code"], 0);
+  EXPECT_EQ(r["signal"], nullptr);
+  EXPECT_EQ(r["stdout_tail"],
+            fs::canonical(dir.path()).string() + "\nhello world\nline one\nline two\n");
+  EXPECT_EQ(r["stderr_tail"], "oops\n");
+  EXPECT_EQ(r["stdout_lines"], 4);
+  std::vector<std::string> stdout_lines, stderr_lines;
+  for (const auto& l : ctx.log_lines()) {
+    if (l.fields.find("\"stdout\"") != std::string::npos) stdout_lines.push_back(l.message);
+    if (l.fields.find("\"stderr\"") != std::string::npos) {
+      EXPECT_EQ(l.level, LogLevel::warning);
+      stderr_lines.push_back(l.message);
+    }
+  }
+  EXPECT_EQ(stdout_lines, (std::vector<std::string>{fs::canonical(dir.path()).string(),
+                                                    "hello world", "line one", "line two"}));
+  EXPECT_EQ(stderr_lines, std::vector<std::string>{"oops"});
+}
+
+TEST_F(ExecTest, EnvironmentCanReplaceTheInheritedOne) {
+  ::setenv("JOBFORGE_EXEC_TEST_INHERITED", "yes", 1);
+  json r = exec({{"argv", {"/bin/sh", "-c", "echo \"[$JOBFORGE_EXEC_TEST_INHERITED][$ONLY]\""}}});
+  EXPECT_EQ(r["stdout_tail"], "[yes][]\n");
+  r = exec({{"argv", {"/bin/sh", "-c", "echo \"[$JOBFORGE_EXEC_TEST_INHERITED][$ONLY]\""}},
+            {"env", {{"ONLY", "1"}}},
+            {"inherit_env", false}});
+  EXPECT_EQ(r["stdout_tail"], "[][1]\n");
+}
+
+TEST_F(ExecTest, NonZeroExitFailsTheAttemptWithTheTail) {
+  try {
+    exec({{"argv", {"sh", "-c", "echo partial; echo 'bad thing' >&2; exit 3"}}});
+    ADD_FAILURE() << "exit 3 did not fail";
+  } catch (const ProcessorFailure& e) {
+    EXPECT_FALSE(e.permanent());
+    EXPECT_NE(std::string(e.what()).find("exited with code 3"), std::string::npos) << e.what();
+    EXPECT_NE(e.detail().find("bad thing"), std::string::npos) << e.detail();
+    EXPECT_NE(e.detail().find("partial"), std::string::npos) << e.detail();
+  }
+  const json r = exec({{"argv", {"sh", "-c", "exit 3"}}, {"check", false}});
+  EXPECT_EQ(r["exit_code"], 3);
+}
+
+TEST_F(ExecTest, KilledBySignalReportsIt) {
+  const json r = exec({{"argv", {"sh", "-c", "kill -USR1 $$"}}, {"check", false}});
+  EXPECT_EQ(r["exit_code"], -SIGUSR1);
+  EXPECT_EQ(r["signal"], "SIGUSR1");
+  EXPECT_THROW(exec({{"argv", {"sh", "-c", "kill -USR1 $$"}}}), ProcessorFailure);
+}
+
+TEST_F(ExecTest, CancelKillsTheWholeProcessGroup) {
+  pid_t background = 0;
+  std::thread canceller([&] {
+    // Waits for the background child's pid on stdout, then cancels.
+    for (;;) {
+      for (const auto& l : ctx.log_lines())
+        if (l.message.rfind("bg ", 0) == 0) background = std::stoi(l.message.substr(3));
+      if (background) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ctx.stop(StopReason::cancelled);
+  });
+  // The shell traps TERM, so only the SIGKILL after the grace period ends it.
+  EXPECT_THROW(exec({{"argv", {"sh", "-c", "trap '' TERM; sleep 60 & echo bg $!; wait"}},
+                     {"kill_grace", 0.2}}),
+               JobCancelled);
+  canceller.join();
+  ASSERT_GT(background, 0);
+  EXPECT_TRUE(wait_until_gone(background));
+  bool escalated = false;
+  for (const auto& l : ctx.log_lines())
+    escalated = escalated || l.message.find("SIGKILL") != std::string::npos;
+  EXPECT_TRUE(escalated);
+}
+
+TEST_F(ExecTest, InterruptHookKillsTheGroup) {
+  pid_t leader = 0;
+  std::thread interrupter([&] {
+    for (;;) {
+      for (const auto& l : ctx.log_lines())
+        if (l.message == "ready") leader = 1;
+      if (leader) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    processor->interrupt(ctx);  // as the engine does when a run outlives its grace
+  });
+  const json r = exec({{"argv", {"sh", "-c", "echo ready; sleep 60"}}, {"check", false}});
+  interrupter.join();
+  EXPECT_EQ(r["signal"], "SIGKILL");
+}
+
+TEST_F(ExecTest, LeftoverBackgroundChildDoesNotHoldTheJob) {
+  const json r = exec({{"argv", {"sh", "-c", "sleep 60 & echo $!"}}});
+  EXPECT_EQ(r["exit_code"], 0);
+  const pid_t background = std::stoi(r["stdout_tail"].get<std::string>());
+  EXPECT_TRUE(wait_until_gone(background));
+}
+
+TEST_F(ExecTest, LogLinesBeyondTheBudgetAreCountedAndTailsKept) {
+  const json r =
+      exec({{"argv", {"sh", "-c", "i=0; while [ $i -lt 50 ]; do echo line$i; i=$((i+1)); done"}},
+            {"max_log_lines", 10},
+            {"tail_lines", 3}});
+  EXPECT_EQ(r["stdout_lines"], 50);
+  EXPECT_EQ(r["stdout_tail"], "line47\nline48\nline49\n");
+  EXPECT_EQ(ctx.counts["log_lines_dropped"], 40);
+}
+
+TEST_F(ExecTest, OutputThatIsNotUtf8IsReplaced) {
+  const json r = exec({{"argv", {"printf", "ok \\377\\n"}}});
+  EXPECT_EQ(r["stdout_tail"], "ok \xEF\xBF\xBD\n");
+}
+
+TEST_F(ExecTest, MissingProgramOrDirectoryIsAPermanentFailure) {
+  expect_payload_error([&] { exec({{"argv", {"/no/such/program"}}}); }, "argv[0]");
+  expect_payload_error(
+      [&] {
+        exec({{"argv", {"true"}}, {"cwd", (dir.path() / "nope").string()}});
+      },
+      "cwd");
+}
+
+TEST_F(ExecTest, IgnoredSigchldEndsTheJobInsteadOfHanging) {
+  // With SIGCHLD ignored the kernel reaps children itself: no exit status to wait for.
+  struct sigaction ignore {
+  }, previous{};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(::sigaction(SIGCHLD, &ignore, &previous), 0);
+  try {
+    exec({{"argv", {"true"}}});
+    ADD_FAILURE() << "no failure";
+  } catch (const ProcessorFailure& e) {
+    EXPECT_NE(std::string(e.what()).find("SIGCHLD"), std::string::npos) << e.what();
+  }
+  ::sigaction(SIGCHLD, &previous, nullptr);
+}
+
+TEST_F(ExecTest, BadPayloadNamesTheField) {
+  expect_validation_error([&] { processor->validate(R"({"argv": "ls -l"})"); }, "argv");
+  expect_validation_error([&] { processor->validate(R"({"argv": []})"); }, "argv");
+  expect_validation_error([&] { processor->validate(R"({"argv": ["ls", 1]})"); }, "argv[1]");
+  expect_validation_error([&] { processor->validate(R"({"argv": ["ls"], "env": {"A": 1}})"); },
+                          "env.A");
+  expect_validation_error([&] { processor->validate(R"({"argv": ["ls"], "kill_grace": -1})"); },
+                          "kill_grace");
+  expect_validation_error([&] { processor->validate(R"({"argv": ["ls"], "stdin": 5})"); }, "stdin");
+  expect_payload_error([&] { processor->run(ctx, R"({"argv": ["ls"], "cwd": 7})"); }, "cwd");
+}
+
+}  // namespace
+}  // namespace jobforge::testing

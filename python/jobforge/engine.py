@@ -370,7 +370,10 @@ class Engine:
         if max_concurrent is not None and max_concurrent < 0:
             raise ValueError(f"max_concurrent must be 0 or more, got {max_concurrent!r}")
         self._core.register_python_processor(
-            type, make_adapter(fn), **core_options, max_concurrent=max_concurrent,
+            type,
+            make_adapter(fn),
+            **core_options,
+            max_concurrent=max_concurrent,
             rate=_workflows.check_rate(rate),
         )
         self._processors[type] = fn

@@ -87,7 +87,8 @@ def test_cancel_retry_and_cancel_all_with_the_token(served):
     status, data = request(url + f"/api/jobs/{queued.id}/cancel", "POST", token=TOKEN)
     assert status == 409 and "already cancelled" in data["error"]
     status, data = request(url + f"/api/jobs/{queued.id}/retry", "POST", token=TOKEN)
-    assert (status, data["status"], data["attempts"]) == (200, "queued", 0)
+    # Retried means due now: a free worker may already have picked it up.
+    assert status == 200 and (data["status"], data["attempts"]) in (("queued", 0), ("running", 1))
     status, data = request(url + f"/api/jobs/{queued.id}/retry", "POST", token=TOKEN)
     assert status == 409 and "only failed, cancelled or timeout" in data["error"]
     assert request(url + "/api/jobs/no-such-id/cancel", "POST", token=TOKEN)[0] == 404

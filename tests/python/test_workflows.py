@@ -354,8 +354,8 @@ LIMIT_WORKER = textwrap.dedent(
     engine = jobforge.Engine(db, workers=3, poll_interval=0.02)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
-    @engine.processor("scan", max_concurrent=1)
-    def scan(ctx, payload):
+    @engine.processor("exclusive", max_concurrent=1)
+    def exclusive(ctx, payload):
         os.write(fd, f"start {time.monotonic():.6f}\\n".encode())
         time.sleep(0.03)
         os.write(fd, f"end {time.monotonic():.6f}\\n".encode())
@@ -373,7 +373,7 @@ def test_max_concurrent_holds_across_two_processes(tmp_path):
     db = str(tmp_path / "limits.db")
     out = str(tmp_path / "events.txt")
     producer = jobforge.Engine(db, allow_unknown_types=True)
-    producer.enqueue_many("scan", [{"i": i} for i in range(16)])
+    producer.enqueue_many("exclusive", [{"i": i} for i in range(16)])
     procs = [
         subprocess.Popen([sys.executable, "-c", LIMIT_WORKER, db, out, "16"]) for _ in range(2)
     ]

@@ -15,9 +15,9 @@ import threading
 import time
 
 import pytest
+from conftest import read_row
 
 import jobforge
-from conftest import read_row
 from jobforge.errors import QueueFull, UnknownJobType
 
 # ---- batches ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "jobforge/engine.hpp"
+#include "jobforge/store.hpp"
 #include "test_support.hpp"
 
 namespace jobforge {
@@ -241,6 +242,44 @@ TEST_P(WorkflowTest, UniqueKeyReturnsTheQueuedJobAcrossEngines) {
   EXPECT_NE(after.id, first.id);
   EXPECT_EQ(after.unique_key, std::optional<std::string>("sync:user:42"));
   EXPECT_FALSE(a.get(first.id)->unique_key.has_value());
+}
+
+// Four stores (four processes or hosts) insert the same new key at the same moment, key after
+// key: every one gets the same job id and one row holds the key. On PostgreSQL the losers of the
+// race meet the unique index (unique_violation) and answer with the winner's job.
+TEST_P(WorkflowTest, UniqueKeyInsertedAtOnceByFourStoresMakesOneJob) {
+  { Engine create(config_for(dir)); }
+  constexpr int kStores = 4, kKeys = 25;
+  std::vector<std::unique_ptr<Store>> stores;
+  for (int i = 0; i < kStores; ++i) stores.push_back(open_store(dir.file("jobs.db")));
+  std::vector<std::vector<std::string>> got(kStores, std::vector<std::string>(kKeys));
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStores; ++i)
+    threads.emplace_back([&, i] {
+      for (int k = 0; k < kKeys; ++k) {
+        ++ready;
+        while (ready.load() < kStores * (k + 1)) std::this_thread::yield();  // a start line
+        NewJob j;
+        j.id = new_job_id();
+        j.type = "sync";
+        j.priority = 5;
+        j.payload_json = "{}";
+        j.max_attempts = 1;
+        j.timeout_ms = 60'000;
+        j.retry_delay_ms = 1'000;
+        j.backoff = "fixed";
+        j.created_at = j.run_at = now_ms();
+        j.user_initiated = true;
+        j.unique_key = "race:" + std::to_string(k);
+        got[i][k] = stores[i]->insert_jobs({j}, InsertLimits{}).at(0);
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int k = 0; k < kKeys; ++k)
+    for (int i = 1; i < kStores; ++i) EXPECT_EQ(got[i][k], got[0][k]) << "key " << k;
+  EXPECT_EQ(dir.db().integer("SELECT count(*) FROM jobs"), kKeys);
+  for (auto& st : stores) st->close();
 }
 
 TEST_P(WorkflowTest, UniqueKeyCanStayTakenForAPeriodAfterTheJobEnded) {

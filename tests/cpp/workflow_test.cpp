@@ -1,25 +1,48 @@
-// Workflows through the engine on real SQLite files: queues, limits, unique keys, dependencies,
-// batches, delayed jobs, schedules, retention and run_now. Two engines on one file stand for two
-// processes (each has its own store connections and worker row).
+// Workflows through the engine on both stores (a real SQLite file, a fresh PostgreSQL schema):
+// queues, limits, unique keys, dependencies, batches, delayed jobs, schedules, retention and
+// run_now. Two engines on one database stand for two processes or hosts (each has its own store
+// connections and worker row).
 #include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
 
 #include "jobforge/engine.hpp"
+#include "jobforge/store.hpp"
 #include "test_support.hpp"
 
 namespace jobforge {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::RawDb;
-using testing::TempDir;
+using testing::Backend;
+using testing::TestDb;
 
-EngineConfig config_for(const TempDir& dir, int workers = 2) {
+// Where a test's database lives (created on first use): file(name) is a SQLite path, or the
+// PostgreSQL schema's URL.
+class Location {
+ public:
+  explicit Location(std::function<Backend()> backend) : backend_(std::move(backend)) {}
+  TestDb& db() const {
+    if (!db_) db_ = std::make_unique<TestDb>(backend_());
+    return *db_;
+  }
+  std::string file(const std::string& name) const { return db().file(name); }
+  bool postgres() const { return db().postgres(); }
+
+ private:
+  std::function<Backend()> backend_;
+  mutable std::unique_ptr<TestDb> db_;
+};
+
+EngineConfig config_for(const Location& dir, int workers = 2) {
   EngineConfig c;
   c.path = dir.file("jobs.db");
   c.workers = workers;
@@ -88,14 +111,14 @@ Job wait_final(Engine& e, const std::string& id) {
   return j ? *j : Job{};
 }
 
-class WorkflowTest : public ::testing::Test {
+class WorkflowTest : public ::testing::TestWithParam<Backend> {
  protected:
-  TempDir dir;
+  Location dir{[this] { return GetParam(); }};
 };
 
 // ---- queues and limits ------------------------------------------------------------------------
 
-TEST_F(WorkflowTest, AWorkerServesOnlyItsQueues) {
+TEST_P(WorkflowTest, AWorkerServesOnlyItsQueues) {
   auto cfg = config_for(dir);
   cfg.queues = {"exports"};
   Engine engine(cfg);
@@ -112,7 +135,7 @@ TEST_F(WorkflowTest, AWorkerServesOnlyItsQueues) {
   engine.stop();
 }
 
-TEST_F(WorkflowTest, MaxConcurrentPerTypeHoldsAcrossTwoEnginesOnOneFile) {
+TEST_P(WorkflowTest, MaxConcurrentPerTypeHoldsAcrossTwoEnginesOnOneFile) {
   auto tracking = std::make_shared<Tracking>(30ms);
   ProcessorOptions limited;
   limited.max_concurrent = 1;
@@ -129,7 +152,7 @@ TEST_F(WorkflowTest, MaxConcurrentPerTypeHoldsAcrossTwoEnginesOnOneFile) {
   b.stop();
 }
 
-TEST_F(WorkflowTest, MaxConcurrentPerQueueLimitsEveryTypeInIt) {
+TEST_P(WorkflowTest, MaxConcurrentPerQueueLimitsEveryTypeInIt) {
   auto tracking = std::make_shared<Tracking>(20ms);
   Engine engine(config_for(dir, 4));
   engine.register_processor("x", tracking);
@@ -148,7 +171,7 @@ TEST_F(WorkflowTest, MaxConcurrentPerQueueLimitsEveryTypeInIt) {
   engine.stop();
 }
 
-TEST_F(WorkflowTest, RateLimitSpacesStartsAcrossTwoEngines) {
+TEST_P(WorkflowTest, RateLimitSpacesStartsAcrossTwoEngines) {
   auto tracking = std::make_shared<Tracking>();
   ProcessorOptions limited;
   limited.rate = "20/s";  // one token every 50 ms, bursts of 2
@@ -168,7 +191,7 @@ TEST_F(WorkflowTest, RateLimitSpacesStartsAcrossTwoEngines) {
   b.stop();
 }
 
-TEST_F(WorkflowTest, BadLimitsAreValidationErrors) {
+TEST_P(WorkflowTest, BadLimitsAreValidationErrors) {
   Engine engine(config_for(dir));
   ProcessorOptions o;
   o.rate = "fast";
@@ -180,7 +203,7 @@ TEST_F(WorkflowTest, BadLimitsAreValidationErrors) {
   EXPECT_EQ(RateLimit::parse("1/30s").period_ms, 30'000);
 }
 
-TEST_F(WorkflowTest, MaxQueueSizeRefusesTheNextJobAndWritesNothing) {
+TEST_P(WorkflowTest, MaxQueueSizeRefusesTheNextJobAndWritesNothing) {
   auto cfg = config_for(dir);
   cfg.max_queue_size = 3;
   Engine engine(cfg);
@@ -202,7 +225,7 @@ TEST_F(WorkflowTest, MaxQueueSizeRefusesTheNextJobAndWritesNothing) {
 
 // ---- unique keys ------------------------------------------------------------------------------
 
-TEST_F(WorkflowTest, UniqueKeyReturnsTheQueuedJobAcrossEngines) {
+TEST_P(WorkflowTest, UniqueKeyReturnsTheQueuedJobAcrossEngines) {
   Engine a(config_for(dir)), b(config_for(dir));
   a.register_processor("sync", std::make_shared<Tracking>());
   b.register_processor("sync", std::make_shared<Tracking>());
@@ -221,7 +244,45 @@ TEST_F(WorkflowTest, UniqueKeyReturnsTheQueuedJobAcrossEngines) {
   EXPECT_FALSE(a.get(first.id)->unique_key.has_value());
 }
 
-TEST_F(WorkflowTest, UniqueKeyCanStayTakenForAPeriodAfterTheJobEnded) {
+// Four stores (four processes or hosts) insert the same new key at the same moment, key after
+// key: every one gets the same job id and one row holds the key. On PostgreSQL the losers of the
+// race meet the unique index (unique_violation) and answer with the winner's job.
+TEST_P(WorkflowTest, UniqueKeyInsertedAtOnceByFourStoresMakesOneJob) {
+  { Engine create(config_for(dir)); }
+  constexpr int kStores = 4, kKeys = 25;
+  std::vector<std::unique_ptr<Store>> stores;
+  for (int i = 0; i < kStores; ++i) stores.push_back(open_store(dir.file("jobs.db")));
+  std::vector<std::vector<std::string>> got(kStores, std::vector<std::string>(kKeys));
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStores; ++i)
+    threads.emplace_back([&, i] {
+      for (int k = 0; k < kKeys; ++k) {
+        ++ready;
+        while (ready.load() < kStores * (k + 1)) std::this_thread::yield();  // a start line
+        NewJob j;
+        j.id = new_job_id();
+        j.type = "sync";
+        j.priority = 5;
+        j.payload_json = "{}";
+        j.max_attempts = 1;
+        j.timeout_ms = 60'000;
+        j.retry_delay_ms = 1'000;
+        j.backoff = "fixed";
+        j.created_at = j.run_at = now_ms();
+        j.user_initiated = true;
+        j.unique_key = "race:" + std::to_string(k);
+        got[i][k] = stores[i]->insert_jobs({j}, InsertLimits{}).at(0);
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int k = 0; k < kKeys; ++k)
+    for (int i = 1; i < kStores; ++i) EXPECT_EQ(got[i][k], got[0][k]) << "key " << k;
+  EXPECT_EQ(dir.db().integer("SELECT count(*) FROM jobs"), kKeys);
+  for (auto& st : stores) st->close();
+}
+
+TEST_P(WorkflowTest, UniqueKeyCanStayTakenForAPeriodAfterTheJobEnded) {
   Engine engine(config_for(dir));
   engine.register_processor("sync", std::make_shared<Tracking>());
   JobSpec s = spec("sync");
@@ -232,15 +293,25 @@ TEST_F(WorkflowTest, UniqueKeyCanStayTakenForAPeriodAfterTheJobEnded) {
   wait_final(engine, first.id);
   EXPECT_EQ(engine.enqueue(s).id, first.id);
   engine.stop();
-  RawDb raw(dir.file("jobs.db"));
-  raw.exec("UPDATE jobs SET completed_at = completed_at - 120000");  // the period has passed
+  dir.db().exec("UPDATE jobs SET completed_at = completed_at - 120000");  // the period has passed
   EXPECT_NE(engine.enqueue(s).id, first.id);
 }
 
-TEST_F(WorkflowTest, TheStoreRefusesTwoRowsWithOneUniqueKey) {
+TEST_P(WorkflowTest, TheStoreRefusesTwoRowsWithOneUniqueKey) {
   { Engine engine(config_for(dir)); }
-  RawDb raw(dir.file("jobs.db"));
-  raw.exec(
+  if (dir.postgres()) {
+    dir.db().exec(
+        "INSERT INTO jobs (id, type, status, payload, created_at, run_at, unique_key) VALUES "
+        "('a', 't', 'queued', '{}', 1, 1, 'k')");
+    // The second row must raise unique_violation; were it accepted, 'accepted' fails the test.
+    dir.db().exec(
+        "DO $$ BEGIN INSERT INTO jobs (id, type, status, payload, created_at, run_at, unique_key) "
+        "VALUES ('b', 't', 'queued', '{}', 1, 1, 'k'); RAISE EXCEPTION 'accepted'; "
+        "EXCEPTION WHEN unique_violation THEN NULL; END $$");
+    EXPECT_EQ(dir.db().integer("SELECT count(*) FROM jobs"), 1);
+    return;
+  }
+  dir.db().exec(
       "INSERT INTO jobs (id, type, status, payload, created_at, unique_key) VALUES ('a', 't', "
       "'queued', '{}', 1, 'k')");
   char* err = nullptr;
@@ -257,7 +328,7 @@ TEST_F(WorkflowTest, TheStoreRefusesTwoRowsWithOneUniqueKey) {
 
 // ---- dependencies -----------------------------------------------------------------------------
 
-TEST_F(WorkflowTest, ADependentRunsAfterItsDependenciesAndReadsTheirResults) {
+TEST_P(WorkflowTest, ADependentRunsAfterItsDependenciesAndReadsTheirResults) {
   Engine engine(config_for(dir));
   auto tracking = std::make_shared<Tracking>(20ms);
   engine.register_processor("step", tracking);
@@ -272,13 +343,15 @@ TEST_F(WorkflowTest, ADependentRunsAfterItsDependenciesAndReadsTheirResults) {
   const Job done = wait_final(engine, join.id);
   ASSERT_EQ(done.status, Status::completed);
   EXPECT_NE(done.result_json->find(a.id), std::string::npos);
-  EXPECT_NE(done.result_json->find("\"n\":2"), std::string::npos) << *done.result_json;
+  // Compared as values: PostgreSQL's JSONB normalizes the text it stores (docs/postgresql.md).
+  const std::string compact = nlohmann::json::parse(*done.result_json).dump();
+  EXPECT_NE(compact.find("\"n\":2"), std::string::npos) << *done.result_json;
   EXPECT_LT(engine.get(a.id)->completed_at, done.started_at + 1);
   ASSERT_EQ(engine.dependencies(join.id).size(), 2u);
   engine.stop();
 }
 
-TEST_F(WorkflowTest, AFailedDependencyCancelsTheChainUnlessRunAnyway) {
+TEST_P(WorkflowTest, AFailedDependencyCancelsTheChainUnlessRunAnyway) {
   Engine engine(config_for(dir));
   engine.register_processor("step", std::make_shared<Tracking>());
   JobSpec bad = spec("step", R"({"fail": true})");
@@ -301,7 +374,7 @@ TEST_F(WorkflowTest, AFailedDependencyCancelsTheChainUnlessRunAnyway) {
   engine.stop();
 }
 
-TEST_F(WorkflowTest, DependenciesMustExistAndPointBackwards) {
+TEST_P(WorkflowTest, DependenciesMustExistAndPointBackwards) {
   Engine engine(config_for(dir));
   engine.register_processor("step", std::make_shared<Tracking>());
   JobSpec s = spec("step");
@@ -315,7 +388,7 @@ TEST_F(WorkflowTest, DependenciesMustExistAndPointBackwards) {
 
 // ---- batches ----------------------------------------------------------------------------------
 
-TEST_F(WorkflowTest, ABatchCompletesWithASummaryWhenItsChildrenEnd) {
+TEST_P(WorkflowTest, ABatchCompletesWithASummaryWhenItsChildrenEnd) {
   Engine engine(config_for(dir));
   engine.register_processor("analyze", std::make_shared<Tracking>());
   BatchSpec batch;
@@ -332,11 +405,12 @@ TEST_F(WorkflowTest, ABatchCompletesWithASummaryWhenItsChildrenEnd) {
   const Job parent = wait_final(engine, jobs[0].id);
   EXPECT_EQ(parent.status, Status::completed);
   EXPECT_EQ(parent.progress, 100);
-  EXPECT_EQ(*parent.result_json, R"({"total": 5, "completed": 4, "failed": 1})");
+  EXPECT_EQ(nlohmann::json::parse(*parent.result_json),
+            nlohmann::json::parse(R"({"total": 5, "completed": 4, "failed": 1})"));
   engine.stop();
 }
 
-TEST_F(WorkflowTest, BatchPolicyFailFastFailsTheParentAndCancelsTheRest) {
+TEST_P(WorkflowTest, BatchPolicyFailFastFailsTheParentAndCancelsTheRest) {
   Engine engine(config_for(dir, 1));
   engine.register_processor("analyze", std::make_shared<Tracking>(10ms));
   BatchSpec batch;
@@ -359,7 +433,7 @@ TEST_F(WorkflowTest, BatchPolicyFailFastFailsTheParentAndCancelsTheRest) {
   engine.stop();
 }
 
-TEST_F(WorkflowTest, CancellingABatchCancelsItsUnfinishedChildren) {
+TEST_P(WorkflowTest, CancellingABatchCancelsItsUnfinishedChildren) {
   Engine engine(config_for(dir));
   engine.register_processor("analyze", std::make_shared<Tracking>());
   BatchSpec batch;
@@ -373,7 +447,7 @@ TEST_F(WorkflowTest, CancellingABatchCancelsItsUnfinishedChildren) {
     EXPECT_EQ(engine.get(jobs[i].id)->status, Status::cancelled);
 }
 
-TEST_F(WorkflowTest, AnEmptyBatchIsCompletedAtOnce) {
+TEST_P(WorkflowTest, AnEmptyBatchIsCompletedAtOnce) {
   Engine engine(config_for(dir));
   BatchSpec batch;
   batch.parent = spec("batch_analyze");
@@ -385,7 +459,7 @@ TEST_F(WorkflowTest, AnEmptyBatchIsCompletedAtOnce) {
 
 // ---- delayed jobs and schedules ---------------------------------------------------------------
 
-TEST_F(WorkflowTest, ADelayedJobStartsWhenDueWithoutWaitingForThePoll) {
+TEST_P(WorkflowTest, ADelayedJobStartsWhenDueWithoutWaitingForThePoll) {
   auto cfg = config_for(dir);
   cfg.poll_ms = 5'000;  // a poll would be far too late: the dispatcher must wake on its own
   Engine engine(cfg);
@@ -404,7 +478,7 @@ TEST_F(WorkflowTest, ADelayedJobStartsWhenDueWithoutWaitingForThePoll) {
   engine.stop();
 }
 
-TEST_F(WorkflowTest, ScheduleFiresExactlyOncePerFireAcrossTwoEngines) {
+TEST_P(WorkflowTest, ScheduleFiresExactlyOncePerFireAcrossTwoEngines) {
   Engine a(config_for(dir)), b(config_for(dir));
   auto tracking = std::make_shared<Tracking>();
   a.register_processor("tick", tracking);
@@ -437,7 +511,7 @@ TEST_F(WorkflowTest, ScheduleFiresExactlyOncePerFireAcrossTwoEngines) {
   EXPECT_TRUE(b.schedules().empty());
 }
 
-TEST_F(WorkflowTest, AMissedFireRunsOnceOrIsSkippedByPolicy) {
+TEST_P(WorkflowTest, AMissedFireRunsOnceOrIsSkippedByPolicy) {
   Engine engine(config_for(dir));
   engine.register_processor("tick", std::make_shared<Tracking>());
   for (const char* policy : {"run_once", "skip"}) {
@@ -448,15 +522,14 @@ TEST_F(WorkflowTest, AMissedFireRunsOnceOrIsSkippedByPolicy) {
     sc.misfire = policy;
     engine.schedule(sc);
   }
-  RawDb raw(dir.file("jobs.db"));
-  raw.exec("UPDATE schedules SET next_fire_at = next_fire_at - 86400000");  // a day missed
+  dir.db().exec("UPDATE schedules SET next_fire_at = next_fire_at - 86400000");  // a day missed
   EXPECT_EQ(engine.fire_due_schedules(), 1);  // run_once: one job, not 288
   EXPECT_EQ(engine.fire_due_schedules(), 0);
   EXPECT_EQ(engine.stats().total, 1);
   for (const auto& sc : engine.schedules()) EXPECT_GT(sc.next_fire_at, now_ms());
 }
 
-TEST_F(WorkflowTest, BadSchedulesAreValidationErrors) {
+TEST_P(WorkflowTest, BadSchedulesAreValidationErrors) {
   Engine engine(config_for(dir));
   Schedule sc;
   sc.name = "x";
@@ -477,7 +550,7 @@ TEST_F(WorkflowTest, BadSchedulesAreValidationErrors) {
 
 // ---- retention --------------------------------------------------------------------------------
 
-TEST_F(WorkflowTest, CleanupDeletesOldFinishedJobsInBatchesAndKeepsTheRest) {
+TEST_P(WorkflowTest, CleanupDeletesOldFinishedJobsInBatchesAndKeepsTheRest) {
   auto cfg = config_for(dir);
   cfg.cleanup_batch = 7;
   Engine engine(cfg);
@@ -487,8 +560,7 @@ TEST_F(WorkflowTest, CleanupDeletesOldFinishedJobsInBatchesAndKeepsTheRest) {
   for (const auto& j : jobs) wait_final(engine, j.id);
   engine.stop();
   const Job queued = engine.enqueue(spec("noop"));
-  RawDb raw(dir.file("jobs.db"));
-  raw.exec(
+  dir.db().exec(
       "UPDATE jobs SET created_at = created_at - 7200000, completed_at = completed_at - 7200000 "
       "WHERE status = 'completed'");
   EXPECT_EQ(engine.cleanup(3'600'000), 50);
@@ -497,7 +569,7 @@ TEST_F(WorkflowTest, CleanupDeletesOldFinishedJobsInBatchesAndKeepsTheRest) {
   EXPECT_EQ(engine.cleanup(3'600'000), 0);
 }
 
-TEST_F(WorkflowTest, RetentionSchedulesTheCleanupJobAtLowestPriority) {
+TEST_P(WorkflowTest, RetentionSchedulesTheCleanupJobAtLowestPriority) {
   auto cfg = config_for(dir);
   cfg.retention_ms = 1'000;
   cfg.cleanup_interval_ms = 1'000;
@@ -524,7 +596,7 @@ TEST_F(WorkflowTest, RetentionSchedulesTheCleanupJobAtLowestPriority) {
 
 // ---- run_now ----------------------------------------------------------------------------------
 
-TEST_F(WorkflowTest, RunNowRunsInTheCallersThreadWithoutARow) {
+TEST_P(WorkflowTest, RunNowRunsInTheCallersThreadWithoutARow) {
   Engine engine(config_for(dir));
   class ReportsThread final : public Processor {
    public:
@@ -550,6 +622,10 @@ TEST_F(WorkflowTest, RunNowRunsInTheCallersThreadWithoutARow) {
   EXPECT_THROW(engine.run_now("nope", "{}"), UnknownJobType);
   EXPECT_EQ(engine.stats().total, 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Stores, WorkflowTest,
+                         ::testing::Values(Backend::sqlite, Backend::postgres),
+                         jobforge::testing::backend_name);
 
 }  // namespace
 }  // namespace jobforge

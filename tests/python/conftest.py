@@ -32,6 +32,7 @@ BOTH_STORES = {
     "test_retry",
     "test_timeout",
     "test_postgres",
+    "test_workflows",
 }
 
 

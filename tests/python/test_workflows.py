@@ -1,6 +1,7 @@
 """Workflows from Python: batches, dependencies and chains, unique jobs, delayed and scheduled
-jobs, queues and limits, retention and run_now. Real SQLite files, threads and (for the
-cross-process guarantees) real child processes."""
+jobs, queues and limits, retention and run_now. Each test runs on a real SQLite file and on a
+fresh PostgreSQL schema (conftest's BOTH_STORES), with real threads and (for the cross-process
+guarantees) real child processes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 import time
 
 import pytest
+from conftest import read_row
 
 import jobforge
 from jobforge.errors import QueueFull, UnknownJobType
@@ -166,9 +168,9 @@ UNIQUE_PRODUCER = textwrap.dedent(
 )
 
 
-def test_unique_key_gives_one_job_across_processes(tmp_path):
-    db = str(tmp_path / "unique.db")
-    jobforge.Engine(db, allow_unknown_types=True).stop()  # create the file once
+def test_unique_key_gives_one_job_across_processes(db_path):
+    db = db_path
+    jobforge.Engine(db, allow_unknown_types=True).stop()  # create the database once
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", UNIQUE_PRODUCER, db, str(i)], stdout=subprocess.PIPE, text=True
@@ -354,8 +356,8 @@ LIMIT_WORKER = textwrap.dedent(
     engine = jobforge.Engine(db, workers=3, poll_interval=0.02)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
-    @engine.processor("exclusive", max_concurrent=1)
-    def exclusive(ctx, payload):
+    @engine.processor("index_page", max_concurrent=1)
+    def index_page(ctx, payload):
         os.write(fd, f"start {time.monotonic():.6f}\\n".encode())
         time.sleep(0.03)
         os.write(fd, f"end {time.monotonic():.6f}\\n".encode())
@@ -369,11 +371,11 @@ LIMIT_WORKER = textwrap.dedent(
 )
 
 
-def test_max_concurrent_holds_across_two_processes(tmp_path):
-    db = str(tmp_path / "limits.db")
+def test_max_concurrent_holds_across_two_processes(tmp_path, db_path):
+    db = db_path
     out = str(tmp_path / "events.txt")
     producer = jobforge.Engine(db, allow_unknown_types=True)
-    producer.enqueue_many("exclusive", [{"i": i} for i in range(16)])
+    producer.enqueue_many("index_page", [{"i": i} for i in range(16)])
     procs = [
         subprocess.Popen([sys.executable, "-c", LIMIT_WORKER, db, out, "16"]) for _ in range(2)
     ]
@@ -419,6 +421,20 @@ def test_max_queue_size_raises_queue_full_and_writes_nothing(make_engine):
         engine.enqueue("work", queue="exports")
 
 
+def _execute(db_path, sql):
+    """Runs a write behind the engine's back, on its SQLite file or its PostgreSQL schema."""
+    if db_path.startswith(("postgresql://", "postgres://")):
+        subprocess.run(["psql", db_path, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+        return
+    con = sqlite3.connect(db_path)
+    try:
+        con.execute(sql)
+        con.commit()
+    finally:
+        con.close()
+
+
 # ---- retention ---------------------------------------------------------------------------------
 
 
@@ -434,12 +450,10 @@ def test_cleanup_deletes_old_finished_jobs_and_their_logs(make_engine, db_path):
         for j in jobs:
             j.wait(timeout=30)
     waiting = engine.enqueue("chatty", 99)
-    con = sqlite3.connect(db_path)
-    con.execute("UPDATE jobs SET created_at = created_at - 7200000, completed_at = completed_at - 7200000 "
-                "WHERE status = 'completed'")  # fmt: skip
-    con.commit()
+    _execute(db_path, "UPDATE jobs SET created_at = created_at - 7200000, "
+                      "completed_at = completed_at - 7200000 WHERE status = 'completed'")  # fmt: skip
     assert engine.cleanup(older_than=3600) == 20
-    assert con.execute("SELECT count(*) FROM job_logs").fetchone()[0] == 0
+    assert int(read_row(db_path, "SELECT count(*) FROM job_logs")[0]) == 0
     assert engine.get(waiting.id) is not None
     with pytest.raises(ValueError, match="older_than"):
         engine.cleanup(older_than=-1)

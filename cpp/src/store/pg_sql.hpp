@@ -115,8 +115,46 @@ CREATE TABLE job_run_hist (
 );
 )sql";
 
-inline constexpr const char* kMigrations[] = {kMigration1};
-inline constexpr int kLatestVersion = 1;
+// Workflows (the SQLite store's migration 7): unique keys as a unique index (enforced by the
+// database across hosts), dependencies, batches, schedules and rate-limit buckets.
+inline constexpr const char* kMigration2 = R"sql(
+ALTER TABLE jobs ADD COLUMN unique_for_ms BIGINT, ADD COLUMN batch_policy TEXT,
+  ADD COLUMN deps_pending INTEGER NOT NULL DEFAULT 0, ADD COLUMN on_dependency_failure TEXT;
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key) WHERE unique_key IS NOT NULL;
+CREATE INDEX jobs_batches ON jobs (batch_policy) WHERE batch_policy IS NOT NULL;
+CREATE INDEX jobs_running_queue ON jobs (queue) WHERE status = 'running';
+CREATE INDEX jobs_running_type ON jobs (type) WHERE status = 'running';
+CREATE INDEX jobs_queued_queue ON jobs (queue) WHERE status = 'queued';
+CREATE TABLE job_dependencies (
+  depends_on TEXT NOT NULL,
+  job_id TEXT NOT NULL,
+  PRIMARY KEY (depends_on, job_id)
+);
+CREATE INDEX job_dependencies_job ON job_dependencies (job_id);
+CREATE TABLE schedules (
+  name TEXT PRIMARY KEY,
+  cron TEXT NOT NULL,
+  timezone TEXT NOT NULL DEFAULT 'UTC',
+  type TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  priority INTEGER,
+  queue TEXT NOT NULL DEFAULT 'default',
+  misfire TEXT NOT NULL DEFAULT 'run_once',
+  next_fire_at BIGINT NOT NULL,
+  last_fire_at BIGINT,
+  last_job_id TEXT,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL
+);
+CREATE TABLE rate_limits (
+  key TEXT PRIMARY KEY,
+  tokens DOUBLE PRECISION NOT NULL,
+  updated_at BIGINT NOT NULL
+);
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2};
+inline constexpr int kLatestVersion = 2;
 
 // Columns read into a Job, in the order read_job expects.
 #define JOBFORGE_PG_JOB_COLUMNS                                                                  \
@@ -124,7 +162,7 @@ inline constexpr int kLatestVersion = 1;
   "progress_message, result::text, error, error_detail, attempts, max_attempts, timeout_ms, "    \
   "timeout_seconds, retry_delay_ms, parent_job_id, user_initiated, cancel_requested, "           \
   "created_at, queued_at, started_at, completed_at, run_at, timeout_at, lease_owner, "           \
-  "lease_expires_at, backoff, progress_stage, outcome::text"
+  "lease_expires_at, backoff, progress_stage, outcome::text, queue, unique_key"
 
 #define JOBFORGE_PG_JOB_COLUMNS_J                                                                \
   "j.seq, j.id, j.type, j.status, j.priority, j.payload::text, j.progress, j.progress_current, " \
@@ -132,7 +170,7 @@ inline constexpr int kLatestVersion = 1;
   "j.max_attempts, j.timeout_ms, j.timeout_seconds, j.retry_delay_ms, j.parent_job_id, "         \
   "j.user_initiated, j.cancel_requested, j.created_at, j.queued_at, j.started_at, "              \
   "j.completed_at, j.run_at, j.timeout_at, j.lease_owner, j.lease_expires_at, j.backoff, "       \
-  "j.progress_stage, j.outcome::text"
+  "j.progress_stage, j.outcome::text, j.queue, j.unique_key"
 
 // A batch of new jobs in one statement ($1: a JSON array of objects, read in array order, so
 // identities (seq) follow the batch's order). A duplicate id is an error, except in a replay
@@ -162,6 +200,7 @@ inline constexpr const char* kClaim = R"sql(
 WITH picked AS (
   SELECT seq FROM jobs
   WHERE status = 'queued' AND run_at <= $1 AND type = ANY($5::text[])
+    AND (cardinality($7::text[]) = 0 OR queue = ANY($7::text[])) AND NOT (queue = ANY($8::text[]))
   ORDER BY priority, run_at, seq
   LIMIT $4
   FOR UPDATE SKIP LOCKED
@@ -181,6 +220,10 @@ WHERE claim_token = ANY($1::text[]) AND status = 'running'
 
 inline constexpr const char* kNextRunAt =
     "SELECT MIN(run_at) FROM jobs WHERE status = 'queued' AND type = ANY($1::text[])";
+inline constexpr const char* kNextRunAtFiltered =
+    "SELECT MIN(run_at) FROM jobs WHERE status = 'queued' AND type = ANY($1::text[]) "
+    "AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[])) "
+    "AND NOT (queue = ANY($3::text[]))";
 
 // Every end of an attempt in a batch, one statement: only the lease holder's update matches.
 // `uncount` is 1 when the attempt is not counted (it never ran, or shutdown).
@@ -256,7 +299,8 @@ inline constexpr const char* kOldestDue =
 inline constexpr const char* kStats = "SELECT status, count(*) FROM jobs GROUP BY status";
 
 inline constexpr const char* kStatusByIdForUpdate =
-    "SELECT seq, type, status, attempts, lease_owner FROM jobs WHERE id = $1 FOR UPDATE";
+    "SELECT seq, type, status, attempts, lease_owner, batch_policy IS NOT NULL FROM jobs "
+    "WHERE id = $1 FOR UPDATE";
 
 inline constexpr const char* kCancelQueued = R"sql(
 UPDATE jobs SET status = 'cancelled', error = 'cancelled', completed_at = $1, updated_at = $1
@@ -313,7 +357,7 @@ UPDATE jobs SET
   run_at = $1, queued_at = $1, updated_at = $1,
   completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE $1 END,
   lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE, claim_token = NULL
-WHERE status = 'running' AND COALESCE(lease_owner, '') <> $2
+WHERE status = 'running' AND COALESCE(lease_owner, '') <> $2 AND batch_policy IS NULL
   AND (lease_owner IS NULL
        OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running')
        OR lease_expires_at < $1)
@@ -325,5 +369,142 @@ inline constexpr const char* kCancelRequests =
 
 inline constexpr const char* kGetJob = "SELECT " JOBFORGE_PG_JOB_COLUMNS " FROM jobs WHERE id = $1";
 inline constexpr const char* kListPrefix = "SELECT " JOBFORGE_PG_JOB_COLUMNS " FROM jobs";
+
+// ---- workflows (kMigration2) ----------------------------------------------------------------
+
+inline constexpr const char* kInsertWorkflowJob = R"sql(
+INSERT INTO jobs (id, type, status, priority, payload, max_attempts, parent_job_id,
+                  user_initiated, timeout_seconds, timeout_ms, retry_delay_ms, created_at,
+                  queued_at, run_at, updated_at, backoff, queue, unique_key, unique_for_ms,
+                  deps_pending, on_dependency_failure, batch_policy, progress_total, error,
+                  completed_at, started_at, result, progress)
+VALUES ($1, $2, $13, $3, $4::jsonb, $5, $6, $7, ($8::bigint + 999) / 1000, $8, $9, $10, $10, $11,
+        $10, NULLIF($12, 'fixed'), $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::jsonb,
+        $25)
+)sql";
+
+// The job holding a unique key, locked so that its end cannot race the decision.
+inline constexpr const char* kUniqueHolder =
+    "SELECT seq, id, status, COALESCE(completed_at, 0), COALESCE(unique_for_ms, 0) "
+    "FROM jobs WHERE unique_key = $1 FOR UPDATE";
+inline constexpr const char* kReleaseUniqueKey = "UPDATE jobs SET unique_key = NULL WHERE seq = $1";
+inline constexpr const char* kJobIdExists = "SELECT 1 FROM jobs WHERE id = $1";
+
+// max_queue_size: the inserts into one queue are serialized across hosts by an advisory lock.
+inline constexpr const char* kLockQueue =
+    "SELECT pg_advisory_xact_lock(hashtextextended('jobforge.queue_size:' || $1, 0))";
+inline constexpr const char* kCountQueuedInQueue =
+    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' AND queue = $1 LIMIT $2) q";
+
+// A dependency's state, locked (shared) until the insert commits: its end, on any host, waits
+// for the dependency row below to be visible, so a dependent is never left waiting.
+inline constexpr const char* kDependencyState = "SELECT status FROM jobs WHERE id = $1 FOR SHARE";
+inline constexpr const char* kInsertDependency =
+    "INSERT INTO job_dependencies (depends_on, job_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+inline constexpr const char* kAnyDependency = "SELECT EXISTS (SELECT 1 FROM job_dependencies)";
+inline constexpr const char* kDependents =
+    "SELECT job_id FROM job_dependencies WHERE depends_on = $1";
+inline constexpr const char* kDependencyDone = R"sql(
+UPDATE jobs SET deps_pending = deps_pending - 1,
+       status = CASE WHEN deps_pending <= 1 THEN 'queued' ELSE status END,
+       queued_at = CASE WHEN deps_pending <= 1 THEN $1 ELSE queued_at END,
+       run_at = CASE WHEN deps_pending <= 1 THEN GREATEST(run_at, $1) ELSE run_at END,
+       updated_at = $1
+WHERE id = $2 AND status = 'created' AND ($3 OR on_dependency_failure = 'run')
+RETURNING type, status
+)sql";
+inline constexpr const char* kCancelWaiting = R"sql(
+UPDATE jobs SET status = 'cancelled', error = $1, completed_at = $2, updated_at = $2
+WHERE id = $3 AND status = 'created' AND on_dependency_failure IS NULL
+RETURNING type
+)sql";
+inline constexpr const char* kDependencies =
+    "SELECT " JOBFORGE_PG_JOB_COLUMNS " FROM jobs WHERE id IN "
+    "(SELECT depends_on FROM job_dependencies WHERE job_id = $1) ORDER BY seq";
+
+inline constexpr const char* kAnyBatch =
+    "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch_policy IS NOT NULL)";
+inline constexpr const char* kParentAndPolicy =
+    "SELECT parent_job_id, batch_policy FROM jobs WHERE id = $1";
+// A child reached (+1) or left (-1) a final state: the open batch parent counts it (the row lock
+// orders children ending on several hosts at once).
+inline constexpr const char* kBatchChildFinal = R"sql(
+UPDATE jobs SET progress_current = progress_current + $2,
+       progress = CAST(FLOOR(100 * (progress_current + $2) / GREATEST(progress_total, 1)) AS INTEGER),
+       updated_at = $3
+WHERE id = $1 AND batch_policy IS NOT NULL AND status = 'running'
+RETURNING seq, type, progress_current, progress_total, batch_policy, attempts
+)sql";
+inline constexpr const char* kBatchChildCounts =
+    "SELECT status, count(*) FROM jobs WHERE parent_job_id = $1 GROUP BY status ORDER BY status";
+inline constexpr const char* kEndBatch = R"sql(
+UPDATE jobs SET status = $1, result = $2::jsonb, error = $3, completed_at = $4, updated_at = $4,
+       progress = CASE WHEN $1 = 'completed' THEN 100 ELSE progress END
+WHERE seq = $5 AND status = 'running'
+)sql";
+inline constexpr const char* kCancelChildren = R"sql(
+UPDATE jobs SET status = 'cancelled', error = $1, completed_at = $2, updated_at = $2
+WHERE parent_job_id = $3 AND status IN ('created', 'queued')
+RETURNING id, type, attempts
+)sql";
+inline constexpr const char* kRequestCancelChildren =
+    "UPDATE jobs SET cancel_requested = TRUE, updated_at = $1 WHERE parent_job_id = $2 "
+    "AND status = 'running' AND batch_policy IS NULL RETURNING lease_owner";
+
+// Retention: finished jobs older than the cutoff, in batches, never the children of a batch
+// that is still running (its summary counts them).
+inline constexpr const char* kDeleteFinished = R"sql(
+DELETE FROM jobs WHERE seq IN (
+  SELECT j.seq FROM jobs AS j
+  WHERE j.status = $1 AND j.created_at < $2 AND COALESCE(j.completed_at, j.created_at) < $2
+    AND (j.parent_job_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM jobs AS p WHERE p.id = j.parent_job_id AND p.status = 'running'))
+  LIMIT $3
+  FOR UPDATE SKIP LOCKED)
+RETURNING id
+)sql";
+inline constexpr const char* kDeleteLogsOf = "DELETE FROM job_logs WHERE job_id = ANY($1::text[])";
+inline constexpr const char* kDeleteDependenciesOf =
+    "DELETE FROM job_dependencies WHERE job_id = ANY($1::text[]) OR depends_on = ANY($1::text[])";
+
+// Concurrency limits: jobs running now, on every host. The claims of one type (one queue) are
+// serialized by an advisory lock held to their commit, so two hosts never both see room.
+inline constexpr const char* kLockLimit =
+    "SELECT pg_advisory_xact_lock(hashtextextended('jobforge.limit:' || $1, 0))";
+inline constexpr const char* kRunningOfType =
+    "SELECT count(*) FROM jobs WHERE status = 'running' AND type = $1 AND batch_policy IS NULL";
+inline constexpr const char* kRunningInQueue =
+    "SELECT count(*) FROM jobs WHERE status = 'running' AND queue = $1 AND batch_policy IS NULL";
+inline constexpr const char* kLockBucket =
+    "INSERT INTO rate_limits (key, tokens, updated_at) VALUES ($1, $2, $3) "
+    "ON CONFLICT (key) DO NOTHING";
+inline constexpr const char* kReadBucket =
+    "SELECT tokens, updated_at FROM rate_limits WHERE key = $1 FOR UPDATE";
+inline constexpr const char* kWriteBucket =
+    "UPDATE rate_limits SET tokens = $2, updated_at = $3 WHERE key = $1";
+
+inline constexpr const char* kUpsertSchedule = R"sql(
+INSERT INTO schedules (name, cron, timezone, type, payload, priority, queue, misfire,
+                       next_fire_at, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone,
+  type = excluded.type, payload = excluded.payload, priority = excluded.priority,
+  queue = excluded.queue, misfire = excluded.misfire, next_fire_at = excluded.next_fire_at,
+  updated_at = excluded.updated_at
+)sql";
+inline constexpr const char* kDeleteSchedule = "DELETE FROM schedules WHERE name = $1";
+inline constexpr const char* kListSchedules =
+    "SELECT name, cron, timezone, type, payload, priority, queue, misfire, next_fire_at, "
+    "COALESCE(last_fire_at, 0), COALESCE(last_job_id, ''), created_at FROM schedules ORDER BY name";
+// Compare-and-set: only the process that still sees the old fire time moves it (and inserts);
+// a second host's UPDATE waits on the row lock, then finds next_fire_at changed and matches none.
+inline constexpr const char* kAdvanceSchedule = R"sql(
+UPDATE schedules SET next_fire_at = $1, last_fire_at = $2, last_job_id = COALESCE($3, last_job_id),
+       updated_at = $4
+WHERE name = $5 AND next_fire_at = $2
+)sql";
+// After a lost connection: did our first COMMIT land (the schedule shows this very fire)?
+inline constexpr const char* kScheduleFired =
+    "SELECT 1 FROM schedules WHERE name = $1 AND last_fire_at = $2 AND next_fire_at = $3";
 
 }  // namespace jobforge::pg::sql

@@ -82,6 +82,8 @@ Job read_job(const Result& r, int i) {
   j.backoff = r.is_null(i, 29) ? "fixed" : r.text(i, 29);
   j.stage = r.text(i, 30);
   j.outcome_json = r.optional_text(i, 31);
+  j.queue = r.text(i, 32);
+  j.unique_key = r.optional_text(i, 33);
   return j;
 }
 
@@ -286,17 +288,32 @@ class PgStore final : public Store {
                        "the PostgreSQL store claims durably only (register_worker answers "
                        "\"durable\")");
     const std::string token = new_job_id();
+    const bool limited =
+        req.max_running_type > 0 || req.max_running_queue > 0 || req.rate_per_ms > 0;
     with_connection([&](Connection& c) {
+      claimed.clear();
       release_doubtful_claims(c);
       Result r;
       try {
-        r = c.exec(sql::kClaim, Params()
-                                    .add(req.now)
-                                    .add(req.owner)
-                                    .add(req.now + req.lease_ms)
-                                    .add(req.limit)
-                                    .add(pg::text_array(req.types))
-                                    .add(token));
+        std::optional<pg::Transaction> txn;
+        int limit = req.limit;
+        if (limited) {  // limits are counted in the claim's own transaction
+          txn.emplace(c);
+          limit = allowed_by_limits(c, req);
+        }
+        if (limit > 0) {
+          r = c.exec(sql::kClaim, Params()
+                                      .add(req.now)
+                                      .add(req.owner)
+                                      .add(req.now + req.lease_ms)
+                                      .add(limit)
+                                      .add(pg::text_array(req.types))
+                                      .add(token)
+                                      .add(pg::text_array(req.queues))
+                                      .add(pg::text_array(req.exclude_queues)));
+          if (req.rate_per_ms > 0) spend_tokens(c, req, r.rows());
+        }
+        if (txn) txn->commit();
       } catch (const PgError& e) {
         // The COMMIT may have landed before the connection went: such jobs would be 'running'
         // under our lease with nobody running them. Put them back once the server answers.
@@ -368,7 +385,8 @@ class PgStore final : public Store {
       const std::string type = q.text(0, 1);
       const Status status = parse_status(q.text(0, 2)).value_or(Status::created);
       const int attempts = static_cast<int>(q.integer(0, 3));
-      if (status == Status::running) {
+      const bool batch_parent = q.boolean(0, 5);  // no worker runs it: it ends here
+      if (status == Status::running && !batch_parent) {
         w.conn.exec(sql::kRequestCancel, Params().add(now).add(seq));
         if (!q.is_null(0, 4)) w.cancel_owners.insert(q.text(0, 4));
         result = CancelResult::requested;
@@ -713,6 +731,144 @@ class PgStore final : public Store {
     return out;
   }
 
+  std::optional<int64_t> next_run_at_filtered(const ClaimRequest& filter) override {
+    if (filter.types.empty()) return std::nullopt;
+    if (filter.queues.empty() && filter.exclude_queues.empty()) return next_run_at(filter.types);
+    std::optional<int64_t> out;
+    with_connection([&](Connection& c) {
+      Result r = c.exec(sql::kNextRunAtFiltered, Params()
+                                                     .add(pg::text_array(filter.types))
+                                                     .add(pg::text_array(filter.queues))
+                                                     .add(pg::text_array(filter.exclude_queues)));
+      out = r.rows() && !r.is_null(0, 0) ? std::optional<int64_t>(r.integer(0, 0)) : std::nullopt;
+    });
+    return out;
+  }
+
+  // ---- workflows ---------------------------------------------------------------------------
+
+  std::vector<std::string> insert_jobs(const std::vector<NewJob>& jobs,
+                                       const InsertLimits& limits) override {
+    std::vector<std::string> ids;
+    if (jobs.empty()) return ids;
+    bool plain = limits.max_queue_size == 0 && limits.max_queue_sizes.empty();
+    for (const auto& j : jobs) plain = plain && j.plain();
+    if (plain) {  // the hot path: no workflow option at all
+      insert(jobs);
+      for (const auto& j : jobs) ids.push_back(j.id);
+      return ids;
+    }
+    submit_and_wait([&](WriteContext& w) {
+      ids.clear();
+      std::vector<std::pair<std::string, int64_t>> queued_in;
+      for (const NewJob& j : jobs) ids.push_back(insert_workflow_job(w, j, limits, queued_in));
+    });
+    return ids;
+  }
+
+  std::vector<Job> dependencies(const std::string& job_id) override {
+    std::vector<Job> out;
+    with_connection([&](Connection& c) {
+      out.clear();
+      Result r = c.exec(sql::kDependencies, Params().add(job_id));
+      for (int i = 0; i < r.rows(); ++i) out.push_back(read_job(r, i));
+    });
+    return out;
+  }
+
+  void upsert_schedule(const Schedule& sc) override {
+    submit_and_wait([&](WriteContext& w) {
+      Params p;
+      p.add(sc.name).add(sc.cron).add(sc.timezone).add(sc.type).add(sc.payload_json);
+      if (sc.priority) p.add(*sc.priority); else p.null();
+      p.add(sc.queue).add(sc.misfire).add(sc.next_fire_at).add(now_ms());
+      w.conn.exec(sql::kUpsertSchedule, p);
+    });
+  }
+
+  bool delete_schedule(const std::string& name) override {
+    bool deleted = false;
+    submit_and_wait([&](WriteContext& w) {
+      const bool now_deleted = w.conn.exec(sql::kDeleteSchedule, Params().add(name)).affected() > 0;
+      deleted = now_deleted || (w.replay_after_loss && deleted);
+    });
+    return deleted;
+  }
+
+  std::vector<Schedule> schedules() override {
+    std::vector<Schedule> out;
+    with_connection([&](Connection& c) {
+      out.clear();
+      Result r = c.exec(sql::kListSchedules);
+      for (int i = 0; i < r.rows(); ++i) {
+        Schedule sc;
+        sc.name = r.text(i, 0);
+        sc.cron = r.text(i, 1);
+        sc.timezone = r.text(i, 2);
+        sc.type = r.text(i, 3);
+        sc.payload_json = r.text(i, 4);
+        if (!r.is_null(i, 5)) sc.priority = static_cast<int>(r.integer(i, 5));
+        sc.queue = r.text(i, 6);
+        sc.misfire = r.text(i, 7);
+        sc.next_fire_at = r.integer(i, 8);
+        sc.last_fire_at = r.integer(i, 9);
+        sc.last_job_id = r.text(i, 10);
+        sc.created_at = r.integer(i, 11);
+        out.push_back(std::move(sc));
+      }
+    });
+    return out;
+  }
+
+  bool fire_schedule(const std::string& name, int64_t expected_next, int64_t next,
+                     const std::optional<NewJob>& job) override {
+    bool fired = false;
+    submit_and_wait([&](WriteContext& w) {
+      // After a lost connection the first COMMIT may have landed: then the schedule already
+      // shows this fire (last_fire_at, last job) and it counts as ours.
+      fired = false;
+      Params p;
+      p.add(next).add(expected_next);
+      if (job) p.add(job->id); else p.null();
+      p.add(now_ms()).add(name);
+      if (w.conn.exec(sql::kAdvanceSchedule, p).affected() == 0) {  // another host fired it
+        if (w.replay_after_loss)
+          fired = w.conn.exec(sql::kScheduleFired, Params().add(name).add(expected_next).add(next))
+                      .rows() > 0;
+        return;
+      }
+      fired = true;
+      if (!job) return;
+      std::vector<std::pair<std::string, int64_t>> queued_in;
+      insert_workflow_job(w, *job, InsertLimits{}, queued_in);
+    });
+    return fired;
+  }
+
+  int64_t delete_finished(int64_t cutoff, int limit) override {
+    int64_t deleted = 0;
+    submit_and_wait([&](WriteContext& w) {
+      std::vector<std::string> ids;
+      for (Status st : {Status::completed, Status::failed, Status::cancelled, Status::timeout}) {
+        const int64_t left = static_cast<int64_t>(limit) - static_cast<int64_t>(ids.size());
+        if (left <= 0) break;
+        Result r = w.conn.exec(sql::kDeleteFinished,
+                               Params().add(to_string(st)).add(cutoff).add(left));
+        for (int i = 0; i < r.rows(); ++i) ids.push_back(r.text(i, 0));
+      }
+      deleted = static_cast<int64_t>(ids.size());
+      if (!ids.empty()) {
+        const std::string array = pg::text_array(ids);
+        w.conn.exec(sql::kDeleteLogsOf, Params().add(array));
+        w.conn.exec(sql::kDeleteDependenciesOf, Params().add(array));
+      }
+      // Statistics buckets older than the cutoff go too (10-second buckets).
+      w.conn.exec(sql::kPruneStats, Params().add(cutoff / 10'000));
+      w.conn.exec(sql::kPruneRunHist, Params().add(cutoff / 10'000));
+    });
+    return deleted;
+  }
+
   void flush() override {
     std::unique_lock lock(mutex_);
     const uint64_t target = submitted_;
@@ -772,6 +928,253 @@ class PgStore final : public Store {
       c.exec(sql::kRecordMigration, Params().add(v).add(now_ms()));
     }
     txn.commit();
+  }
+
+  // ---- workflows: helpers ------------------------------------------------------------------
+
+  static int64_t count_of(Connection& c, const char* query, const std::string& key) {
+    Result r = c.exec(query, Params().add(key));
+    return r.rows() ? r.integer(0, 0) : 0;
+  }
+
+  // How many jobs this claim may take under its concurrency and rate limits, counted inside the
+  // claim's transaction. Advisory locks (held to its commit) serialize the claims of one type,
+  // one queue, one bucket across every host, so two hosts never both see the same room.
+  static int allowed_by_limits(Connection& c, const ClaimRequest& req) {
+    int64_t limit = req.limit;
+    if (req.max_running_type > 0) {
+      c.exec(sql::kLockLimit, Params().add("type:" + req.types.front()));
+      const int64_t running = count_of(c, sql::kRunningOfType, req.types.front());
+      limit = std::min<int64_t>(limit, req.max_running_type - running);
+    }
+    if (req.max_running_queue > 0 && !req.queues.empty()) {
+      c.exec(sql::kLockLimit, Params().add("queue:" + req.queues.front()));
+      const int64_t running = count_of(c, sql::kRunningInQueue, req.queues.front());
+      limit = std::min<int64_t>(limit, req.max_running_queue - running);
+    }
+    if (req.rate_per_ms > 0) limit = std::min<int64_t>(limit, static_cast<int64_t>(tokens(c, req)));
+    return static_cast<int>(std::max<int64_t>(0, limit));
+  }
+
+  // The bucket's tokens now; its row stays locked (FOR UPDATE) until the claim commits.
+  static double tokens(Connection& c, const ClaimRequest& req) {
+    c.exec(sql::kLockBucket, Params().add(req.rate_key).add(req.rate_burst).add(req.now));
+    Result r = c.exec(sql::kReadBucket, Params().add(req.rate_key));
+    if (!r.rows()) return req.rate_burst;
+    const double elapsed = static_cast<double>(std::max<int64_t>(0, req.now - r.integer(0, 1)));
+    return std::min(req.rate_burst, r.real(0, 0) + elapsed * req.rate_per_ms);
+  }
+
+  static void spend_tokens(Connection& c, const ClaimRequest& req, int taken) {
+    const double left = tokens(c, req) - taken;
+    c.exec(sql::kWriteBucket, Params().add(req.rate_key).add(left).add(req.now));
+  }
+
+  // Inserts one job with workflow options; returns its id, or that of the job holding its key.
+  std::string insert_workflow_job(WriteContext& w, const NewJob& j, const InsertLimits& limits,
+                                  std::vector<std::pair<std::string, int64_t>>& queued_in) {
+    if (w.replay_after_loss && w.conn.exec(sql::kJobIdExists, Params().add(j.id)).rows())
+      return j.id;  // the first COMMIT landed
+    if (j.unique_key) {
+      if (auto holder = unique_holder(w, j)) return *holder;
+    }
+    if (j.parent_id && !w.conn.exec(sql::kJobIdExists, Params().add(*j.parent_id)).rows())
+      throw ValidationError("parent", "parent job '" + *j.parent_id + "' does not exist");
+    Status status = j.batch_policy ? (j.batch_children ? Status::running : Status::completed)
+                                   : Status::queued;
+    std::optional<std::string> error;
+    int64_t pending = 0;
+    for (const auto& dep : j.depends_on) {
+      Result d = w.conn.exec(sql::kDependencyState, Params().add(dep));
+      if (!d.rows()) throw ValidationError("depends_on", "dependency '" + dep + "' does not exist");
+      const auto dep_status = parse_status(d.text(0, 0)).value_or(Status::queued);
+      if (!is_final(dep_status)) {
+        ++pending;
+      } else if (dep_status != Status::completed && !j.run_if_dependency_fails && !error) {
+        error = "dependency " + dep + " ended " + std::string(to_string(dep_status));
+      }
+    }
+    if (error) status = Status::cancelled;
+    else if (pending > 0) status = Status::created;
+    if (status == Status::queued) {
+      const int64_t max = limits.limit_for(j.queue);
+      if (max > 0) {
+        auto it = std::find_if(queued_in.begin(), queued_in.end(),
+                               [&](const auto& p) { return p.first == j.queue; });
+        if (it == queued_in.end()) {
+          w.conn.exec(sql::kLockQueue, Params().add(j.queue));
+          Result c = w.conn.exec(sql::kCountQueuedInQueue, Params().add(j.queue).add(max));
+          queued_in.emplace_back(j.queue, c.rows() ? c.integer(0, 0) : 0);
+          it = std::prev(queued_in.end());
+        }
+        if (it->second >= max) throw QueueFull(j.queue, max);
+        ++it->second;
+      }
+    }
+    const bool final_now = is_final(status);
+    std::optional<std::string> result;
+    if (status == Status::completed) result = R"({"total": 0})";
+    Params p;
+    p.add(j.id).add(j.type).add(j.priority).add(j.payload_json).add(j.max_attempts);
+    p.add(j.parent_id).add(j.user_initiated).add(j.timeout_ms).add(j.retry_delay_ms);
+    p.add(j.created_at).add(j.run_at).add(j.backoff.empty() ? std::string("fixed") : j.backoff);
+    p.add(std::string(to_string(status))).add(j.queue).add(j.unique_key).add(j.unique_for_ms);
+    p.add(pending);
+    if (j.run_if_dependency_fails) p.add("run"); else p.null();
+    p.add(j.batch_policy).add(static_cast<double>(j.batch_children)).add(error);
+    if (final_now) p.add(j.created_at); else p.null();
+    if (status == Status::running) p.add(j.created_at); else p.null();
+    p.add(result).add(status == Status::completed ? 100 : 0);
+    w.conn.exec("SAVEPOINT insert_job");
+    try {
+      w.conn.exec(sql::kInsertWorkflowJob, p);
+      w.conn.exec("RELEASE SAVEPOINT insert_job");
+    } catch (const PgError& e) {
+      if (e.transient()) throw;
+      w.conn.exec("ROLLBACK TO SAVEPOINT insert_job");
+      // Another host inserted the same key since we looked (the unique index waited for its
+      // commit): that job is the answer.
+      if (e.sqlstate() == "23505" && j.unique_key)
+        if (auto holder = unique_holder(w, j)) return *holder;
+      if (e.sqlstate().rfind("22", 0) == 0)
+        throw ValidationError("payload",
+                              std::string("payload cannot be stored as JSONB: ") + e.what());
+      throw;
+    }
+    for (const auto& dep : j.depends_on)
+      w.conn.exec(sql::kInsertDependency, Params().add(dep).add(j.id));
+    if (status != Status::created)
+      w.transitions.push_back(Transition{j.id, j.type, Status::created, status, 0,
+                                         status == Status::completed ? 100 : 0, result, error,
+                                         j.created_at});
+    if (status == Status::queued) w.jobs_due = true;
+    return j.id;
+  }
+
+  // The id of the job holding j's unique key, if it still holds it; a holder whose hold ended
+  // gives the key up (to j).
+  std::optional<std::string> unique_holder(WriteContext& w, const NewJob& j) {
+    Result q = w.conn.exec(sql::kUniqueHolder, Params().add(*j.unique_key));
+    if (!q.rows()) return std::nullopt;
+    const auto status = parse_status(q.text(0, 2)).value_or(Status::queued);
+    const int64_t ended = q.integer(0, 3), keep_for = q.integer(0, 4);
+    if (!is_final(status) || ended + keep_for > j.created_at) return q.text(0, 1);
+    w.conn.exec(sql::kReleaseUniqueKey, Params().add(q.integer(0, 0)));
+    return std::nullopt;
+  }
+
+  // What a status change means for other jobs, in the same transaction as the change: a batch
+  // parent counts its final children (and ends with the last); a batch parent that ends early
+  // cancels its unfinished children; dependents of a final job are released or cancelled. The
+  // changes made here are transitions too, so they cascade. Costs two indexed probes per
+  // transaction with final transitions while no batch or dependency exists.
+  void apply_workflow_effects(WriteContext& w) {
+    std::optional<bool> any_batch, any_dependency;
+    const int64_t now = now_ms();
+    for (size_t i = 0; i < w.transitions.size(); ++i) {
+      const Transition t = w.transitions[i];  // a copy: the vector grows below
+      if (t.from == t.to) continue;
+      const bool to_final = is_final(t.to);
+      const bool reopened = is_final(t.from) && t.to == Status::queued;  // a manual retry
+      if (!to_final && !reopened) continue;
+      if (!any_batch) any_batch = w.conn.exec(sql::kAnyBatch).boolean(0, 0);
+      if (*any_batch) batch_effects(w, t, to_final, now);
+      if (!to_final) continue;
+      if (!any_dependency) any_dependency = w.conn.exec(sql::kAnyDependency).boolean(0, 0);
+      if (*any_dependency) dependency_effects(w, t, now);
+    }
+  }
+
+  void batch_effects(WriteContext& w, const Transition& t, bool to_final, int64_t now) {
+    Result s = w.conn.exec(sql::kParentAndPolicy, Params().add(t.job_id));
+    if (!s.rows()) return;
+    const std::optional<std::string> parent = s.optional_text(0, 0), policy = s.optional_text(0, 1);
+    if (policy && to_final && t.to != Status::completed) {
+      // A batch parent ended early (cancelled, failed fast): its unfinished children end too.
+      Result c = w.conn.exec(sql::kCancelChildren,
+                             Params()
+                                 .add("batch " + t.job_id + " ended " + std::string(to_string(t.to)))
+                                 .add(now)
+                                 .add(t.job_id));
+      for (int i = 0; i < c.rows(); ++i)
+        w.transitions.push_back(Transition{c.text(i, 0), c.text(i, 1), Status::queued,
+                                           Status::cancelled, static_cast<int>(c.integer(i, 2)), 0,
+                                           {}, std::string("batch cancelled"), now});
+      Result rq = w.conn.exec(sql::kRequestCancelChildren, Params().add(now).add(t.job_id));
+      for (int i = 0; i < rq.rows(); ++i)
+        if (!rq.is_null(i, 0)) w.cancel_owners.insert(rq.text(i, 0));
+    }
+    if (!parent) return;
+    Result u = w.conn.exec(sql::kBatchChildFinal,
+                           Params().add(*parent).add(to_final ? 1 : -1).add(now));
+    if (!u.rows()) return;  // not a batch, or it already ended
+    const int64_t seq = u.integer(0, 0);
+    const std::string type = u.text(0, 1);
+    const auto current = static_cast<int64_t>(u.real(0, 2));
+    const auto total = static_cast<int64_t>(u.real(0, 3));
+    const std::string parent_policy = u.text(0, 4);
+    const int64_t attempts = u.integer(0, 5);
+    const bool child_failed = t.to == Status::failed || t.to == Status::timeout;
+    if (parent_policy == "fail_fast" && child_failed) {
+      end_batch(w, *parent, seq, type, attempts, Status::failed, std::nullopt,
+                "child " + t.job_id + " " + std::string(to_string(t.to)) +
+                    (t.error ? ": " + *t.error : std::string()),
+                now);
+      return;
+    }
+    if (!to_final || current < total) return;
+    // The last child ended: the summary counts children by final status.
+    std::string result = "{\"total\": " + std::to_string(total);
+    int64_t failed = 0;
+    Result c = w.conn.exec(sql::kBatchChildCounts, Params().add(*parent));
+    for (int i = 0; i < c.rows(); ++i) {
+      const std::string st = c.text(i, 0);
+      const int64_t n = c.integer(i, 1);
+      result += ", \"" + st + "\": " + std::to_string(n);
+      if (st == "failed" || st == "timeout") failed += n;
+    }
+    result += "}";
+    if (parent_policy == "fail" && failed > 0)
+      end_batch(w, *parent, seq, type, attempts, Status::failed, result,
+                std::to_string(failed) + " of " + std::to_string(total) + " children failed", now);
+    else
+      end_batch(w, *parent, seq, type, attempts, Status::completed, result, std::nullopt, now);
+  }
+
+  void end_batch(WriteContext& w, const std::string& id, int64_t seq, const std::string& type,
+                 int64_t attempts, Status to, const std::optional<std::string>& result,
+                 const std::optional<std::string>& error, int64_t now) {
+    Result r = w.conn.exec(
+        sql::kEndBatch,
+        Params().add(std::string(to_string(to))).add(result).add(error).add(now).add(seq));
+    if (r.affected() == 0) return;
+    w.transitions.push_back(Transition{id, type, Status::running, to, static_cast<int>(attempts),
+                                       to == Status::completed ? 100 : 0, result, error, now});
+  }
+
+  void dependency_effects(WriteContext& w, const Transition& t, int64_t now) {
+    Result deps = w.conn.exec(sql::kDependents, Params().add(t.job_id));
+    const bool completed = t.to == Status::completed;
+    const std::string why = "dependency " + t.job_id + " ended " + std::string(to_string(t.to));
+    for (int i = 0; i < deps.rows(); ++i) {
+      const std::string id = deps.text(i, 0);
+      // Released (its dependency completed, or it runs regardless) ...
+      Result u = w.conn.exec(sql::kDependencyDone, Params().add(now).add(id).add(completed));
+      if (u.rows()) {
+        if (u.text(0, 1) == "queued") {
+          w.transitions.push_back(
+              Transition{id, u.text(0, 0), Status::created, Status::queued, 0, 0, {}, {}, now});
+          w.jobs_due = true;
+        }
+        continue;
+      }
+      if (completed) continue;
+      // ... or cancelled.
+      Result c = w.conn.exec(sql::kCancelWaiting, Params().add(why).add(now).add(id));
+      if (c.rows())
+        w.transitions.push_back(
+            Transition{id, c.text(0, 0), Status::created, Status::cancelled, 0, 0, {}, why, now});
+    }
   }
 
   // ---- health ------------------------------------------------------------------------------
@@ -1211,6 +1614,7 @@ class PgStore final : public Store {
     try {
       pg::Transaction txn(*writer_conn_);
       for (auto& op : ops) op.apply(w);
+      if (!w.transitions.empty()) apply_workflow_effects(w);
       if (!w.transitions.empty()) record_stats(w);
       if (w.jobs_due) notify_jobs_due(*writer_conn_);
       for (const auto& owner : w.cancel_owners)

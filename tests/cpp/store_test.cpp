@@ -1342,7 +1342,8 @@ TEST_F(PostgresStoreTest, SchemaIsRecordedInTheMigrationsTableAndReopeningKeepsR
     auto store = open_pg();
     store->insert({job});
   }
-  EXPECT_EQ(db().integer("SELECT max(version) FROM jobforge_migrations"), 1);
+  EXPECT_EQ(db().integer("SELECT max(version) FROM jobforge_migrations"), 2);  // every migration
+  EXPECT_EQ(db().integer("SELECT count(*) FROM jobforge_migrations"), 2);
   auto store = open_pg();
   EXPECT_EQ(status_of(*store, job.id), Status::queued);
   EXPECT_EQ(store->integrity_check(), "ok");

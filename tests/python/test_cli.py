@@ -707,8 +707,12 @@ def test_run_bad_input_and_failures(tmp_path):
     proc = jobforge("run", "scan", "--payload", json.dumps({"paths": [str(tmp_path / "gone")]}))
     assert_one_line_error(proc, 1, "scan failed", "gone")
     assert proc.stdout == ""
+    # A native processor's log lines go to stderr as it runs; its error is the last line.
     proc = jobforge("run", "exec", "--payload", '{"argv": ["sh", "-c", "exit 3"]}')
-    assert_one_line_error(proc, 1, "exec failed")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert lines[-1] == 'jobforge: error: exec failed: exec: "sh" exited with code 3', lines
+    assert any("started" in line for line in lines[:-1])
 
 
 def test_run_a_python_processor_of_an_app(run_app):

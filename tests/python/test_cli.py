@@ -631,6 +631,10 @@ def test_schedule_bad_input_exits_with_one_line_and_writes_nothing(db, tmp_path)
     proc = jobforge("schedule", "add", "bad", "@daily", "noop", "--db", db,
                     "--timezone", "Europe/Paris")  # fmt: skip
     assert_one_line_error(proc, 2, "Europe/Paris")
+    proc = jobforge("schedule", "add", "bad", "@daily", "exec", "--db", db,
+                    "--payload", '{"argv": "ls -l"}')  # fmt: skip
+    assert_one_line_error(proc, 2, "exec: payload field 'argv'")
+    assert_one_line_error(jobforge("schedule", "add", "", "@daily", "noop", "--db", db), 2, "name")
     proc = jobforge("schedule", "add", "bad", "@daily", "noop", "--db", db, "--priority", "11")
     assert_one_line_error(proc, 2, "11")
     proc = jobforge("schedule", "add", "bad", "@daily", "noop", "--db", db, "--misfire", "later")

@@ -1029,7 +1029,12 @@ def _run(engine, args: argparse.Namespace, payload: Any) -> int:
             EXIT_USAGE,
         )
     python_processor = args.type in engine._processors
-    progress: Any = False
+
+    def progress(current: float, total: float, message: str) -> None:
+        # Even without a bar: a native processor reporting progress takes the GIL here, so a
+        # Ctrl-C (SIGINT) raises KeyboardInterrupt at its next report instead of after it ends.
+        pass
+
     bar = None
     if not args.no_progress and sys.stdout.isatty():
         from rich import progress as rp
@@ -1041,7 +1046,7 @@ def _run(engine, args: argparse.Namespace, payload: Any) -> int:
         )  # fmt: skip
         task = bar.add_task("", total=None, type=args.type)
 
-        def progress(current: float, total: float, message: str) -> None:
+        def progress(current: float, total: float, message: str) -> None:  # noqa: F811
             bar.update(task, completed=current, total=total if total and total > 0 else None,
                        description=message or "")  # fmt: skip
 

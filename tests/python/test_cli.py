@@ -663,6 +663,8 @@ def test_a_schedule_added_on_the_command_line_fires_in_an_engine(db):
 # -- run ------------------------------------------------------------------------------------------
 
 _RUN_APP = """
+import time
+
 import jobforge
 
 engine = jobforge.Engine({db!r})
@@ -673,6 +675,14 @@ def count(ctx, payload):
     for i in range(payload["n"]):
         ctx.progress(i + 1, total=payload["n"], message=f"item {{i + 1}}")
     return {{"counted": payload["n"]}}
+
+
+@engine.processor("slow")
+def slow(ctx, payload):
+    open("started", "w").close()
+    for i in range(600):
+        ctx.progress(i + 1, total=600)
+        time.sleep(0.05)
 
 
 @engine.processor("boom")
@@ -747,6 +757,21 @@ def test_run_a_python_processor_of_an_app(run_app):
         cwd=run_app, capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False,
     )  # fmt: skip
     assert_one_line_error(proc, 2, "unknown job type 'nosuch'", "count")
+
+
+def test_run_ctrl_c_exits_130_with_one_line(run_app):
+    import signal
+
+    proc = subprocess.Popen(
+        [*CLI, "run", "slow", "--app", "runapp:engine"], cwd=run_app, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (run_app / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == "jobforge: error: interrupted\n", err
 
 
 def test_run_draws_a_progress_bar_on_a_terminal(run_app):

@@ -7,8 +7,14 @@
     jobforge logs ID [--level L] [--limit N] [--tail] [--follow] [--json]
                                                      a job's log lines; --follow until it ends
     jobforge health [--integrity] [--json]           ok / degraded / failing, with reasons
-    jobforge db check [--quick] | migrate | repair [--force]   [--json]
+    jobforge db check [--quick] | migrate | repair [--force] | cleanup --older-than DURATION
                                                      upkeep of the SQLite file (docs below)
+    jobforge schedule list [--json]                  cron schedules with next and last fire
+    jobforge schedule add NAME CRON TYPE [--payload JSON] [--priority P] [--timezone TZ]
+                          [--misfire run_once|skip] [--queue Q] [--json]   create or replace
+    jobforge schedule remove NAME [--json]
+    jobforge run TYPE [--payload JSON] [--app MODULE:ATTR] [--json] [--no-progress]
+                                                     run a processor here, now, without the queue
     jobforge enqueue TYPE [--payload JSON] [--priority P] [--delay S] [--max-attempts N]
                           [--timeout S] [--json]     prints the new job's id
     jobforge cancel ID [--json]
@@ -30,6 +36,13 @@ database; the other commands refuse to.
 ``--token`` / ``JOBFORGE_DASHBOARD_TOKEN``). It opens the file as an observer that claims no jobs,
 unless ``--app MODULE:ATTR`` asks it to run that app's processors as well.
 
+``run`` calls ``engine.run_now`` in this process (no job is stored): on the native processors,
+or with ``--app MODULE:ATTR`` on that app engine's processors; it uses no database of its own.
+A rich progress bar follows the processor's progress when stdout is a terminal.
+
+``schedule add`` creates the database if needed, like ``enqueue``; the schedule's jobs are made
+by started engines on the file (``worker`` processes, applications), not by the command.
+
 ``worker`` imports MODULE (the current directory is on ``sys.path``), takes ATTR (a
 ``jobforge.Engine`` or a function returning one) and runs its processors in an engine of its own
 on ``--db`` (default: the app engine's file, not ``JOBFORGE_DB``) with ``--concurrency`` threads.
@@ -39,14 +52,18 @@ SIGQUIT stops it at once, putting running jobs back in the queue (exit 0). See d
 Errors are one line on stderr (``--debug`` adds the traceback). Exit codes:
 
     0   success
-    1   operational failure: the store failed (not a database, locked, disk full), a job could
+    1   operational failure: the store failed (not a database, locked, disk full), ``run``'s
+        processor raised or failed (its error is the line printed), a job could
         not be cancelled or retried in its current status, a demo job did not end as expected,
         the dashboard's port could not be bound, ``db check`` found problems, ``db repair``
         refused (workers use the file) or failed, or an unexpected error
     2   usage error or bad input: unknown option, malformed ``--payload`` JSON, invalid option
         value (priority out of 1..10, negative delay, ...), no database given, an ``--app``
-        that does not name an importable engine
-    3   not found: no job with that id, or the database file does not exist
+        that does not name an importable engine, a bad cron expression, time zone or duration,
+        ``run`` of a type that has no processor here or with a payload its native processor
+        refuses
+    3   not found: no job with that id, no schedule with that name, or the database file does
+        not exist
     4   ``health`` only: the engine is degraded (reasons printed)
     5   ``health`` only: the engine is failing (reasons printed)
     130 interrupted (Ctrl-C; for ``worker``, a second stop signal)
@@ -121,6 +138,28 @@ def _count(text: str) -> int:
     return value
 
 
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from "7d", "12h", "30m", "45s", "1h30m" or a bare number of seconds."""
+    import re
+
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            raise argparse.ArgumentTypeError(
+                f"expected a duration such as 7d, 12h, 30m, 45s or 1h30m, got {text!r}"
+            ) from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a duration of 0 or more, got {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .job import STATUSES
 
@@ -144,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="jobforge: background jobs run by a C++ engine on SQLite.",
         epilog=(
             f"The database comes from --db PATH or ${ENV_DB}. Exit codes: 0 ok, 1 operational "
-            "failure, 2 usage or bad input, 3 job or database not found, 4/5 health degraded/"
-            "failing, 130 interrupted."
+            "failure, 2 usage or bad input, 3 job, schedule or database not found, 4/5 health "
+            "degraded/failing, 130 interrupted."
         ),
     )
     parser.add_argument(
@@ -263,6 +302,87 @@ def build_parser() -> argparse.ArgumentParser:
     db_repair.add_argument(
         "--force", action="store_true", help="repair even if workers seem to use the file"
     )
+    db_cleanup = db_commands.add_parser(
+        "cleanup", parents=[with_db, as_json], help="delete finished jobs older than a duration",
+        description=(
+            "Deletes finished jobs (completed, failed, cancelled, timeout) that ended more than "
+            "DURATION ago, with their log lines, in small transactions (engine.cleanup); jobs of "
+            "a batch still running stay. Prints how many were deleted."
+        ),
+    )  # fmt: skip
+    db_cleanup.add_argument(
+        "--older-than", required=True, type=_duration, metavar="DURATION",
+        help="e.g. 7d, 12h, 30m, 45s, 1h30m (a bare number is seconds)",
+    )  # fmt: skip
+
+    schedule = commands.add_parser(
+        "schedule", parents=[common], help="list, add or remove cron schedules",
+        description=(
+            "Cron schedules (docs/workflows.md): every started engine on the file enqueues "
+            "one job of the schedule's type at each fire time."
+        ),
+    )  # fmt: skip
+    schedule_commands = schedule.add_subparsers(dest="schedule_command", metavar="ACTION")
+    schedule_commands.add_parser(
+        "list", parents=[with_db, as_json], help="the schedules with next and last fire",
+        description="Lists the schedules by name: cron, type, next and last fire, time zone, "
+        "misfire policy, priority, queue and the last job made.",
+    )  # fmt: skip
+    schedule_add = schedule_commands.add_parser(
+        "add", parents=[with_db, as_json], help="create or replace a schedule",
+        description=(
+            "Creates the schedule NAME (or replaces it) to enqueue a TYPE job at every time "
+            "CRON matches. CRON: five fields (minute hour day-of-month month day-of-week, e.g. "
+            "'0 2 * * *'), @hourly, @daily, @weekly, @monthly, @yearly or '@every 30s'. "
+            "Creates the database if needed."
+        ),
+    )  # fmt: skip
+    schedule_add.add_argument("name", metavar="NAME", help="schedule name")
+    schedule_add.add_argument("cron", metavar="CRON", help="cron expression (quote it)")
+    schedule_add.add_argument("type", metavar="TYPE", help="type of the jobs it enqueues")
+    schedule_add.add_argument(
+        "--payload", metavar="JSON", default="null",
+        help="payload of each job as JSON; @FILE reads it from a file, - from stdin (null)",
+    )  # fmt: skip
+    schedule_add.add_argument(
+        "--priority", type=_priority, metavar="P",
+        help="1 (highest) .. 10 (lowest) or urgent/high/normal/low/maintenance (default 5)",
+    )  # fmt: skip
+    schedule_add.add_argument(
+        "--timezone", default="UTC", metavar="TZ",
+        help="UTC (default) or a fixed offset such as +02:00 or UTC-8",
+    )  # fmt: skip
+    schedule_add.add_argument(
+        "--misfire", default="run_once", choices=("run_once", "skip"),
+        help="a fire missed while nothing ran: one job at start-up (run_once) or none (skip)",
+    )  # fmt: skip
+    schedule_add.add_argument("--queue", default="default", metavar="Q", help="queue (default)")
+    schedule_remove = schedule_commands.add_parser(
+        "remove", parents=[with_db, as_json], help="delete a schedule",
+        description="Deletes the schedule NAME (its jobs already enqueued stay).",
+    )  # fmt: skip
+    schedule_remove.add_argument("name", metavar="NAME", help="schedule name")
+
+    run = commands.add_parser(
+        "run", parents=[common, as_json], help="run a processor now, here, without the queue",
+        description=(
+            "Runs the processor of TYPE in this process with engine.run_now: no job is stored, "
+            "no retries, no timeout. Without --app only the native processors are known (scan, "
+            "checksum, exec, noop, sleep). A progress bar follows the processor's progress when "
+            "stdout is a terminal; the result is printed as JSON. A processor that raises or "
+            "fails: its error as one line, exit code 1."
+        ),
+    )  # fmt: skip
+    run.add_argument("type", metavar="TYPE", help="job type")
+    run.add_argument(
+        "--payload", metavar="JSON", default="null",
+        help="payload as JSON; @FILE reads it from a file, - from stdin (default: null)",
+    )  # fmt: skip
+    run.add_argument(
+        "--app", metavar="MODULE:ATTR",
+        help="the engine whose processors to use, e.g. mymodule:engine",
+    )  # fmt: skip
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     enqueue = commands.add_parser(
         "enqueue", parents=[with_db, as_json], help="store a new job for the workers",
@@ -447,6 +567,25 @@ def job_json(job) -> dict:
         duration=job.duration,
     )
     return data
+
+
+def schedule_json(schedule) -> dict:
+    """A cron schedule (``engine.schedules()``), JSON-ready, times in Unix ms; also the
+    dashboard's ``GET /api/schedules``."""
+    last = schedule.last_fire_at
+    return {
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "type": schedule.type,
+        "payload": schedule.payload,
+        "priority": schedule.priority,
+        "queue": schedule.queue,
+        "timezone": schedule.timezone,
+        "misfire": schedule.misfire,
+        "next_fire_at": round(schedule.next_fire_at * 1000),
+        "last_fire_at": None if last is None else round(last * 1000),
+        "last_job_id": schedule.last_job_id,
+    }
 
 
 def _print_json(value: Any) -> None:
@@ -728,8 +867,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     from . import db
 
     if args.db_command is None:
-        raise CliError("db needs an action: check, migrate or repair (jobforge db --help)",
+        raise CliError("db needs an action: check, migrate, repair or cleanup (jobforge db --help)",
                        EXIT_USAGE)  # fmt: skip
+    if args.db_command == "cleanup":
+        return _db_cleanup(args)
     path = _db_path(args)
     if not os.path.exists(path):
         raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
@@ -776,6 +917,163 @@ def cmd_db(args: argparse.Namespace) -> int:
     print(f"the damaged file is kept as {report['damaged_copy']}")
     state = "ok" if report["check"]["ok"] else "still has problems"
     print(f"integrity of the repaired file: {state}")
+    return EXIT_OK
+
+
+def _db_cleanup(args: argparse.Namespace) -> int:
+    engine = _open(args)
+    cutoff_ms = int((time.time() - args.older_than) * 1000)
+    deleted = engine.cleanup(older_than=args.older_than)
+    if args.json:
+        _print_json({"path": engine.path, "deleted": deleted, "older_than_s": args.older_than,
+                     "cutoff": cutoff_ms})  # fmt: skip
+    else:
+        stamp = _dt.datetime.fromtimestamp(cutoff_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"deleted {deleted} finished job(s) that ended before {stamp} from {engine.path}")
+    return EXIT_OK
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    action = args.schedule_command
+    if action is None:
+        raise CliError("schedule needs an action: list, add or remove (jobforge schedule --help)",
+                       EXIT_USAGE)  # fmt: skip
+    if action == "add":
+        payload = _parse_payload(args.payload)
+        engine = _open(args, create=True)
+        existed = any(s.name == args.name for s in engine.schedules())
+        try:
+            made = engine.schedule(
+                args.name, args.cron, args.type, payload, priority=args.priority,
+                timezone=args.timezone, misfire=args.misfire, queue=args.queue,
+            )  # fmt: skip
+        except (ValueError, TypeError) as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        if args.json:
+            _print_json(schedule_json(made))
+        else:
+            verb = "replaced" if existed else "added"
+            next_ms = round(made.next_fire_at * 1000)
+            print(f"{verb} schedule '{made.name}': {made.type} at '{made.cron}' "
+                  f"({made.timezone}), next fire {_when(next_ms)}")  # fmt: skip
+        return EXIT_OK
+    engine = _open(args)
+    if action == "remove":
+        if not engine.unschedule(args.name):
+            raise CliError(f"no schedule named '{args.name}' in '{engine.path}'", EXIT_NOT_FOUND)
+        if args.json:
+            _print_json({"removed": args.name})
+        else:
+            print(f"removed schedule '{args.name}'")
+        return EXIT_OK
+    schedules = engine.schedules()
+    if args.json:
+        _print_json([schedule_json(s) for s in schedules])
+        return EXIT_OK
+    console = _console()
+    if not schedules:
+        console.print("no schedules (jobforge schedule add NAME CRON TYPE)", style="dim")
+        return EXIT_OK
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    now = int(time.time() * 1000)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name in ("NAME", "CRON", "TYPE", "NEXT FIRE", "LAST FIRE", "TZ", "MISFIRE", "PRIO",
+                 "QUEUE", "LAST JOB"):  # fmt: skip
+        table.add_column(name, no_wrap=name != "NAME")
+    for s in schedules:
+        last = None if s.last_fire_at is None else round(s.last_fire_at * 1000)
+        table.add_row(
+            Text(s.name), Text(s.cron), Text(s.type), _when(round(s.next_fire_at * 1000), now),
+            _when(last, now) if last else "never", s.timezone, s.misfire,
+            "-" if s.priority is None else str(s.priority), Text(s.queue), s.last_job_id or "-",
+        )  # fmt: skip
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    payload = _parse_payload(args.payload)
+    if args.app:
+        from . import worker
+
+        try:
+            engine = worker.load_app(args.app)
+        except worker.AppError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        return _run(engine, args, payload)
+    import tempfile
+
+    import jobforge
+
+    # Native processors need no store: an engine on a throwaway file (run_now writes no row).
+    with tempfile.TemporaryDirectory(prefix="jobforge-run-") as tmp:
+        engine = jobforge.Engine(os.path.join(tmp, "run.db"))
+        try:
+            return _run(engine, args, payload)
+        finally:
+            engine.close()
+
+
+def _run(engine, args: argparse.Namespace, payload: Any) -> int:
+    from .errors import JobforgeError
+
+    known = engine.processor_types
+    if args.type not in known:
+        where = f"the app {args.app}" if args.app else "the native processors (--app adds yours)"
+        raise CliError(
+            f"unknown job type '{args.type}': no processor for it in {where}; known types: "
+            f"{', '.join(sorted(known))}",
+            EXIT_USAGE,
+        )
+    python_processor = args.type in engine._processors
+
+    def progress(current: float, total: float, message: str) -> None:
+        # Even without a bar: a native processor reporting progress takes the GIL here, so a
+        # Ctrl-C (SIGINT) raises KeyboardInterrupt at its next report instead of after it ends.
+        pass
+
+    bar = None
+    if not args.no_progress and sys.stdout.isatty():
+        from rich import progress as rp
+
+        bar = rp.Progress(
+            rp.TextColumn("[bold]{task.fields[type]}"), rp.BarColumn(), rp.TaskProgressColumn(),
+            rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("{task.description}"),
+            console=_console(), transient=False,
+        )  # fmt: skip
+        task = bar.add_task("", total=None, type=args.type)
+
+        def progress(current: float, total: float, message: str) -> None:  # noqa: F811
+            bar.update(task, completed=current, total=total if total and total > 0 else None,
+                       description=message or "")  # fmt: skip
+
+        bar.start()
+    started = time.monotonic()
+    try:
+        result = engine.run_now(args.type, payload, progress=progress)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the processor's error, as one line
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        if not python_processor and isinstance(exc, (ValueError, TypeError)):
+            raise CliError(str(exc), EXIT_USAGE) from None  # a payload the processor refuses
+        text = " ".join((str(exc) or "").split())
+        kind = "" if isinstance(exc, JobforgeError) else f"{type(exc).__name__}: "
+        raise CliError(f"{args.type} failed: {kind}{text}".rstrip(": ")) from None
+    finally:
+        if bar is not None:
+            bar.stop()
+    seconds = time.monotonic() - started
+    if args.json:
+        _print_json({"type": args.type, "result": result, "seconds": round(seconds, 6)})
+    elif sys.stdout.isatty():
+        _console().print(_pretty(result))
+    else:
+        _print_json(result)
     return EXIT_OK
 
 
@@ -991,6 +1289,8 @@ COMMANDS = {
     "logs": cmd_logs,
     "health": cmd_health,
     "db": cmd_db,
+    "schedule": cmd_schedule,
+    "run": cmd_run,
 }
 
 

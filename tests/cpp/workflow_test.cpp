@@ -620,6 +620,8 @@ TEST_P(WorkflowTest, RunNowRunsInTheCallersThreadWithoutARow) {
   EXPECT_EQ(seen, std::vector<double>{0.5});
   EXPECT_THROW(engine.run_now("resize", R"({"fail":true})"), ProcessorFailure);
   EXPECT_THROW(engine.run_now("nope", "{}"), UnknownJobType);
+  // A native processor's field rules apply before it runs, as at enqueue.
+  EXPECT_THROW(engine.run_now("exec", R"({"argv":"ls -l"})"), ValidationError);
   EXPECT_EQ(engine.stats().total, 0);
 }
 

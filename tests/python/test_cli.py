@@ -26,6 +26,12 @@ COMMANDS = [
     "worker",
     "dashboard",
     "db",
+    "schedule",
+    "run",
+    "schedule list",
+    "schedule add",
+    "schedule remove",
+    "db cleanup",
 ]
 TIMEOUT = 120  # guards against hangs only
 _SCRIPT = shutil.which("jobforge", path=os.path.dirname(sys.executable))
@@ -88,13 +94,13 @@ def db(tmp_path):
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_of_every_command(command):
-    args = ["--help"] if command is None else [command, "--help"]
+    args = ["--help"] if command is None else [*command.split(), "--help"]
     proc = ok(*args)
     expected = "usage: jobforge" if command is None else f"usage: jobforge {command}"
     assert proc.stdout.startswith(expected)
     if command is None:
         for name in COMMANDS:
-            assert name in proc.stdout
+            assert name.split()[0] in proc.stdout
         assert "Exit codes" in proc.stdout
 
 
@@ -552,7 +558,7 @@ def test_db_check_migrate_and_repair_of_a_damaged_file(tmp_path):
 
 
 def test_db_usage_errors(tmp_path):
-    assert_one_line_error(jobforge("db"), 2, "check, migrate or repair")
+    assert_one_line_error(jobforge("db"), 2, "check, migrate, repair or cleanup")
     assert_one_line_error(jobforge("db", "check", "--db", tmp_path / "x.db"), 3, "does not exist")
     (tmp_path / "junk.db").write_bytes(b"this is not a database at all" * 100)
     proc = jobforge("db", "check", "--db", tmp_path / "junk.db")
@@ -580,3 +586,255 @@ def test_db_migrate_upgrades_a_seed_schema_file(tmp_path):
     report = as_json("db", "migrate", "--db", path)
     assert report["schema_version_before"] == 0 and report["schema_version"] > 0
     assert as_json("show", "a", "--db", path)["status"] == "completed"
+
+
+# -- schedule -------------------------------------------------------------------------------------
+
+
+def test_schedule_add_list_replace_remove(db):
+    made = as_json(
+        "schedule", "add", "nightly", "0 2 * * *", "noop", "--db", db, "--payload", '{"a": 1}',
+        "--priority", "3", "--timezone", "+02:00", "--misfire", "skip", "--queue", "maint",
+    )  # fmt: skip
+    assert made["name"] == "nightly" and made["cron"] == "0 2 * * *" and made["type"] == "noop"
+    assert made["payload"] == {"a": 1} and made["priority"] == 3 and made["queue"] == "maint"
+    assert made["timezone"] == "+02:00" and made["misfire"] == "skip"
+    assert made["last_fire_at"] is None and made["next_fire_at"] > time.time() * 1000
+    # 02:00 at +02:00 is 00:00 UTC
+    assert made["next_fire_at"] % 86_400_000 == 0
+    out = ok("schedule", "add", "beat", "@every 30s", "ping", "--db", db).stdout
+    assert out.startswith("added schedule 'beat': ping at '@every 30s' (UTC), next fire")
+    listed = as_json("schedule", "list", "--db", db)
+    assert [s["name"] for s in listed] == ["beat", "nightly"]
+    assert listed[1] == made
+    table = ok("schedule", "list", "--db", db).stdout
+    for fragment in ("NAME", "NEXT FIRE", "nightly", "0 2 * * *", "+02:00", "skip", "never"):
+        assert fragment in table, (fragment, table)
+    out = ok("schedule", "add", "beat", "@hourly", "ping", "--db", db).stdout
+    assert out.startswith("replaced schedule 'beat'")
+    assert as_json("schedule", "list", "--db", db)[0]["cron"] == "@hourly"
+    assert as_json("schedule", "remove", "beat", "--db", db) == {"removed": "beat"}
+    assert "removed schedule 'nightly'" in ok("schedule", "remove", "nightly", "--db", db).stdout
+    assert as_json("schedule", "list", "--db", db) == []
+    assert "no schedules" in ok("schedule", "list", "--db", db).stdout
+
+
+def test_schedule_bad_input_exits_with_one_line_and_writes_nothing(db, tmp_path):
+    assert_one_line_error(jobforge("schedule", "list", "--db", db), 3, "does not exist")
+    proc = jobforge("schedule", "add", "s", "* * * * *", "noop", "--db", db, "--payload", "{x")
+    assert_one_line_error(proc, 2, "--payload is not valid JSON")
+    assert not os.path.exists(db)  # malformed JSON: not even the file
+    ok("schedule", "add", "keep", "@daily", "noop", "--db", db)
+    for cron, fragment in [("61 * * * *", "61"), ("* * *", "* * *"), ("@fortnightly", "@fort")]:
+        proc = jobforge("schedule", "add", "bad", cron, "noop", "--db", db)
+        assert_one_line_error(proc, 2, fragment)
+    proc = jobforge("schedule", "add", "bad", "@daily", "noop", "--db", db,
+                    "--timezone", "Europe/Paris")  # fmt: skip
+    assert_one_line_error(proc, 2, "Europe/Paris")
+    proc = jobforge("schedule", "add", "bad", "@daily", "exec", "--db", db,
+                    "--payload", '{"argv": "ls -l"}')  # fmt: skip
+    assert_one_line_error(proc, 2, "exec: payload field 'argv'")
+    assert_one_line_error(jobforge("schedule", "add", "", "@daily", "noop", "--db", db), 2, "name")
+    proc = jobforge("schedule", "add", "bad", "@daily", "noop", "--db", db, "--priority", "11")
+    assert_one_line_error(proc, 2, "11")
+    proc = jobforge("schedule", "add", "bad", "@daily", "noop", "--db", db, "--misfire", "later")
+    assert proc.returncode == 2 and "invalid choice: 'later'" in proc.stderr
+    assert [s["name"] for s in as_json("schedule", "list", "--db", db)] == ["keep"]
+    assert_one_line_error(
+        jobforge("schedule", "remove", "nope", "--db", db), 3, "no schedule named 'nope'"
+    )
+    assert_one_line_error(jobforge("schedule"), 2, "list, add or remove")
+
+
+def test_a_schedule_added_on_the_command_line_fires_in_an_engine(db):
+    import jobforge
+
+    ok("schedule", "add", "tick", "@every 1s", "noop", "--db", db, "--payload", '{"n": 1}')
+    with jobforge.Engine(db, workers=1, poll_interval=0.05) as engine:
+        deadline = time.monotonic() + 20
+        while not engine.jobs(type="noop", status="completed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fired = engine.jobs(type="noop", status="completed")
+    assert fired and fired[0].payload == {"n": 1} and not fired[0].user_initiated
+    (listed,) = as_json("schedule", "list", "--db", db)
+    assert listed["last_fire_at"] is not None and listed["last_job_id"]
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+_RUN_APP = """
+import time
+
+import jobforge
+
+engine = jobforge.Engine({db!r})
+
+
+@engine.processor("count")
+def count(ctx, payload):
+    for i in range(payload["n"]):
+        ctx.progress(i + 1, total=payload["n"], message=f"item {{i + 1}}")
+    return {{"counted": payload["n"]}}
+
+
+@engine.processor("slow")
+def slow(ctx, payload):
+    open("started", "w").close()
+    for i in range(600):
+        ctx.progress(i + 1, total=600)
+        time.sleep(0.05)
+
+
+@engine.processor("boom")
+def boom(ctx, payload):
+    raise ValueError("bad frame 7\\nsecond line")
+"""
+
+
+@pytest.fixture
+def run_app(tmp_path):
+    (tmp_path / "runapp.py").write_text(_RUN_APP.format(db=str(tmp_path / "app.db")))
+    return tmp_path
+
+
+def test_run_a_native_processor_prints_its_result(tmp_path):
+    import hashlib
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"jobforge" * 1000)
+    payload = json.dumps({"paths": [str(data)], "algorithms": ["sha256"]})
+    out = as_json("run", "checksum", "--payload", payload)
+    assert out["type"] == "checksum" and out["seconds"] >= 0
+    text = json.dumps(out["result"])
+    assert hashlib.sha256(data.read_bytes()).hexdigest() in text
+    plain = json.loads(
+        ok("run", "scan", "--payload", json.dumps({"paths": [str(tmp_path)]})).stdout
+    )
+    assert plain["count"] == 1 and plain["files"][0]["path"].endswith("data.bin")
+
+
+def test_run_bad_input_and_failures(tmp_path):
+    assert_one_line_error(jobforge("run", "nosuch"), 2, "unknown job type 'nosuch'", "checksum")
+    assert_one_line_error(jobforge("run", "scan", "--payload", "[1,"), 2, "not valid JSON")
+    proc = jobforge("run", "exec", "--payload", '{"argv": "ls -l"}')
+    assert_one_line_error(proc, 2, "argv", "ls -l")
+    proc = jobforge("run", "scan", "--payload", json.dumps({"paths": [str(tmp_path / "gone")]}))
+    assert_one_line_error(proc, 1, "scan failed", "gone")
+    assert proc.stdout == ""
+    # A native processor's log lines go to stderr as it runs; its error is the last line.
+    proc = jobforge("run", "exec", "--payload", '{"argv": ["sh", "-c", "exit 3"]}')
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert lines[-1] == 'jobforge: error: exec failed: exec: "sh" exited with code 3', lines
+    assert any("started" in line for line in lines[:-1])
+
+
+def test_run_a_python_processor_of_an_app(run_app):
+    env = _env()
+    out = subprocess.run(
+        [*CLI, "run", "count", "--app", "runapp:engine", "--payload", '{"n": 5}', "--json"],
+        cwd=run_app, capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["result"] == {"counted": 5}
+    proc = subprocess.run(
+        [*CLI, "run", "boom", "--app", "runapp:engine"],
+        cwd=run_app, capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert_one_line_error(proc, 1, "boom failed: ValueError: bad frame 7 second line")
+    proc = subprocess.run(
+        [*CLI, "run", "boom", "--app", "runapp:engine", "--debug"],
+        cwd=run_app, capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "raise ValueError" in proc.stderr
+    proc = subprocess.run(
+        [*CLI, "run", "scan", "--app", "runapp:nothing"],
+        cwd=run_app, capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert_one_line_error(proc, 2, "no attribute 'nothing'")
+    proc = subprocess.run(
+        [*CLI, "run", "nosuch", "--app", "runapp:engine"],
+        cwd=run_app, capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert_one_line_error(proc, 2, "unknown job type 'nosuch'", "count")
+
+
+def test_run_ctrl_c_exits_130_with_one_line(run_app):
+    import signal
+
+    proc = subprocess.Popen(
+        [*CLI, "run", "slow", "--app", "runapp:engine"], cwd=run_app, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (run_app / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == "jobforge: error: interrupted\n", err
+
+
+def test_run_draws_a_progress_bar_on_a_terminal(run_app):
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [*CLI, "run", "count", "--app", "runapp:engine", "--payload", '{"n": 40}'],
+            cwd=run_app, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+            env=_env(COLUMNS="120", TERM="xterm"),
+        )  # fmt: skip
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "count" in screen and "40/40" in screen and "100%" in screen, screen
+    assert "item 40" in screen and '"counted"' in screen, screen
+
+
+# -- db cleanup -----------------------------------------------------------------------------------
+
+
+def test_db_cleanup_deletes_finished_jobs_older_than_the_duration(db):
+    import jobforge
+
+    with jobforge.Engine(db, workers=2) as engine:
+        done = [engine.enqueue("noop", {"i": i}) for i in range(5)]
+        for job in done:
+            job.wait(10)
+    with jobforge.Engine(db, allow_unknown_types=True) as engine:
+        waiting = engine.enqueue("later", {}, delay=3600)
+    assert as_json("db", "cleanup", "--older-than", "7d", "--db", db)["deleted"] == 0
+    assert (
+        "deleted 0 finished job(s)"
+        in ok("db", "cleanup", "--older-than", "1h30m", "--db", db).stdout
+    )
+    time.sleep(0.05)
+    report = as_json("db", "cleanup", "--older-than", "0s", "--db", db)
+    assert report["deleted"] == 5 and report["older_than_s"] == 0
+    assert [j["id"] for j in as_json("list", "--db", db)] == [waiting.id]
+
+
+@pytest.mark.parametrize("value", ["7x", "-1d", "", "d", "7d3", "1e400"])
+def test_db_cleanup_bad_durations_exit_2(db, value):
+    ok("enqueue", "noop", "--db", db)
+    proc = jobforge("db", "cleanup", "--older-than", value, "--db", db)
+    assert proc.returncode == 2 and "--older-than" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_db_cleanup_missing_database_exits_3(tmp_path):
+    proc = jobforge("db", "cleanup", "--older-than", "7d", "--db", tmp_path / "none.db")
+    assert_one_line_error(proc, 3, "does not exist")
+    proc = jobforge("db", "cleanup", "--db", tmp_path / "none.db")
+    assert proc.returncode == 2 and "--older-than" in proc.stderr

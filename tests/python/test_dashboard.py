@@ -404,3 +404,42 @@ def test_engine_queries_page_by_offset_for_stores_that_are_not_a_sqlite_file(eng
         queries.page(search="x")
     with pytest.raises(QueryError, match="cursor"):
         queries.page(cursor="12.3")
+
+
+# -- schedules and batches ------------------------------------------------------------------------
+
+
+def test_schedules_api_lists_every_field_with_times_in_ms(served):
+    engine, server, url = served
+    status, data = request(url + "/api/schedules")
+    assert status == 200 and data["schedules"] == []
+    engine.schedule("nightly", "0 2 * * *", "steps", {"n": 1}, priority=9, timezone="+02:00",
+                    misfire="skip")  # fmt: skip
+    engine.schedule("often", "@every 1s", "steps", {"n": 1})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, data = request(url + "/api/schedules")
+        often = [s for s in data["schedules"] if s["name"] == "often"][0]
+        if often["last_fire_at"]:
+            break
+        time.sleep(0.2)
+    nightly = [s for s in data["schedules"] if s["name"] == "nightly"][0]
+    assert nightly == {
+        "name": "nightly", "cron": "0 2 * * *", "type": "steps", "payload": {"n": 1},
+        "priority": 9, "queue": "default", "timezone": "+02:00", "misfire": "skip",
+        "next_fire_at": nightly["next_fire_at"], "last_fire_at": None, "last_job_id": None,
+    }  # fmt: skip
+    assert nightly["next_fire_at"] % 86_400_000 == 0 and nightly["next_fire_at"] > data["time"]
+    assert often["last_fire_at"] and often["last_fire_at"] <= data["time"] + 1000
+    assert engine.get(often["last_job_id"]).type == "steps"
+    assert often["timezone"] == "UTC" and often["misfire"] == "run_once"
+
+
+def test_job_detail_counts_every_child_of_a_big_batch(served):
+    engine, server, url = served
+    children = [("steps", {"n": i}, {"delay": 3600}) for i in range(1200)]
+    parent = engine.enqueue_batch("big_batch", children)
+    engine.cancel(engine.jobs(parent=parent.id, limit=1)[0].id)
+    status, data = request(f"{url}/api/jobs/{parent.id}")
+    assert status == 200
+    assert data["children"] == {"count": 1200, "by_status": {"queued": 1199, "cancelled": 1}}

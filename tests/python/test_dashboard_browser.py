@@ -151,3 +151,41 @@ def test_enqueue_from_the_page_runs_in_the_python_worker(browser, make_engine, d
         assert jobs[0].wait(10).result == "hello browser"
     finally:
         assert dash.stop(signal.SIGTERM) == 0
+
+
+def test_schedules_panel_lists_schedules_and_their_fires(browser, make_engine, db_path):
+    engine = make_engine(workers=1, poll_interval=0.05)
+    engine.schedule("nightly-report", "30 6 * * mon-fri", "noop", {"report": True},
+                    timezone="+02:00", misfire="skip")  # fmt: skip
+    engine.start()
+    engine.enqueue("noop", {"warm": True}).wait(10)
+    dash = DashboardProcess(db_path)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{dash.url}/#token={dash.token}")
+        page.wait_for_selector("body[data-ready]")
+        row = page.locator('#schedules tr[data-name="nightly-report"]')
+        row.wait_for(timeout=10_000)
+        cells = [c.inner_text() for c in row.locator("td").all()]
+        assert cells[0:3] == ["nightly-report", "30 6 * * mon-fri", "noop"]
+        assert "(in " in cells[3] and cells[4] == "never"
+        assert cells[5:] == ["+02:00", "skip"]
+        assert page.locator("#schedules-empty").is_hidden()
+
+        # A schedule added while the page is open appears, and its fires show as last fire.
+        engine.schedule("heartbeat", "@every 1s", "noop", {"beat": True})
+        beat = page.locator('#schedules tr[data-name="heartbeat"]')
+        beat.wait_for(timeout=15_000)
+        page.wait_for_function(
+            """() => {
+                const tr = document.querySelector('#schedules tr[data-name="heartbeat"]');
+                return tr && tr.children[4].textContent.includes("ago");
+            }""",
+            timeout=20_000,
+        )
+        assert engine.jobs(type="noop", limit=1000)
+        assert errors == []
+    finally:
+        assert dash.stop(signal.SIGTERM) == 0

@@ -499,4 +499,7 @@ def test_run_now_runs_in_the_callers_thread_and_raises_the_processors_error(make
     assert engine.run_now("noop") is None  # a native processor
     with pytest.raises(UnknownJobType):
         engine.run_now("nope")
+    # A native processor's field rules apply before it runs, as at enqueue.
+    with pytest.raises(ValueError, match="exec: payload field 'argv'"):
+        engine.run_now("exec", {"argv": "ls -l"})
     assert engine.stats()["total"] == 0  # no history rows

@@ -2061,6 +2061,7 @@ std::string Engine::run_now(const std::string& type, const std::string& payload_
   if (!reg) throw UnknownJobType(type);
   if (!nlohmann::json::accept(payload_json))
     throw ValidationError("payload", "payload is not valid JSON: '" + payload_json.substr(0, 80) + "'");
+  reg->processor->validate(payload_json);  // the field rules enqueue applies, before any work
   auto ctx = std::make_shared<DirectContext>(type, std::move(progress));
   std::string result = reg->processor->run(*ctx, payload_json);
   return result.empty() ? "null" : result;

@@ -308,7 +308,6 @@ class Dashboard:
             "version": __version__,
             "engine_running": self.engine.running,
             "clients": self.hub.clients,
-            "schedules": hasattr(self.engine, "schedules"),
             "time": int(time.time() * 1000),
         }
 
@@ -400,11 +399,8 @@ class Dashboard:
         if job is None:
             return _error(404, f"no job with id {job_id!r}")
         data = job_detail(job)
-        children = self.engine.jobs(parent=job.id, limit=1000)
-        counts: dict[str, int] = {}
-        for child in children:
-            counts[child.status] = counts.get(child.status, 0) + 1
-        data["children"] = {"count": len(children), "by_status": counts}
+        counts = self.queries.children_counts(job.id)
+        data["children"] = {"count": sum(counts.values()), "by_status": counts}
         data["logs"] = self._logs(job.id)
         return _json(data)
 
@@ -451,13 +447,10 @@ class Dashboard:
         )  # fmt: skip
 
     def api_schedules(self, request: Request) -> Response:
-        schedules = getattr(self.engine, "schedules", None)
-        if schedules is None:
-            return _error(501, "this engine has no schedules")
-        out = []
-        for s in schedules():
-            out.append(s if isinstance(s, dict) else getattr(s, "to_dict", lambda s=s: vars(s))())
-        return _json({"schedules": out})
+        from ..cli import schedule_json
+
+        return _json({"schedules": [schedule_json(s) for s in self.engine.schedules()],
+                      "time": int(time.time() * 1000)})  # fmt: skip
 
     async def api_enqueue(self, request: Request) -> Response:
         refused = self._check_token(request)

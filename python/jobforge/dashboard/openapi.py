@@ -208,8 +208,11 @@ SPEC: dict = {
         },
         "/api/schedules": {
             "get": {
-                "summary": "Cron schedules (501 when the engine has none)",
-                "responses": {"200": _ok(""), "501": _ERROR},
+                "summary": (
+                    "Cron schedules: name, cron, type, payload, priority, queue, timezone, "
+                    "misfire, next_fire_at, last_fire_at (Unix ms), last_job_id"
+                ),
+                "responses": {"200": _ok("")},
             }
         },
         "/api/events": {

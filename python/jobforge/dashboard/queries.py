@@ -248,6 +248,19 @@ class StoreQueries:
         )
         return {owner or "": n for owner, n in rows}
 
+    def children_counts(self, parent_id: str) -> dict[str, int]:
+        """A parent's children per status (the idx_jobs_parent_id partial index): exact for a
+        batch of any size."""
+        rows = (
+            self._con()
+            .execute(
+                "SELECT status, count(*) FROM jobs WHERE parent_job_id = ? GROUP BY status",
+                (parent_id,),
+            )
+            .fetchall()
+        )
+        return {status: n for status, n in rows}
+
 
 class EngineQueries:
     """The same reads through the engine's query API, for a store that is not a SQLite file
@@ -307,6 +320,17 @@ class EngineQueries:
 
     def running_owner_counts(self) -> dict[str, int]:
         return {}
+
+    def children_counts(self, parent_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        offset = 0
+        while True:
+            children = self.engine.jobs(parent=parent_id, limit=1000, offset=offset)
+            for child in children:
+                counts[child.status] = counts.get(child.status, 0) + 1
+            if len(children) < 1000:
+                return counts
+            offset += 1000
 
     def close(self) -> None:
         pass

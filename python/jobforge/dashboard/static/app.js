@@ -130,7 +130,6 @@ function renderOverview(o) {
   $("#rate").textContent = `${o.throughput.finished_per_s.toFixed(1)} jobs/s`;
   drawSpark(o.throughput_history || []);
   renderTypes(o.types || {});
-  $("#schedules-panel").hidden = !o.schedules;
   if (state.total !== null && state.total !== o.stats.total) scheduleHistoryRefresh();
   state.total = o.stats.total;
 }
@@ -409,13 +408,15 @@ async function loadWorkers() {
   } catch (e) { /* shown on the next try */ }
 }
 async function loadSchedules() {
-  if ($("#schedules-panel").hidden) return;
   try {
     const r = await api("/api/schedules");
-    const keys = r.schedules.length ? Object.keys(r.schedules[0]) : [];
-    $("#schedules thead").replaceChildren(el("tr", {}, ...keys.map((k) => el("th", {}, k))));
+    const when = (ms) => ms ? `${new Date(ms).toLocaleString()} (${ago(ms)})` : "never";
     $("#schedules tbody").replaceChildren(...r.schedules.map((s) =>
-      el("tr", {}, ...keys.map((k) => el("td", {}, typeof s[k] === "object" ? JSON.stringify(s[k]) : String(s[k] ?? ""))))));
+      el("tr", { dataset: { name: s.name }, title: `payload ${JSON.stringify(s.payload)}, queue ${s.queue}, priority ${s.priority ?? "default"}` + (s.last_job_id ? `, last job ${s.last_job_id}` : "") },
+        el("td", {}, s.name), el("td", { class: "id" }, s.cron), el("td", {}, s.type),
+        el("td", {}, when(s.next_fire_at)), el("td", {}, when(s.last_fire_at)),
+        el("td", {}, s.timezone), el("td", {}, s.misfire))));
+    $("#schedules-empty").hidden = r.schedules.length > 0;
   } catch (e) { /* shown on the next try */ }
 }
 async function loadTypes() {
@@ -459,7 +460,7 @@ async function main() {
   loadHealth();
   setInterval(loadWorkers, 5000);
   setInterval(loadHealth, 5000);
-  setInterval(loadSchedules, 10000);
+  setInterval(loadSchedules, 5000);
   setInterval(loadTypes, 30000);
   setInterval(renderActive, 1000); // "running for" clocks
 }

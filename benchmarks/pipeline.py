@@ -103,6 +103,9 @@ def main() -> int:
                 print(f"pipeline failed: {outcome}", file=sys.stderr)
                 return 1
             times["jobforge"].append(outcome.seconds)
+            steps = [("scan", outcome.scan), ("stage", outcome.stage_batch),
+                     ("checksum", outcome.checksum_batch), ("export", outcome.export)]  # fmt: skip
+            print("  steps: " + ", ".join(f"{n} {j.duration:.2f}s" for n, j in steps), flush=True)
             out_p = os.path.join(work, f"out-p{trial}")
             t = time.perf_counter()
             baseline(root, out_p)

@@ -75,6 +75,7 @@ def make_export(engine: jobforge.Engine) -> Callable[[Any, dict], dict]:
                     errors.append({"path": entry["path"], "error": entry.get("error")})
             ctx.increment()
         rows = []
+        prefix = os.path.join(root, "")  # scan joins names under the root as given
         for job in staged:
             if job.status != "completed":
                 errors.append({"path": job.payload["path"], "error": job.error or job.status})
@@ -83,7 +84,10 @@ def make_export(engine: jobforge.Engine) -> Callable[[Any, dict], dict]:
             digest = digests.get(r["path"])
             if digest is None:
                 continue  # its checksum failed: counted above
-            rel = os.path.relpath(r["path"], root).replace(os.sep, "/")
+            path = r["path"]
+            rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+            if os.sep != "/":
+                rel = rel.replace(os.sep, "/")
             rows.append({"path": rel, "size": r["size"], "mtime": r["mtime"], "sha256": digest})
         ctx.increment(len(staged))
         rows.sort(key=lambda row: row["path"])
@@ -147,6 +151,7 @@ class _Display:
         self.engine = engine
         self.console = console
         self.live = enabled and console.is_terminal
+        self.lines = enabled and not self.live  # no terminal: a line per finished step
         self.tasks: dict[str, Any] = {}
         self.progress = Progress(
             TextColumn("{task.description:<16}"),
@@ -180,7 +185,7 @@ class _Display:
             self.progress.update(task, total=job.progress_total or total, completed=current,
                                  note=note)  # fmt: skip
             time.sleep(0.1)
-        if not self.live and self.console is not None:
+        if self.lines:
             self.console.print(f"{label}: {job.status} in {job.duration or 0:.2f}s")
         return job
 
@@ -200,7 +205,7 @@ class _Display:
                 if job.is_final:
                     reported[i] = True
                     self.progress.update(tasks[i], note=job.status)
-                    if not self.live:
+                    if self.lines:
                         self.console.print(f"{items[i][0]}: {job.status} "
                                            f"in {job.duration or 0:.2f}s")  # fmt: skip
             if all(reported):

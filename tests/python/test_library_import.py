@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -112,3 +113,41 @@ def test_bad_input_names_the_value_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="chunk must be at least 1, got 0"):
         library_import.run(str(tmp_path), out=str(tmp_path / "o"), chunk=0)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_cancels_the_pipeline_and_writes_no_manifest(tmp_path):
+    import signal
+
+    import jobforge
+
+    root = tmp_path / "library"
+    for d in range(20):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(500):
+            (root / f"d{d}" / f"{i}.bin").write_bytes(b"x" * i)
+    db, out = tmp_path / "jobs.db", tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobforge.examples.library_import", str(root), "--db", str(db),
+         "--out", str(out), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    observer = jobforge.Engine(str(db))  # not started: reads the file, runs nothing
+    try:
+        deadline = time.monotonic() + 60
+        while not observer.jobs(type="batch_checksum") and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        assert observer.jobs(type="batch_checksum"), "the batches were never stored"
+        proc.send_signal(signal.SIGINT)  # while the batches run
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted" in err
+        assert not (out / "manifest.csv").exists()
+        counts = observer.counts()
+        exports = observer.jobs(type="export")
+    finally:
+        observer.stop()
+    assert counts["queued"] == counts["running"] == counts["created"] == 0
+    assert all(j.status == "cancelled" for j in exports)
+    assert counts["cancelled"] > 0

@@ -6,7 +6,7 @@
 Generates a tree of ``--files`` small files (0-2 KiB, random bytes) in 100 nested folders, then,
 trials interleaved, median of ``--runs``:
 
-- **jobforge**: ``library_import.run``: a native ``scan``, a batch of one ``file_stage`` Python job
+- **jobforge**: ``library_import.run``: a native ``scan``, a batch of one native ``stat`` job
   per file, a batch of native ``checksum`` jobs (256 files each), and the ``export`` job writing
   manifest.csv and manifest.json; timed from the start of the engine on a new SQLite file to
   the manifest on disk (every job stored, run and finished durably);

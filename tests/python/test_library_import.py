@@ -86,7 +86,7 @@ def test_script_writes_a_manifest_matching_os_walk_and_hashlib(tmp_path):
         assert (scan.priority, stage.priority, export.priority) == (5, 3, 1)
         assert stage.result["total"] == 300 and stage.result["completed"] == 300
         staged = engine.jobs(parent=stage, limit=1000)
-        assert len(staged) == 300 and {j.type for j in staged} == {"file_stage"}
+        assert len(staged) == 300 and {j.type for j in staged} == {"stat"}
         sums = engine.jobs(type="checksum", limit=100)
         assert len(sums) == 8 and all(j.priority == 3 for j in sums)  # 300 files / 40 per job
         assert export.status == "completed"

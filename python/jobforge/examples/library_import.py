@@ -2,7 +2,7 @@
 import, run by the engine with native processors.
 
     scan (native, priority 5; 7 with --system-scan)
-      -> batch_stage: one ``file_stage`` job per file (priority 3, analysis)
+      -> batch_stage: one native ``stat`` job per file (priority 3, analysis)
       -> batch_checksum: native ``checksum`` jobs, each hashing ``--chunk`` files (priority 3)
       -> export: the manifest as CSV and JSON (priority 1, the user's export), run once both
          batches have ended (``depends_on``)
@@ -43,15 +43,18 @@ PRIORITY_CLEANUP = 10
 MANIFEST_FIELDS = ("path", "size", "mtime", "sha256")
 
 
-def file_stage(ctx: Any, payload: dict) -> dict:
-    """Stages one file: records its path, size and mtime as they are now (``os.stat``)."""
-    path = payload["path"]
-    st = os.stat(path)
-    return {"path": path, "size": st.st_size, "mtime": st.st_mtime_ns / 1e9}
+PAGE = 5000  # child jobs read per engine.jobs call in the export
 
 
 def _children(engine: jobforge.Engine, parent: str, count: int) -> list:
-    return engine.jobs(parent=parent, limit=max(count, 1))
+    """The ``count`` children of batch ``parent``, read in pages of ``PAGE``."""
+    out: list = []
+    while len(out) < count:
+        page = engine.jobs(parent=parent, limit=min(PAGE, count - len(out)), offset=len(out))
+        if not page:
+            break
+        out.extend(page)
+    return out
 
 
 def make_export(engine: jobforge.Engine) -> Callable[[Any, dict], dict]:
@@ -123,9 +126,8 @@ def make_export(engine: jobforge.Engine) -> Callable[[Any, dict], dict]:
 
 
 def register(engine: jobforge.Engine) -> None:
-    """Registers the pipeline's Python processors (``file_stage`` and ``export``) on ``engine``;
-    ``scan``, ``checksum`` and ``cleanup`` are the engine's native ones."""
-    engine.register("file_stage", file_stage, max_attempts=3, retry_delay=0.2)
+    """Registers the pipeline's Python processor ``export`` on ``engine``; ``scan``, ``stat``
+    (the stage step), ``checksum`` and ``cleanup`` are the engine's native ones."""
     engine.register("export", make_export(engine), max_attempts=2, retry_delay=0.5)
 
 
@@ -305,7 +307,9 @@ def _pipeline(engine, root, out, chunk, system_scan, retention, hidden, progress
                 batches.append(stage)  # stage.job is set once it is stored
                 with stage:
                     for path in paths:
-                        stage.enqueue("file_stage", {"path": path}, priority=PRIORITY_ANALYSIS)
+                        stage.enqueue(
+                            "stat", {"path": path}, priority=PRIORITY_ANALYSIS, max_attempts=3
+                        )
                 chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
                 sums = engine.batch("batch_checksum", {"root": root, "files": len(paths)},
                                     priority=PRIORITY_ANALYSIS)  # fmt: skip

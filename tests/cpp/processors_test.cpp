@@ -610,7 +610,9 @@ TEST(StatTest, ReportsPathSizeAndMtimeOfARealFile) {
   ASSERT_EQ(::stat(file.c_str(), &st), 0);
   EXPECT_EQ(r["path"], file.string());
   EXPECT_EQ(r["size"], 12);
-  EXPECT_NEAR(r["mtime"].get<double>(), st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9, 1e-6);
+  // Exactly Python's os.stat().st_mtime_ns / 1e9.
+  const int64_t ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  EXPECT_EQ(r["mtime"].get<double>(), static_cast<double>(ns) / 1e9);
 }
 
 TEST(StatTest, AMissingFileFailsPermanentlyNamingThePath) {

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -36,8 +37,9 @@ class StatProcessor final : public Processor {
                              payload::dump({{"path", path}, {"errno", err}}),
                              /*permanent=*/true);
     }
-    const double mtime =
-        static_cast<double>(st.st_mtim.tv_sec) + static_cast<double>(st.st_mtim.tv_nsec) / 1e9;
+    // As Python's os.stat().st_mtime_ns / 1e9 (one rounding), so manifests match bit for bit.
+    const int64_t ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+    const double mtime = static_cast<double>(ns) / 1e9;
     return payload::dump({{"path", path}, {"size", st.st_size}, {"mtime", mtime}});
   }
 };

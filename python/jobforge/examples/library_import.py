@@ -43,18 +43,10 @@ PRIORITY_CLEANUP = 10
 MANIFEST_FIELDS = ("path", "size", "mtime", "sha256")
 
 
-PAGE = 5000  # child jobs read per engine.jobs call in the export
-
-
 def _children(engine: jobforge.Engine, parent: str, count: int) -> list:
-    """The ``count`` children of batch ``parent``, read in pages of ``PAGE``."""
-    out: list = []
-    while len(out) < count:
-        page = engine.jobs(parent=parent, limit=min(PAGE, count - len(out)), offset=len(out))
-        if not page:
-            break
-        out.extend(page)
-    return out
+    """The ``count`` children of batch ``parent``, in one read (paging with ``offset`` was
+    measured slower: each page sorts the batch's children again)."""
+    return engine.jobs(parent=parent, limit=max(count, 1))
 
 
 def make_export(engine: jobforge.Engine) -> Callable[[Any, dict], dict]:

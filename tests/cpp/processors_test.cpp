@@ -597,5 +597,46 @@ TEST_F(ExecTest, BadPayloadNamesTheField) {
   expect_payload_error([&] { processor->run(ctx, R"({"argv": ["ls"], "cwd": 7})"); }, "cwd");
 }
 
+// ---- stat ----
+
+TEST(StatTest, ReportsPathSizeAndMtimeOfARealFile) {
+  TempDir dir;
+  const fs::path file = dir.path() / "photo.jpg";
+  write_file(file, "twelve bytes");
+  std::shared_ptr<Processor> processor = make_stat_processor();
+  RecordingContext ctx;
+  const json r = run_json(*processor, ctx, {{"path", file.string()}});
+  struct stat st {};
+  ASSERT_EQ(::stat(file.c_str(), &st), 0);
+  EXPECT_EQ(r["path"], file.string());
+  EXPECT_EQ(r["size"], 12);
+  // Exactly Python's os.stat().st_mtime_ns / 1e9.
+  const int64_t ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  EXPECT_EQ(r["mtime"].get<double>(), static_cast<double>(ns) / 1e9);
+}
+
+TEST(StatTest, AMissingFileFailsPermanentlyNamingThePath) {
+  TempDir dir;
+  const std::string missing = (dir.path() / "gone.jpg").string();
+  std::shared_ptr<Processor> processor = make_stat_processor();
+  RecordingContext ctx;
+  try {
+    run_json(*processor, ctx, {{"path", missing}});
+    ADD_FAILURE() << "no error for a missing file";
+  } catch (const ProcessorFailure& e) {
+    EXPECT_TRUE(e.permanent());
+    EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
+  }
+}
+
+TEST(StatTest, BadPayloadsNameTheField) {
+  std::shared_ptr<Processor> processor = make_stat_processor();
+  RecordingContext ctx;
+  expect_payload_error([&] { processor->run(ctx, "{}"); }, "path");
+  expect_payload_error([&] { processor->run(ctx, R"({"path": 7})"); }, "path");
+  expect_payload_error([&] { processor->run(ctx, R"({"path": "/x", "extra": 1})"); }, "extra");
+  expect_validation_error([&] { processor->validate(R"({"path": ""})"); }, "path");
+}
+
 }  // namespace
 }  // namespace jobforge::testing

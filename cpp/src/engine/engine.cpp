@@ -1831,6 +1831,7 @@ Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(con
   register_processor("noop", make_noop_processor());
   register_processor("sleep", make_sleep_processor());
   register_processor("scan", make_scan_processor());
+  register_processor("stat", make_stat_processor());
   register_processor("checksum", make_checksum_processor());
   register_processor("exec", make_exec_processor());
   if (impl_->config.retention_ms > 0) register_processor("cleanup", make_cleanup_processor(*this));

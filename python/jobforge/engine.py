@@ -466,20 +466,8 @@ class Engine:
         limit) or SIGQUIT and SIGKILL after ``stop_grace`` seconds (wait=False)."""
         if self._supervisor is not None:
             self._supervisor.stop(wait)
-        if not wait or threading.current_thread() is not threading.main_thread():
-            self._core.stop(wait)
-            return
-        # In the main thread, wait where Ctrl-C can reach us: a KeyboardInterrupt escalates to
-        # stop(wait=False) (running jobs asked to stop, back to the queue), then propagates.
-        stopper = threading.Thread(target=self._core.stop, args=(True,), name="jobforge-stop")
-        stopper.start()
-        try:
-            while stopper.is_alive():
-                stopper.join(0.1)
-        except KeyboardInterrupt:
-            self._core.stop(False)
-            stopper.join()
-            raise
+        # stop(wait=False) from another thread escalates a stop(wait=True) in progress.
+        self._core.stop(wait)
 
     close = stop
 

@@ -26,6 +26,7 @@
 #include "jobforge/store.hpp"
 #include "store/pg_conn.hpp"
 #include "store/pg_sql.hpp"
+#include "store/window_stats.hpp"
 
 namespace jobforge {
 namespace {
@@ -36,18 +37,6 @@ using pg::PgError;
 using pg::Result;
 namespace sql = pg::sql;
 using SteadyClock = std::chrono::steady_clock;
-
-// Windowed statistics, as in the SQLite store: 10-second buckets kept a day; run times in a
-// log-scale histogram with four bins per doubling.
-constexpr int64_t kStatsBucketMs = 10'000;
-constexpr int64_t kStatsKeepBuckets = 24 * 360;
-constexpr int64_t kStatsPruneEvery = 30;
-int run_hist_bin(int64_t ms) {
-  return static_cast<int>(std::floor(4.0 * std::log2(1.0 + ms)));
-}
-double run_hist_value(int bin) {
-  return std::exp2((bin + 0.5) / 4.0) - 1.0;
-}
 
 Job read_job(const Result& r, int i) {
   Job j;
@@ -862,9 +851,8 @@ class PgStore final : public Store {
         w.conn.exec(sql::kDeleteLogsOf, Params().add(array));
         w.conn.exec(sql::kDeleteDependenciesOf, Params().add(array));
       }
-      // Statistics buckets older than the cutoff go too (10-second buckets).
-      w.conn.exec(sql::kPruneStats, Params().add(cutoff / 10'000));
-      w.conn.exec(sql::kPruneRunHist, Params().add(cutoff / 10'000));
+      // Statistics buckets older than the cutoff go too.
+      prune_stats(w.conn, cutoff / window_stats::kBucketMs);
     });
     return deleted;
   }
@@ -1640,39 +1628,11 @@ class PgStore final : public Store {
   }
 
   void record_stats(WriteContext& w) {
-    struct Sums {
-      int64_t created = 0, completed = 0, failed = 0, cancelled = 0, timeout = 0, retried = 0;
-      int64_t runs = 0, run_ms = 0;
-      std::map<int, int64_t> bins;
-    };
-    std::map<std::pair<int64_t, std::string>, Sums> sums;
-    for (const Transition& t : w.transitions) {
-      if (t.from == t.to) continue;
-      Sums& x = sums[{t.at / kStatsBucketMs, t.job_type}];
-      switch (t.to) {
-        case Status::queued:
-          if (t.from == Status::created)
-            ++x.created;
-          else if (t.from == Status::running)
-            ++x.retried;
-          break;
-        case Status::completed: ++x.completed; break;
-        case Status::failed: ++x.failed; break;
-        case Status::cancelled: ++x.cancelled; break;
-        case Status::timeout: ++x.timeout; break;
-        default: break;
-      }
-      if (t.run_ms >= 0) {
-        ++x.runs;
-        x.run_ms += t.run_ms;
-        ++x.bins[run_hist_bin(t.run_ms)];
-      }
-    }
+    const auto sums = window_stats::sum_transitions(w.transitions);
     int64_t newest = 0;
     // In key order: concurrent writers of several processes lock these rows in the same order.
     for (auto& [key, x] : sums) {
-      if (!(x.created | x.completed | x.failed | x.cancelled | x.timeout | x.retried | x.runs))
-        continue;
+      if (x.empty()) continue;
       newest = std::max(newest, key.first);
       w.conn.exec(sql::kAddStats, Params()
                                       .add(key.first)
@@ -1688,91 +1648,49 @@ class PgStore final : public Store {
       for (auto& [bin, n] : x.bins)
         w.conn.exec(sql::kAddRunHist, Params().add(key.first).add(key.second).add(bin).add(n));
     }
-    if (newest - last_stats_prune_ >= kStatsPruneEvery) {
-      const int64_t keep_from = newest - kStatsKeepBuckets;
-      w.conn.exec(sql::kPruneStats, Params().add(keep_from));
-      w.conn.exec(sql::kPruneRunHist, Params().add(keep_from));
+    if (newest - last_stats_prune_ >= window_stats::kPruneEvery) {
+      prune_stats(w.conn, newest - window_stats::kKeepBuckets);
       last_stats_prune_ = newest;
     }
   }
 
+  // Deletes statistics buckets before `first_kept`.
+  static void prune_stats(Connection& c, int64_t first_kept) {
+    c.exec(sql::kPruneStats, Params().add(first_kept));
+    c.exec(sql::kPruneRunHist, Params().add(first_kept));
+  }
+
   StatsDetail stats_detail_on(Connection& c, int64_t now, int64_t window_ms,
                               int64_t rate_window_ms) {
-    StatsDetail d;
-    d.window_ms = window_ms;
-    d.rate_window_ms = rate_window_ms;
-    std::map<std::string, TypeStats> types;
-    auto type_entry = [&](const std::string& name) -> TypeStats& {
-      TypeStats& t = types[name];
-      t.type = name;
-      return t;
-    };
+    window_stats::DetailBuilder builder(now, window_ms, rate_window_ms);
     {
       Result r = c.exec(sql::kTypeCounts);
-      for (int i = 0; i < r.rows(); ++i) {
-        auto status = parse_status(r.text(i, 1));
-        if (!status) continue;
-        const int64_t n = r.integer(i, 2);
-        type_entry(r.text(i, 0)).by_status[static_cast<int>(*status)] += n;
-        d.totals.by_status[static_cast<int>(*status)] += n;
-        d.totals.total += n;
-      }
-    }
-    d.queued = d.totals.count(Status::queued);
-    const int64_t first = (now - window_ms) / kStatsBucketMs + 1;
-    const int64_t rate_first = (now - rate_window_ms) / kStatsBucketMs + 1;
-    const double rate_span_s = std::max<double>(1.0, (now - rate_first * kStatsBucketMs) / 1000.0);
-    std::map<std::string, double> run_sum;
-    {
-      Result r = c.exec(sql::kWindowStats, Params().add(first).add(rate_first));
-      for (int i = 0; i < r.rows(); ++i) {
-        TypeStats& t = type_entry(r.text(i, 0));
-        if (r.boolean(i, 1)) {
-          t.created_per_s += static_cast<double>(r.integer(i, 2)) / rate_span_s;
-          t.completed_per_s += static_cast<double>(r.integer(i, 3)) / rate_span_s;
-        }
-        t.completed += r.integer(i, 3);
-        t.failed += r.integer(i, 4);
-        t.cancelled += r.integer(i, 5);
-        t.timed_out += r.integer(i, 6);
-        t.retried += r.integer(i, 7);
-        t.runs += r.integer(i, 8);
-        run_sum[t.type] += static_cast<double>(r.integer(i, 9));
-      }
-    }
-    std::map<std::string, std::vector<std::pair<int, int64_t>>> hist;
-    {
-      Result r = c.exec(sql::kWindowRunHist, Params().add(first));
       for (int i = 0; i < r.rows(); ++i)
-        hist[r.text(i, 0)].emplace_back(static_cast<int>(r.integer(i, 1)), r.integer(i, 2));
+        if (auto status = parse_status(r.text(i, 1)))
+          builder.add_count(r.text(i, 0), *status, r.integer(i, 2));
     }
-    for (auto& [name, t] : types) {
-      t.finished = t.completed + t.failed + t.cancelled + t.timed_out;
-      const int64_t ended = t.completed + t.failed + t.timed_out + t.retried;
-      t.error_rate = ended ? static_cast<double>(t.failed + t.timed_out + t.retried) / ended : 0;
-      if (t.runs) t.mean_run_ms = run_sum[name] / static_cast<double>(t.runs);
-      auto it = hist.find(name);
-      if (it != hist.end() && !it->second.empty()) {
-        auto& bins = it->second;
-        std::sort(bins.begin(), bins.end());
-        int64_t total = 0;
-        for (auto& [bin, n] : bins) total += n;
-        auto percentile = [&](double q) {
-          const double target = q * static_cast<double>(total);
-          int64_t seen = 0;
-          for (auto& [bin, n] : bins) {
-            seen += n;
-            if (static_cast<double>(seen) >= target) return run_hist_value(bin);
-          }
-          return run_hist_value(bins.back().first);
-        };
-        if (total) {
-          t.p50_run_ms = percentile(0.50);
-          t.p95_run_ms = percentile(0.95);
-        }
+    {
+      Result r = c.exec(sql::kWindowStats,
+                        Params().add(builder.first_bucket).add(builder.rate_first_bucket));
+      for (int i = 0; i < r.rows(); ++i) {
+        window_stats::Sums sums;
+        sums.created = r.integer(i, 2);
+        sums.completed = r.integer(i, 3);
+        sums.failed = r.integer(i, 4);
+        sums.cancelled = r.integer(i, 5);
+        sums.timeout = r.integer(i, 6);
+        sums.retried = r.integer(i, 7);
+        sums.runs = r.integer(i, 8);
+        sums.run_ms = r.integer(i, 9);
+        builder.add_window(r.text(i, 0), r.boolean(i, 1), sums);
       }
-      d.types.push_back(t);
     }
+    {
+      Result r = c.exec(sql::kWindowRunHist, Params().add(builder.first_bucket));
+      for (int i = 0; i < r.rows(); ++i)
+        builder.add_hist(r.text(i, 0), static_cast<int>(r.integer(i, 1)), r.integer(i, 2));
+    }
+    StatsDetail d = builder.finish();
     {
       Result r = c.exec(sql::kOldestDue, Params().add(now));
       const int64_t oldest = r.is_null(0, 0) ? 0 : r.integer(0, 0);

@@ -506,8 +506,6 @@ RETURNING id
 )sql";
 inline constexpr const char* kDeleteDependenciesOf =
     "DELETE FROM job_dependencies WHERE job_id = ?1 OR depends_on = ?1";
-inline constexpr const char* kDeleteOldStats = "DELETE FROM job_stats WHERE bucket < ?1";
-inline constexpr const char* kDeleteOldHist = "DELETE FROM job_run_hist WHERE bucket < ?1";
 
 // Concurrency limits: jobs running now, across every worker on the file.
 inline constexpr const char* kRunningOfType =

@@ -17,6 +17,7 @@
 #include "jobforge/store.hpp"
 #include "store/sqlite_db.hpp"
 #include "store/sqlite_sql.hpp"
+#include "store/window_stats.hpp"
 
 namespace jobforge {
 namespace {
@@ -33,14 +34,6 @@ bool is_transient(const StoreError& e) {
   const int primary = e.code() & 0xff;
   return primary == SQLITE_BUSY || primary == SQLITE_LOCKED;
 }
-
-// Windowed statistics: 10-second buckets, kept a day; run times in a log-scale histogram with
-// four bins per doubling (a bin's width is ~19% of its value).
-constexpr int64_t kStatsBucketMs = 10'000;
-constexpr int64_t kStatsKeepBuckets = 24 * 360;
-constexpr int64_t kStatsPruneEvery = 30;  // buckets (5 minutes)
-int run_hist_bin(int64_t ms) { return static_cast<int>(std::floor(4.0 * std::log2(1.0 + ms))); }
-double run_hist_value(int bin) { return std::exp2((bin + 0.5) / 4.0) - 1.0; }
 
 Job read_job(const Statement& s) {
   Job j;
@@ -664,9 +657,6 @@ class SqliteStore final : public Store {
   }
 
   StatsDetail stats_detail(int64_t now, int64_t window_ms, int64_t rate_window_ms) override {
-    StatsDetail d;
-    d.window_ms = window_ms;
-    d.rate_window_ms = rate_window_ms;
     auto reader = readers_.acquire(*this);
     // One read transaction: every figure from the same commit (queued and due agree).
     struct ReadTxn {
@@ -679,86 +669,39 @@ class SqliteStore final : public Store {
         }
       }
     } txn(reader->db);
-    std::map<std::string, TypeStats> types;
-    auto type_entry = [&](const std::string& name) -> TypeStats& {
-      TypeStats& t = types[name];
-      t.type = name;
-      return t;
-    };
+    window_stats::DetailBuilder builder(now, window_ms, rate_window_ms);
     {
       Statement& s = reader->statements.get(sql::kTypeCounts);
       ScopedReset r(s);
-      while (s.step()) {
-        auto status = parse_status(s.get_text(1));
-        if (!status) continue;
-        const int64_t n = s.get_int(2);
-        type_entry(s.get_text(0)).by_status[static_cast<int>(*status)] += n;
-        d.totals.by_status[static_cast<int>(*status)] += n;
-        d.totals.total += n;
-      }
+      while (s.step())
+        if (auto status = parse_status(s.get_text(1)))
+          builder.add_count(s.get_text(0), *status, s.get_int(2));
     }
-    d.queued = d.totals.count(Status::queued);
-    // Windowed figures: buckets of 10 s; the rate window is the most recent buckets.
-    const int64_t first = (now - window_ms) / kStatsBucketMs + 1;
-    const int64_t rate_first = (now - rate_window_ms) / kStatsBucketMs + 1;
-    const double rate_span_s =
-        std::max<double>(1.0, (now - rate_first * kStatsBucketMs) / 1000.0);
-    std::map<std::string, double> run_sum;
     {
       Statement& s = reader->statements.get(sql::kWindowStats);
       ScopedReset r(s);
-      s.bind(1, first).bind(2, rate_first);
+      s.bind(1, builder.first_bucket).bind(2, builder.rate_first_bucket);
       while (s.step()) {
-        TypeStats& t = type_entry(s.get_text(0));
-        const bool recent = s.get_int(1) != 0;
-        if (recent) {
-          t.created_per_s += s.get_int(2) / rate_span_s;
-          t.completed_per_s += s.get_int(3) / rate_span_s;
-        }
-        t.completed += s.get_int(3);
-        t.failed += s.get_int(4);
-        t.cancelled += s.get_int(5);
-        t.timed_out += s.get_int(6);
-        t.retried += s.get_int(7);
-        t.runs += s.get_int(8);
-        run_sum[t.type] += static_cast<double>(s.get_int(9));
+        window_stats::Sums sums;
+        sums.created = s.get_int(2);
+        sums.completed = s.get_int(3);
+        sums.failed = s.get_int(4);
+        sums.cancelled = s.get_int(5);
+        sums.timeout = s.get_int(6);
+        sums.retried = s.get_int(7);
+        sums.runs = s.get_int(8);
+        sums.run_ms = s.get_int(9);
+        builder.add_window(s.get_text(0), s.get_int(1) != 0, sums);
       }
     }
-    std::map<std::string, std::vector<std::pair<int, int64_t>>> hist;
     {
       Statement& s = reader->statements.get(sql::kWindowRunHist);
       ScopedReset r(s);
-      s.bind(1, first);
+      s.bind(1, builder.first_bucket);
       while (s.step())
-        hist[s.get_text(0)].emplace_back(static_cast<int>(s.get_int(1)), s.get_int(2));
+        builder.add_hist(s.get_text(0), static_cast<int>(s.get_int(1)), s.get_int(2));
     }
-    for (auto& [name, t] : types) {
-      t.finished = t.completed + t.failed + t.cancelled + t.timed_out;
-      const int64_t ended = t.completed + t.failed + t.timed_out + t.retried;
-      t.error_rate = ended ? static_cast<double>(t.failed + t.timed_out + t.retried) / ended : 0;
-      if (t.runs) t.mean_run_ms = run_sum[name] / static_cast<double>(t.runs);
-      auto it = hist.find(name);
-      if (it != hist.end()) {
-        auto& bins = it->second;
-        std::sort(bins.begin(), bins.end());
-        int64_t total = 0;
-        for (auto& [bin, n] : bins) total += n;
-        auto percentile = [&](double q) {
-          const double target = q * static_cast<double>(total);
-          int64_t seen = 0;
-          for (auto& [bin, n] : bins) {
-            seen += n;
-            if (static_cast<double>(seen) >= target) return run_hist_value(bin);
-          }
-          return run_hist_value(bins.back().first);
-        };
-        if (total) {
-          t.p50_run_ms = percentile(0.50);
-          t.p95_run_ms = percentile(0.95);
-        }
-      }
-      d.types.push_back(t);
-    }
+    StatsDetail d = builder.finish();
     {
       Statement& s = reader->statements.get(sql::kOldestDue);
       int64_t oldest = 0;
@@ -947,12 +890,8 @@ class SqliteStore final : public Store {
           d.bind(1, id).run();
         }
       }
-      // Statistics buckets older than the cutoff go too (10-second buckets).
-      for (const char* text : {sql::kDeleteOldStats, sql::kDeleteOldHist}) {
-        Statement& s = w.statements.get(text);
-        ScopedReset r(s);
-        s.bind(1, cutoff / 10'000).run();
-      }
+      // Statistics buckets older than the cutoff go too.
+      prune_stats(w, cutoff / window_stats::kBucketMs);
     });
     return deleted;
   }
@@ -1571,38 +1510,12 @@ class SqliteStore final : public Store {
   // Adds the batch's transitions to the windowed figures: one upsert per (bucket, type), not per
   // job. Old buckets are pruned every few minutes.
   void record_stats(WriteContext& w) {
-    struct Sums {
-      int64_t created = 0, completed = 0, failed = 0, cancelled = 0, timeout = 0, retried = 0;
-      int64_t runs = 0, run_ms = 0;
-      std::map<int, int64_t> bins;
-    };
-    std::map<std::pair<int64_t, std::string>, Sums> sums;
-    for (const Transition& t : w.transitions) {
-      if (t.from == t.to) continue;
-      Sums& x = sums[{t.at / kStatsBucketMs, t.job_type}];
-      switch (t.to) {
-        case Status::queued:
-          if (t.from == Status::created) ++x.created;
-          else if (t.from == Status::running) ++x.retried;
-          break;
-        case Status::completed: ++x.completed; break;
-        case Status::failed: ++x.failed; break;
-        case Status::cancelled: ++x.cancelled; break;
-        case Status::timeout: ++x.timeout; break;
-        default: break;
-      }
-      if (t.run_ms >= 0) {
-        ++x.runs;
-        x.run_ms += t.run_ms;
-        ++x.bins[run_hist_bin(t.run_ms)];
-      }
-    }
+    const auto sums = window_stats::sum_transitions(w.transitions);
     Statement& add = w.statements.get(sql::kAddStats);
     Statement& hist = w.statements.get(sql::kAddRunHist);
     int64_t newest = 0;
     for (auto& [key, x] : sums) {
-      if (!(x.created | x.completed | x.failed | x.cancelled | x.timeout | x.retried | x.runs))
-        continue;
+      if (x.empty()) continue;
       newest = std::max(newest, key.first);
       ScopedReset r(add);
       add.bind(1, key.first).bind(2, key.second).bind(3, x.created).bind(4, x.completed);
@@ -1613,14 +1526,18 @@ class SqliteStore final : public Store {
         hist.bind(1, key.first).bind(2, key.second).bind(3, bin).bind(4, n).run();
       }
     }
-    if (newest - last_stats_prune_ >= kStatsPruneEvery) {
-      const int64_t keep_from = newest - kStatsKeepBuckets;
-      for (const char* text : {sql::kPruneStats, sql::kPruneRunHist}) {
-        Statement& prune = w.statements.get(text);
-        ScopedReset r(prune);
-        prune.bind(1, keep_from).run();
-      }
+    if (newest - last_stats_prune_ >= window_stats::kPruneEvery) {
+      prune_stats(w, newest - window_stats::kKeepBuckets);
       last_stats_prune_ = newest;
+    }
+  }
+
+  // Deletes statistics buckets before `first_kept`.
+  static void prune_stats(WriteContext& w, int64_t first_kept) {
+    for (const char* text : {sql::kPruneStats, sql::kPruneRunHist}) {
+      Statement& prune = w.statements.get(text);
+      ScopedReset r(prune);
+      prune.bind(1, first_kept).run();
     }
   }
 

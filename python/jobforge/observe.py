@@ -95,7 +95,46 @@ class _EventQueue:
             return self._items.popleft() if self._items else None
 
 
-class EventStream:
+class _Stream:
+    """A subscription feeding a bounded ``_EventQueue``; ended by ``close()``, by leaving a
+    ``with`` block, or when the stream is collected."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        event: str,
+        job_id: Optional[str],
+        job_type: Optional[str],
+        timeout: Optional[float],
+        maxsize: int,
+        on_put=None,
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
+        self._queue = _EventQueue(maxsize, on_put)
+        self._timeout = timeout
+        self._closed = False
+        self._sub: Subscription = engine.on(event, self._queue.put, job_id=job_id,
+                                            job_type=job_type)  # fmt: skip
+
+    @property
+    def coalesced(self) -> int:
+        """Progress events replaced by a newer one because the consumer fell behind."""
+        return self._queue.coalesced
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sub.unsubscribe()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+class EventStream(_Stream):
     """``for event in engine.events(timeout=5): ...`` — events as they are committed. Iteration
     ends when ``timeout`` seconds pass with no event (never, with ``timeout=None``) or after
     ``close()``. Use it as a context manager, or close it, to end the subscription."""
@@ -110,17 +149,7 @@ class EventStream:
         timeout: Optional[float] = None,
         maxsize: int = 10_000,
     ) -> None:
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
-        self._queue = _EventQueue(maxsize)
-        self._timeout = timeout
-        self._closed = False
-        self._sub: Subscription = engine.on(event, self._queue.put, job_id=job_id,
-                                            job_type=job_type)  # fmt: skip
-
-    @property
-    def coalesced(self) -> int:
-        return self._queue.coalesced
+        super().__init__(engine, event, job_id, job_type, timeout, maxsize)
 
     def __iter__(self) -> EventStream:
         return self
@@ -134,22 +163,11 @@ class EventStream:
             raise StopIteration
         return ev
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._sub.unsubscribe()
-
     def __enter__(self) -> EventStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 def _weak_call(ref: weakref.WeakMethod):
@@ -161,7 +179,7 @@ def _weak_call(ref: weakref.WeakMethod):
     return call
 
 
-class AsyncEventStream:
+class AsyncEventStream(_Stream):
     """``async for event in engine.aevents(): ...`` — the same stream for asyncio. Events are
     handed to the loop with ``call_soon_threadsafe``; nothing blocks the loop, so it works in a
     running Jupyter kernel."""
@@ -176,21 +194,18 @@ class AsyncEventStream:
         timeout: Optional[float] = None,
         maxsize: int = 10_000,
     ) -> None:
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._ready: Optional[asyncio.Event] = None
         # Weakly: the subscription holds the queue, and a stream dropped without close() must
         # still be collected (and unsubscribe in __del__).
-        self._queue = _EventQueue(maxsize, on_put=_weak_call(weakref.WeakMethod(self._wake)))
-        self._timeout = timeout
-        self._closed = False
-        self._sub: Subscription = engine.on(event, self._queue.put, job_id=job_id,
-                                            job_type=job_type)  # fmt: skip
+        super().__init__(engine, event, job_id, job_type, timeout, maxsize,
+                         on_put=_weak_call(weakref.WeakMethod(self._wake)))  # fmt: skip
 
     def _wake(self) -> None:
+        # One hop to the loop per wait, not per event: while `ready` is set, the consumer has
+        # not cleared it yet and will read the queue (the item is queued before this call).
         loop, ready = self._loop, self._ready
-        if loop is not None and ready is not None and not loop.is_closed():
+        if loop is not None and ready is not None and not ready.is_set() and not loop.is_closed():
             loop.call_soon_threadsafe(ready.set)
 
     def __aiter__(self) -> AsyncEventStream:
@@ -215,19 +230,8 @@ class AsyncEventStream:
                 self.close()
         raise StopAsyncIteration
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._sub.unsubscribe()
-
     async def aclose(self) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
     async def __aenter__(self) -> AsyncEventStream:
         return self

@@ -251,14 +251,17 @@ def health(
     integrity: bool = True,
     max_wait: float = 300.0,
     max_error_rate: float = 0.5,
+    detail: Optional[dict] = None,
 ) -> dict:
-    """The engine's health: ``status`` is "ok", "degraded" or "failing", with ``reasons``."""
+    """The engine's health: ``status`` is "ok", "degraded" or "failing", with ``reasons``.
+    ``detail``: ``stats_detail()`` already read by the caller (not read again)."""
     now_ms = int(time.time() * 1000)
     reasons: list[str] = []
     failing = False
     result: dict[str, Any] = {"checked_at": now_ms, "path": engine.path}
     try:
-        detail = engine._core.stats_detail()
+        if detail is None:
+            detail = engine._core.stats_detail()
         workers = engine._core.worker_list()
         reachable = True
     except Exception as exc:  # noqa: BLE001 - any store error means unreachable
@@ -350,7 +353,7 @@ def metrics_text(engine: Engine) -> str:
     """The engine's figures in the Prometheus text format, for a scrape endpoint."""
     detail = engine._core.stats_detail()
     local = engine._core.local_stats()
-    h = health(engine, integrity=False)
+    h = health(engine, integrity=False, detail=detail)
     out = _Exposition()
     types = detail["types"]
     out.family(

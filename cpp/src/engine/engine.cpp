@@ -137,8 +137,10 @@ class RunningJob final : public Context {
   void log(LogLevel level, std::string_view message, std::string_view fields_json) override;
   void count(std::string_view key, int64_t n) override;
   std::string dependency_results_json() override;
+  // stage: a stage to enter (its current back to 0) - always with restart_stage, else only if
+  // it is not the current one. relative: current is added to the current value.
   void update_progress(double current, double total, std::string_view message,
-                       const std::string_view* stage_name, bool relative);
+                       const std::string_view* stage, bool restart_stage, bool relative);
 
   // Asks the job to stop; the first reason wins.
   bool request_stop(StopReason reason) noexcept {
@@ -1718,30 +1720,26 @@ struct Engine::Impl {
 };
 
 void RunningJob::progress(double current, double total, std::string_view message) {
-  update_progress(current, total, message, nullptr, false);
+  update_progress(current, total, message, nullptr, false, false);
 }
 
 void RunningJob::progress(double current, double total, std::string_view message,
                           std::string_view stage_name) {
-  bool same;
-  {
-    std::lock_guard lock(progress_mutex_);
-    same = progress_.stage == stage_name;
-  }
-  update_progress(current, total, message, same ? nullptr : &stage_name, false);
+  update_progress(current, total, message, &stage_name, false, false);
 }
 
 void RunningJob::stage(std::string_view name, double total) {
-  update_progress(0, total, {}, &name, false);
+  update_progress(0, total, {}, &name, true, false);
 }
 
-void RunningJob::increment(double n) { update_progress(n, 0, {}, nullptr, true); }
+void RunningJob::increment(double n) { update_progress(n, 0, {}, nullptr, false, true); }
 
 // The one path for progress: the latest state in memory (cheap: a lock and a clock read), the
 // store at a bounded rate (flush_progress), events at most every progress_event_ms per job
 // (updates in between are coalesced; the watchdog publishes the last one when the job goes quiet).
 void RunningJob::update_progress(double current, double total, std::string_view message,
-                                 const std::string_view* stage_name, bool relative) {
+                                 const std::string_view* stage_name, bool restart_stage,
+                                 bool relative) {
   if (finished.load(std::memory_order_relaxed)) return;
   if (!std::isfinite(current)) current = 0;
   if (!std::isfinite(total) || total < 0) total = 0;
@@ -1756,7 +1754,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
       current += p.current;
       total = p.total;
     }
-    if (stage_name) {
+    if (stage_name && (restart_stage || p.stage != *stage_name)) {
       p.stage.assign(*stage_name);
       p.current = 0;  // a new stage counts from its start
       rate_samples_.clear();

@@ -1889,9 +1889,11 @@ StatsDetail Engine::stats_detail() {
 std::vector<LogRecord> Engine::logs(const LogQuery& query) {
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
-  if (!impl_->store->get(query.job_id))
+  auto lines = impl_->store->logs(query);
+  // No lines: an unknown id is an error, a job that logged nothing (or nothing matching) is not.
+  if (lines.empty() && !impl_->store->get(query.job_id))
     throw ValidationError("job_id", "job_id '" + query.job_id + "' does not name a job");
-  return impl_->store->logs(query);
+  return lines;
 }
 
 std::vector<WorkerInfo> Engine::workers() { return impl_->store->workers(); }

@@ -334,8 +334,11 @@ inline constexpr const char* kTypeCounts = "SELECT type, status, n FROM job_type
 inline constexpr const char* kOldestDue =
     "SELECT MIN(run_at) FROM jobs INDEXED BY idx_jobs_claim "
     "WHERE status = 'queued' AND priority = ?1 AND run_at <= ?2";
-inline constexpr const char* kDueCount =
-    "SELECT count(*) FROM jobs INDEXED BY idx_jobs_claim WHERE status = 'queued' AND run_at <= ?1";
+// Queued jobs not yet due, per priority: delayed jobs are usually few where a backlog of due jobs
+// may be millions, so `due` is the queued count minus this.
+inline constexpr const char* kDelayedCount =
+    "SELECT count(*) FROM jobs INDEXED BY idx_jobs_claim "
+    "WHERE status = 'queued' AND priority = ?1 AND run_at > ?2";
 
 inline constexpr const char* kStatusById = "SELECT rowid, type, status, attempts FROM jobs WHERE id = ?1";
 

@@ -716,10 +716,14 @@ class SqliteStore final : public Store {
       d.oldest_due_age_ms = oldest ? std::max<int64_t>(0, now - oldest) : 0;
     }
     if (d.queued) {
-      Statement& s = reader->statements.get(sql::kDueCount);
-      ScopedReset r(s);
-      s.bind(1, now);
-      if (s.step()) d.due = s.get_int(0);
+      Statement& s = reader->statements.get(sql::kDelayedCount);
+      int64_t delayed = 0;
+      for (int p = priority::min; p <= priority::max; ++p) {
+        ScopedReset r(s);
+        s.bind(1, p).bind(2, now);
+        if (s.step()) delayed += s.get_int(0);
+      }
+      d.due = std::max<int64_t>(0, d.queued - delayed);
     }
     return d;
   }

@@ -1300,7 +1300,7 @@ class Runner:
                     errs[k].seek(0)
                     raise RuntimeError("W9 worker failed: " + errs[k].read()[-800:])
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            q = "SELECT n FROM job_counts WHERE status = 'completed'"
+            q = "SELECT COALESCE(sum(n), 0) FROM job_type_counts WHERE status = 'completed'"
             t0 = time.perf_counter()
             for p in procs:
                 p.stdin.write("go\n")

@@ -95,6 +95,9 @@ def build_file(path: Path, n: int) -> None:
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.execute("ANALYZE")
     con.close()
+    from jobforge import db as jobforge_db
+
+    jobforge_db.recount(str(path))  # the statuses were set by hand: count them
     log(
         f"file ready: {n:,} jobs, {path.stat().st_size / 1e6:.0f} MB, {time.perf_counter() - t0:.1f} s"
     )

@@ -1107,6 +1107,9 @@ class Runner:
             """)
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.close()
+        from jobforge import db as jobforge_db
+
+        jobforge_db.recount(str(w6))  # the statuses were set by hand: count them
         parent = self.child("w6_children", path=str(w6), children=CHILDREN)["parent"]
         log(
             f"W6 file: {n:,} mixed jobs + {CHILDREN:,} children in {time.perf_counter() - t0:.1f} s"

@@ -1,7 +1,8 @@
 // The raw-SQLite limit: the same durable work as the engine, with the sqlite3 C API and nothing
 // else (no threads, no queue, no engine). Same schema, indexes and triggers as the engine (its
 // connection pragmas and migrations are included from cpp/src/store/sqlite_sql.hpp, so the two stay
-// in sync), WAL, synchronous=NORMAL, prepared statements, time-ordered (UUID v7-style) ids.
+// in sync), WAL, synchronous=NORMAL, prepared statements, time-ordered (UUID v7-style) ids, and
+// the same counters: one upsert of job_type_counts per (type, status) a transaction changed.
 // The statements below are the engine's insert, claim and finish as of the first engine commit,
 // kept here (not included) so the limit does not move when the engine's statements change.
 //
@@ -27,7 +28,7 @@
 // part untimed).
 // Inserted payloads are {"i": n}. Output: one JSON line
 // {"mode":…, "n":…, "batch":…, "seconds":…, "rate":…, "sqlite":…}; exit 3 if a check fails
-// (a job not completed exactly once).
+// (a job not completed exactly once, a counter that disagrees with the rows).
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -155,13 +156,26 @@ struct Db {
       exec(db, "COMMIT");
     }
     insert = prepare(db, kInsert);
+    add_count_stmt = prepare(db, sql::kAddCount);
   }
   ~Db() {
     sqlite3_finalize(insert);
+    sqlite3_finalize(add_count_stmt);
     sqlite3_close_v2(db);
   }
 
   std::string type = "noop";
+  sqlite3_stmt* add_count_stmt = nullptr;
+
+  // The counters, as the store keeps them: one upsert per (type, status) and transaction.
+  void add_count(const char* status, int64_t n) {
+    if (n == 0) return;
+    sqlite3_stmt* s = add_count_stmt;
+    sqlite3_bind_text(s, 1, type.data(), static_cast<int>(type.size()), SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, status, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, n);
+    run(db, s);
+  }
 
   void insert_job(int64_t i, int64_t now) {
     const std::string id = new_id();
@@ -185,7 +199,9 @@ struct Db {
     for (int64_t i = 0; i < n;) {
       exec(db, "BEGIN IMMEDIATE");
       const int64_t now = now_ms();
-      for (int64_t k = 0; k < batch && i < n; ++k, ++i) insert_job(i, now);
+      int64_t k = 0;
+      for (; k < batch && i < n; ++k, ++i) insert_job(i, now);
+      add_count("queued", k);
       exec(db, "COMMIT");
     }
   }
@@ -195,6 +211,18 @@ struct Db {
         prepare(db, "SELECT count(*) FROM jobs WHERE status = 'queued' AND type = ?1");
     sqlite3_bind_text(s, 1, type.data(), static_cast<int>(type.size()), SQLITE_STATIC);
     if (sqlite3_step(s) != SQLITE_ROW) die(db, "count");
+    const int64_t n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return n;
+  }
+
+  // (type, status) pairs whose counter differs from a count of the rows.
+  int64_t counts_drift() {
+    sqlite3_stmt* s = prepare(db, R"sql(
+SELECT count(*) FROM (SELECT type, status, count(*) AS n FROM jobs GROUP BY 1, 2) j
+FULL JOIN (SELECT type, status, n FROM job_type_counts WHERE n <> 0) c USING (type, status)
+WHERE j.n IS NOT c.n)sql");
+    if (sqlite3_step(s) != SQLITE_ROW) die(db, "counts");
     const int64_t n = sqlite3_column_int64(s, 0);
     sqlite3_finalize(s);
     return n;
@@ -262,6 +290,11 @@ void lifecycle(Db& d, int64_t n, int batch) {
       if (sqlite3_changes(d.db) != 1) die(d.db, "finish matched no row");
       ++done;
     }
+    const auto claimed_now = static_cast<int64_t>(current.size());
+    const auto finished_now = static_cast<int64_t>(previous.size());
+    d.add_count("queued", -claimed_now);
+    d.add_count("running", claimed_now - finished_now);
+    d.add_count("completed", finished_now);
     exec(d.db, "COMMIT");
     if (current.empty()) break;
     previous.swap(current);
@@ -308,6 +341,8 @@ WHERE rowid = ?3 AND status = 'queued'
       if (sqlite3_changes(d.db) != 1) die(d.db, "finish matched no row");
       ++done;
     }
+    d.add_count("queued", -static_cast<int64_t>(rowids.size()));
+    d.add_count("completed", static_cast<int64_t>(rowids.size()));
     exec(d.db, "COMMIT");
     if (rowids.empty()) break;
   }
@@ -383,6 +418,10 @@ int main(int argc, char** argv) {
     t1 = Clock::now();
     if (d.count_completed() - completed_before != n) {
       std::fprintf(stderr, "sqlite_limit: not every job completed\n");
+      return 3;
+    }
+    if (d.counts_drift() != 0) {
+      std::fprintf(stderr, "sqlite_limit: job_type_counts disagree with the rows\n");
       return 3;
     }
   } else {

@@ -7,7 +7,7 @@
     jobforge logs ID [--level L] [--limit N] [--tail] [--follow] [--json]
                                                      a job's log lines; --follow until it ends
     jobforge health [--integrity] [--json]           ok / degraded / failing, with reasons
-    jobforge db check [--quick] | migrate | repair [--force] | cleanup --older-than DURATION
+    jobforge db check [--quick] | migrate | recount | repair [--force] | cleanup --older-than DURATION
                                                      upkeep of the SQLite file (docs below)
     jobforge schedule list [--json]                  cron schedules with next and last fire
     jobforge schedule add NAME CRON TYPE [--payload JSON] [--priority P] [--timezone TZ]
@@ -289,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Applies the engine's pending schema migrations (every engine does this when it "
             "opens a file; this command does only that) and prints the schema version."
+        ),
+    )  # fmt: skip
+    db_commands.add_parser(
+        "recount", parents=[with_db, as_json], help="recompute the job counts stats() reads",
+        description=(
+            "Recomputes the counts per (type, status) that stats() and the dashboard read, from "
+            "the rows, in one transaction (safe while workers run). jobforge keeps them in the "
+            "same transaction as every change it makes; this is needed only after rows were "
+            "written by other means (by hand, by a tool). 'db check' reports counts that drifted."
         ),
     )  # fmt: skip
     db_repair = db_commands.add_parser(
@@ -867,7 +876,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from . import db
 
     if args.db_command is None:
-        raise CliError("db needs an action: check, migrate, repair or cleanup (jobforge db --help)",
+        raise CliError("db needs an action: check, migrate, recount, repair or cleanup (jobforge db --help)",
                        EXIT_USAGE)  # fmt: skip
     if args.db_command == "cleanup":
         return _db_cleanup(args)
@@ -889,6 +898,20 @@ def cmd_db(args: argparse.Namespace) -> int:
                 print(f"  {problem}")
             print(f"repair with: jobforge db repair --db {path}")
         return EXIT_OK if report["ok"] else EXIT_FAILURE
+    if args.db_command == "recount":
+        try:
+            report = db.recount(path)
+        except db.RepairError as exc:
+            raise CliError(str(exc)) from None
+        if args.json:
+            _print_json(report)
+        elif not report["changed"]:
+            print(f"{path}: the counts were right")
+        else:
+            print(f"{path}: {len(report['changed'])} count(s) corrected:")
+            for c in report["changed"]:
+                print(f"  {c['type']}/{c['status']}: {c['was']} -> {c['now']}")
+        return EXIT_OK
     if args.db_command == "migrate":
         before = db.check(path, quick=True)["schema_version"]
         import jobforge

@@ -1,4 +1,5 @@
-"""Database upkeep: ``check`` a jobforge SQLite file and ``repair`` a damaged one.
+"""Database upkeep: ``check`` a jobforge SQLite file, ``repair`` a damaged one, ``recount`` the
+counts per (type, status) after rows were written by other means than jobforge.
 
 ``repair`` copies every readable row into a fresh file built with the current schema, keeps the
 damaged file beside it, and reports what could not be read. Neither needs the engine running;
@@ -18,6 +19,25 @@ from .errors import JobforgeError
 # Tables whose rows are facts; the rest (counters, windowed statistics) are derived and rebuilt.
 _COPIED_TABLES = {"jobs": "id", "job_logs": None, "schedules": "name"}
 _CHUNK = 500
+
+# The counts per (type, status) recomputed from the rows (the engine keeps them in the same
+# transaction as every change it makes; rows written by other means need a recount).
+_RECOUNT_SQL = """
+DELETE FROM job_type_counts;
+INSERT INTO job_type_counts (type, status, n) SELECT type, status, count(*) FROM jobs GROUP BY 1, 2;
+"""
+_COUNT_DRIFT_SQL = """
+SELECT type, status, kept, actual FROM (
+  SELECT c.type, c.status, c.n AS kept, COALESCE(j.n, 0) AS actual
+    FROM job_type_counts c
+    LEFT JOIN (SELECT type, status, count(*) AS n FROM jobs GROUP BY 1, 2) j
+      ON j.type = c.type AND j.status = c.status
+  UNION ALL
+  SELECT j.type, j.status, 0, j.n
+    FROM (SELECT type, status, count(*) AS n FROM jobs GROUP BY 1, 2) j
+   WHERE NOT EXISTS (SELECT 1 FROM job_type_counts c WHERE c.type = j.type AND c.status = j.status)
+) WHERE kept <> actual ORDER BY 1, 2
+"""
 
 
 class RepairError(JobforgeError):
@@ -53,11 +73,46 @@ def check(path: str, *, quick: bool = False) -> dict[str, Any]:
             jobs = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
         except sqlite3.DatabaseError:
             jobs = None
+        if rows == ["ok"] and not quick:
+            try:
+                drift = conn.execute(_COUNT_DRIFT_SQL).fetchall()
+            except sqlite3.DatabaseError:
+                drift = []  # an old schema without the counts table
+            if drift:
+                rows = [f"job_type_counts: {t}/{st} counts {kept}, the rows say {actual} "
+                        "(fix with: jobforge db recount)" for t, st, kept, actual in drift]  # fmt: skip
     finally:
         conn.close()
     ok = rows == ["ok"]
     return {"path": path, "ok": ok, "problems": [] if ok else rows, "schema_version": version,
             "jobs": jobs}  # fmt: skip
+
+
+def recount(path: str) -> dict[str, Any]:
+    """Recomputes the counts per (type, status) that ``stats()`` reads from the rows, in one
+    transaction (safe while workers run). Needed only after jobs were written by other means
+    than jobforge (by hand, by a tool). Returns ``{"path", "changed": [...]}``: the counts that
+    were wrong."""
+    if not os.path.exists(path):
+        raise RepairError(f"database '{path}' does not exist")
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            drift = conn.execute(_COUNT_DRIFT_SQL).fetchall()
+            for statement in _RECOUNT_SQL.strip().split(";\n"):
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise RepairError(f"cannot recount '{path}': {exc}") from exc
+    finally:
+        conn.close()
+    changed = [{"type": t, "status": st, "was": kept, "now": actual}
+               for t, st, kept, actual in drift]  # fmt: skip
+    return {"path": path, "changed": changed}
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
@@ -201,6 +256,8 @@ def repair(path: str, *, force: bool = False) -> dict[str, Any]:
                 for table, key in _COPIED_TABLES.items():
                     if table in names:
                         report["tables"][table] = _copy_table(src, dst, table, key)
+                for statement in _RECOUNT_SQL.strip().split(";\n"):
+                    dst.execute(statement)  # the copied rows, counted
             dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             dst.close()

@@ -558,7 +558,7 @@ def test_db_check_migrate_and_repair_of_a_damaged_file(tmp_path):
 
 
 def test_db_usage_errors(tmp_path):
-    assert_one_line_error(jobforge("db"), 2, "check, migrate, repair or cleanup")
+    assert_one_line_error(jobforge("db"), 2, "check, migrate, recount, repair or cleanup")
     assert_one_line_error(jobforge("db", "check", "--db", tmp_path / "x.db"), 3, "does not exist")
     (tmp_path / "junk.db").write_bytes(b"this is not a database at all" * 100)
     proc = jobforge("db", "check", "--db", tmp_path / "junk.db")

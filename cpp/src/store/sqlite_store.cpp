@@ -96,12 +96,47 @@ std::string in_list(const std::vector<std::string>& values, int first_param) {
   return out.empty() ? "NULL" : out;
 }
 
+// The changes one transaction makes to the counts per (type, status). The store keeps
+// job_type_counts itself, one upsert per (type, status) and transaction (row triggers cost more
+// than the writes they follow); every statement that inserts a job or changes a status reports
+// here what it changed. Deletes are counted by their trigger.
+class CountDeltas {
+ public:
+  void add(const std::string& type, Status status, int64_t n) {
+    for (auto& d : deltas_)
+      if (d.status == status && d.type == type) {
+        d.n += n;
+        return;
+      }
+    deltas_.push_back(Delta{type, status, n});
+  }
+  void move(const std::string& type, Status from, Status to) {
+    if (from == to) return;
+    add(type, from, -1);
+    add(type, to, 1);
+  }
+  template <typename F>
+  void for_each(F&& f) const {
+    for (const auto& d : deltas_)
+      if (d.n != 0) f(d.type, d.status, d.n);
+  }
+
+ private:
+  struct Delta {
+    std::string type;
+    Status status;
+    int64_t n;
+  };
+  std::vector<Delta> deltas_;
+};
+
 // What an operation sees inside the writer's transaction.
 struct WriteContext {
   Database& db;
   StatementCache& statements;
   std::vector<Transition> transitions;
   std::vector<int64_t> rejected_starts;
+  CountDeltas counts;
 };
 
 // One unit of work for the writer. apply() may run more than once (a batch that fails is rolled
@@ -160,6 +195,7 @@ class SqliteStore final : public Store {
         ins.bind(8, j.timeout_ms).bind(9, j.retry_delay_ms).bind(10, j.created_at).bind(11, j.run_at);
         ins.bind(12, j.backoff);
         ins.run();
+        w.counts.add(j.type, Status::queued, 1);
         w.transitions.push_back(
             Transition{j.id, j.type, Status::created, Status::queued, 0, 0, {}, {}, j.created_at});
       }
@@ -183,9 +219,11 @@ class SqliteStore final : public Store {
         s.bind(1, req.now).bind(2, req.owner).bind(3, req.now + req.lease_ms).bind(4, limit);
         bind_filter(s, req, 5);
         while (s.step()) claimed.push_back(read_job(s));
-        for (const Job& j : claimed)
+        for (const Job& j : claimed) {
+          w.counts.move(j.type, Status::queued, Status::running);
           w.transitions.push_back(Transition{j.id, j.type, Status::queued, Status::running,
                                              j.attempts, j.progress, {}, {}, req.now});
+        }
         if (req.rate_per_ms > 0) spend_tokens(w, req, static_cast<int>(claimed.size()));
       });
     } else {
@@ -236,51 +274,13 @@ class SqliteStore final : public Store {
   }
 
   void finish(Outcome o) override {
-    std::optional<StartInfo> coalesced;
+    bool coalesced = false;  // its running state need never be written
     if (!o.keep_start) {
       std::lock_guard lock(mutex_);
-      auto it = pending_starts_.find(o.rowid);
-      if (it != pending_starts_.end()) {
-        coalesced = std::move(it->second);  // its running state need never be written
-        pending_starts_.erase(it);
-      }
+      coalesced = pending_starts_.erase(o.rowid) > 0;
     }
-    submit(WriteOp{[this, o = std::move(o), coalesced = std::move(coalesced)](WriteContext& w) {
-                     bool start_written = false;
-                     if (o.claimed_in_memory) {
-                       held_.erase(o.rowid);
-                       start_written = starts_written_.erase(o.rowid) > 0;
-                     }
-                     Statement& s = w.statements.get(sql::kFinish);
-                     ScopedReset r(s);
-                     const bool requeue = o.to == Status::queued;
-                     s.bind(1, to_string(o.to)).bind(2, o.result_json).bind(3, o.error);
-                     s.bind(4, o.error_detail).bind(5, o.progress).bind(6, o.progress_current);
-                     s.bind(7, o.progress_total).bind(8, o.message);
-                     if (requeue) {
-                       s.bind_null(9).bind(10, o.run_at).bind(11, o.at);
-                     } else {
-                       s.bind(9, o.at).bind_null(10).bind_null(11);
-                     }
-                     s.bind(12, o.attempt - (o.release ? 1 : 0)).bind(13, o.at).bind(14, o.rowid);
-                     s.bind(15, o.owner).bind(16, o.claimed_in_memory ? 1 : 0);
-                     s.bind(17, o.release ? 1 : 0);
-                     if (o.started_at) s.bind(18, o.started_at); else s.bind_null(18);
-                     s.bind(19, o.stage.empty() ? std::optional<std::string>{}
-                                                : std::optional<std::string>{o.stage});
-                     s.bind(20, o.outcome_json);
-                     if (o.queued_at) s.bind(21, o.queued_at); else s.bind_null(21);
-                     s.run();
-                     if (w.db.changes() == 0) return;  // lease lost, or cancelled from outside
-                     if (coalesced && !start_written)
-                       w.transitions.push_back(Transition{o.job_id, o.job_type, Status::queued,
-                                                          Status::running, o.attempt, 0, {}, {},
-                                                          coalesced->started_at});
-                     w.transitions.push_back(Transition{o.job_id, o.job_type, Status::running, o.to,
-                                                        o.attempt, o.progress, o.result_json,
-                                                        o.error, o.at});
-                     if (o.started_at && !o.release)
-                       w.transitions.back().run_ms = std::max<int64_t>(0, o.at - o.started_at);
+    submit(WriteOp{[this, o = std::move(o), coalesced](WriteContext& w) {
+                     apply_finish(w, o, coalesced);
                    },
                    {}, {}, kUpdates});
   }
@@ -343,6 +343,7 @@ class SqliteStore final : public Store {
       ScopedReset r(s);
       s.bind(1, now).bind(2, rowid).bind(3, to_string(status)).run();
       result = CancelResult::cancelled;
+      w.counts.move(type, status, Status::cancelled);
       w.transitions.push_back(Transition{job_id, type, status, Status::cancelled, attempts, 0, {},
                                          std::string("cancelled"), now});
     });
@@ -362,6 +363,7 @@ class SqliteStore final : public Store {
         s.bind(1, now).bind(2, to_string(from));
         while (s.step()) {
           ++count;
+          w.counts.move(s.get_text(1), from, Status::cancelled);
           w.transitions.push_back(Transition{s.get_text(0), s.get_text(1), from,
                                              Status::cancelled, static_cast<int>(s.get_int(2)), 0,
                                              {}, std::string("cancelled"), now});
@@ -401,9 +403,9 @@ class SqliteStore final : public Store {
       ScopedReset r(s);
       s.bind(1, now).bind(2, rowid).bind(3, to_string(status)).run();
       ok = w.db.changes() == 1;
-      if (ok)
-        w.transitions.push_back(
-            Transition{job_id, type, status, Status::queued, 0, 0, {}, {}, now});
+      if (!ok) return;
+      w.counts.move(type, status, Status::queued);
+      w.transitions.push_back(Transition{job_id, type, status, Status::queued, 0, 0, {}, {}, now});
     });
     return ok;
   }
@@ -533,6 +535,7 @@ class SqliteStore final : public Store {
         const Status to = parse_status(s.get_text(2)).value_or(Status::queued);
         std::optional<std::string> error;
         if (to == Status::failed) error = "worker was lost while running the job";
+        w.counts.move(s.get_text(1), Status::running, to);
         w.transitions.push_back(Transition{s.get_text(0), s.get_text(1), Status::running, to,
                                            static_cast<int>(s.get_int(3)), 0, {}, error, now});
       }
@@ -973,6 +976,69 @@ class SqliteStore final : public Store {
     int open_ = 0;
   };
 
+  // Writes the end of an attempt, if this owner still holds the job. A job claimed in memory
+  // whose running state was never written is still 'queued' in the file; otherwise it is
+  // 'running' under the owner's lease. `coalesced`: its start was never written, so the
+  // job-started transition goes out now.
+  void apply_finish(WriteContext& w, const Outcome& o, bool coalesced) {
+    bool start_written = false;
+    if (o.claimed_in_memory) {
+      held_.erase(o.rowid);
+      start_written = starts_written_.erase(o.rowid) > 0;
+    }
+    const bool requeue = o.to == Status::queued;
+    auto bind_common = [&](Statement& s) {
+      s.bind(1, to_string(o.to)).bind(2, o.result_json).bind(3, o.error);
+      s.bind(4, o.error_detail).bind(5, o.progress).bind(6, o.progress_current);
+      s.bind(7, o.progress_total).bind(8, o.message);
+      if (requeue) {
+        s.bind_null(9).bind(10, o.run_at).bind(11, o.at);
+      } else {
+        s.bind(9, o.at).bind_null(10).bind_null(11);
+      }
+      s.bind(13, o.at).bind(14, o.rowid);
+      if (o.started_at) s.bind(18, o.started_at); else s.bind_null(18);
+      s.bind(19, o.stage.empty() ? std::optional<std::string>{} : std::optional<std::string>{o.stage});
+      s.bind(20, o.outcome_json);
+    };
+    auto finish_held = [&] {
+      Statement& s = w.statements.get(sql::kFinishHeld);
+      ScopedReset r(s);
+      bind_common(s);
+      s.bind(12, o.attempt - (o.release ? 1 : 0));
+      if (o.queued_at) s.bind(21, o.queued_at); else s.bind_null(21);
+      s.run();
+      return w.db.changes() > 0;
+    };
+    auto finish_running = [&] {
+      Statement& s = w.statements.get(sql::kFinishRunning);
+      ScopedReset r(s);
+      bind_common(s);
+      s.bind(15, o.owner).bind(17, o.release ? 1 : 0);
+      s.run();
+      return w.db.changes() > 0;
+    };
+    Status from = Status::running;
+    bool written;
+    if (o.claimed_in_memory && !start_written) {
+      from = Status::queued;
+      written = finish_held();
+      if (!written) written = (from = Status::running, finish_running());
+    } else {
+      written = finish_running();
+      if (!written && o.claimed_in_memory) written = (from = Status::queued, finish_held());
+    }
+    if (!written) return;  // lease lost, or cancelled from outside
+    w.counts.move(o.job_type, from, o.to);
+    if (coalesced && !start_written)
+      w.transitions.push_back(Transition{o.job_id, o.job_type, Status::queued, Status::running,
+                                         o.attempt, 0, {}, {}, o.started_at});
+    w.transitions.push_back(Transition{o.job_id, o.job_type, Status::running, o.to, o.attempt,
+                                       o.progress, o.result_json, o.error, o.at});
+    if (o.started_at && !o.release)
+      w.transitions.back().run_ms = std::max<int64_t>(0, o.at - o.started_at);
+  }
+
   static bool other_live_worker(WriteContext& w, const std::string& self_id,
                                 const std::function<bool(const WorkerInfo&)>& is_dead) {
     Statement& s = w.statements.get(sql::kListWorkers);
@@ -1127,6 +1193,7 @@ class SqliteStore final : public Store {
     if (status == Status::running) ins.bind(23, j.created_at); else ins.bind_null(23);
     ins.bind(24, result).bind(25, status == Status::completed ? 100 : 0);
     ins.run();
+    w.counts.add(j.type, status, 1);
     if (!j.depends_on.empty()) {
       Statement& d = w.statements.get(sql::kInsertDependency);
       for (const auto& dep : j.depends_on) {
@@ -1177,15 +1244,18 @@ class SqliteStore final : public Store {
     if (policy && to_final && t.to != Status::completed) {
       // A batch parent ended early (cancelled, failed fast): its unfinished children end too.
       Statement& c = w.statements.get(sql::kCancelChildren);
-      ScopedReset r(c);
-      c.bind(1, "batch " + t.job_id + " ended " + std::string(to_string(t.to))).bind(2, now);
-      c.bind(3, t.job_id);
       std::vector<Transition> ended;
-      while (c.step())
-        ended.push_back(Transition{c.get_text(0), c.get_text(1), Status::queued, Status::cancelled,
-                                   static_cast<int>(c.get_int(3)), 0, {},
-                                   std::string("batch cancelled"), now});
-      ScopedReset r2(c);
+      for (Status from : {Status::created, Status::queued}) {
+        ScopedReset r(c);
+        c.bind(1, "batch " + t.job_id + " ended " + std::string(to_string(t.to))).bind(2, now);
+        c.bind(3, t.job_id).bind(4, to_string(from));
+        while (c.step()) {
+          w.counts.move(c.get_text(1), from, Status::cancelled);
+          ended.push_back(Transition{c.get_text(0), c.get_text(1), from, Status::cancelled,
+                                     static_cast<int>(c.get_int(2)), 0, {},
+                                     std::string("batch cancelled"), now});
+        }
+      }
       for (auto& e : ended) w.transitions.push_back(std::move(e));
       Statement& rq = w.statements.get(sql::kRequestCancelChildren);
       ScopedReset r3(rq);
@@ -1244,6 +1314,7 @@ class SqliteStore final : public Store {
     ScopedReset r(e);
     e.bind(1, to_string(to)).bind(2, result).bind(3, error).bind(4, now).bind(5, rowid).run();
     if (w.db.changes() == 0) return;
+    w.counts.move(type, Status::running, to);
     w.transitions.push_back(Transition{id, type, Status::running, to, static_cast<int>(attempts),
                                        to == Status::completed ? 100 : 0, result, error, now});
   }
@@ -1272,17 +1343,21 @@ class SqliteStore final : public Store {
         Statement& u = w.statements.get(sql::kDependencyDone);
         ScopedReset r(u);
         u.bind(1, now).bind(2, rowid);
-        if (u.step() && u.get_text(0) == "queued")
+        if (u.step() && u.get_text(0) == "queued") {
+          w.counts.move(type, Status::created, Status::queued);
           w.transitions.push_back(
               Transition{id, type, Status::created, Status::queued, 0, 0, {}, {}, now});
+        }
       } else {
         const std::string why = "dependency " + t.job_id + " ended " + std::string(to_string(t.to));
         Statement& c = w.statements.get(sql::kCancelWaiting);
         ScopedReset r(c);
         c.bind(1, why).bind(2, now).bind(3, rowid).run();
-        if (w.db.changes() > 0)
+        if (w.db.changes() > 0) {
+          w.counts.move(type, Status::created, Status::cancelled);
           w.transitions.push_back(
               Transition{id, type, Status::created, Status::cancelled, 0, 0, {}, why, now});
+        }
       }
     }
   }
@@ -1452,6 +1527,7 @@ class SqliteStore final : public Store {
                          continue;
                        }
                        starts_written_.insert(st.rowid);
+                       w.counts.move(st.job_type, Status::queued, Status::running);
                        w.transitions.push_back(Transition{st.job_id, st.job_type, Status::queued,
                                                           Status::running, st.attempt, 0, {}, {},
                                                           st.started_at});
@@ -1478,12 +1554,13 @@ class SqliteStore final : public Store {
 
   bool try_commit(WriteOp* ops, size_t n, std::exception_ptr* error) {
     for (int attempt = 0;; ++attempt) {
-      WriteContext w{writer_db_, writer_statements_, {}, {}};
+      WriteContext w{writer_db_, writer_statements_, {}, {}, {}};
       try {
         sqlite::Transaction txn(writer_db_);
         for (size_t i = 0; i < n; ++i) ops[i].apply(w);
         if (!w.transitions.empty()) apply_workflow_effects(w);
         if (!w.transitions.empty()) record_stats(w);
+        write_counts(w);
         txn.commit();
       } catch (const StoreError& e) {
         if (is_transient(e) && attempt < 200) {
@@ -1509,6 +1586,14 @@ class SqliteStore final : public Store {
         if (ops[i].committed) ops[i].committed();
       return true;
     }
+  }
+
+  void write_counts(WriteContext& w) {
+    w.counts.for_each([&](const std::string& type, Status status, int64_t n) {
+      Statement& s = w.statements.get(sql::kAddCount);
+      ScopedReset r(s);
+      s.bind(1, type).bind(2, to_string(status)).bind(3, n).run();
+    });
   }
 
   // Adds the batch's transitions to the windowed figures: one upsert per (bucket, type), not per

@@ -1,6 +1,8 @@
 #include "store/sqlite_db.hpp"
 
+#include <algorithm>
 #include <memory>
+#include <thread>
 
 namespace jobforge::sqlite {
 
@@ -15,7 +17,16 @@ void throw_error(sqlite3* db, int code, std::string_view context) {
   throw StoreError(code, message);
 }
 
-Database::Database(const std::string& path, int flags, int busy_timeout_ms) {
+Database::Database(const std::string& path, int flags, int busy_timeout_ms)
+    : busy_timeout_ms_(busy_timeout_ms) {
+  // No global memory statistics: with them every allocation of every connection takes one
+  // process-wide mutex. Only possible before SQLite initialises (else a harmless SQLITE_MISUSE,
+  // e.g. when Python's sqlite3 module came first).
+  static const bool memstatus_off = [] {
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    return true;
+  }();
+  (void)memstatus_off;
   const int rc = sqlite3_open_v2(path.c_str(), &db_, flags | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string message = "cannot open database '" + path + "': " +
@@ -25,7 +36,16 @@ Database::Database(const std::string& path, int flags, int busy_timeout_ms) {
     throw StoreError(rc, message);
   }
   sqlite3_extended_result_codes(db_, 1);
-  sqlite3_busy_timeout(db_, busy_timeout_ms);
+  sqlite3_busy_handler(db_, &Database::on_busy, this);
+}
+
+int Database::on_busy(void* self, int tries) {
+  auto* d = static_cast<Database*>(self);
+  const auto now = std::chrono::steady_clock::now();
+  if (tries == 0) d->busy_since_ = now;
+  if (now - d->busy_since_ >= std::chrono::milliseconds(d->busy_timeout_ms_)) return 0;  // BUSY
+  std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, 50 << std::min(tries, 5))));
+  return 1;
 }
 
 Database::~Database() {

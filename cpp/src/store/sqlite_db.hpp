@@ -5,6 +5,7 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -33,7 +34,14 @@ class Database {
   int64_t query_int(const char* sql);
 
  private:
+  // SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 … ms between tries: far longer than
+  // a jobforge transaction holds the write lock (about a millisecond), so processes sharing a
+  // file idled behind each other. Ours sleeps 50 µs, doubling to at most 1 ms, until the timeout.
+  static int on_busy(void* self, int tries);
+
   sqlite3* db_ = nullptr;
+  int busy_timeout_ms_ = 0;
+  std::chrono::steady_clock::time_point busy_since_{};
 };
 
 class Statement {

@@ -1203,6 +1203,33 @@ def test_stats_per_type_match_a_known_workload(make_engine):
     assert stats["queued_total"] == 0 and stats["due"] == 0 and stats["oldest_due_age_ms"] == 0
 
 
+def test_windowed_stats_reach_other_engines_within_seconds_and_survive_stop(
+    make_engine, db_path, wait_until
+):
+    """A process sums its windowed figures in memory and writes them about once a second (with
+    its next transaction, a heartbeat at the latest) and when it stops: another engine on the
+    file sees them within seconds, and an engine opened after the stop sees all of them."""
+    engine = make_engine(workers=2, heartbeat_interval=0.5)
+    engine.register("a", lambda ctx, payload: None)
+    jobs = engine.enqueue_many("a", [{}] * 5)
+    engine.start()
+    for job in jobs:
+        assert job.wait(timeout=WAIT).status == "completed"
+    observer = make_engine(allow_unknown_types=True)  # never started: reads the file only
+
+    def observed_runs():
+        return observer.stats()["types"].get("a", {}).get("runs", 0)
+
+    wait_until(lambda: observed_runs() == 5, timeout=10, what="the other engine sees 5 runs")
+    more = engine.enqueue_many("a", [{}] * 3)
+    for job in more:
+        assert job.wait(timeout=WAIT).status == "completed"
+    engine.stop()
+    later = make_engine(allow_unknown_types=True)
+    t = later.stats()["types"]["a"]
+    assert t["runs"] == 8 and t["counts"]["completed"] == 8
+
+
 def test_queue_stats_counts_pending_delayed_and_active_jobs(make_engine, wait_until, gates):
     engine = make_engine(workers=3)
     gate = gates()

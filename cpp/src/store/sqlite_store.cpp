@@ -1,6 +1,7 @@
 // SqliteStore: WAL, one writer connection owned by one writer thread that group-commits every
 // queued operation, and a pool of reader connections for queries (WAL: readers never block it).
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -660,6 +661,13 @@ class SqliteStore final : public Store {
   }
 
   StatsDetail stats_detail(int64_t now, int64_t window_ms, int64_t rate_window_ms) override {
+    if (stats_pending_.load(std::memory_order_acquire)) {
+      try {
+        submit_and_wait(kUpdates, [this](WriteContext&) { flush_stats_now_ = true; });
+      } catch (const StoreError&) {
+        // closed, or the write failed: read what is in the file
+      }
+    }
     auto reader = readers_.acquire(*this);
     // One read transaction: every figure from the same commit (queued and due agree).
     struct ReadTxn {
@@ -904,6 +912,13 @@ class SqliteStore final : public Store {
   }
 
   void flush() override {
+    if (stats_pending_.load(std::memory_order_acquire)) {  // the windowed figures too
+      try {
+        submit_and_wait(kUpdates, [this](WriteContext&) { flush_stats_now_ = true; });
+      } catch (const StoreError&) {
+        // closed: the writer wrote them on its way out
+      }
+    }
     std::unique_lock lock(mutex_);
     const uint64_t target = submitted_;
     done_cv_.wait(lock, [&] {
@@ -1505,6 +1520,21 @@ class SqliteStore final : public Store {
         done_cv_.notify_all();
       }
     }
+    {
+      std::lock_guard role(writer_role_);
+      if (!pending_stats_.empty()) {  // the last windowed figures, before the connection goes
+        flush_stats_now_ = true;
+        std::exception_ptr error;
+        if (!try_commit(nullptr, 0, &error)) {
+          try {
+            std::rethrow_exception(error);
+          } catch (const std::exception& e) {
+            std::fprintf(stderr, "jobforge: writing the last statistics to '%s' failed: %s\n",
+                         path_.c_str(), e.what());
+          }
+        }
+      }
+    }
     std::lock_guard lock(mutex_);
     writer_exited_ = true;
     done_cv_.notify_all();
@@ -1555,11 +1585,16 @@ class SqliteStore final : public Store {
   bool try_commit(WriteOp* ops, size_t n, std::exception_ptr* error) {
     for (int attempt = 0;; ++attempt) {
       WriteContext w{writer_db_, writer_statements_, {}, {}, {}};
+      window_stats::SumsByBucket fresh_stats;
+      bool flush_stats = false;
       try {
         sqlite::Transaction txn(writer_db_);
         for (size_t i = 0; i < n; ++i) ops[i].apply(w);
         if (!w.transitions.empty()) apply_workflow_effects(w);
-        if (!w.transitions.empty()) record_stats(w);
+        fresh_stats = w.transitions.empty() ? window_stats::SumsByBucket{}
+                                            : window_stats::sum_transitions(w.transitions);
+        flush_stats = stats_due(fresh_stats.empty());
+        if (flush_stats) write_stats(w, fresh_stats);
         write_counts(w);
         txn.commit();
       } catch (const StoreError& e) {
@@ -1572,6 +1607,15 @@ class SqliteStore final : public Store {
       } catch (...) {
         *error = std::current_exception();
         return false;
+      }
+      if (flush_stats) {
+        pending_stats_.clear();
+        last_stats_flush_ = std::chrono::steady_clock::now();
+        flush_stats_now_ = false;
+        stats_pending_.store(false, std::memory_order_release);
+      } else if (!fresh_stats.empty()) {
+        merge_stats(pending_stats_, std::move(fresh_stats));
+        stats_pending_.store(true, std::memory_order_release);
       }
       CommitListener listener;
       std::function<void(const std::vector<int64_t>&)> rejected_listener;
@@ -1596,10 +1640,54 @@ class SqliteStore final : public Store {
     });
   }
 
-  // Adds the batch's transitions to the windowed figures: one upsert per (bucket, type), not per
+  // The windowed figures (job_stats, job_stats_hist) are summed in memory and written at most
+  // about once a second, with whatever transaction comes next: a lone enqueue then changes no
+  // statistics page (one B-tree page fewer in its WAL append). A process that dies loses at most
+  // the last second of windowed figures (never a job or a counter of jobs). stats_detail() and
+  // flush() (an engine's stop) write this process's pending sums first, so its own figures are
+  // never stale; a heartbeat carries them out for the other processes.
+  static constexpr auto kStatsFlushEvery = std::chrono::milliseconds(1000);
+  static constexpr size_t kStatsMaxPending = 256;  // (bucket, type) entries
+
+  bool stats_due(bool nothing_new) const {
+    if (flush_stats_now_) return !pending_stats_.empty() || !nothing_new;
+    if (pending_stats_.empty() && nothing_new) return false;
+    return pending_stats_.size() >= kStatsMaxPending ||
+           std::chrono::steady_clock::now() - last_stats_flush_ >= kStatsFlushEvery;
+  }
+
+  static void merge_stats(window_stats::SumsByBucket& into, window_stats::SumsByBucket from) {
+    for (auto& [key, x] : from) {
+      auto [it, fresh] = into.try_emplace(key, std::move(x));
+      if (fresh) continue;
+      window_stats::Sums& y = it->second;
+      y.created += x.created;
+      y.completed += x.completed;
+      y.failed += x.failed;
+      y.cancelled += x.cancelled;
+      y.timeout += x.timeout;
+      y.retried += x.retried;
+      y.runs += x.runs;
+      y.run_ms += x.run_ms;
+      for (auto& [bin, n] : x.bins) y.bins[bin] += n;
+    }
+  }
+
+  // Writes the pending sums plus this transaction's (the pending ones stay in memory until the
+  // commit succeeds: a rolled-back transaction is replayed).
+  void write_stats(WriteContext& w, const window_stats::SumsByBucket& fresh) {
+    if (pending_stats_.empty()) {
+      record_stats(w, fresh);
+      return;
+    }
+    auto all = pending_stats_;
+    merge_stats(all, fresh);
+    record_stats(w, all);
+  }
+
+  // Writes the flushed sums to the windowed figures: one upsert per (bucket, type), not per
   // job. Old buckets are pruned every few minutes.
-  void record_stats(WriteContext& w) {
-    const auto sums = window_stats::sum_transitions(w.transitions);
+  void record_stats(WriteContext& w, const window_stats::SumsByBucket& sums) {
     Statement& add = w.statements.get(sql::kAddStats);
     Statement& hist = w.statements.get(sql::kAddRunHist);
     int64_t newest = 0;
@@ -1660,6 +1748,10 @@ class SqliteStore final : public Store {
   std::unordered_set<int64_t> held_;  // jobs claimed in memory; writer thread only
   std::unordered_set<int64_t> starts_written_;  // held jobs whose start is written; writer only
   int64_t last_stats_prune_ = 0;                // writer only
+  window_stats::SumsByBucket pending_stats_;      // not yet written; writer role only
+  std::chrono::steady_clock::time_point last_stats_flush_{};  // writer role only
+  bool flush_stats_now_ = false;                  // writer role only
+  std::atomic<bool> stats_pending_{false};
   CommitListener listener_;
   std::function<void(const std::vector<int64_t>&)> start_rejected_listener_;
   std::thread writer_;

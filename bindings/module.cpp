@@ -19,6 +19,38 @@ using namespace jobforge;
 
 namespace {
 
+// A number argument of a hot call (int, float, or anything with __float__/__index__ such as
+// NumPy scalars; bool is refused), read without pybind11's casters. Raises TypeError naming the
+// argument.
+double number_arg(py::handle value, const char* name) {
+  PyObject* o = value.ptr();
+  if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
+  if (PyLong_CheckExact(o)) {
+    const double d = PyLong_AsDouble(o);
+    if (d == -1.0 && PyErr_Occurred()) throw py::error_already_set();  // OverflowError
+    return d;
+  }
+  if (!PyBool_Check(o) && !PyUnicode_Check(o) && !PyBytes_Check(o)) {
+    const double d = PyFloat_AsDouble(o);
+    if (!(d == -1.0 && PyErr_Occurred())) return d;
+    if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw py::error_already_set();
+    PyErr_Clear();
+  }
+  throw py::type_error(std::string(name) + " must be a number, got " +
+                       std::string(py::str(py::type::handle_of(value).attr("__name__"))));
+}
+
+// A str argument of a hot call, viewed in place (valid while the caller holds the object).
+std::string_view text_arg(py::handle value, const char* name) {
+  Py_ssize_t size = 0;
+  if (!PyUnicode_Check(value.ptr()))
+    throw py::type_error(std::string(name) + " must be a str or None, got " +
+                         std::string(py::str(py::type::handle_of(value).attr("__name__"))));
+  const char* data = PyUnicode_AsUTF8AndSize(value.ptr(), &size);
+  if (!data) throw py::error_already_set();
+  return {data, static_cast<size_t>(size)};
+}
+
 // A Python object that may be released from any thread: it takes the GIL to drop its reference
 // (and leaks it if the interpreter is already gone).
 class PyRef {
@@ -439,11 +471,16 @@ PYBIND11_MODULE(_core, m) {
       .def("check_cancelled", &Context::check_cancelled)
       .def(
           "progress",
-          [](Context& c, double current, std::optional<double> total,
-             std::optional<std::string> message, std::optional<std::string> stage) {
-            const std::string_view msg = message ? std::string_view(*message) : std::string_view();
-            if (stage) c.progress(current, total.value_or(0), msg, *stage);
-            else c.progress(current, total.value_or(0), msg);
+          // Called up to millions of times per job: the arguments are read straight from the
+          // Python objects (no std::optional, no string copies), errors name the argument.
+          [](Context& c, py::handle current, py::handle total, py::handle message,
+             py::handle stage) {
+            const double cur = number_arg(current, "current");
+            const double tot = total.is_none() ? 0.0 : number_arg(total, "total");
+            const std::string_view msg = message.is_none() ? std::string_view()
+                                                           : text_arg(message, "message");
+            if (!stage.is_none()) c.progress(cur, tot, msg, text_arg(stage, "stage"));
+            else c.progress(cur, tot, msg);
           },
           py::arg("current"), py::arg("total") = py::none(), py::arg("message") = py::none(),
           py::arg("stage") = py::none())

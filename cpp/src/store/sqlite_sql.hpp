@@ -241,9 +241,18 @@ inline constexpr const char* kMigration8 =
     "DROP TRIGGER jobs_count_insert;\n"
     "DROP TRIGGER jobs_count_update;\n" JOBFORGE_RECOUNT_SQL;
 
-inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4,
-                                              kMigration5, kMigration6, kMigration7, kMigration8};
-inline constexpr int kSchemaVersion = 8;
+// The children of a parent in list order (created_at, then rowid, the index's own tail): a page
+// of children, or all 10,000 of a batch, is read in order instead of sorted in a temporary B-tree
+// (W6: the sort of full rows was a third of the query).
+inline constexpr const char* kMigration9 = R"sql(
+DROP INDEX IF EXISTS idx_jobs_parent_id;
+CREATE INDEX idx_jobs_parent_id ON jobs(parent_job_id, created_at) WHERE parent_job_id IS NOT NULL;
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3,
+                                              kMigration4, kMigration5, kMigration6,
+                                              kMigration7, kMigration8, kMigration9};
+inline constexpr int kSchemaVersion = 9;
 
 // The store's counters: one upsert per (type, status) a transaction changed.
 inline constexpr const char* kAddCount = R"sql(

@@ -1444,7 +1444,9 @@ class SqliteStore final : public Store {
       op.committed = [waiter] { waiter->signal(nullptr); };
     }
     op.failed = [waiter](std::exception_ptr e) { waiter->signal(e); };
-    if (!return_after_apply && try_commit_here(op)) {
+    // An idle writer: run it here (a claim in memory too: two thread hand-offs fewer between an
+    // enqueue on an idle engine and its start).
+    if (try_commit_here(op)) {
       if (waiter->error) std::rethrow_exception(waiter->error);
       return;
     }

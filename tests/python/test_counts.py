@@ -75,9 +75,12 @@ def test_counts_follow_every_kind_of_status_change(make_engine, db_path, wait_un
     running = engine.enqueue("slow", {})
     engine.start()
     for job in oks + flakies + bads + [parent] + chain + good_chain:
-        engine.wait(job.id if hasattr(job, "id") else job, timeout=30)
-    wait_until(lambda: engine.get(running.id).status == "running", timeout=10,
-               what=f"running: {engine.get(running.id)!r} {engine.counts()}")
+        engine.wait(job.id, timeout=30)
+    wait_until(
+        lambda: engine.get(running.id).status == "running",
+        timeout=10,
+        what=f"running: {engine.get(running.id)!r} {engine.counts()}",
+    )
     assert engine.cancel(running)  # a running job asked to stop
     engine.wait(running.id, timeout=10)
     assert engine.retry(bads[0])  # failed -> queued -> failed again

@@ -2,6 +2,8 @@
 refused transitions, the job context, Job methods, start/stop and the context manager."""
 
 import threading
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -176,6 +178,42 @@ def test_progress_without_a_total_is_a_count_with_no_percentage(engine, wait_unt
     finally:
         gate.set()
     assert job.wait(timeout=WAIT).status == "completed"
+
+
+def test_progress_arguments_of_other_types_work_or_raise_naming_the_argument(engine):
+    errors = []
+
+    @engine.processor("typed")
+    def typed(ctx, payload):
+        ctx.progress(Fraction(1, 2), total=Decimal(4), message="half of one", stage="load")
+        for call in (
+            lambda: ctx.progress("3"),
+            lambda: ctx.progress(True),
+            lambda: ctx.progress(1, total="4"),
+            lambda: ctx.progress(1, 4, message=5),
+            lambda: ctx.progress(1, 4, stage=b"x"),
+        ):
+            try:
+                call()
+            except TypeError as exc:
+                errors.append(str(exc))
+            else:
+                errors.append("no error")
+        ctx.progress(3, total=4, message="three quarters")
+        return None
+
+    engine.start()
+    job = engine.enqueue("typed", {}).wait(timeout=WAIT)
+    assert job.status == "completed", job.error
+    assert errors == [
+        "current must be a number, got str",
+        "current must be a number, got bool",
+        "total must be a number, got str",
+        "message must be a str or None, got int",
+        "stage must be a str or None, got bytes",
+    ]
+    assert job.progress_current == 3 and job.progress_total == 4
+    assert job.message == "three quarters" and job.stage == "load"
 
 
 def test_context_manager_starts_and_stops_the_engine(db_path):

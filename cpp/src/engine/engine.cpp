@@ -750,8 +750,9 @@ struct Engine::Impl {
   // ---- dispatcher --------------------------------------------------------------------------
 
   // How many jobs may be claimed ahead of the workers: as many as the workers finish in about
-  // two milliseconds (from the mean run time), up to 1024 in memory and 256 durably, and never
-  // fewer than config.prefetch. Slow jobs are thus claimed one per free worker, so a durably
+  // two milliseconds (from the mean run time), up to 1024, and never fewer than config.prefetch
+  // (1024 durably too: with several processes on one file, larger claims mean fewer write
+  // transactions, each of which re-reads what the other processes changed). Slow jobs are thus claimed one per free worker, so a durably
   // claimed job ('running' in the store) waits at most ~2 ms for its worker; fast ones share a
   // transaction by the hundred.
   // An engine configured for durable claims only (claim_in_memory = false: supervised worker
@@ -761,19 +762,21 @@ struct Engine::Impl {
     if (!config.claim_in_memory) return config.workers + config.prefetch;
     const double mean = mean_run_ns.load(std::memory_order_relaxed);
     const double window_ns = 2e6;
-    const double cap = durable_claims ? 256.0 : 1024.0;
+    const double cap = 1024.0;
     const double ahead = mean > 0 ? window_ns / mean * config.workers : 0.0;
     const int depth = static_cast<int>(std::min(cap, ahead));
     return config.workers + std::max(config.prefetch, depth);
   }
 
-  // The dispatcher claims again once the jobs claimed ahead of the workers fell by a quarter of
-  // the depth (or by one, for a shallow depth): a claim in memory reads the held jobs again
-  // (they come first in claim order), so claiming for every single free slot would read the
-  // whole depth per job. A quarter keeps three quarters of the window (~1.5 ms of work) queued
-  // for the workers while the claim runs.
+  // The dispatcher claims again once the jobs claimed ahead of the workers fell by half the
+  // depth (or by one, for a shallow depth): a claim in memory reads the held jobs again (they
+  // come first in claim order), so claiming for every single free slot would read the whole
+  // depth per job; a durable claim is a write transaction, and with several processes on one
+  // file each transaction starts by re-reading the pages the others changed, so fewer, larger
+  // claims pay that less often. Half keeps ~1 ms of work queued for the workers while the claim
+  // runs.
   static int claim_below(int depth_total, int workers) {
-    return depth_total - std::max(0, (depth_total - workers) / 4);
+    return depth_total - std::max(0, (depth_total - workers) / 2);
   }
   bool wants_claim(int depth_total) const {
     return static_cast<int>(claimed.size()) < claim_below(depth_total, config.workers);

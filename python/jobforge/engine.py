@@ -631,10 +631,9 @@ class Engine:
             return [Job(self, r) for r in self._core.enqueue_specs(specs)]
         opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
                              user_initiated)  # fmt: skip
-        encoded = []
-        for index, payload in enumerate(payloads):
-            encoded.append(_json.dumps(payload, f"payloads[{index}]"))
-        records = self._core.enqueue_many(type, encoded, **opts)
+        if not isinstance(payloads, (list, tuple)):
+            payloads = list(payloads)
+        records = self._core.enqueue_many(type, _json.dumps_many(payloads), **opts)
         return [Job(self, r) for r in records]
 
     # -- workflows (docs/workflows.md) ---------------------------------------------------------

@@ -178,10 +178,21 @@ def test_json_serialisable_payload_of_any_json_type_is_accepted(engine, payload)
 def test_enqueue_many_with_one_bad_payload_writes_none_of_them(engine):
     payloads = [{"i": 0}, {"i": 1}, {"i": object()}, {"i": 3}]
 
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r'payloads\[2\]\["i"\] is not JSON-serialisable'):
         engine.enqueue_many("noop", payloads)
 
     _assert_nothing_written(engine)
+
+
+def test_enqueue_many_names_nan_and_takes_generators_and_non_ascii_text(engine):
+    with pytest.raises(ValueError, match=r"payloads\[1\]\[0\] is not JSON-serialisable"):
+        engine.enqueue_many("noop", [[1], [float("nan")]])
+    _assert_nothing_written(engine)
+
+    jobs = engine.enqueue_many("noop", ({"i": i, "s": "é😀"[: i % 3]} for i in range(5)))
+    assert [engine.get(j.id).payload for j in jobs] == [
+        {"i": i, "s": "é😀"[: i % 3]} for i in range(5)
+    ]
 
 
 def test_enqueue_many_with_bad_option_writes_nothing(engine):

@@ -752,9 +752,9 @@ struct Engine::Impl {
   // How many jobs may be claimed ahead of the workers: as many as the workers finish in about
   // two milliseconds (from the mean run time), up to 1024, and never fewer than config.prefetch
   // (1024 durably too: with several processes on one file, larger claims mean fewer write
-  // transactions, each of which re-reads what the other processes changed). Slow jobs are thus claimed one per free worker, so a durably
-  // claimed job ('running' in the store) waits at most ~2 ms for its worker; fast ones share a
-  // transaction by the hundred.
+  // transactions, each of which re-reads what the other processes changed). Slow jobs are thus
+  // claimed one per free worker, so a durably claimed job ('running' in the store) waits at most
+  // ~2 ms for its worker; fast ones share a transaction by the hundred.
   // An engine configured for durable claims only (claim_in_memory = false: supervised worker
   // processes, where a crash must not cost unstarted jobs an attempt) claims for free workers
   // plus config.prefetch, never more.

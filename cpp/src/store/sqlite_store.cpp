@@ -666,13 +666,7 @@ class SqliteStore final : public Store {
   }
 
   StatsDetail stats_detail(int64_t now, int64_t window_ms, int64_t rate_window_ms) override {
-    if (stats_pending_.load(std::memory_order_acquire)) {
-      try {
-        submit_and_wait(kUpdates, [this](WriteContext&) { flush_stats_now_ = true; });
-      } catch (const StoreError&) {
-        // closed, or the write failed: read what is in the file
-      }
-    }
+    write_pending_stats();
     auto reader = readers_.acquire(*this);
     // One read transaction: every figure from the same commit (queued and due agree).
     struct ReadTxn {
@@ -917,13 +911,7 @@ class SqliteStore final : public Store {
   }
 
   void flush() override {
-    if (stats_pending_.load(std::memory_order_acquire)) {  // the windowed figures too
-      try {
-        submit_and_wait(kUpdates, [this](WriteContext&) { flush_stats_now_ = true; });
-      } catch (const StoreError&) {
-        // closed: the writer wrote them on its way out
-      }
-    }
+    write_pending_stats();  // the windowed figures too
     std::unique_lock lock(mutex_);
     const uint64_t target = submitted_;
     done_cv_.wait(lock, [&] {
@@ -1044,15 +1032,14 @@ class SqliteStore final : public Store {
       s.run();
       return w.db.changes() > 0;
     };
-    Status from = Status::running;
-    bool written;
-    if (o.claimed_in_memory && !start_written) {
-      from = Status::queued;
-      written = finish_held();
-      if (!written) written = (from = Status::running, finish_running());
-    } else {
-      written = finish_running();
-      if (!written && o.claimed_in_memory) written = (from = Status::queued, finish_held());
+    // Try the form the job most likely is in; a job claimed in memory may be in the other (its
+    // start written by a switch to durable claims, say).
+    const bool held_first = o.claimed_in_memory && !start_written;
+    Status from = held_first ? Status::queued : Status::running;
+    bool written = held_first ? finish_held() : finish_running();
+    if (!written && o.claimed_in_memory) {
+      from = held_first ? Status::running : Status::queued;
+      written = held_first ? finish_running() : finish_held();
     }
     if (!written) return;  // lease lost, or cancelled from outside
     w.counts.move(o.job_type, from, o.to);
@@ -1627,7 +1614,7 @@ class SqliteStore final : public Store {
         flush_stats_now_ = false;
         stats_pending_.store(false, std::memory_order_release);
       } else if (!fresh_stats.empty()) {
-        merge_stats(pending_stats_, std::move(fresh_stats));
+        window_stats::merge(pending_stats_, std::move(fresh_stats));
         stats_pending_.store(true, std::memory_order_release);
       }
       CommitListener listener;
@@ -1662,6 +1649,16 @@ class SqliteStore final : public Store {
   static constexpr auto kStatsFlushEvery = std::chrono::milliseconds(1000);
   static constexpr size_t kStatsMaxPending = 256;  // (bucket, type) entries
 
+  // This process's pending windowed figures, written now (before they are read, or at a stop).
+  void write_pending_stats() {
+    if (!stats_pending_.load(std::memory_order_acquire)) return;
+    try {
+      submit_and_wait(kUpdates, [this](WriteContext&) { flush_stats_now_ = true; });
+    } catch (const StoreError&) {
+      // closed (the writer wrote them on its way out), or the write failed: what is in the file
+    }
+  }
+
   bool stats_due(bool nothing_new) const {
     if (flush_stats_now_) return !pending_stats_.empty() || !nothing_new;
     if (pending_stats_.empty() && nothing_new) return false;
@@ -1669,33 +1666,12 @@ class SqliteStore final : public Store {
            std::chrono::steady_clock::now() - last_stats_flush_ >= kStatsFlushEvery;
   }
 
-  static void merge_stats(window_stats::SumsByBucket& into, window_stats::SumsByBucket from) {
-    for (auto& [key, x] : from) {
-      auto [it, fresh] = into.try_emplace(key, std::move(x));
-      if (fresh) continue;
-      window_stats::Sums& y = it->second;
-      y.created += x.created;
-      y.completed += x.completed;
-      y.failed += x.failed;
-      y.cancelled += x.cancelled;
-      y.timeout += x.timeout;
-      y.retried += x.retried;
-      y.runs += x.runs;
-      y.run_ms += x.run_ms;
-      for (auto& [bin, n] : x.bins) y.bins[bin] += n;
-    }
-  }
-
-  // Writes the pending sums plus this transaction's (the pending ones stay in memory until the
-  // commit succeeds: a rolled-back transaction is replayed).
+  // Writes the pending sums and this transaction's (the pending ones stay in memory until the
+  // commit succeeds: a rolled-back transaction is replayed). Upserts add, so two passes over
+  // the same (bucket, type) sum in the file.
   void write_stats(WriteContext& w, const window_stats::SumsByBucket& fresh) {
-    if (pending_stats_.empty()) {
-      record_stats(w, fresh);
-      return;
-    }
-    auto all = pending_stats_;
-    merge_stats(all, fresh);
-    record_stats(w, all);
+    record_stats(w, pending_stats_);
+    record_stats(w, fresh);
   }
 
   // Writes the flushed sums to the windowed figures: one upsert per (bucket, type), not per

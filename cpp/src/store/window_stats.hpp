@@ -32,9 +32,29 @@ struct Sums {
   bool empty() const noexcept {
     return !(created | completed | failed | cancelled | timeout | retried | runs);
   }
+  Sums& operator+=(const Sums& x) {
+    created += x.created;
+    completed += x.completed;
+    failed += x.failed;
+    cancelled += x.cancelled;
+    timeout += x.timeout;
+    retried += x.retried;
+    runs += x.runs;
+    run_ms += x.run_ms;
+    for (const auto& [bin, n] : x.bins) bins[bin] += n;
+    return *this;
+  }
 };
 // Keyed by (bucket, type), in key order: writers of several processes touch rows in one order.
 using SumsByBucket = std::map<std::pair<int64_t, std::string>, Sums>;
+
+// Adds `from` into `into`, entry by entry.
+inline void merge(SumsByBucket& into, SumsByBucket from) {
+  for (auto& [key, x] : from) {
+    auto [it, fresh] = into.try_emplace(key, std::move(x));
+    if (!fresh) it->second += x;
+  }
+}
 
 inline SumsByBucket sum_transitions(const std::vector<Transition>& transitions) {
   SumsByBucket sums;

@@ -22,10 +22,11 @@ _CHUNK = 500
 
 # The counts per (type, status) recomputed from the rows (the engine keeps them in the same
 # transaction as every change it makes; rows written by other means need a recount).
-_RECOUNT_SQL = """
-DELETE FROM job_type_counts;
-INSERT INTO job_type_counts (type, status, n) SELECT type, status, count(*) FROM jobs GROUP BY 1, 2;
-"""
+_RECOUNT_STATEMENTS = (
+    "DELETE FROM job_type_counts",
+    "INSERT INTO job_type_counts (type, status, n) "
+    "SELECT type, status, count(*) FROM jobs GROUP BY 1, 2",
+)
 _COUNT_DRIFT_SQL = """
 SELECT type, status, kept, actual FROM (
   SELECT c.type, c.status, c.n AS kept, COALESCE(j.n, 0) AS actual
@@ -100,7 +101,7 @@ def recount(path: str) -> dict[str, Any]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             drift = conn.execute(_COUNT_DRIFT_SQL).fetchall()
-            for statement in _RECOUNT_SQL.strip().split(";\n"):
+            for statement in _RECOUNT_STATEMENTS:
                 conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
@@ -256,7 +257,7 @@ def repair(path: str, *, force: bool = False) -> dict[str, Any]:
                 for table, key in _COPIED_TABLES.items():
                     if table in names:
                         report["tables"][table] = _copy_table(src, dst, table, key)
-                for statement in _RECOUNT_SQL.strip().split(";\n"):
+                for statement in _RECOUNT_STATEMENTS:
                     dst.execute(statement)  # the copied rows, counted
             dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

@@ -118,16 +118,20 @@ time.sleep(60)
     try:
         assert proc.stdout.readline().strip() == "started"
         deadline = time.monotonic() + 20
+        running = 0
         while time.monotonic() < deadline:
             con = sqlite3.connect(path)
-            running = con.execute("SELECT count(*) FROM jobs WHERE status = 'running'").fetchone()
+            running = con.execute("SELECT count(*) FROM jobs WHERE status = 'running'").fetchone()[
+                0
+            ]
             con.close()
-            if running[0] > 0:
+            if running > 0:
                 break
             time.sleep(0.05)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert running > 0, "no job was running when the process was killed: recovery not exercised"
     assert_counts_agree(path)
     engine = jobforge.Engine(path, workers=2, lease=1.0, heartbeat_interval=0.2)
     engine.register("hang", lambda ctx, payload: "quick now")

@@ -1279,7 +1279,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     else:
         path = _db_path(args)
         if not os.path.exists(path):
-            raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
+            from .engine import _redacted
+
+            raise CliError(f"database '{_redacted(path)}' does not exist", EXIT_NOT_FOUND)
         target = path
     try:
         server = make_server(target, host=args.host, port=args.port, token=args.token,

@@ -483,3 +483,32 @@ def test_repair_refuses_a_schema_newer_than_the_code(tmp_path):
     proc = cli("db", "repair", "--db", db, "--force")
     assert proc.returncode == 1 and f"schema version {version + 1}" in proc.stderr, proc
     assert _snapshot(folder) == before
+
+
+def test_no_password_in_the_dashboard(secret_url):
+    import urllib.request
+
+    pytest.importorskip("starlette")
+    from jobforge.dashboard import make_server
+
+    engine = jobforge.Engine(secret_url, workers=1)
+    engine.start()
+    server = make_server(engine, port=0, token="token-0123456789", poll_interval=0.2)
+    server.start()
+    try:
+        engine.enqueue("noop", {}).wait(WAIT)
+        seen = []
+        for path in ("/", "/api/overview", "/api/health", "/api/workers", "/api/types"):
+            with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=WAIT) as response:
+                seen.append(response.read().decode())
+        assert "***@" in seen[1]  # the overview names the store, redacted
+        with urllib.request.urlopen(server.url.rstrip("/") + "/api/events", timeout=WAIT) as sse:
+            data = b""
+            while data.count(b"\n\n") < 2:  # the first snapshots
+                data += sse.read1(65536)
+            seen.append(data.decode())
+        for text in seen:
+            assert_no_secret(text)
+    finally:
+        server.stop()
+        engine.stop()

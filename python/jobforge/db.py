@@ -46,7 +46,15 @@ class RepairError(JobforgeError):
     """The file cannot be repaired (not a database at all, or in use)."""
 
 
+def _sqlite_only(path: str) -> None:
+    from .engine import _is_postgres_url, _redacted
+
+    if _is_postgres_url(path):
+        raise RepairError(f"{_redacted(path)} is a PostgreSQL database; this works on SQLite files")
+
+
 def _connect_ro(path: str) -> sqlite3.Connection:
+    _sqlite_only(path)
     if not os.path.exists(path):
         raise RepairError(f"database '{path}' does not exist")
     conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=5.0)
@@ -95,6 +103,7 @@ def recount(path: str) -> dict[str, Any]:
     transaction (safe while workers run). Needed only after jobs were written by other means
     than jobforge (by hand, by a tool). Returns ``{"path", "changed": [...]}``: the counts that
     were wrong."""
+    _sqlite_only(path)
     if not os.path.exists(path):
         raise RepairError(f"database '{path}' does not exist")
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)

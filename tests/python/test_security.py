@@ -257,6 +257,11 @@ def test_no_password_in_cli_output(secret_url):
     for proc in outputs:
         assert proc.stdout or proc.stderr, proc
         assert_no_secret(proc.stdout + proc.stderr)
+    for action in (jobforge_db.check, jobforge_db.recount, jobforge_db.repair):
+        with pytest.raises(jobforge_db.RepairError) as err:
+            action(secret_url)
+        assert "PostgreSQL" in str(err.value)
+        assert_no_secret(str(err.value))
     assert "***" in outputs[5].stdout  # health names the store, redacted
 
 

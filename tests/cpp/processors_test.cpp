@@ -469,22 +469,24 @@ TEST_F(ExecTest, RunsWithArgumentsCwdEnvAndStdin) {
 
 TEST_F(ExecTest, EnvironmentIsMinimalUnlessInheritedOrReplaced) {
   ::setenv("JOBFORGE_EXEC_TEST_INHERITED", "yes", 1);
+  ::setenv("LC_JOBFORGE_EXEC_TEST", "kept", 1);  // LC_* belong to the minimal environment
   const json argv = {"/bin/sh", "-c",
-                     "echo \"[$JOBFORGE_EXEC_TEST_INHERITED][$ONLY][${PATH:+path}]\""};
-  // By default: PATH and the like, not the other variables of this process.
+                     "echo \"[$JOBFORGE_EXEC_TEST_INHERITED][$ONLY][$LC_JOBFORGE_EXEC_TEST]\""};
+  // By default: PATH, the locale and the like, not the other variables of this process.
   json r = exec({{"argv", argv}});
-  EXPECT_EQ(r["stdout_tail"], "[][][path]\n");
+  EXPECT_EQ(r["stdout_tail"], "[][][kept]\n");
   r = exec({{"argv", argv}, {"inherit_env", true}});
-  EXPECT_EQ(r["stdout_tail"], "[yes][][path]\n");
+  EXPECT_EQ(r["stdout_tail"], "[yes][][kept]\n");
   r = exec({{"argv", argv}, {"env", {{"ONLY", "1"}}}, {"inherit_env", false}});
   EXPECT_EQ(r["stdout_tail"], "[][1][]\n");
   // A processor made to inherit: the whole environment unless the payload says otherwise.
   auto inheriting = make_exec_processor(/*inherit_env=*/true);
   r = run_json(*inheriting, ctx, {{"argv", argv}});
-  EXPECT_EQ(r["stdout_tail"], "[yes][][path]\n");
+  EXPECT_EQ(r["stdout_tail"], "[yes][][kept]\n");
   r = run_json(*inheriting, ctx, {{"argv", argv}, {"inherit_env", false}});
   EXPECT_EQ(r["stdout_tail"], "[][][]\n");
   ::unsetenv("JOBFORGE_EXEC_TEST_INHERITED");
+  ::unsetenv("LC_JOBFORGE_EXEC_TEST");
 }
 
 TEST_F(ExecTest, NonZeroExitFailsTheAttemptWithTheTail) {

@@ -8,6 +8,7 @@ SDK_CAPSULE_NAME: str
 SDK_STDLIB: str
 
 def cron_next(expression: str, after_ms: int, timezone: str = "UTC") -> int: ...
+def redact_url(path: str) -> str: ...
 
 class JobRecord:
     @property
@@ -187,6 +188,8 @@ class Engine:
         misfire_grace_ms: int = 60000,
         retention_ms: int = 0,
         cleanup_interval_ms: int = 3600000,
+        allow_exec: bool = False,
+        exec_inherit_env: bool = False,
     ) -> None: ...
     @property
     def worker_id(self) -> str: ...

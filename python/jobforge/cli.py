@@ -20,6 +20,7 @@
     jobforge cancel ID [--json]
     jobforge retry ID [--json]
     jobforge worker --app MODULE:ATTR [--db PATH] [--concurrency N] [--heartbeat S] [--lease S]
+                    [--allow-exec]
                                                      run jobs in this process until SIGTERM
     jobforge dashboard [--host H] [--port N] [--token T] [--poll S] [--app MODULE:ATTR]
                                                      serve the web dashboard until Ctrl-C
@@ -466,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--lease", type=_seconds, metavar="S",
         help="seconds a claimed job's lease lasts (default: the app engine's lease)",
     )  # fmt: skip
+    worker.add_argument(
+        "--allow-exec", action="store_true",
+        help="run 'exec' jobs (any command, as this user) even if the app engine does not "
+        "allow_exec; see docs/security.md",
+    )  # fmt: skip
 
     dashboard = commands.add_parser(
         "dashboard", parents=[with_db], help="serve the web dashboard",
@@ -532,7 +538,8 @@ def _open(args: argparse.Namespace, *, create: bool = False):
 
     if not create and not _is_postgres_url(path) and not os.path.exists(path):
         raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
-    return jobforge.Engine(path, allow_unknown_types=True)
+    # Never started, so it runs nothing: allow_exec only lets enqueue check exec payloads.
+    return jobforge.Engine(path, allow_unknown_types=True, allow_exec=True)
 
 
 def _get(engine, job_id: str):
@@ -881,6 +888,11 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "cleanup":
         return _db_cleanup(args)
     path = _db_path(args)
+    from .engine import _is_postgres_url, _redacted
+
+    if _is_postgres_url(path):
+        raise CliError(f"db {args.db_command} works on a SQLite file, not on the PostgreSQL "
+                       f"database {_redacted(path)}", EXIT_USAGE)  # fmt: skip
     if not os.path.exists(path):
         raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
     if args.db_command == "check":
@@ -1033,7 +1045,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Native processors need no store: an engine on a throwaway file (run_now writes no row).
     with tempfile.TemporaryDirectory(prefix="jobforge-run-") as tmp:
-        engine = jobforge.Engine(os.path.join(tmp, "run.db"))
+        # The user runs a command of their own here: exec is allowed, with the environment.
+        engine = jobforge.Engine(os.path.join(tmp, "run.db"), allow_exec=True,
+                                 exec_inherit_env=True)  # fmt: skip
         try:
             return _run(engine, args, payload)
         finally:
@@ -1210,6 +1224,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Set by a Supervisor (Engine.start(processes=N, app=...)) for the processes it spawns.
     notify_fd = os.environ.pop(worker.ENV_NOTIFY_FD, None)
     supervisor_pid = os.environ.pop(worker.ENV_SUPERVISOR_PID, None)
+    # A spawned worker's database comes through its environment, never its command line.
+    spawned_db = os.environ.pop(worker.ENV_WORKER_DB, None)
     if supervisor_pid and not worker.die_with_parent(signal.SIGTERM, int(supervisor_pid)):
         raise CliError("the supervisor that started this worker is gone")
     try:
@@ -1227,8 +1243,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
     engine = worker.worker_engine(
-        app, db=args.db, concurrency=args.concurrency, heartbeat=args.heartbeat,
-        lease=args.lease,
+        app, db=args.db or spawned_db, concurrency=args.concurrency, heartbeat=args.heartbeat,
+        lease=args.lease, allow_exec=args.allow_exec,
     )  # fmt: skip
     return worker.serve(engine, notify_fd=int(notify_fd) if notify_fd else None)
 
@@ -1263,7 +1279,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     else:
         path = _db_path(args)
         if not os.path.exists(path):
-            raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
+            from .engine import _redacted
+
+            raise CliError(f"database '{_redacted(path)}' does not exist", EXIT_NOT_FOUND)
         target = path
     try:
         server = make_server(target, host=args.host, port=args.port, token=args.token,

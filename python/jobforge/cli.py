@@ -21,7 +21,8 @@
     jobforge retry ID [--json]
     jobforge worker --app MODULE:ATTR [--db PATH] [--concurrency N] [--heartbeat S] [--lease S]
                                                      run jobs in this process until SIGTERM
-    jobforge dashboard [--host H] [--port N] [--token T] [--poll S] [--app MODULE:ATTR]
+    jobforge dashboard [--host H] [--port N] [--token T] [--poll S] [--allowed-host NAME]
+                       [--max-sse-clients N] [--app MODULE:ATTR]
                                                      serve the web dashboard until Ctrl-C
 
 Every command but ``demo`` works on the database given by ``--db PATH`` or the ``JOBFORGE_DB``

@@ -868,7 +868,11 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host
+        if host in ("0.0.0.0", "::"):  # every address: the URL names a host the server allows
+            named = [h for h in self.dashboard.allowed_hosts if "*" not in h]
+            host = named[0] if named else host
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
 
     def run(self) -> None:

@@ -798,6 +798,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     types = stats.get("types") or {}
     if types:
         from rich import box
+        from rich.text import Text
 
         per_type = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         for name in ("TYPE", "QUEUED", "RUNNING", "DONE", "FAILED", "P95 RUN", "ERRORS", "DONE/S"):
@@ -806,7 +807,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             c = t.get("counts", {})
             p95 = t.get("p95_run_ms")
             per_type.add_row(
-                name, str(c.get("queued", 0)), str(c.get("running", 0)),
+                Text(_safe(name, one_line=True)), str(c.get("queued", 0)), str(c.get("running", 0)),
                 str(c.get("completed", 0)), str(c.get("failed", 0)),
                 "-" if p95 is None else f"{p95:.0f} ms", f"{100 * (t.get('error_rate') or 0):.1f}%",
                 f"{t.get('completed_per_s') or 0:.1f}",
@@ -1128,9 +1129,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     for s in schedules:
         last = None if s.last_fire_at is None else round(s.last_fire_at * 1000)
         table.add_row(
-            Text(s.name), Text(s.cron), Text(s.type), _when(round(s.next_fire_at * 1000), now),
+            Text(_safe(s.name, one_line=True)), Text(_safe(s.cron, one_line=True)),
+            Text(_safe(s.type, one_line=True)), _when(round(s.next_fire_at * 1000), now),
             _when(last, now) if last else "never", s.timezone, s.misfire,
-            "-" if s.priority is None else str(s.priority), Text(s.queue), s.last_job_id or "-",
+            "-" if s.priority is None else str(s.priority), Text(_safe(s.queue, one_line=True)),
+            s.last_job_id or "-",
         )  # fmt: skip
     console.print(table)
     return EXIT_OK
@@ -1227,11 +1230,13 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
         return code
+    from rich.text import Text
+
     style = {"ok": "green", "degraded": "yellow"}.get(report["status"], "red")
     console = _console()
     console.print(f"[bold {style}]{report['status']}[/]  {report['path']}")
     for reason in report.get("reasons", []):
-        console.print(f"  - {reason}", style=style)
+        console.print(Text(f"  - {_safe(reason, one_line=True)}", style=style))
     db = report.get("database", {})
     integrity = db.get("integrity") or "not checked (--integrity)"
     console.print(f"database: reachable={db.get('reachable')}, integrity {integrity}")

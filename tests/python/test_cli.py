@@ -488,6 +488,15 @@ def test_terminal_escape_sequences_in_job_text_are_shown_escaped(db):
     assert "\\x1b]0;owned\\x07C\\x0dD\\x9b31mE\\u202eF" in outputs["show"]
     assert json.loads(outputs["show --json"])["payload"] == {"text": nasty}  # same value
     assert json.loads(outputs["logs --json"])[0]["message"] == nasty
+    # Types and schedule names are job text too (stats, schedule list).
+    other = jf.Engine(db, allow_unknown_types=True)
+    other.enqueue("t\x1b[2J", None, delay=3600)
+    other.schedule("s\x1b]0;x\x07", "@daily", "t\x1b[2J", None)
+    other.close()
+    for args in (["stats"], ["schedule", "list"], ["list"]):
+        out = ok(*args, "--db", db).stdout
+        assert "\x1b" not in out and "\x07" not in out, (args, out)
+        assert "t\\x1b[2J" in out, (args, out)
 
 
 @pytest.mark.parametrize(

@@ -529,6 +529,12 @@ def test_create_app_refuses_a_foreign_host_and_takes_allowed_hosts(engine):
         assert _get(url, "/api/overview")[0] == 200
     finally:
         server.stop()
+    from jobforge import ValidationError
+
+    for bad in ([], "jobs.example.com", [""], [3]):
+        with pytest.raises(ValidationError) as err:
+            create_app(engine, token=TOKEN, allowed_hosts=bad)
+        assert err.value.field == "allowed_hosts"
     app = create_app(engine, token=TOKEN, allowed_hosts=["jobs.example.com"], token_for_reads=True)
     server = _serve_app(app)
     try:
@@ -595,9 +601,11 @@ def test_wrong_tokens_are_throttled_per_client_address(served):
         finally:
             con.close()
 
-    for _ in range(AUTH_FAILURES):
+    for _ in range(3 * AUTH_FAILURES):  # the same wrong token again is not a new guess
         assert post("wrong-token-0123456789", "127.0.0.1")[0] == 403
-    status, headers, data = post("wrong-token-0123456789", "127.0.0.1")
+    for i in range(AUTH_FAILURES - 1):
+        assert post(f"wrong-token-{i:010d}", "127.0.0.1")[0] == 403
+    status, headers, data = post("wrong-token-9999999999", "127.0.0.1")
     assert status == 429 and 0 < int(headers["Retry-After"]) <= 60, (status, data)
     # While throttled even the right token is refused from that address (no oracle)...
     assert post(TOKEN, "127.0.0.1")[0] == 429
@@ -677,6 +685,13 @@ def test_out_of_range_numbers_in_query_parameters_are_400_naming_the_parameter(s
                                token=TOKEN)  # fmt: skip
         assert status == 400 and field in data["error"], (field, status, data)
         assert "incompatible" not in data["error"]
+    from jobforge import _core
+
+    before = engine.counts()["total"]
+    big = {"type": "steps", "payload": "x" * (_core.MAX_PAYLOAD_BYTES + 65536)}
+    status, data = request(url + "/api/jobs", "POST", big, token=TOKEN)
+    assert status == 413 and "more than" in data["error"]
+    assert engine.counts()["total"] == before
     from jobforge.dashboard.queries import EngineQueries, QueryError
 
     with pytest.raises(QueryError, match="cursor"):

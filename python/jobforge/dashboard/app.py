@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -255,14 +256,17 @@ class Throughput:
 
 
 class _Throttle:
-    """Counts wrong tokens per client address: past ``limit`` within ``window`` seconds the
-    address is refused (429) until its oldest counted failure is ``window`` seconds old. Other
-    addresses are not affected; nothing ever sleeps."""
+    """Counts distinct wrong tokens per client address: past ``limit`` within ``window``
+    seconds the address is refused (429) until its oldest counted failure is ``window`` seconds
+    old. The same wrong token again (a page that keeps polling with it) is not a new guess.
+    Other addresses are not affected; nothing ever sleeps."""
+
+    MAX_CLIENTS = 10_000  # addresses remembered at once
 
     def __init__(self, limit: int = AUTH_FAILURES, window: float = AUTH_WINDOW) -> None:
         self.limit = limit
         self.window = window
-        self._failures: dict[str, collections.deque[float]] = {}
+        self._failures: dict[str, collections.deque[tuple[float, bytes]]] = {}
         self._lock = threading.Lock()
 
     def retry_after(self, client: str, now: Optional[float] = None) -> float:
@@ -272,16 +276,27 @@ class _Throttle:
             failures = self._failures.get(client)
             if not failures or len(failures) < self.limit:
                 return 0.0
-            return max(0.0, failures[0] + self.window - now)
+            return max(0.0, failures[0][0] + self.window - now)
 
-    def failed(self, client: str, now: Optional[float] = None) -> None:
+    def failed(self, client: str, token: str, now: Optional[float] = None) -> None:
         now = time.monotonic() if now is None else now
+        digest = hashlib.sha256(token.encode()).digest()
         with self._lock:
-            if len(self._failures) > 10_000:  # bounded memory: forget addresses gone quiet
-                for key in [k for k, f in self._failures.items() if f[-1] + self.window < now]:
-                    del self._failures[key]
-            failures = self._failures.setdefault(client, collections.deque(maxlen=self.limit))
-            failures.append(now)
+            failures = self._failures.get(client)
+            if failures is None:
+                if len(self._failures) >= self.MAX_CLIENTS:  # bounded memory
+                    for key in [
+                        k for k, f in self._failures.items() if f[-1][0] + self.window < now
+                    ]:
+                        del self._failures[key]
+                    while len(self._failures) >= self.MAX_CLIENTS:
+                        del self._failures[next(iter(self._failures))]
+                failures = self._failures[client] = collections.deque(maxlen=self.limit)
+            while failures and failures[0][0] + self.window < now:
+                failures.popleft()
+            if any(d == digest for _, d in failures):
+                return
+            failures.append((now, digest))
 
     def succeeded(self, client: str) -> None:
         with self._lock:
@@ -306,7 +321,12 @@ def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
 
 
 def _normalize_hosts(hosts: Any) -> tuple[str, ...]:
-    if isinstance(hosts, str) or not all(isinstance(h, str) and h.strip() for h in hosts):
+    if (
+        isinstance(hosts, str)
+        or not hasattr(hosts, "__iter__")
+        or not (hosts := list(hosts))
+        or not all(isinstance(h, str) and h.strip() for h in hosts)
+    ):
         raise ValidationError(
             f"allowed_hosts must be a list of host names, got {hosts!r}", field="allowed_hosts"
         )
@@ -540,7 +560,7 @@ class Dashboard:
                 headers={"Retry-After": str(math.ceil(wait))},
             )
         if not hmac.compare_digest(given.encode(), self.token.encode()):
-            self.throttle.failed(client)
+            self.throttle.failed(client, given)
             return _error(403, "wrong dashboard token")
         self.throttle.succeeded(client)
         return None
@@ -642,8 +662,16 @@ class Dashboard:
         refused = self._check_token(request)
         if refused:
             return refused
+        from .. import _core
+
+        limit = _core.MAX_PAYLOAD_BYTES + 65536  # the payload and the other fields
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                return _error(413, f"the request body is more than {limit} bytes")
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError as exc:
             return _error(400, f"the request body is not valid JSON: {exc}")
         if not isinstance(body, dict):

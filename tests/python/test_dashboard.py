@@ -503,6 +503,7 @@ def test_live_feeds_past_the_limit_get_503_and_jobs_keep_running(make_engine):
                 status, headers, data = _get(url, "/api/events")
                 assert status == 503, (status, data)
                 assert "at most 3" in data["error"] and headers["Retry-After"]
+                assert headers["Connection"] == "close"  # the refused socket is not kept
             # The process is unharmed: jobs run, other requests are served.
             assert engine.enqueue("noop", None).wait(10).status == "completed"
             assert request(url + "/api/overview")[0] == 200

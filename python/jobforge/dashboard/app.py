@@ -769,7 +769,7 @@ class Dashboard:
                 {"error": f"too many live feeds open (at most {self.max_sse_clients}: "
                           "max_sse_clients / --max-sse-clients); try again later"},
                 status_code=503,
-                headers={"Retry-After": "5"},
+                headers={"Retry-After": "5", "Connection": "close"},  # the socket is freed now
             )  # fmt: skip
         client = self.hub.connect()
         for message in self.hub.last.values():

@@ -536,8 +536,9 @@ def test_create_app_refuses_a_foreign_host_and_takes_allowed_hosts(engine):
         with pytest.raises(ValidationError) as err:
             create_app(engine, token=TOKEN, allowed_hosts=bad)
         assert err.value.field == "allowed_hosts"
-    app = create_app(engine, token=TOKEN, allowed_hosts=["jobs.example.com"], token_for_reads=True)
-    server = _serve_app(app)
+    # Another host name means requests from elsewhere: reads then need the token by default.
+    assert create_app(engine, allowed_hosts=["localhost"]).state.dashboard.token_for_reads is False
+    server = _serve_app(create_app(engine, token=TOKEN, allowed_hosts=["jobs.example.com"]))
     try:
         url = server.url.rstrip("/")
         assert _get(url, "/api/overview")[0] == 400  # 127.0.0.1 was not named
@@ -545,6 +546,11 @@ def test_create_app_refuses_a_foreign_host_and_takes_allowed_hosts(engine):
         assert _get(url, "/api/overview", host="jobs.example.com", token=TOKEN)[0] == 200
     finally:
         server.stop()
+    # The same on a loopback bind behind a reverse proxy that forwards another host name.
+    with serve(engine, port=0, block=False, token=TOKEN, allowed_hosts=["dash.example.com"]) as s:
+        url = s.url.rstrip("/")
+        assert _get(url, "/api/jobs", host="dash.example.com")[0] == 401
+        assert _get(url, "/api/jobs", host="dash.example.com", token=TOKEN)[0] == 200
 
 
 def test_a_non_loopback_bind_needs_allowed_hosts_and_the_token_for_reads(make_engine):

@@ -14,8 +14,9 @@ a second, however many events the engine produces.
 
 Actions that change state (enqueue, cancel, retry, cancel all) need the token: header
 ``Authorization: Bearer TOKEN`` (or ``X-Jobforge-Token: TOKEN``). Missing: 401; wrong: 403;
-either way nothing changes. With ``token_for_reads`` (a server on a non-loopback address) every
-``/api`` request needs it. Past AUTH_FAILURES wrong tokens from one address within AUTH_WINDOW
+either way nothing changes. With ``token_for_reads`` (a server reachable from elsewhere: a
+non-loopback address, or an allowed host that is not a loopback name) every ``/api`` request
+needs it. Past AUTH_FAILURES wrong tokens from one address within AUTH_WINDOW
 seconds, that address gets 429 until the window has passed.
 
 Every request must name an allowed host (``Host`` header: the loopback names by default; DNS
@@ -394,7 +395,8 @@ class Dashboard:
     actions (at least MIN_TOKEN_LENGTH characters); a random one is made when not given.
     ``allowed_hosts``: the host names requests may use (``Host`` header; default: the loopback
     names; ``"*"`` any, ``"*.example.com"`` a domain). ``token_for_reads``: every ``/api``
-    request needs the token, not only the actions. ``max_sse_clients``: live feeds open at
+    request needs the token, not only the actions (default: when an allowed host is not a
+    loopback name, since requests then come from elsewhere). ``max_sse_clients``: live feeds open at
     once."""
 
     def __init__(
@@ -405,7 +407,7 @@ class Dashboard:
         poll_interval: float = 0.5,
         allowed_hosts: Optional[list[str]] = None,
         max_sse_clients: int = MAX_SSE_CLIENTS,
-        token_for_reads: bool = False,
+        token_for_reads: Optional[bool] = None,
     ) -> None:
         if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH):
             got = f"{len(token)} characters" if isinstance(token, str) else type(token).__name__
@@ -438,6 +440,8 @@ class Dashboard:
             LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts
         )
         self.max_sse_clients = max_sse_clients
+        if token_for_reads is None:
+            token_for_reads = any(h not in LOOPBACK_HOSTS for h in self.allowed_hosts)
         self.token_for_reads = bool(token_for_reads)
         self.throttle = _Throttle()
         self.queries = open_queries(engine)
@@ -840,11 +844,12 @@ def create_app(
     poll_interval: float = 0.5,
     allowed_hosts: Optional[list[str]] = None,
     max_sse_clients: int = MAX_SSE_CLIENTS,
-    token_for_reads: bool = False,
+    token_for_reads: Optional[bool] = None,
 ) -> Starlette:
     """The dashboard of ``engine`` as an ASGI app (serve it with any ASGI server). It answers
     only requests for ``allowed_hosts`` (default: the loopback names): served on another
-    address, name the hosts clients use, and pass ``token_for_reads=True``. The token (random
+    address, name the hosts clients use: reads then need the token too (``token_for_reads``,
+    default: whenever an allowed host is not a loopback name). The token (random
     when not given) is ``app.state.dashboard.token``."""
     return Dashboard(
         engine, token=token, poll_interval=poll_interval, allowed_hosts=allowed_hosts,
@@ -865,7 +870,8 @@ def bind_policy(host: str, allowed_hosts: Optional[list[str]]) -> tuple[list[str
     """(the hosts requests may name, whether reads need the token) for a server on ``host``."""
     extra = [] if allowed_hosts is None else list(_normalize_hosts(allowed_hosts))
     if _is_loopback(host):
-        return [*LOOPBACK_HOSTS, *extra], False
+        # Another name for a loopback address: a reverse proxy brings requests from elsewhere.
+        return [*LOOPBACK_HOSTS, *extra], any(h not in LOOPBACK_HOSTS for h in extra)
     if host.strip() in ("", "0.0.0.0", "::", "[::]"):
         if not extra:
             raise ValidationError(

@@ -383,6 +383,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("SDK_ABI_VERSION") = sdk::abi_version;
   m.attr("SDK_CAPSULE_NAME") = sdk::capsule_name;
   m.attr("SDK_STDLIB") = sdk::stdlib_abi_tag();
+  m.attr("MAX_PAYLOAD_BYTES") = EngineConfig{}.max_payload_bytes;
   py::register_exception_translator(&translate_errors);
   python_gate().set_interpreter(PyThreadState_Get()->interp);
 

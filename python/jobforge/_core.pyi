@@ -6,6 +6,7 @@ __version__: str
 SDK_ABI_VERSION: int
 SDK_CAPSULE_NAME: str
 SDK_STDLIB: str
+MAX_PAYLOAD_BYTES: int  # the largest payload (JSON bytes) enqueue accepts
 
 def cron_next(expression: str, after_ms: int, timezone: str = "UTC") -> int: ...
 def redact_url(path: str) -> str: ...

@@ -627,6 +627,29 @@ def test_wrong_tokens_are_throttled_per_client_address(served):
     assert request(url + "/api/overview")[0] == 200
 
 
+def test_throttle_does_not_trust_x_forwarded_for(served):
+    """A client that names a new address in X-Forwarded-For for every guess is still one
+    address: the server's peer address counts, not a header the client writes."""
+    import http.client
+
+    from jobforge.dashboard.app import AUTH_FAILURES
+
+    engine, server, url = served
+    statuses = []
+    for i in range(AUTH_FAILURES + 2):
+        con = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            con.request("POST", "/api/auth", headers={
+                "Authorization": f"Bearer wrong-token-{i:010d}",
+                "X-Forwarded-For": f"10.0.0.{i + 1}", "Forwarded": f"for=10.0.0.{i + 1}",
+            })  # fmt: skip
+            statuses.append(con.getresponse().status)
+        finally:
+            con.close()
+    assert statuses[:AUTH_FAILURES] == [403] * AUTH_FAILURES, statuses
+    assert statuses[AUTH_FAILURES:] == [429, 429], statuses
+
+
 def request_from(port, path, source):
     import http.client
 

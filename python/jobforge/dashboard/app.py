@@ -1023,6 +1023,6 @@ def make_server(
     sock.listen(128)
     config = uvicorn.Config(
         dashboard.app, log_level=log_level, timeout_graceful_shutdown=1, access_log=False,
-        lifespan="on",
+        lifespan="on", proxy_headers=False,  # the peer address, not X-Forwarded-For
     )  # fmt: skip
     return DashboardServer(dashboard, uvicorn.Server(config), sock, owns_engine)

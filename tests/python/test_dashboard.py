@@ -259,6 +259,24 @@ def test_requests_for_another_host_name_are_refused(served):
     assert err.value.code == 400
 
 
+def test_a_host_header_with_a_malformed_port_is_refused(served):
+    """Only a numeric port may follow the host: 'localhost:80@attacker.example' names no
+    loopback host (it was read as 'localhost')."""
+    _, server, _ = served
+    import http.client
+
+    for host, status in [("localhost:80@attacker.example", 400), ("localhost:x", 400),
+                         ("localhost:8765", 200), ("[::1]:8765", 200)]:  # fmt: skip
+        con = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            con.putrequest("GET", "/api/overview", skip_host=True)
+            con.putheader("Host", host)
+            con.endheaders()
+            assert con.getresponse().status == status, host
+        finally:
+            con.close()
+
+
 # -- live feed ------------------------------------------------------------------------------------
 
 

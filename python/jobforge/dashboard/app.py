@@ -308,8 +308,12 @@ def _host_name(header: str) -> str:
     """The host of a ``Host`` header, without port or IPv6 brackets, lower case."""
     host = header.strip().lower()
     if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, _, rest = host[1:].partition("]")
+        return name if not rest or (rest[:1] == ":" and rest[1:].isdigit()) else host
+    if host.count(":") == 1:
+        name, port = host.split(":")
+        return name if port.isdigit() else host  # not a port: the whole text, which no name is
+    return host
 
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:

@@ -57,6 +57,36 @@ _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _abandoned_after_fork: list[Any] = []  # see Engine._stand_in_for
 
 
+class _CoreAfterFork:
+    """An engine's C++ core in a child forked from the process that made it, until first use.
+
+    The parent's core is never called in the child: its threads do not exist there, its SQLite
+    and libpq connections belong to the parent, and a mutex one of its threads held at the fork
+    stays locked. On first use the engine opens a core of its own (see Engine._reopen_after_fork);
+    ``running`` and ``stop`` need none."""
+
+    __slots__ = ("_engine",)
+    running = False
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def stop(self, wait: bool = True) -> None:
+        pass  # nothing of the parent's engine runs here
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine._reopen_after_fork(), name)
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_live_engines):
+        engine._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _stop_live_engines() -> None:
     # Worker threads must not outlive the interpreter; running jobs go back to the queue.
@@ -276,8 +306,7 @@ class Engine:
         grace_ms = _seconds_to_ms("interrupt_grace", interrupt_grace)
         if grace_ms is None or grace_ms < 0:
             raise ValueError(f"interrupt_grace must be 0 or more seconds, got {interrupt_grace!r}")
-        self._core = _core.Engine(
-            path,
+        self._core_options: dict[str, Any] = dict(
             workers=workers,
             retry_delay_ms=retry_ms,
             allow_unknown_types=bool(allow_unknown_types),
@@ -295,7 +324,9 @@ class Engine:
             pool_size=pool_size,
             **wf,
         )
+        self._core = _core.Engine(path, **self._core_options)
         self.path = path
+        self._fork_lock = threading.Lock()
         self._subs_lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._core_subscription: Optional[int] = None
@@ -493,6 +524,40 @@ class Engine:
         self._subs_lock = threading.Lock()  # another thread of the parent may have held it
         self._subs = []
         self._core_subscription = None
+
+    def _forked(self) -> None:
+        """In a child of os.fork() (gunicorn --preload, multiprocessing's fork start method): the
+        parent's core is set aside, unused and never freed (C++ leaks it in a child), and a core
+        of the child's own is opened on first use. Locks a parent thread may have held are new."""
+        _abandoned_after_fork.append(self._core)
+        self._core = _CoreAfterFork(self)
+        self._supervisor = None
+        self._subs_lock = threading.Lock()
+        self._fork_lock = threading.Lock()
+        self._core_subscription = None
+
+    def _reopen_after_fork(self) -> Any:
+        """The child's own core, opened on the same store with this engine's options,
+        processors, queue limits and event subscriptions. Not started: start() it to run jobs
+        in the child too."""
+        with self._fork_lock:
+            if not isinstance(self._core, _CoreAfterFork):
+                return self._core
+            core = _core.Engine(self.path, **self._core_options)
+            self._core = core
+            try:
+                for job_type, (fn, options) in list(self._registrations.items()):
+                    self.register(job_type, fn, **options)
+                for job_type, (capsule, options) in list(self._native_registrations.items()):
+                    self.register_native(job_type, capsule, **options)
+                for name, (max_concurrent, max_size) in list(self._queue_limits.items()):
+                    self.queue(name, max_concurrent=max_concurrent, max_size=max_size)
+                if self._subs:
+                    self._core_subscription = core.subscribe(_make_dispatcher(self))
+            except BaseException:
+                self._core = _CoreAfterFork(self)
+                raise
+            return core
 
     @property
     def worker_id(self) -> str:
@@ -948,6 +1013,8 @@ class Engine:
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         sub = Subscription(self, event, callback, job_id, job_type)
+        if isinstance(self._core, _CoreAfterFork):
+            self._reopen_after_fork()  # first, not under _subs_lock: it subscribes what exists
         with self._subs_lock:
             self._subs = [*self._subs, sub]
             if self._core_subscription is None:

@@ -949,6 +949,7 @@ class SqliteStore final : public Store {
   class ReaderPool {
    public:
     struct Lease {
+      sqlite::ForkShield shield;  // a read holds WAL locks too (see sqlite_db.hpp)
       ReaderPool* pool;
       std::unique_ptr<Reader> reader;
       Reader* operator->() { return reader.get(); }
@@ -1588,6 +1589,7 @@ class SqliteStore final : public Store {
       window_stats::SumsByBucket fresh_stats;
       bool flush_stats = false;
       try {
+        sqlite::ForkShield shield;  // no fork() while the write lock is held (see sqlite_db.hpp)
         sqlite::Transaction txn(writer_db_);
         for (size_t i = 0; i < n; ++i) ops[i].apply(w);
         if (!w.transitions.empty()) apply_workflow_effects(w);
@@ -1786,6 +1788,7 @@ class SqliteStore final : public Store {
         checkpoint_wanted_ = false;
       }
       try {
+        sqlite::ForkShield shield;
         if (!db) {
           db = std::make_unique<Database>(path_, SQLITE_OPEN_READWRITE, options_.busy_timeout_ms);
           configure(*db);  // the same synchronous setting: a checkpoint syncs the file

@@ -17,7 +17,7 @@ from . import _core, _json
 from . import workflows as _workflows
 from ._processors import make_adapter
 from .backoff import BackoffSpec, Exponential, Fixed, Linear
-from .errors import JobforgeError
+from .errors import JobforgeError, ValidationError
 from .job import STATUSES, Event, Job
 
 if TYPE_CHECKING:
@@ -97,6 +97,11 @@ def _stop_live_engines() -> None:
             pass
 
 
+# The longest time any option may be: ~31,700 years, far from int64 milliseconds (2.9e8 years) so
+# that "now + delay" never overflows either.
+_MAX_SECONDS = 1e12
+
+
 def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
     if value is None:
         return None
@@ -106,6 +111,11 @@ def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
         )
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{field} must be a finite number of seconds, got {value!r}")
+    if value > _MAX_SECONDS:
+        raise ValidationError(f"{field} must be at most {_MAX_SECONDS:g} seconds, got {value!r}",
+                              field)  # fmt: skip
+    if value < -_MAX_SECONDS:
+        raise ValidationError(f"{field} must be 0 or more seconds, got {value!r}", field)
     ms = value * 1000.0
     # Round away from zero so a tiny positive value stays positive and a negative one negative.
     return int(math.ceil(ms)) if ms >= 0 else int(math.floor(ms))
@@ -124,11 +134,18 @@ def _backoff(retry_delay: Optional[float], backoff: Optional[BackoffSpec]):
     return _seconds_to_ms("backoff", backoff.base), backoff.encode()
 
 
-def _int_option(field: str, value: Any) -> Optional[int]:
+def _int_option(field: str, value: Any, bits: int = 32) -> Optional[int]:
+    """An int option as the core's C++ type (int32 or int64) holds it; bigger ones are refused
+    here, naming the field, rather than by the binding's signature dump."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}")
+    bound = 1 << (bits - 1)
+    if value >= bound:
+        raise ValidationError(f"{field} must be at most {bound - 1}, got {value}", field)
+    if value < -bound:
+        raise ValidationError(f"{field} must be at least {-bound}, got {value}", field)
     return value
 
 
@@ -140,7 +157,7 @@ def _workflow_config(queues, max_queue_size, misfire_grace, retention, cleanup_i
         for q in queues:
             if not isinstance(q, str) or not q:
                 raise ValueError(f"queues must hold non-empty str names, got {q!r}")
-    size = _int_option("max_queue_size", max_queue_size) or 0
+    size = _int_option("max_queue_size", max_queue_size, bits=64) or 0
     if size < 0:
         raise ValueError(f"max_queue_size must be 0 or more, got {max_queue_size!r}")
     grace = _seconds_to_ms("misfire_grace", misfire_grace)
@@ -763,7 +780,7 @@ class Engine:
         every process on the file (0: no limit), and enqueue raises ``QueueFull`` once
         ``max_size`` jobs are queued in it (0: the engine's ``max_queue_size``)."""
         max_concurrent = _int_option("max_concurrent", max_concurrent) or 0
-        max_size = _int_option("max_size", max_size) or 0
+        max_size = _int_option("max_size", max_size, bits=64) or 0
         self._core.set_queue_limits(name, max_concurrent, max_size)
         self._queue_limits[name] = (max_concurrent, max_size)
 
@@ -844,7 +861,7 @@ class Engine:
 
     def active(self, limit: int = 1000) -> list[Job]:
         """Jobs that are created, queued or running, newest first."""
-        return [Job(self, r) for r in self._core.active(limit)]
+        return [Job(self, r) for r in self._core.active(_int_option("limit", limit))]
 
     def store_health(self) -> str:
         """``"ok"``, or ``"degraded: <why>"`` while the store cannot reach its database.
@@ -928,9 +945,10 @@ class Engine:
                 since = since.timestamp()
             if not isinstance(since, (int, float)) or isinstance(since, bool):
                 raise TypeError(f"since must be Unix seconds or a datetime, got {since!r}")
+            _seconds_to_ms("since", since)  # in range
             since_ms = int(since * 1000)
         limit = _int_option("limit", limit)
-        after = _int_option("after", after)
+        after = _int_option("after", after, bits=64)
         records = self._core.logs(job_id, level=level, since_ms=since_ms, after_id=after or 0,
                                   limit=limit, newest=bool(tail))  # fmt: skip
         return [LogLine(r) for r in records]
@@ -948,6 +966,7 @@ class Engine:
         engine.events(timeout=5)``); it ends after ``timeout`` seconds without an event."""
         from .observe import EventStream
 
+        _seconds_to_ms("timeout", timeout)  # in range
         return EventStream(self, event, job_id=job_id, job_type=job_type, timeout=timeout,
                            maxsize=maxsize)  # fmt: skip
 
@@ -963,6 +982,7 @@ class Engine:
         """The same as ``events`` for asyncio: ``async for ev in engine.aevents(): ...``."""
         from .observe import AsyncEventStream
 
+        _seconds_to_ms("timeout", timeout)  # in range
         return AsyncEventStream(self, event, job_id=job_id, job_type=job_type,
                                 timeout=timeout, maxsize=maxsize)  # fmt: skip
 

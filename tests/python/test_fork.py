@@ -261,3 +261,38 @@ def test_event_subscriptions_deliver_once_in_a_forked_child(db_path):
     out = run_script(SUBSCRIPTIONS, db_path, timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "child True True" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+# A processor that forks (multiprocessing.Process with the fork start method passes ``ctx`` to the
+# child without pickling): the child's ctx calls raise one clear error rather than touching the
+# parent's job state, whose locks a parent thread may hold.
+CTX_IN_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    import jobforge
+
+    engine = jobforge.Engine(sys.argv[1], workers=1)
+
+    @engine.processor("forks")
+    def forks(ctx, payload):
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)
+            code = 3
+            try:
+                ctx.progress(1, total=2)
+            except jobforge.JobforgeError as exc:
+                code = 0 if "forked child" in str(exc) else 2
+            os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    with engine:
+        print("child exit", engine.enqueue("forks").wait(timeout=30).result, flush=True)
+    """
+)
+
+
+def test_processor_context_used_in_a_forked_child_raises_a_clear_error(db_path):
+    out = run_script(CTX_IN_CHILD, db_path, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "child exit 0" in out.stdout, out.stdout + out.stderr[-2000:]

@@ -956,21 +956,26 @@ class SqliteStore final : public Store {
       ~Lease() {
         if (reader) pool->release(std::move(reader));
       }
-      Lease(ReaderPool* p, std::unique_ptr<Reader> r) : pool(p), reader(std::move(r)) {}
+      Lease(ReaderPool* p, std::unique_ptr<Reader> r, sqlite::ForkShield s)
+          : shield(std::move(s)), pool(p), reader(std::move(r)) {}
       Lease(Lease&&) = default;
     };
     Lease acquire(SqliteStore& store) {
+      // The shield first, never while holding mutex_: a lease ending inside its shield takes
+      // mutex_, so waiting for a fork with mutex_ held would deadlock.
+      sqlite::ForkShield shield;
       std::unique_lock lock(mutex_);
       cv_.wait(lock, [&] { return !idle_.empty() || open_ < store.options_.readers; });
       if (!idle_.empty()) {
         auto r = std::move(idle_.back());
         idle_.pop_back();
-        return Lease(this, std::move(r));
+        return Lease(this, std::move(r), std::move(shield));
       }
       ++open_;
       lock.unlock();
       try {
-        return Lease(this, std::make_unique<Reader>(store.path_, store.options_.busy_timeout_ms));
+        return Lease(this, std::make_unique<Reader>(store.path_, store.options_.busy_timeout_ms),
+                     std::move(shield));
       } catch (...) {
         lock.lock();
         --open_;

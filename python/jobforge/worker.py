@@ -570,8 +570,13 @@ class Supervisor:
         stop_grace: float = 10.0,
         startup_timeout: Optional[float] = None,
     ) -> None:
+        from .engine import _int_option
+
         if isinstance(processes, bool) or not isinstance(processes, int):
             raise TypeError(f"processes must be an int, got {type(processes).__name__}")
+        _int_option("processes", processes)  # a ValidationError beyond 32 bits
+        if concurrency is not None:
+            _int_option("concurrency", concurrency)
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
         if concurrency is not None:

@@ -48,6 +48,8 @@ def engine_calls(engine, job, n):
         ("limit", lambda: job.logs(limit=n)),
         ("timeout", lambda: engine.wait(job.id, timeout=n)),
         ("timeout", lambda: job.wait(timeout=n)),
+        ("processes", lambda: engine.start(processes=n)),
+        ("concurrency", lambda: engine.start(processes=1, concurrency=n)),
     ]
 
 

@@ -21,6 +21,7 @@ def engine_calls(engine, job, n):
         ("timeout", lambda: engine.enqueue("noop", timeout=n)),
         ("delay", lambda: engine.enqueue("noop", delay=n)),
         ("retry_delay", lambda: engine.enqueue("noop", retry_delay=n)),
+        ("unique_for", lambda: engine.enqueue("noop", unique_key="k", unique_for=n)),
         ("backoff", lambda: engine.enqueue("noop", backoff=jobforge.Fixed(n))),
         ("priority", lambda: engine.enqueue_many("noop", [None], priority=n)),
         ("max_attempts", lambda: engine.enqueue_many("noop", [None], max_attempts=n)),

@@ -9,6 +9,7 @@ import datetime
 import logging
 import math
 import os
+import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
@@ -154,17 +155,41 @@ def _priority(value: Any) -> Optional[int]:
 
 
 class Subscription:
-    """A handle on an event subscription; ``unsubscribe()`` ends it."""
+    """A handle on an event subscription; ``unsubscribe()`` ends it.
 
-    __slots__ = ("_engine", "event", "callback", "job_id", "job_type", "active")
+    Its callback runs on a thread of its own, fed by a bounded queue (``maxsize``; see
+    ``Engine.on``): a slow or blocked callback delays only itself. ``dropped`` counts the events
+    it lost for being behind (by type in ``dropped_by_type``), ``coalesced`` the progress events
+    replaced by a newer one."""
 
-    def __init__(self, engine, event, callback, job_id, job_type):
+    __slots__ = ("_engine", "event", "callback", "job_id", "job_type", "active", "_queue",
+                 "_thread", "_start_lock", "__weakref__")  # fmt: skip
+
+    def __init__(self, engine, event, callback, job_id, job_type, maxsize=None):
         self._engine = weakref.ref(engine)
         self.event = event
         self.callback = callback
         self.job_id = job_id
         self.job_type = job_type
         self.active = True
+        # None: an internal subscriber whose callback never blocks, called on the delivery thread.
+        self._queue = None
+        if maxsize is not None:
+            self._queue = _observe()._EventQueue(maxsize, owner=f"callback {callback!r}")
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped if self._queue is not None else 0
+
+    @property
+    def dropped_by_type(self) -> dict:
+        return dict(self._queue.dropped_by_type) if self._queue is not None else {}
+
+    @property
+    def coalesced(self) -> int:
+        return self._queue.coalesced if self._queue is not None else 0
 
     def matches(self, ev: Event) -> bool:
         return (
@@ -173,11 +198,55 @@ class Subscription:
             and (self.job_type is None or self.job_type == ev.job_type)
         )
 
+    def _put(self, ev: Event) -> None:
+        """On the delivery thread: queues the event for this subscriber's thread (never blocks)."""
+        queue = self._queue
+        if queue is None:
+            try:
+                self.callback(ev)
+            except Exception:  # noqa: BLE001 - a subscriber never hurts the engine
+                log.exception("jobforge: %s callback %r raised", ev.type, self.callback)
+            return
+        queue.put(ev)
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None and self.active:
+                    name = f"jobforge-events-{self.event}"
+                    thread = threading.Thread(target=self._run, name=name, daemon=True)
+                    thread.start()
+                    self._thread = thread
+
+    def _run(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        while self.active:
+            ev = queue.get(1.0, mark_busy=True)
+            if ev is None:
+                continue
+            try:
+                report = queue.take_drop_report()
+                if report is not None:
+                    log.warning("jobforge: callback %r fell behind its events; it dropped %s",
+                                self.callback, report)  # fmt: skip
+                if self.active:
+                    self.callback(ev)
+            except Exception:  # noqa: BLE001 - a subscriber never hurts the engine
+                log.exception("jobforge: %s callback %r raised", ev.type, self.callback)
+            finally:
+                queue.done()
+
+    def _drain(self, timeout: Optional[float] = None) -> None:
+        """Blocks until the events queued so far were handled (not on this subscriber's thread)."""
+        if self._queue is not None and self._thread is not threading.current_thread():
+            self._queue.drain(timeout)
+
     def unsubscribe(self) -> None:
         engine = self._engine()
         if engine is not None:
             engine.off(self)
         self.active = False
+        if self._queue is not None:
+            self._queue.wake()
 
     def __repr__(self) -> str:
         return f"<Subscription {self.event} active={self.active}>"
@@ -467,7 +536,26 @@ class Engine:
         if self._supervisor is not None:
             self._supervisor.stop(wait)
         # stop(wait=False) from another thread escalates a stop(wait=True) in progress.
-        self._core.stop(wait)
+        if threading.current_thread() is not threading.main_thread() or not self._core.running:
+            self._core.stop(wait)
+            return
+        # On the main thread the stop runs on a helper thread, so that Ctrl-C interrupts the
+        # wait (KeyboardInterrupt within 0.1 s); the stop itself goes on, and a later
+        # stop(wait=False) escalates it.
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._core.stop(wait)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                outcome.append(exc)
+
+        helper = threading.Thread(target=run, name="jobforge-stop", daemon=True)
+        helper.start()
+        while helper.is_alive():
+            helper.join(0.1)
+        if outcome:
+            raise outcome[0]
 
     close = stop
 
@@ -501,8 +589,39 @@ class Engine:
     def __enter__(self) -> Engine:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop(wait=True)
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Stops the engine, letting running jobs finish. Ctrl-C (in the block, or during this
+        wait) prints "waiting for N running jobs; Ctrl-C again to put them back in the queue"
+        and goes on waiting; a second Ctrl-C stops at once with ``stop(wait=False)``: the running
+        jobs go back to the queue, their attempt not counted. The KeyboardInterrupt then
+        propagates."""
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        try:
+            if interrupted:
+                self._announce_interrupted_wait()
+            self.stop(wait=True)
+        except KeyboardInterrupt:
+            if interrupted:
+                self.stop(wait=False)
+                raise
+            # The first Ctrl-C came during the wait: say so, wait on; a second one stops.
+            self._announce_interrupted_wait()
+            try:
+                self.stop(wait=True)
+            except KeyboardInterrupt:
+                self.stop(wait=False)
+                raise
+            raise
+
+    def _announce_interrupted_wait(self) -> None:
+        if self._supervisor is not None and self._supervisor.running:
+            running = self.counts().get("running", 0)
+        else:
+            running = self._core.local_stats()["running"]
+        if running:
+            noun = "job" if running == 1 else "jobs"
+            print(f"jobforge: waiting for {running} running {noun}; Ctrl-C again to put them "
+                  "back in the queue", file=sys.stderr, flush=True)  # fmt: skip
 
     # -- enqueue -------------------------------------------------------------------------------
     def _options(
@@ -555,19 +674,26 @@ class Engine:
         seconds, a job that ended less than that long ago); ``depends_on`` runs the job once
         those jobs completed (a failed or cancelled one cancels it, unless ``run_anyway``);
         ``run_at`` (a datetime; naive = UTC) is ``delay`` as a time."""
-        if (queue is None and unique_key is None and unique_for is None and depends_on is None
-                and run_at is None and not run_anyway):  # fmt: skip
-            opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay,
-                                 parent, user_initiated)  # fmt: skip
-            record = self._core.enqueue(type, _json.dumps(payload), **opts)
-            return Job(self, record)
-        spec = self._spec(
-            type, payload, priority=priority, max_attempts=max_attempts, timeout=timeout,
-            delay=delay, retry_delay=retry_delay, backoff=backoff, parent=parent,
-            user_initiated=user_initiated, queue=queue, unique_key=unique_key,
-            unique_for=unique_for, depends_on=depends_on, run_anyway=run_anyway, run_at=run_at,
-        )  # fmt: skip
-        return Job(self, self._core.enqueue_specs([spec])[0])
+        written: list = []  # what the core stored, even if Ctrl-C lands as it returns
+        try:
+            if (queue is None and unique_key is None and unique_for is None
+                    and depends_on is None and run_at is None and not run_anyway):  # fmt: skip
+                opts = self._options(priority, max_attempts, timeout, retry_delay, backoff,
+                                     delay, parent, user_initiated)  # fmt: skip
+                record = self._core.enqueue(type, _json.dumps(payload), written=written, **opts)
+                return Job(self, record)
+            spec = self._spec(
+                type, payload, priority=priority, max_attempts=max_attempts, timeout=timeout,
+                delay=delay, retry_delay=retry_delay, backoff=backoff, parent=parent,
+                user_initiated=user_initiated, queue=queue, unique_key=unique_key,
+                unique_for=unique_for, depends_on=depends_on, run_anyway=run_anyway,
+                run_at=run_at,
+            )  # fmt: skip
+            return Job(self, self._core.enqueue_specs([spec], written)[0])
+        except KeyboardInterrupt as exc:
+            exc.jobs = written  # first: nothing in between can be interrupted
+            written[:] = [Job(self, r) for r in written]
+            raise
 
     def _spec(
         self, type: str, payload: Any = None, *, priority=None, max_attempts=None, timeout=None,
@@ -619,22 +745,29 @@ class Engine:
     ) -> list[Job]:
         """Stores many jobs of one type in one transaction: all of them or, on bad input, none.
         ``queue`` puts them in a named queue (docs/workflows.md)."""
-        if queue is not None:
-            specs = [
-                self._spec(
-                    type, payload, priority=priority, max_attempts=max_attempts,
-                    timeout=timeout, delay=delay, retry_delay=retry_delay, backoff=backoff,
-                    parent=parent, user_initiated=user_initiated, queue=queue,
-                )
-                for payload in payloads
-            ]  # fmt: skip
-            return [Job(self, r) for r in self._core.enqueue_specs(specs)]
-        opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
-                             user_initiated)  # fmt: skip
-        if not isinstance(payloads, (list, tuple)):
-            payloads = list(payloads)
-        records = self._core.enqueue_many(type, _json.dumps_many(payloads), **opts)
-        return [Job(self, r) for r in records]
+        written: list = []  # what the core stored, even if Ctrl-C lands as it returns
+        try:
+            if queue is not None:
+                specs = [
+                    self._spec(
+                        type, payload, priority=priority, max_attempts=max_attempts,
+                        timeout=timeout, delay=delay, retry_delay=retry_delay, backoff=backoff,
+                        parent=parent, user_initiated=user_initiated, queue=queue,
+                    )
+                    for payload in payloads
+                ]  # fmt: skip
+                return [Job(self, r) for r in self._core.enqueue_specs(specs, written)]
+            opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay,
+                                 parent, user_initiated)  # fmt: skip
+            if not isinstance(payloads, (list, tuple)):
+                payloads = list(payloads)
+            records = self._core.enqueue_many(type, _json.dumps_many(payloads), written=written,
+                                              **opts)  # fmt: skip
+            return [Job(self, r) for r in records]
+        except KeyboardInterrupt as exc:
+            exc.jobs = written  # first: nothing in between can be interrupted
+            written[:] = [Job(self, r) for r in written]
+            raise
 
     # -- workflows (docs/workflows.md) ---------------------------------------------------------
     def batch(
@@ -686,7 +819,13 @@ class Engine:
         that run in parallel (fan-out); a step waits for every job of the step before it (fan-in).
         A failed or cancelled job cancels the rest of the chain. Returns the jobs in order."""
         specs, _ = _workflows.chain_specs(self, steps)
-        return [Job(self, r) for r in self._core.enqueue_specs(specs)]
+        written: list = []
+        try:
+            return [Job(self, r) for r in self._core.enqueue_specs(specs, written)]
+        except KeyboardInterrupt as exc:
+            exc.jobs = written  # first: nothing in between can be interrupted
+            written[:] = [Job(self, r) for r in written]
+            raise
 
     def dependencies(self, job: Union[str, Job]) -> list[Job]:
         """The jobs ``job`` depends on."""
@@ -936,18 +1075,31 @@ class Engine:
         *,
         job_id: Optional[str] = None,
         job_type: Optional[str] = None,
+        maxsize: int = 10_000,
     ) -> Subscription:
         """Calls ``callback(event)`` for each ``event`` ("job-status-changed", "job-progress",
         "job-completed", "job-failed", ..., or "*" for all), optionally for one job or one type.
-        Callbacks run on the engine's delivery thread, after the state is committed; one that
-        raises is logged and stays subscribed."""
+        Events arrive after the state is committed, in commit order, on a thread of this
+        subscription's own, through a queue of ``maxsize`` events: a slow or blocked callback
+        delays only itself. Past ``maxsize`` its progress events coalesce per job and log events
+        are dropped; lifecycle events are kept up to ``10 * maxsize`` (at least 1,000), then
+        dropped too; each drop is counted (``Subscription.dropped``) and logged (logger
+        "jobforge"). A callback that raises is logged and stays subscribed."""
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+            raise ValueError(f"maxsize must be an int of at least 1, got {maxsize!r}")
+        return self._subscribe(event, callback, job_id, job_type, maxsize=maxsize)
+
+    def _subscribe(self, event, callback, job_id, job_type, *, inline=False, maxsize=10_000):
+        """``on``; ``inline``: jobforge's own non-blocking callbacks, called on the delivery
+        thread itself."""
         if event not in EVENT_TYPES:
             raise ValueError(
                 f"event must be one of {', '.join(sorted(EVENT_TYPES))}; got {event!r}"
             )
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
-        sub = Subscription(self, event, callback, job_id, job_type)
+        sub = Subscription(self, event, callback, job_id, job_type,
+                           None if inline else maxsize)  # fmt: skip
         with self._subs_lock:
             self._subs = [*self._subs, sub]
             if self._core_subscription is None:
@@ -961,8 +1113,11 @@ class Engine:
             self._subs = [s for s in self._subs if s is not subscription]
 
     def flush_events(self) -> None:
-        """Blocks until every event committed so far has been delivered to the callbacks."""
+        """Blocks until every event committed so far has been delivered to the callbacks (those
+        of a subscription whose callback calls this are not waited for)."""
         self._core.flush_events()
+        for sub in self._subs:
+            sub._drain()
 
     def _deliver(self, batch) -> None:
         subs = self._subs
@@ -975,12 +1130,8 @@ class Engine:
                     continue
                 if ev is None:
                     ev = Event(record)
-                if not sub.matches(ev):
-                    continue
-                try:
-                    sub.callback(ev)
-                except Exception:  # noqa: BLE001 - a subscriber never hurts the engine
-                    log.exception("jobforge: %s callback %r raised", ev.type, sub.callback)
+                if sub.matches(ev):
+                    sub._put(ev)
 
     # -- notebooks -----------------------------------------------------------------------------
     def monitor(self, interval: float = 1.0, *, active: int = 20, failures: int = 5, **options):
@@ -1012,6 +1163,12 @@ def _errors():
     from . import errors
 
     return errors
+
+
+def _observe():
+    from . import observe
+
+    return observe
 
 
 __all__ = ["Engine", "Subscription", "PRIORITIES", "EVENT_TYPES", "JobforgeError"]

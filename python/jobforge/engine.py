@@ -222,6 +222,8 @@ class Subscription:
         while self.active:
             ev = queue.get(1.0, mark_busy=True)
             if ev is None:
+                if self._engine() is None:  # the engine was collected: nothing more will come
+                    return
                 continue
             try:
                 report = queue.take_drop_report()

@@ -973,6 +973,10 @@ PYBIND11_MODULE(_core, m) {
       .def("flush_events", [](Engine& e) { e.store().flush(); e.events().flush(); },
            py::call_guard<ReleaseGil>())
       .def("on_delivery_thread", [](Engine& e) { return e.events().on_delivery_thread(); })
+      // Read (not called) by python/jobforge/engine.py right before an enqueue returns the jobs
+      // it stored after a Ctrl-C: simulates the SIGINT again. An attribute read runs no Python
+      // code, so the KeyboardInterrupt is raised at the caller's next check, once it holds them.
+      .def_property_readonly("interrupt_again", [](Engine&) { PyErr_SetInterrupt(); })
       // ---- workflows (docs/workflows.md) ----
       .def(
           "enqueue_specs",

@@ -9,6 +9,7 @@ import datetime
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import weakref
@@ -694,8 +695,10 @@ class Engine:
             return Job(self, self._core.enqueue_specs([spec], written)[0])
         except KeyboardInterrupt as exc:
             exc.jobs = written  # first: nothing in between can be interrupted
-            written[:] = [Job(self, r) for r in written]
-            raise
+            if not _return_after_interrupt(self, written):
+                raise
+            self._core.interrupt_again  # noqa: B018 - Ctrl-C again, once the caller holds the job
+            return written[0]
 
     def _spec(
         self, type: str, payload: Any = None, *, priority=None, max_attempts=None, timeout=None,
@@ -768,8 +771,10 @@ class Engine:
             return [Job(self, r) for r in records]
         except KeyboardInterrupt as exc:
             exc.jobs = written  # first: nothing in between can be interrupted
-            written[:] = [Job(self, r) for r in written]
-            raise
+            if not _return_after_interrupt(self, written):
+                raise
+            self._core.interrupt_again  # noqa: B018 - Ctrl-C again, once the caller holds the jobs
+            return written
 
     # -- workflows (docs/workflows.md) ---------------------------------------------------------
     def batch(
@@ -826,8 +831,10 @@ class Engine:
             return [Job(self, r) for r in self._core.enqueue_specs(specs, written)]
         except KeyboardInterrupt as exc:
             exc.jobs = written  # first: nothing in between can be interrupted
-            written[:] = [Job(self, r) for r in written]
-            raise
+            if not _return_after_interrupt(self, written):
+                raise
+            self._core.interrupt_again  # noqa: B018 - Ctrl-C again, once the caller holds the jobs
+            return written
 
     def dependencies(self, job: Union[str, Job]) -> list[Job]:
         """The jobs ``job`` depends on."""
@@ -1147,6 +1154,24 @@ class Engine:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<jobforge.Engine {_redacted(self.path)!r} {state}>"
+
+
+def _return_after_interrupt(engine: Engine, written: list) -> bool:
+    """Called when Ctrl-C's KeyboardInterrupt was raised inside an enqueue call. ``written``
+    holds what the core stored (one transaction: all of the call's jobs, or none); it becomes
+    Job objects in place. True: the call returns them all the same, after reading
+    ``engine._core.interrupt_again`` as its last step, which simulates the SIGINT again. That
+    read runs no Python code, so the new KeyboardInterrupt is raised at the caller's next check,
+    once the result is in its hands. False (raise now; the exception's ``jobs`` holds what was
+    stored): nothing was stored, or SIGINT has a handler of the user's own, which must not run
+    twice for one Ctrl-C."""
+    if not written:
+        return False
+    written[:] = [Job(engine, r) for r in written]
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
 
 def _make_dispatcher(engine: Engine):

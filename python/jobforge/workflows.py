@@ -116,10 +116,15 @@ class Batch:
             self.children = [Job(self._engine, r) for r in written[1:]]
         except KeyboardInterrupt as exc:
             exc.jobs = written  # first: nothing in between can be interrupted
-            written[:] = [Job(self._engine, r) for r in written]
-            if written and self.job is None:
+            from .engine import _return_after_interrupt
+
+            again = _return_after_interrupt(self._engine, written)
+            if written:  # stored (the normal path may have been cut between the two)
                 self.job, self.children = written[0], written[1:]
-            raise
+            if not again:
+                raise
+            # Ctrl-C again, once the batch holds its jobs (see _return_after_interrupt).
+            self._engine._core.interrupt_again  # noqa: B018
 
 
 Step = Union[tuple, dict, str]

@@ -276,3 +276,48 @@ def test_every_job_an_interrupted_enqueue_stored_is_known_to_the_script(db_path,
             assert result["stored"] > 0
             assert result["unknown"] == [], f"run {run}: jobs stored but unknown to the script"
             assert result["missing"] == []
+
+
+_HELD_WRITE = """
+import os, signal, sqlite3, sys, threading, time
+import jobforge
+
+path = sys.argv[1]
+engine = jobforge.Engine(path, workers=1)
+engine.enqueue("noop", None)  # the schema
+blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+blocker.execute("BEGIN IMMEDIATE")  # the next enqueue waits for this write lock
+
+def ctrl_c_during_the_write():
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+    blocker.execute("COMMIT")
+
+threading.Thread(target=ctrl_c_during_the_write).start()
+job = None
+try:
+    job = engine.enqueue("noop", {"held": True})
+    print("returned", job.id, flush=True)
+    time.sleep(10)
+    print("not interrupted", flush=True)
+except KeyboardInterrupt as exc:
+    print("interrupted", job.id if job else None, len(getattr(exc, "jobs", [])), flush=True)
+"""
+
+
+def test_ctrl_c_during_the_write_returns_the_job_then_raises(tmp_path):
+    """The enqueue stores and returns its job; the KeyboardInterrupt comes right after, once the
+    script holds it. Before: the KeyboardInterrupt came out of the enqueue and the stored job
+    was in no variable."""
+    child = _start(_HELD_WRITE, str(tmp_path / "jobs.db"))
+    out, err = child.communicate(timeout=60)
+    # "returned" may or may not be printed: the KeyboardInterrupt comes at the first check
+    # after the enqueue returned (here reading job.id, a property), with the job in `job`.
+    interrupted = [line.split() for line in out.split("\n") if line.startswith("interrupted")]
+    assert interrupted, (out, err[-500:])
+    _, job_id, jobs_in_exception = interrupted[0]
+    assert job_id != "None" and jobs_in_exception == "0"
+    assert "not interrupted" not in out
+    stored = jobforge.Engine(str(tmp_path / "jobs.db"), workers=1).jobs(limit=10)
+    assert job_id in {job.id for job in stored}

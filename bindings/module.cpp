@@ -555,6 +555,13 @@ PYBIND11_MODULE(_core, m) {
   g_exit_thread = g_main_thread.load();
   // Runs after jobforge's own atexit handler (registered later, by jobforge.engine).
   py::module_::import("atexit").attr("register")(py::cpp_function(&exit_hook));
+  // A forked child has one thread, the one that forked: its new main thread, inside nothing.
+  py::module_::import("os").attr("register_at_fork")(
+      py::arg("after_in_child") = py::cpp_function([] {
+        g_main_thread = PyThread_get_thread_ident();
+        g_exit_thread = g_main_thread.load();
+        g_inside = 0;
+      }));
 
   py::class_<Job>(m, "JobRecord")
       .def_readonly("id", &Job::id)

@@ -1090,10 +1090,11 @@ class Engine:
         "job-completed", "job-failed", ..., or "*" for all), optionally for one job or one type.
         Events arrive after the state is committed, in commit order, on a thread of this
         subscription's own, through a queue of ``maxsize`` events: a slow or blocked callback
-        delays only itself. Past ``maxsize`` its progress events coalesce per job and log events
-        are dropped; lifecycle events are kept up to ``10 * maxsize`` (at least 1,000), then
-        dropped too; each drop is counted (``Subscription.dropped``) and logged (logger
-        "jobforge"). A callback that raises is logged and stays subscribed."""
+        delays only itself. Past ``maxsize`` queued events, a progress event replaces its job's
+        queued one and any other event is dropped; drops are counted (``Subscription.dropped``,
+        ``dropped_by_type``) and logged (logger "jobforge"): once when it starts dropping, and
+        what it dropped when it catches up. A callback that raises is logged and stays
+        subscribed."""
         if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
             raise ValueError(f"maxsize must be an int of at least 1, got {maxsize!r}")
         return self._subscribe(event, callback, job_id, job_type, maxsize=maxsize)

@@ -554,7 +554,11 @@ class Engine:
                 outcome.append(exc)
 
         helper = threading.Thread(target=run, name="jobforge-stop", daemon=True)
-        helper.start()
+        try:
+            helper.start()
+        except RuntimeError:  # no new thread at interpreter shutdown (atexit)
+            self._core.stop(wait)
+            return
         while helper.is_alive():
             helper.join(0.1)
         if outcome:

@@ -169,8 +169,8 @@ void check_signals() {
 }
 
 // At interpreter exit (atexit, GIL held): from now on no thread enters Python through here;
-// those already in are waited for (GIL released, at most `grace`) so none is still waiting for
-// the GIL when finalization begins.
+// those already in are waited for (GIL released, at most 2 s) so none is still waiting for the
+// GIL when finalization begins.
 void exit_hook() {
   g_exit_thread.store(PyThread_get_thread_ident());
   g_exiting.store(true);
@@ -207,8 +207,8 @@ py::object error_class(const char* name) {
 // life (creating one per acquisition costs more than a small Python job), deleted at thread exit.
 class PythonGate final : public ExecutionGate {
  public:
-  // Once the interpreter is exiting the gate declines (refused()): the thread does not take the
-  // GIL, and the Python processor does not run the job.
+  // Once the interpreter is exiting the gate declines (refused_): the thread does not take the
+  // GIL, and the Python processor does not run the job (PythonProcessor::run).
   void enter() override {
     thread_local ThreadState state;
     refused_ = true;
@@ -508,8 +508,8 @@ py::dict schedule_dict(const Schedule& sc) {
 
 // What an enqueue call stored, also put in `written` (a list the Python caller made) before it
 // returns with the GIL held: a Ctrl-C whose KeyboardInterrupt is raised as the call returns, before
-// the caller holds the result, cannot lose the jobs (python/jobforge/engine.py attaches them to
-// the exception). `many`: `stored` is a list of records, else one record.
+// the caller holds the result, cannot lose the jobs (python/jobforge/engine.py returns them all
+// the same, see _return_after_interrupt). `many`: `stored` is a list of records, else one record.
 py::object report_written(py::object stored, const py::object& written, bool many) {
   if (!written.is_none()) {
     py::list out = py::reinterpret_borrow<py::list>(written);
@@ -756,7 +756,7 @@ PYBIND11_MODULE(_core, m) {
              ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, backoff, priority,
                                 max_concurrent, rate};
              auto p = std::make_shared<PythonProcessor>(std::move(adapter));
-            ReleaseGil release;
+             ReleaseGil release;
              e.register_processor(type, std::move(p), o);
            },
            py::arg("type"), py::arg("adapter"), py::arg("timeout_ms") = py::none(),
@@ -783,7 +783,7 @@ PYBIND11_MODULE(_core, m) {
              if (backoff) Backoff::parse(*backoff);
              ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, backoff, priority};
              std::shared_ptr<Processor> p = exported->processor;
-            ReleaseGil release;
+             ReleaseGil release;
              e.register_processor(type, std::move(p), o);
            },
            py::arg("type"), py::arg("capsule"), py::arg("timeout_ms") = py::none(),

@@ -333,7 +333,8 @@ def test_checksum_of_a_huge_file_times_out_within_a_second(make_engine, tmp_path
         started = time.monotonic()
         done = job.wait(timeout=30)
     assert done.status == "timeout"
-    assert time.monotonic() - started < 0.5 + 1.0
+    # The timeout, then one read buffer and the store's write (minutes to hash it all).
+    assert time.monotonic() - started < 0.5 + 2.5
 
 
 @BOTH_STORES
@@ -348,7 +349,7 @@ def test_exec_timeout_of_a_command_ignoring_sigterm_ends_within_the_grace(
         ended = time.monotonic() - seen
         after = engine.enqueue("noop").wait(timeout=10)
     assert done.status == "timeout"
-    assert ended < 0.5 + 0.3 + 1.5  # timeout + kill_grace + polling, not the sleep's 60 s
+    assert ended < 0.5 + 0.3 + 2.5  # timeout + kill_grace + polling, not the sleep's 60 s
     assert after.status == "completed"
     wait_until(lambda: not _group_members(leader), timeout=10, what="the process group to end")
 
@@ -362,7 +363,7 @@ def test_sleep_is_cancelled_promptly(make_engine, wait_until):
         asked = time.monotonic()
         assert engine.cancel(job)
         done = job.wait(timeout=10)
-        assert time.monotonic() - asked < 1.0
+        assert time.monotonic() - asked < 2.0  # not the 60 s of the sleep
     assert done.status == "cancelled"
 
 

@@ -207,8 +207,8 @@ std::string not_regular(mode_t mode) {
 
 // Opens a file to hash without ever blocking in open(2): O_NONBLOCK, so a FIFO put in place of
 // the file after the caller's stat(2) (no writer: open would wait for ever) or a device does not
-// hold the worker; the caller refuses anything fstat(2) does not call a regular file. The flag
-// changes nothing for reads of regular files. O_NOCTTY: a terminal never becomes ours.
+// hold the worker; the caller refuses anything fstat(2) does not call a regular file, and clears
+// the flag for the reads. O_NOCTTY: a terminal never becomes ours.
 int open_for_reading(const std::string& path) {
   constexpr int kFlags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
   // O_NOATIME spares an inode write per file, but only the owner (or root) may ask for it.
@@ -266,6 +266,10 @@ class ChecksumProcessor final : public Processor {
         error = std::string("stat: ") + std::strerror(errno);
       } else if (!S_ISREG(st.st_mode)) {
         error = not_regular(st.st_mode);
+      } else if (::fcntl(file.fd, F_SETFL, ::fcntl(file.fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+        // A regular file: plain blocking reads (a network or FUSE file system might otherwise
+        // answer EAGAIN).
+        error = std::string("fcntl: ") + std::strerror(errno);
       } else {
         // Wider readahead for files of several reads; a small file is one read anyway.
         if (st.st_size > o.buffer_size) ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);

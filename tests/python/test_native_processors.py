@@ -12,6 +12,12 @@ import xxhash
 import jobforge
 
 
+@pytest.fixture
+def engine(make_engine):
+    """An engine with two workers on a fresh file, not started, that runs `exec` (opted in)."""
+    return make_engine(workers=2, allow_exec=True)
+
+
 def _tree(root):
     files = {
         "a.txt": b"alpha\n",
@@ -341,7 +347,7 @@ def test_checksum_of_a_huge_file_times_out_within_a_second(make_engine, tmp_path
 def test_exec_timeout_of_a_command_ignoring_sigterm_ends_within_the_grace(
     make_engine, tmp_path, wait_until
 ):
-    engine = make_engine(workers=1)
+    engine = make_engine(workers=1, allow_exec=True)
     with engine:
         job, leader, child = _start_tree(engine, tmp_path, timeout=0.5, max_attempts=1)
         seen = time.monotonic()  # the command runs: the timeout is at most 0.5 s away

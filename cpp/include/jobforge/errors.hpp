@@ -29,7 +29,9 @@ class ValidationError : public Error {
 class UnknownJobType : public ValidationError {
  public:
   explicit UnknownJobType(const std::string& type)
-      : ValidationError("type", "unknown job type '" + type + "': no processor is registered for it") {}
+      : ValidationError("type", "unknown job type '" + type +
+                                    "': no processor is registered for it and no worker "
+                                    "publishes it") {}
 };
 
 // A singleton role is already held by another live worker.

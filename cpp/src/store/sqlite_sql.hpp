@@ -251,7 +251,7 @@ CREATE INDEX idx_jobs_parent_id ON jobs(parent_job_id, created_at) WHERE parent_
 
 // The job types each worker serves and its processor's options (a JSON object), published at its
 // start and refreshed with its heartbeats: producers that never registered the processor enqueue
-// with them (docs/workers.md).
+// with them (docs/workers.md). A rowid table, so `db repair` copies it like the others.
 inline constexpr const char* kMigration10 = R"sql(
 CREATE TABLE worker_types (
   worker_id TEXT NOT NULL,
@@ -260,7 +260,7 @@ CREATE TABLE worker_types (
   published_at INTEGER NOT NULL,
   refreshed_at INTEGER NOT NULL,
   PRIMARY KEY (worker_id, type)
-) WITHOUT ROWID;
+);
 )sql";
 
 inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4,

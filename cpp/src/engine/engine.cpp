@@ -25,8 +25,10 @@
 #include <sstream>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "jobforge/processors.hpp"
 
@@ -325,12 +327,13 @@ struct Engine::Impl {
   struct KnownType {
     ProcessorOptions options;
     bool live = false;  // a live worker publishes it
-    int64_t published_at = 0;
+    int64_t published_at = 0, refreshed_at = 0;
     std::string worker_id;
   };
 
   // Reads the published types: per type, the entry of the live worker that published its
-  // options last (ties: the greater worker id), else the last entry of a dead or stopped worker.
+  // options last (ties: the greater worker id); with no live one, the entry refreshed last (the
+  // worker that served the type most recently).
   std::map<std::string, KnownType, std::less<>> read_published() const {
     const auto rows = store->published_types();
     std::map<std::string, WorkerInfo, std::less<>> workers_by_id;
@@ -343,13 +346,17 @@ struct Engine::Impl {
                         (w->second.id == worker_id || !is_dead(w->second));
       auto [it, inserted] = out.try_emplace(row.type);
       KnownType& best = it->second;
+      const auto key = [live](int64_t published_at, int64_t refreshed_at) {
+        return live ? std::pair{published_at, refreshed_at} : std::pair{refreshed_at, published_at};
+      };
       const bool better =
           inserted || (live && !best.live) ||
           (live == best.live &&
-           (row.published_at > best.published_at ||
-            (row.published_at == best.published_at && row.worker_id > best.worker_id)));
+           std::tuple(key(row.published_at, row.refreshed_at), row.worker_id) >
+               std::tuple(key(best.published_at, best.refreshed_at), best.worker_id));
       if (better)
-        best = KnownType{parse_published(row.options_json), live, row.published_at, row.worker_id};
+        best = KnownType{parse_published(row.options_json), live, row.published_at,
+                         row.refreshed_at, row.worker_id};
     }
     return out;
   }
@@ -775,6 +782,7 @@ struct Engine::Impl {
     maintenance.join();
     watchdog.join();
     maintenance_stop = false;
+    publish_types();  // at its stop too: the last worker to serve a type wins once none is live
     try {
       store->deregister_worker(worker_id);
     } catch (const std::exception& e) {

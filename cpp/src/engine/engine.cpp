@@ -311,6 +311,9 @@ struct Engine::Impl {
   }
 
   void publish_types() {
+    // Not while the store is unreachable (PostgreSQL reconnecting): a write would wait for its
+    // budget at every heartbeat and at stop; the first heartbeat after the outage publishes.
+    if (store->health() != "ok") return;
     std::vector<PublishedType> types;
     {
       std::lock_guard lock(registry_mutex);

@@ -914,6 +914,27 @@ PYBIND11_MODULE(_core, m) {
              for (const auto& w : ws) out.append(worker_dict(w));
              return out;
            })
+      .def("published_types",
+           [](Engine& e) {
+             std::vector<PublishedType> rows;
+             {
+               ReleaseGil release;
+               rows = e.published_types();
+             }
+             py::list out;
+             for (const auto& r : rows) {
+               py::dict d;
+               d["worker_id"] = r.worker_id;
+               d["type"] = r.type;
+               d["options_json"] = r.options_json;
+               d["published_at"] = r.published_at;
+               d["refreshed_at"] = r.refreshed_at;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("unserved_types", &Engine::unserved_types, py::arg("types"),
+           py::call_guard<ReleaseGil>())
       .def("integrity_check", &Engine::integrity_check, py::call_guard<ReleaseGil>())
       .def("local_stats",
            [](Engine& e) {

@@ -373,6 +373,19 @@ def health(
     result["queue"] = {"queued": detail["queued_total"], "due": due, "oldest_due_age": oldest}
     if due and not alive_count:
         reasons.append(f"{due} job(s) due and no live worker")
+    unserved: list[str] = []
+    if due:
+        # Types with due jobs that no live worker publishes (docs/workers.md): nothing runs them.
+        queued_types = [n for n, t in detail["types"].items() if t["counts"].get("queued")]
+        try:
+            unserved = sorted(engine._core.unserved_types(queued_types)) if queued_types else []
+        except Exception:  # noqa: BLE001 - a store error is reported by the checks above
+            unserved = []
+        if unserved:
+            names = ", ".join(f"'{n}'" for n in unserved[:5])
+            more = f" and {len(unserved) - 5} more" if len(unserved) > 5 else ""
+            reasons.append(f"due jobs of type(s) no live worker serves: {names}{more}")
+    result["queue"]["unserved_types"] = unserved
     if due and oldest > max_wait:
         reasons.append(f"oldest due job has waited {oldest:.0f} s (more than {max_wait:g} s)")
     rates = {}

@@ -421,6 +421,64 @@ TEST_P(EngineTest, ProcessorDefaultsApplyAndJobOptionsOverrideThem) {
   EXPECT_EQ(engine_defaults.max_attempts, engine.config().default_max_attempts);
 }
 
+// docs/workers.md: a producer that never registered a type enqueues with the options a worker
+// published for it; the newest publish of a live worker wins; nobody's type is refused.
+TEST_P(EngineTest, ProducerWithoutTheProcessorEnqueuesWithTheOptionsAWorkerPublished) {
+  Engine worker(small_config(dir));
+  ProcessorOptions options;
+  options.max_attempts = 2;
+  options.timeout_ms = 30'000;
+  options.priority = priority::high;
+  options.retry_delay_ms = 70;
+  worker.register_processor("resize", std::make_shared<EchoProcessor>(), options);
+  Engine producer(small_config(dir));  // never registers resize, never starts
+  EXPECT_THROW(producer.enqueue(spec("resize")), UnknownJobType);  // nobody publishes it yet
+  worker.start();
+
+  const Job published = producer.enqueue(spec("resize"));  // a miss re-reads the table
+  EXPECT_EQ(published.max_attempts, 2);
+  EXPECT_EQ(published.timeout_ms, 30'000);
+  EXPECT_EQ(published.priority, priority::high);
+  EXPECT_EQ(published.retry_delay_ms, 70);
+  auto stored = producer.get(published.id);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_EQ(stored->max_attempts, 2);
+  JobSpec own = spec("resize");
+  own.max_attempts = 4;
+  EXPECT_EQ(producer.enqueue(own).max_attempts, 4);  // a job's own options still override
+
+  try {
+    producer.enqueue(spec("nobody-serves"));
+    ADD_FAILURE() << "a type nobody publishes was accepted";
+  } catch (const UnknownJobType& e) {
+    EXPECT_NE(std::string(e.what()).find("no worker publishes it"), std::string::npos) << e.what();
+  }
+  EngineConfig lenient_config = small_config(dir);
+  lenient_config.allow_unknown_types = true;
+  Engine lenient(lenient_config);
+  EXPECT_EQ(lenient.enqueue(spec("nobody-serves")).max_attempts,
+            lenient_config.default_max_attempts);
+  EXPECT_EQ(lenient.enqueue(spec("resize")).max_attempts, 2);
+
+  // A second live worker publishing other options later: the newest publish wins.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  Engine worker2(small_config(dir));
+  ProcessorOptions other;
+  other.max_attempts = 5;
+  worker2.register_processor("resize", std::make_shared<EchoProcessor>(), other);
+  worker2.start();
+  EXPECT_EQ(Engine(small_config(dir)).enqueue(spec("resize")).max_attempts, 5);
+  EXPECT_EQ(Engine(small_config(dir)).enqueue(spec("resize")).timeout_ms,
+            small_config(dir).default_timeout_ms);  // worker2 set no timeout
+  // It stops: the live worker's entry wins again.
+  worker2.stop();
+  EXPECT_EQ(Engine(small_config(dir)).enqueue(spec("resize")).max_attempts, 2);
+  // Nobody live: the type stays known with the entry of the worker that served it last (jobs
+  // wait for a worker).
+  worker.stop();
+  EXPECT_EQ(Engine(small_config(dir)).enqueue(spec("resize")).max_attempts, 2);
+}
+
 TEST_P(EngineTest, OneWorkerRunsQueuedJobsInPriorityOrder) {
   Engine engine(small_config(dir, /*workers=*/1));
   auto echo = std::make_shared<EchoProcessor>();

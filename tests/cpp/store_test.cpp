@@ -1135,6 +1135,51 @@ TEST_P(StoreTest, RegisteredWorkersAreListedAndHeartbeatsExtendLeases) {
   EXPECT_EQ(store->workers().at(0).state, "stopped");
 }
 
+// Published types (docs/workers.md): a worker's entries are replaced at each publish, unchanged
+// options keep their published_at, and a stopped worker's entry lasts until a running worker
+// publishes the same type.
+TEST_P(StoreTest, PublishedTypesAreReplacedPerWorkerAndSupersedeStoppedWorkers) {
+  auto store = open();
+  EXPECT_TRUE(store->published_types().empty());
+  store->register_worker(worker("w-1", kT0));
+  store->publish_types("w-1", {{"", "resize", R"({"max_attempts":2})"}, {"", "mail", "{}"}}, kT0);
+  auto rows = store->published_types();
+  ASSERT_EQ(rows.size(), 2u);  // by type
+  EXPECT_EQ(rows[0].type, "mail");
+  EXPECT_EQ(rows[1].type, "resize");
+  EXPECT_EQ(rows[1].worker_id, "w-1");
+  EXPECT_EQ(rows[1].options_json, R"({"max_attempts":2})");
+  EXPECT_EQ(rows[1].published_at, kT0);
+  EXPECT_EQ(rows[1].refreshed_at, kT0);
+
+  // A heartbeat's refresh: resize unchanged (published_at kept), mail's options changed, and a
+  // type no longer published is gone.
+  store->publish_types("w-1", {{"", "resize", R"({"max_attempts":2})"}, {"", "report", "{}"}},
+                       kT0 + 5000);
+  rows = store->published_types();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].type, "report");
+  EXPECT_EQ(rows[0].published_at, kT0 + 5000);
+  EXPECT_EQ(rows[1].type, "resize");
+  EXPECT_EQ(rows[1].published_at, kT0);
+  EXPECT_EQ(rows[1].refreshed_at, kT0 + 5000);
+  store->publish_types("w-1", {{"", "resize", R"({"max_attempts":4})"}, {"", "report", "{}"}},
+                       kT0 + 10'000);
+  EXPECT_EQ(store->published_types()[1].published_at, kT0 + 10'000);
+
+  // w-1 stops: its entries stay (the types stay known). A running w-2 publishing resize
+  // supersedes w-1's resize; w-1's report stays. A running w-3's entries are never deleted.
+  store->deregister_worker("w-1");
+  store->register_worker(worker("w-3", kT0 + 11'000));
+  store->publish_types("w-3", {{"", "resize", "{}"}}, kT0 + 11'000);
+  store->register_worker(worker("w-2", kT0 + 12'000));
+  store->publish_types("w-2", {{"", "resize", R"({"timeout_ms":30000})"}}, kT0 + 12'000);
+  rows = store->published_types();
+  std::vector<std::string> got;
+  for (const auto& r : rows) got.push_back(r.type + "@" + r.worker_id);
+  EXPECT_EQ(got, (std::vector<std::string>{"report@w-1", "resize@w-2", "resize@w-3"}));
+}
+
 TEST_P(StoreTest, RecoverOrphansRequeuesDeadOwnersJobsFailsExhaustedAndSparesTheLiving) {
   auto store = open();
   store->register_worker(worker("dead-owner", kT0 - 100'000));
@@ -1343,8 +1388,8 @@ TEST_F(PostgresStoreTest, SchemaIsRecordedInTheMigrationsTableAndReopeningKeepsR
     auto store = open_pg();
     store->insert({job});
   }
-  EXPECT_EQ(db().integer("SELECT max(version) FROM jobforge_migrations"), 2);  // every migration
-  EXPECT_EQ(db().integer("SELECT count(*) FROM jobforge_migrations"), 2);
+  EXPECT_EQ(db().integer("SELECT max(version) FROM jobforge_migrations"), 3);  // every migration
+  EXPECT_EQ(db().integer("SELECT count(*) FROM jobforge_migrations"), 3);
   auto store = open_pg();
   EXPECT_EQ(status_of(*store, job.id), Status::queued);
   EXPECT_EQ(store->integrity_check(), "ok");

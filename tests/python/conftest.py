@@ -28,6 +28,7 @@ BOTH_STORES = {
     "test_events",
     "test_lifecycle",
     "test_priority",
+    "test_published_types",
     "test_queries",
     "test_recovery",
     "test_retry",

@@ -1322,7 +1322,7 @@ def test_health_is_ok_on_a_healthy_engine(engine):
     me = [w for w in h["workers"] if w["id"] == engine.worker_id]
     assert len(me) == 1 and me[0]["alive"] is True and me[0]["state"] == "running"
     assert 0 <= me[0]["heartbeat_age"] < 10
-    assert h["queue"] == {"queued": 0, "due": 0, "oldest_due_age": 0.0}
+    assert h["queue"] == {"queued": 0, "due": 0, "oldest_due_age": 0.0, "unserved_types": []}
     assert h["error_rates"] == {"noop": 0.0}
     assert engine.workers()[0]["id"] == engine.worker_id
 

@@ -187,6 +187,16 @@ struct WorkerInfo {
   std::string singleton_role;          // non-empty: at most one live worker with this role
 };
 
+// A job type a worker serves, with its processor's options, as the worker published it
+// (docs/workers.md: producers that never registered the processor enqueue with these).
+struct PublishedType {
+  std::string worker_id;
+  std::string type;
+  std::string options_json;  // a JSON object: the processor's options that are set
+  int64_t published_at = 0;  // when this worker began serving the type with these options
+  int64_t refreshed_at = 0;  // its last publish (start, then every heartbeat)
+};
+
 enum class CancelResult { not_found, not_cancellable, cancelled, requested };
 
 struct StoreWakeup {
@@ -247,6 +257,16 @@ class Store {
   virtual void heartbeat(const std::string& worker_id, int64_t now, int64_t lease_ms) = 0;
   virtual void deregister_worker(const std::string& worker_id) = 0;
   virtual std::vector<WorkerInfo> workers() = 0;
+  // Replaces the types the worker publishes with `types` (in one transaction). A type whose
+  // options are unchanged keeps its published_at; every row gets refreshed_at = now. Rows of
+  // workers that are no longer 'running' are deleted for the types this worker publishes (its
+  // entry supersedes them); other types keep their last entry (the type stays known).
+  virtual void publish_types(const std::string& worker_id, const std::vector<PublishedType>& types,
+                             int64_t now) {
+    (void)worker_id, (void)types, (void)now;  // stores without the table publish nothing
+  }
+  // Every published entry, live or not (the engine judges its worker), by type then worker.
+  virtual std::vector<PublishedType> published_types() { return {}; }
   // Takes back running jobs whose owner is dead (per `is_dead`) or whose lease expired: a new
   // attempt if any is left, else failed. Returns how many jobs were taken back.
   virtual int64_t recover_orphans(int64_t now, const std::string& self_id,

@@ -25,8 +25,10 @@
 #include <sstream>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "jobforge/processors.hpp"
 
@@ -284,14 +286,144 @@ struct Engine::Impl {
     return types_cache;
   }
 
+  // ---- published types (docs/workers.md) ---------------------------------------------------
+  // A worker publishes the types it serves and its processors' options; a producer that never
+  // registered a type enqueues with the options a worker published for it.
+
+  static std::string options_json(const ProcessorOptions& o) {
+    nlohmann::json j = nlohmann::json::object();
+    if (o.timeout_ms) j["timeout_ms"] = *o.timeout_ms;
+    if (o.max_attempts) j["max_attempts"] = *o.max_attempts;
+    if (o.retry_delay_ms) j["retry_delay_ms"] = *o.retry_delay_ms;
+    if (o.backoff) j["backoff"] = *o.backoff;
+    if (o.priority) j["priority"] = *o.priority;
+    if (o.max_concurrent) j["max_concurrent"] = *o.max_concurrent;
+    if (o.rate) j["rate"] = *o.rate;
+    return j.dump();
+  }
+
+  // The options a producer applies (max_concurrent and rate are the claiming workers' business).
+  // Anything unreadable is left unset: the producer's own defaults apply.
+  static ProcessorOptions parse_published(const std::string& text) {
+    ProcessorOptions o;
+    const auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return o;
+    auto integer = [&](const char* key) -> std::optional<int64_t> {
+      auto it = j.find(key);
+      if (it == j.end() || !it->is_number_integer()) return std::nullopt;
+      return it->get<int64_t>();
+    };
+    o.timeout_ms = integer("timeout_ms");
+    if (auto v = integer("max_attempts"); v && *v >= 1 && *v <= std::numeric_limits<int>::max())
+      o.max_attempts = static_cast<int>(*v);
+    o.retry_delay_ms = integer("retry_delay_ms");
+    if (auto it = j.find("backoff"); it != j.end() && it->is_string())
+      o.backoff = it->get<std::string>();
+    if (auto v = integer("priority"); v && *v >= priority::min && *v <= priority::max)
+      o.priority = static_cast<int>(*v);
+    return o;
+  }
+
+  void publish_types() {
+    // Not while the store is unreachable (PostgreSQL reconnecting): a write would wait for its
+    // budget at every heartbeat and at stop; the first heartbeat after the outage publishes.
+    if (store->health() != "ok") return;
+    std::vector<PublishedType> types;
+    {
+      std::lock_guard lock(registry_mutex);
+      for (const auto& [name, reg] : registry)
+        types.push_back(PublishedType{worker_id, name, options_json(reg.options), 0, 0});
+    }
+    try {
+      store->publish_types(worker_id, types, now_ms());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: could not publish job types: %s\n", e.what());
+    }
+  }
+
+  struct KnownType {
+    ProcessorOptions options;
+    bool live = false;  // a live worker publishes it
+    int64_t published_at = 0, refreshed_at = 0;
+    std::string worker_id;
+  };
+
+  // Reads the published types: per type, the entry of the live worker that published its
+  // options last (ties: the greater worker id); with no live one, the entry refreshed last (the
+  // worker that served the type most recently).
+  std::map<std::string, KnownType, std::less<>> read_published() const {
+    const auto rows = store->published_types();
+    std::map<std::string, WorkerInfo, std::less<>> workers_by_id;
+    if (!rows.empty())
+      for (auto& w : store->workers()) workers_by_id.emplace(w.id, std::move(w));
+    std::map<std::string, KnownType, std::less<>> out;
+    for (const auto& row : rows) {
+      auto w = workers_by_id.find(row.worker_id);
+      const bool live = w != workers_by_id.end() && w->second.state == "running" &&
+                        (w->second.id == worker_id || !is_dead(w->second));
+      auto [it, inserted] = out.try_emplace(row.type);
+      KnownType& best = it->second;
+      const auto key = [live](int64_t published_at, int64_t refreshed_at) {
+        return live ? std::pair{published_at, refreshed_at} : std::pair{refreshed_at, published_at};
+      };
+      const bool better =
+          inserted || (live && !best.live) ||
+          (live == best.live &&
+           std::tuple(key(row.published_at, row.refreshed_at), row.worker_id) >
+               std::tuple(key(best.published_at, best.refreshed_at), best.worker_id));
+      if (better)
+        best = KnownType{parse_published(row.options_json), live, row.published_at,
+                         row.refreshed_at, row.worker_id};
+    }
+    return out;
+  }
+
+  // The options published for a type this process does not serve; nullopt when no worker ever
+  // published it. Cached for kPublishedTtl; a miss re-reads the table (at most every poll_ms,
+  // unless the caller must know: an enqueue that is refused otherwise).
+  static constexpr auto kPublishedTtl = std::chrono::seconds(2);
+  std::optional<ProcessorOptions> published_options(const std::string& type, bool must_know) const {
+    std::lock_guard lock(published_mutex);
+    const auto now = Clock::now();
+    const bool fresh = published_read && now - *published_read < kPublishedTtl;
+    auto it = published_cache.find(type);
+    if (fresh && it != published_cache.end()) return it->second.options;
+    if (!fresh || must_know || now - *published_read >= std::chrono::milliseconds(config.poll_ms)) {
+      published_cache = read_published();
+      published_read = now;
+      it = published_cache.find(type);
+    }
+    if (it == published_cache.end()) return std::nullopt;
+    return it->second.options;
+  }
+
+  // Of these types, those with due jobs that no live worker serves (read now, not cached).
+  std::vector<std::string> unserved_types(const std::vector<std::string>& candidates) const {
+    const auto known = read_published();
+    std::vector<std::string> out;
+    const int64_t now = now_ms();
+    for (const auto& type : candidates) {
+      auto it = known.find(type);
+      if (it != known.end() && it->second.live) continue;
+      const auto next = store->next_run_at({type});
+      if (next && *next <= now) out.push_back(type);
+    }
+    return out;
+  }
+
   // ---- enqueue -----------------------------------------------------------------------------
 
   // Resolves a spec against the processor's and the engine's defaults and validates every field.
   NewJob resolve(const JobSpec& spec, int64_t now, bool allow_unknown = false) const {
     if (spec.type.empty()) throw ValidationError("type", "job type must not be empty");
     auto reg = registration(spec.type);
-    if (!reg && !config.allow_unknown_types && !allow_unknown) throw UnknownJobType(spec.type);
-    const ProcessorOptions defaults = reg ? reg->options : ProcessorOptions{};
+    std::optional<ProcessorOptions> published;
+    if (!reg) {
+      const bool must_know = !config.allow_unknown_types && !allow_unknown;
+      published = published_options(spec.type, must_know);
+      if (!published && must_know) throw UnknownJobType(spec.type);
+    }
+    const ProcessorOptions defaults = reg ? reg->options : published.value_or(ProcessorOptions{});
 
     NewJob j;
     j.id = new_job_id();
@@ -604,6 +736,7 @@ struct Engine::Impl {
         [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
     durable_claims = mode != "memory";
     peers_durable = mode == "memory";  // alone: nobody to wait for
+    publish_types();
     recover_orphans();
     try {
       ensure_cleanup_schedule();
@@ -666,6 +799,7 @@ struct Engine::Impl {
     maintenance.join();
     watchdog.join();
     maintenance_stop = false;
+    publish_types();  // at its stop too: the last worker to serve a type wins once none is live
     try {
       store->deregister_worker(worker_id);
     } catch (const std::exception& e) {
@@ -1221,6 +1355,7 @@ struct Engine::Impl {
         } catch (const std::exception& e) {
           std::fprintf(stderr, "jobforge: heartbeat failed: %s\n", e.what());
         }
+        publish_types();
         recover_orphans();
         next_heartbeat = now + std::chrono::milliseconds(config.heartbeat_ms);
       }
@@ -1705,6 +1840,9 @@ struct Engine::Impl {
   mutable std::mutex registry_mutex;
   std::unordered_map<std::string, Registration> registry;
   std::vector<std::string> types_cache;
+  mutable std::mutex published_mutex;  // guards the two below
+  mutable std::map<std::string, KnownType, std::less<>> published_cache;
+  mutable std::optional<Clock::time_point> published_read;
 
   std::mutex lifecycle_mutex;
   bool started = false;
@@ -1971,6 +2109,14 @@ std::vector<LogRecord> Engine::logs(const LogQuery& query) {
 std::vector<WorkerInfo> Engine::workers() {
   impl_->check_process();
   return impl_->store->workers();
+}
+std::vector<PublishedType> Engine::published_types() {
+  impl_->check_process();
+  return impl_->store->published_types();
+}
+std::vector<std::string> Engine::unserved_types(const std::vector<std::string>& types) {
+  impl_->check_process();
+  return impl_->unserved_types(types);
 }
 std::string Engine::integrity_check() {
   impl_->check_process();

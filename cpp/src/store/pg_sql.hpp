@@ -153,8 +153,20 @@ CREATE TABLE rate_limits (
 );
 )sql";
 
-inline constexpr const char* kMigrations[] = {kMigration1, kMigration2};
-inline constexpr int kLatestVersion = 2;
+// The job types each worker serves and its processor's options (the SQLite store's migration 10).
+inline constexpr const char* kMigration3 = R"sql(
+CREATE TABLE worker_types (
+  worker_id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  options TEXT NOT NULL,
+  published_at BIGINT NOT NULL,
+  refreshed_at BIGINT NOT NULL,
+  PRIMARY KEY (worker_id, type)
+);
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3};
+inline constexpr int kLatestVersion = 3;
 
 // Columns read into a Job, in the order read_job expects.
 #define JOBFORGE_PG_JOB_COLUMNS                                                                  \
@@ -348,6 +360,26 @@ inline constexpr const char* kListWorkers =
     "SELECT id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode, "
     "COALESCE(singleton_role, '') FROM workers ORDER BY started_at";
 // Serializes registrations (singleton roles are decided by one transaction at a time).
+// Published types (kMigration3). Unchanged options keep their published_at.
+inline constexpr const char* kPublishType = R"sql(
+INSERT INTO worker_types (worker_id, type, options, published_at, refreshed_at)
+VALUES ($1, $2, $3, $4, $4)
+ON CONFLICT (worker_id, type) DO UPDATE SET
+  published_at = CASE WHEN worker_types.options = excluded.options THEN worker_types.published_at
+                      ELSE excluded.published_at END,
+  options = excluded.options, refreshed_at = excluded.refreshed_at
+)sql";
+inline constexpr const char* kUnpublishTypes =
+    "DELETE FROM worker_types WHERE worker_id = $1 AND refreshed_at <> $2";
+inline constexpr const char* kDeleteSupersededTypes = R"sql(
+DELETE FROM worker_types WHERE worker_id <> $1
+  AND type IN (SELECT type FROM worker_types WHERE worker_id = $1)
+  AND worker_id NOT IN (SELECT id FROM workers WHERE state = 'running')
+)sql";
+inline constexpr const char* kListPublishedTypes =
+    "SELECT worker_id, type, options, published_at, refreshed_at FROM worker_types "
+    "ORDER BY type, worker_id";
+
 inline constexpr const char* kLockWorkers = "LOCK TABLE workers IN SHARE ROW EXCLUSIVE MODE";
 
 inline constexpr const char* kRecoverOrphans = R"sql(

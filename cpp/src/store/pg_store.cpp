@@ -532,6 +532,29 @@ class PgStore final : public Store {
     return out;
   }
 
+  void publish_types(const std::string& worker_id, const std::vector<PublishedType>& types,
+                     int64_t now) override {
+    submit_and_wait([&](WriteContext& w) {
+      for (const auto& t : types)
+        w.conn.exec(sql::kPublishType,
+                    Params().add(worker_id).add(t.type).add(t.options_json).add(now));
+      w.conn.exec(sql::kUnpublishTypes, Params().add(worker_id).add(now));
+      w.conn.exec(sql::kDeleteSupersededTypes, Params().add(worker_id));
+    });
+  }
+
+  std::vector<PublishedType> published_types() override {
+    std::vector<PublishedType> out;
+    with_connection([&](Connection& c) {
+      out.clear();
+      Result r = c.exec(sql::kListPublishedTypes);
+      for (int i = 0; i < r.rows(); ++i)
+        out.push_back(PublishedType{r.text(i, 0), r.text(i, 1), r.text(i, 2), r.integer(i, 3),
+                                    r.integer(i, 4)});
+    });
+    return out;
+  }
+
   int64_t recover_orphans(int64_t now, const std::string& self_id,
                           const std::function<bool(const WorkerInfo&)>& is_dead) override {
     int64_t recovered = 0;

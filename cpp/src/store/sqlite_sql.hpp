@@ -249,10 +249,24 @@ DROP INDEX IF EXISTS idx_jobs_parent_id;
 CREATE INDEX idx_jobs_parent_id ON jobs(parent_job_id, created_at) WHERE parent_job_id IS NOT NULL;
 )sql";
 
-inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3,
-                                              kMigration4, kMigration5, kMigration6,
-                                              kMigration7, kMigration8, kMigration9};
-inline constexpr int kSchemaVersion = 9;
+// The job types each worker serves and its processor's options (a JSON object), published at its
+// start and refreshed with its heartbeats: producers that never registered the processor enqueue
+// with them (docs/workers.md). A rowid table, so `db repair` copies it like the others.
+inline constexpr const char* kMigration10 = R"sql(
+CREATE TABLE worker_types (
+  worker_id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  options TEXT NOT NULL,
+  published_at INTEGER NOT NULL,
+  refreshed_at INTEGER NOT NULL,
+  PRIMARY KEY (worker_id, type)
+);
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4,
+                                              kMigration5, kMigration6, kMigration7, kMigration8,
+                                              kMigration9, kMigration10};
+inline constexpr int kSchemaVersion = 10;
 
 // The store's counters: one upsert per (type, status) a transaction changed.
 inline constexpr const char* kAddCount = R"sql(
@@ -424,6 +438,28 @@ inline constexpr const char* kDeleteOldWorkers =
 inline constexpr const char* kListWorkers =
     "SELECT id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode, "
     "COALESCE(singleton_role, '') FROM workers ORDER BY started_at";
+
+// Published types (kMigration10). Unchanged options keep their published_at.
+inline constexpr const char* kPublishType = R"sql(
+INSERT INTO worker_types (worker_id, type, options, published_at, refreshed_at)
+VALUES (?1, ?2, ?3, ?4, ?4)
+ON CONFLICT (worker_id, type) DO UPDATE SET
+  published_at = CASE WHEN worker_types.options = excluded.options THEN worker_types.published_at
+                      ELSE excluded.published_at END,
+  options = excluded.options, refreshed_at = excluded.refreshed_at
+)sql";
+// The worker's rows it did not publish this time.
+inline constexpr const char* kUnpublishTypes =
+    "DELETE FROM worker_types WHERE worker_id = ?1 AND refreshed_at <> ?2";
+// Entries of workers no longer running, for the types this worker now publishes.
+inline constexpr const char* kDeleteSupersededTypes = R"sql(
+DELETE FROM worker_types WHERE worker_id <> ?1
+  AND type IN (SELECT type FROM worker_types WHERE worker_id = ?1)
+  AND worker_id NOT IN (SELECT id FROM workers WHERE state = 'running')
+)sql";
+inline constexpr const char* kListPublishedTypes =
+    "SELECT worker_id, type, options, published_at, refreshed_at FROM worker_types "
+    "ORDER BY type, worker_id";
 
 // Running jobs whose owner is not a live worker (or whose lease ran out) go back to the queue,
 // or fail when no attempt is left.

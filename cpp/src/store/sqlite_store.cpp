@@ -509,6 +509,36 @@ class SqliteStore final : public Store {
     return out;
   }
 
+  void publish_types(const std::string& worker_id, const std::vector<PublishedType>& types,
+                     int64_t now) override {
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
+      for (const auto& t : types) {
+        Statement& s = w.statements.get(sql::kPublishType);
+        ScopedReset r(s);
+        s.bind(1, worker_id).bind(2, t.type).bind(3, t.options_json).bind(4, now).run();
+      }
+      {
+        Statement& s = w.statements.get(sql::kUnpublishTypes);
+        ScopedReset r(s);
+        s.bind(1, worker_id).bind(2, now).run();
+      }
+      Statement& s = w.statements.get(sql::kDeleteSupersededTypes);
+      ScopedReset r(s);
+      s.bind(1, worker_id).run();
+    });
+  }
+
+  std::vector<PublishedType> published_types() override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get(sql::kListPublishedTypes);
+    ScopedReset r(s);
+    std::vector<PublishedType> out;
+    while (s.step())
+      out.push_back(
+          PublishedType{s.get_text(0), s.get_text(1), s.get_text(2), s.get_int(3), s.get_int(4)});
+    return out;
+  }
+
   int64_t recover_orphans(int64_t now, const std::string& self_id,
                           const std::function<bool(const WorkerInfo&)>& is_dead) override {
     int64_t recovered = 0;

@@ -1430,7 +1430,20 @@ class PgStore final : public Store {
       row.field("started_at", o.started_at);
     else
       row.null("started_at");
-    row.field("at", o.at);
+    row.field("at", o.at).field("attempt", o.attempt);
+  }
+
+  // An end that matched nothing: if the job is running another attempt (taken back and claimed
+  // again since, even by this owner), the end is a stale attempt's, refused: say so.
+  static void refuse_stale_end(WriteContext& w, const Outcome& o) {
+    Result r = w.conn.exec("SELECT attempts FROM jobs WHERE seq = $1 AND status = 'running'",
+                           Params().add(o.rowid));
+    if (!r.rows() || r.integer(0, 0) == o.attempt) return;
+    std::fprintf(stderr,
+                 "jobforge: refused the end (%s) of attempt %d of job %s: the job is running "
+                 "attempt %lld now\n",
+                 std::string(to_string(o.to)).c_str(), o.attempt, o.job_id.c_str(),
+                 static_cast<long long>(r.integer(0, 0)));
   }
 
   WriteOp finish_op(std::vector<Outcome> outcomes) {
@@ -1479,7 +1492,10 @@ class PgStore final : public Store {
         }
       }
       for (const Outcome& o : outcomes) {
-        if (!matched.count(o.rowid)) continue;  // lease lost, or cancelled from outside
+        if (!matched.count(o.rowid)) {  // lease lost, cancelled from outside, or a stale attempt
+          refuse_stale_end(w, o);
+          continue;
+        }
         w.transitions.push_back(Transition{o.job_id, o.job_type, Status::running, o.to, o.attempt,
                                            o.progress, o.result_json, o.error, o.at});
         if (o.started_at && !o.release)
@@ -1504,7 +1520,7 @@ class PgStore final : public Store {
       JsonRow row(*batch);
       row.field("seq", p.rowid).field("progress", p.progress).field("pcur", p.current);
       row.field("ptot", p.total).field("message", p.message).field("stage", non_empty(p.stage));
-      row.field("outcome", p.outcome_json);
+      row.field("outcome", p.outcome_json).field("attempt", p.attempt);
     }
     *batch += ']';
     WriteOp op;

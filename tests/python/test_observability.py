@@ -8,7 +8,10 @@ workload, time limits only guard against hangs (except where a bound is the poin
 """
 
 import asyncio
+import errno
 import gc
+import os
+import subprocess
 import threading
 import time
 
@@ -1398,6 +1401,110 @@ def test_health_reports_a_high_error_rate(make_engine):
     assert h["status"] == "degraded"
     assert h["error_rates"]["broken"] == 1.0
     assert any("broken" in r and "failed" in r for r in h["reasons"]), h
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs of the test's own (unmounted at teardown, after the engines stop)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pytest.skip(f"mounting a 4 MB tmpfs is not permitted here: {out.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(path):
+    """Writes `path` until the disk is full; returns the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = b"x" * 65536
+        while True:
+            try:
+                n = os.write(fd, block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                return written
+            if n == 0:
+                return written
+            written += n
+    finally:
+        os.close(fd)
+
+
+# Issue 21 item 1 / issue 15 item 5: the disk fills while a worker runs jobs. The ends are kept and
+# retried (on main they were printed and dropped: the jobs stayed running and wait() never
+# returned); health() says degraded with the reason; enqueue is refused at once; once space is
+# freed the ends commit, wait() returns, and nothing is lost.
+def test_a_full_disk_keeps_the_ends_of_jobs_until_space_is_freed(
+    small_disk, make_engine, wait_until
+):
+    engine = make_engine(str(small_disk / "jobs.db"), workers=2)
+    release = threading.Event()
+
+    @engine.processor("hold")
+    def hold(ctx, payload):
+        ctx.log("info", f"holding {payload['n']}")
+        release.wait(WAIT)
+        return {"n": payload["n"]}
+
+    engine.start()
+    jobs = [engine.enqueue("hold", {"n": n}) for n in range(2)]
+    for job in jobs:
+        wait_until(lambda job=job: job.refresh().status == "running", what="jobs running")
+    assert engine.health(integrity=False)["status"] == "ok"
+
+    assert _fill(str(small_disk / "filler")) > 0
+    release.set()
+    wait_until(lambda: engine.store_health().startswith("degraded: "), what="degraded")
+    h = engine.health(integrity=False)
+    assert h["status"] == "degraded", h
+    assert any(
+        r.startswith("store degraded: writes failing since") and "database or disk is full" in r
+        for r in h["reasons"]
+    ), h
+    with pytest.raises(jobforge.StoreError):
+        engine.enqueue("hold", {"n": 99})
+    with pytest.raises(TimeoutError):
+        jobs[0].wait(timeout=0.5)  # its end is only kept, not written
+    assert [job.refresh().status for job in jobs] == ["running", "running"]
+
+    waited = []
+    waiter = threading.Thread(target=lambda: waited.append(jobs[1].wait(timeout=WAIT).status))
+    waiter.start()
+    os.remove(small_disk / "filler")
+    waiter.join(WAIT + 1)
+    assert waited == ["completed"]
+    for n, job in enumerate(jobs):
+        assert job.wait(timeout=WAIT).status == "completed"
+        assert job.result == {"n": n}
+        assert [line.message for line in job.logs()] == [f"holding {n}"]
+    wait_until(lambda: engine.store_health() == "ok", what="store ok again")
+    assert engine.health(integrity=False)["status"] == "ok"
+    counts = engine.counts()
+    assert counts["completed"] == 2 and counts["total"] == 2, counts
+
+
+def test_health_is_failing_after_writes_fail_for_longer_than_the_limit(small_disk, make_engine):
+    engine = make_engine(str(small_disk / "jobs.db"), workers=1)
+    engine.start()
+    assert engine.enqueue("noop", {}).wait(timeout=WAIT).status == "completed"
+    _fill(str(small_disk / "filler"))
+    with pytest.raises(jobforge.StoreError):
+        engine.enqueue("noop", {})
+    assert engine.store_health().startswith("degraded: writes failing since ")
+    time.sleep(1.1)
+    from jobforge.observe import health
+
+    h = health(engine, integrity=False, max_write_failure=0.5)
+    assert h["status"] == "failing", h
+    assert engine.health(integrity=False)["status"] == "degraded"  # the default limit is 60 s
+    os.remove(small_disk / "filler")
 
 
 def _samples(text):

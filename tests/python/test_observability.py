@@ -1441,10 +1441,11 @@ def _fill(path):
 # retried (on main they were printed and dropped: the jobs stayed running and wait() never
 # returned); health() says degraded with the reason; enqueue is refused at once; once space is
 # freed the ends commit, wait() returns, and nothing is lost.
+@pytest.mark.parametrize("claim_in_memory", [True, False], ids=["memory", "durable"])
 def test_a_full_disk_keeps_the_ends_of_jobs_until_space_is_freed(
-    small_disk, make_engine, wait_until
+    small_disk, make_engine, wait_until, claim_in_memory
 ):
-    engine = make_engine(str(small_disk / "jobs.db"), workers=2)
+    engine = make_engine(str(small_disk / "jobs.db"), workers=2, claim_in_memory=claim_in_memory)
     release = threading.Event()
 
     @engine.processor("hold")

@@ -789,8 +789,9 @@ class Engine:
         with backoff until they commit; the text says since when (``"degraded: writes failing
         since 2026-01-01T12:00:00Z (5 s): database or disk is full; 3 write(s) kept and
         retried"``); enqueue raises ``StoreError`` at once meanwhile. A PostgreSQL store
-        degrades while its server is unreachable: it keeps the ends of jobs and retries them,
-        reconnecting with backoff; enqueue raises ``StoreError`` after 30 s without the server.
+        degrades while its server is unreachable (it keeps the ends of jobs and retries them,
+        reconnecting with backoff; enqueue raises ``StoreError`` after 30 s without the server)
+        or out of disk (``writes failing since``, as above).
         ``health()`` counts it (failing after 60 s of failing writes). See docs/workers.md and
         docs/postgresql.md.
         """

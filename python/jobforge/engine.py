@@ -1052,11 +1052,18 @@ class Engine:
         return [Job(self, r) for r in self._core.active(_int_option("limit", limit))]
 
     def store_health(self) -> str:
-        """``"ok"``, or ``"degraded: <why>"`` while the store cannot reach its database.
+        """``"ok"``, or ``"degraded: <why>"`` while this process's store cannot write.
 
-        Only a PostgreSQL store degrades: while its server is unreachable it keeps the ends of
-        jobs and retries them, reconnecting with backoff; enqueue raises ``StoreError`` after
-        30 s without the server. See docs/postgresql.md.
+        A SQLite store degrades while its writes fail (disk full, I/O error): it keeps the ends
+        of jobs (and their log lines, starts, progress, heartbeats) in order and retries them
+        with backoff until they commit; the text says since when (``"degraded: writes failing
+        since 2026-01-01T12:00:00Z (5 s): database or disk is full; 3 write(s) kept and
+        retried"``); enqueue raises ``StoreError`` at once meanwhile. A PostgreSQL store
+        degrades while its server is unreachable (it keeps the ends of jobs and retries them,
+        reconnecting with backoff; enqueue raises ``StoreError`` after 30 s without the server)
+        or out of disk (``writes failing since``, as above).
+        ``health()`` counts it (failing after 60 s of failing writes). See docs/workers.md and
+        docs/postgresql.md.
         """
         return self._core.store_health()
 

@@ -7,8 +7,10 @@ iterator over it, the health verdict and the Prometheus text exposition."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import math
+import re
 import threading
 import time
 import weakref
@@ -328,9 +330,11 @@ def health(
     max_wait: float = 300.0,
     max_error_rate: float = 0.5,
     detail: Optional[dict] = None,
+    max_write_failure: float = 60.0,
 ) -> dict:
     """The engine's health: ``status`` is "ok", "degraded" or "failing", with ``reasons``.
-    ``detail``: ``stats_detail()`` already read by the caller (not read again)."""
+    ``detail``: ``stats_detail()`` already read by the caller (not read again).
+    ``max_write_failure``: seconds of failing writes (disk full) after which it is "failing"."""
     now_ms = int(time.time() * 1000)
     reasons: list[str] = []
     failing = False
@@ -359,6 +363,14 @@ def health(
             failing = True
             reasons.append(f"integrity check failed: {check}")
     result["database"] = {"reachable": reachable, "integrity": check}
+    # This process's store: writes it keeps and retries (disk full; server unreachable).
+    store = engine._core.store_health()
+    result["store"] = store
+    if store != "ok":
+        reasons.append(f"store {store}")
+        since = _failing_since(store)
+        if since is not None and now_ms - since > max_write_failure * 1000:
+            failing = True
 
     lease_ms = int(1000 * float(engine._config.get("lease", 30.0)))
     live = []
@@ -401,6 +413,15 @@ def health(
     result["status"] = "failing" if failing else ("degraded" if reasons else "ok")
     result["reasons"] = reasons
     return result
+
+
+def _failing_since(store_health: str) -> Optional[int]:
+    """Unix ms of "writes failing since <UTC time>" in a store's health, else None."""
+    m = re.search(r"writes failing since (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", store_health)
+    if not m:
+        return None
+    at = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ")
+    return int(at.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
 
 
 # -- Prometheus text exposition (format 0.0.4) -------------------------------------------------

@@ -132,7 +132,10 @@ struct StartInfo {
   int64_t queued_at = 0;
 };
 
-// The end of one attempt, decided by the engine. Only the lease holder may apply it.
+// The end of one attempt, decided by the engine. Only the lease holder may apply it, and only to
+// the attempt that ended: `attempt` is a fencing token, and the end of a stale attempt (the job
+// was taken back and claimed again since, even by the same owner) is refused, never applied.
+// An end that cannot be written (disk full) is kept in order and retried until it commits.
 struct Outcome {
   int64_t rowid = 0;
   std::string job_id;
@@ -164,6 +167,7 @@ struct ProgressUpdate {
   std::string message;
   std::string stage;
   std::optional<std::string> outcome_json;
+  int attempt = 0;  // the attempt reporting it (a fencing token; 0: any)
 };
 
 struct LogQuery {

@@ -1401,7 +1401,7 @@ struct Engine::Impl {
       rj->persisted_percent_ = rj->progress_.percent;
       const auto& p = rj->progress_;
       updates.push_back(ProgressUpdate{rj->job.rowid, p.percent, p.current, p.total, p.message,
-                                       p.stage, rj->outcome_json()});
+                                       p.stage, rj->outcome_json(), rj->job.attempts});
     }
     if (!updates.empty()) progress_writes += updates.size();
     try {

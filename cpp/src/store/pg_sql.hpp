@@ -237,7 +237,9 @@ inline constexpr const char* kNextRunAtFiltered =
     "AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[])) "
     "AND NOT (queue = ANY($3::text[]))";
 
-// Every end of an attempt in a batch, one statement: only the lease holder's update matches.
+// Every end of an attempt in a batch, one statement: only the lease holder's update matches, and
+// only for the attempt that ended (`attempt`, a fencing token: the end of a stale attempt, the
+// job taken back and claimed again since, even by the same owner, matches nothing).
 // `uncount` is 1 when the attempt is not counted (it never ran, or shutdown).
 inline constexpr const char* kFinishBatch = R"sql(
 UPDATE jobs AS j SET status = x.status, result = x.result::jsonb, error = x.error,
@@ -251,8 +253,10 @@ UPDATE jobs AS j SET status = x.status, result = x.result::jsonb, error = x.erro
 FROM jsonb_to_recordset($1::jsonb) AS x(
   seq bigint, owner text, status text, result text, error text, error_detail text, progress int,
   pcur double precision, ptot double precision, message text, stage text, outcome text,
-  completed_at bigint, run_at bigint, queued_at bigint, uncount int, started_at bigint, at bigint)
+  completed_at bigint, run_at bigint, queued_at bigint, uncount int, started_at bigint, at bigint,
+  attempt int)
 WHERE j.seq = x.seq AND j.status = 'running' AND j.lease_owner = x.owner
+  AND j.attempts = x.attempt
 RETURNING j.seq
 )sql";
 
@@ -262,8 +266,8 @@ UPDATE jobs AS j SET progress = x.progress, progress_current = x.pcur, progress_
        updated_at = $2
 FROM jsonb_to_recordset($1::jsonb) AS x(
   seq bigint, progress int, pcur double precision, ptot double precision, message text,
-  stage text, outcome text)
-WHERE j.seq = x.seq AND j.status = 'running'
+  stage text, outcome text, attempt int)
+WHERE j.seq = x.seq AND j.status = 'running' AND (x.attempt = 0 OR j.attempts = x.attempt)
 )sql";
 
 inline constexpr const char* kInsertLogs = R"sql(

@@ -326,7 +326,8 @@ inline constexpr const char* kNextRunAtPrefix =
 // which status the row left (for its counters): a job running under this owner's lease, and a
 // job claimed in memory whose running state was never written (still 'queued' in the store, with
 // the claim's token ?21 as queued_at; its attempt count is set, ?12). ?17 is 1 when the attempt
-// is not counted.
+// is not counted. ?22 is the attempt that ended (a fencing token): the end of a stale attempt
+// (the job was taken back and claimed again since, even by the same owner) matches nothing.
 #define JOBFORGE_FINISH_SET                                                                      \
   "UPDATE jobs SET status = ?1, result = ?2, error = ?3, error_detail = ?4, progress = ?5, "      \
   "progress_current = ?6, progress_total = ?7, progress_message = ?8, completed_at = ?9, "       \
@@ -335,7 +336,7 @@ inline constexpr const char* kNextRunAtPrefix =
   "updated_at = ?13, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, "
 inline constexpr const char* kFinishRunning =
     JOBFORGE_FINISH_SET "attempts = attempts - ?17 "
-    "WHERE rowid = ?14 AND status = 'running' AND lease_owner = ?15";
+    "WHERE rowid = ?14 AND status = 'running' AND lease_owner = ?15 AND attempts = ?22";
 inline constexpr const char* kFinishHeld =
     JOBFORGE_FINISH_SET "attempts = ?12 "
     "WHERE rowid = ?14 AND status = 'queued' AND queued_at IS ?21";
@@ -343,7 +344,7 @@ inline constexpr const char* kFinishHeld =
 inline constexpr const char* kSaveProgress = R"sql(
 UPDATE jobs SET progress = ?1, progress_current = ?2, progress_total = ?3,
        progress_message = ?4, updated_at = ?5, progress_stage = ?7, outcome = ?8
-WHERE rowid = ?6 AND status = 'running'
+WHERE rowid = ?6 AND status = 'running' AND (?9 = 0 OR attempts = ?9)
 )sql";
 
 inline constexpr const char* kInsertLog = R"sql(

@@ -378,6 +378,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("expression"), py::arg("after_ms"), py::arg("timezone") = "UTC",
       "The first fire time (Unix ms) of a cron expression after after_ms (for tests and tools).");
+  m.def("_set_test_clock_offset_ms", &set_test_clock_offset_ms, py::arg("offset_ms"),
+        "Test only: shifts this process's wall clock, as a clock step would.");
   m.attr("SDK_ABI_VERSION") = sdk::abi_version;
   m.attr("SDK_CAPSULE_NAME") = sdk::capsule_name;
   m.attr("SDK_STDLIB") = sdk::stdlib_abi_tag();

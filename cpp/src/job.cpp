@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include "jobforge/errors.hpp"
@@ -103,9 +104,27 @@ Backoff Backoff::parse(std::string_view text) {
   return b;
 }
 
+namespace {
+
+// Test only: a shift of this process's wall clock, to simulate a clock step per process.
+std::atomic<int64_t>& test_clock_offset() {
+  static std::atomic<int64_t> offset{[] {
+    const char* text = std::getenv("JOBFORGE_TEST_CLOCK_OFFSET_MS");
+    return text ? std::strtoll(text, nullptr, 10) : int64_t{0};
+  }()};
+  return offset;
+}
+
+}  // namespace
+
+void set_test_clock_offset_ms(int64_t offset_ms) noexcept {
+  test_clock_offset().store(offset_ms, std::memory_order_relaxed);
+}
+
 int64_t now_ms() noexcept {
   using namespace std::chrono;
-  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count() +
+         test_clock_offset().load(std::memory_order_relaxed);
 }
 
 std::string new_job_id() {

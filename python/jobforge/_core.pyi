@@ -8,6 +8,7 @@ SDK_CAPSULE_NAME: str
 SDK_STDLIB: str
 
 def cron_next(expression: str, after_ms: int, timezone: str = "UTC") -> int: ...
+def _set_test_clock_offset_ms(offset_ms: int) -> None: ...
 
 class JobRecord:
     @property

@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -25,6 +24,7 @@ from jobforge import _core
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 import pg_private  # noqa: E402
+import soak_faults  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX processes")
 
@@ -257,8 +257,10 @@ def test_a_backward_step_keeps_schedules_firing_and_delayed_jobs_due(store):
             assert delayed.wait(timeout=15).status == "completed", "held by the step"
             before = fires()
             wait_until(lambda: fires() >= before + 2, "the schedule firing after the step", 15)
-            print(f"\nafter a -1 h step: delayed job done, schedule fired twice more within "
-                  f"{time.monotonic() - stepped:.1f} s")
+            print(
+                f"\nafter a -1 h step: delayed job done, schedule fired twice more within "
+                f"{time.monotonic() - stepped:.1f} s"
+            )
         finally:
             _core._set_test_clock_offset_ms(0)
 
@@ -275,3 +277,23 @@ def test_a_process_whose_clock_is_behind_recomputes_the_next_fire_of_a_schedule(
         return sum(1 for j in planner.jobs(type="noop", limit=10_000))
 
     wait_until(lambda: fires() >= 2, "the schedule firing in the process an hour behind", 20)
+
+
+# ---- the soak, short ------------------------------------------------------------------------------
+
+
+def test_a_short_fault_soak_loses_doubles_and_strands_nothing(store, tmp_path):
+    url, server = store
+    faults = "outage,kill,freeze," + ("diskfull" if server is None else "terminate")
+    args = soak_faults.parse_args([
+        "--store", "sqlite" if server is None else "postgres", "--duration", "14",
+        "--every", "1.5", "--faults", faults, "--cycle", "--lease", "1.5", "--drain", "60",
+    ])  # fmt: skip
+    soak = soak_faults.Soak(args, server=server, folder=str(tmp_path))
+    try:
+        report = soak.run()
+    finally:
+        soak.close()
+    print("\nsoak:", report)
+    assert report["enqueued"] > 0 and len(report["faults"]) >= 3  # outage, kill, freeze at least
+    assert soak_faults.failures(report) == [], report

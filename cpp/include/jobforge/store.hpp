@@ -247,8 +247,10 @@ class Store {
   virtual void heartbeat(const std::string& worker_id, int64_t now, int64_t lease_ms) = 0;
   virtual void deregister_worker(const std::string& worker_id) = 0;
   virtual std::vector<WorkerInfo> workers() = 0;
-  // Takes back running jobs whose owner is dead (per `is_dead`) or whose lease expired: a new
-  // attempt if any is left, else failed. Returns how many jobs were taken back.
+  // Takes back running jobs whose owner is dead (per `is_dead`, asked for every running worker
+  // but `self_id`; such rows are marked dead) or is not a running worker: a new attempt if any is
+  // left, else failed. lease_expires_at is informational: a live owner keeps its jobs whatever
+  // any clock says. Returns how many jobs were taken back.
   virtual int64_t recover_orphans(int64_t now, const std::string& self_id,
                                   const std::function<bool(const WorkerInfo&)>& is_dead) = 0;
 

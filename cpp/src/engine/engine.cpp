@@ -191,6 +191,7 @@ class RunningJob final : public Context {
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
   std::atomic<bool> logged{false};  // wrote a log line: its start is written before its end
+  std::atomic<bool> lease_lost{false};  // taken back while we could not renew: end not written
 };
 
 struct Engine::Impl {
@@ -583,11 +584,32 @@ struct Engine::Impl {
   void start() {
     std::lock_guard lifecycle(lifecycle_mutex);
     if (started) return;
-    const int64_t now = now_ms();
-    const std::string mode = store->register_worker(
-        WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", "",
-                   config.singleton_role},
-        [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
+    auto register_self = [this] {
+      const int64_t now = now_ms();
+      return store->register_worker(
+          WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", "",
+                     config.singleton_role},
+          [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
+    };
+    std::string mode;
+    try {
+      mode = register_self();
+    } catch (const SingletonTaken&) {
+      // A holder on another host may be dead: only watching its heartbeat for a window can tell
+      // (no clock is compared). Watch it (recovery rounds mark it dead if it is), then try again.
+      bool remote = false;
+      for (const auto& w : store->workers())
+        remote = remote || (w.state == "running" && w.singleton_role == config.singleton_role &&
+                            w.hostname != hostname);
+      if (!remote) throw;
+      const auto until = Clock::now() + std::chrono::milliseconds(stale_ms() + config.heartbeat_ms);
+      while (Clock::now() < until) {
+        recover_orphans();
+        std::this_thread::sleep_for(std::chrono::milliseconds(config.heartbeat_ms));
+      }
+      recover_orphans();
+      mode = register_self();
+    }
     durable_claims = mode != "memory";
     peers_durable = mode == "memory";  // alone: nobody to wait for
     recover_orphans();
@@ -735,11 +757,36 @@ struct Engine::Impl {
       try_memory_claims();
   }
 
-  // The one rule for a dead peer: same host and its pid is gone, or its heartbeat is older than
-  // max(3 heartbeats, one lease).
-  bool is_dead(const WorkerInfo& w) const {
-    return worker_is_dead(w, hostname, now_ms(), std::max(3 * config.heartbeat_ms, config.lease_ms));
+  // The one rule for a dead peer: on this host, its pid is gone; anywhere, its heartbeat did not
+  // change for max(3 heartbeats, one lease) of this process's monotonic clock while this process
+  // watched it without a gap. No wall clock is compared across processes, so a clock step (here
+  // or in the peer) cannot kill a live peer. A gap in the watch (this process could not write to
+  // the store: an outage; or it was paused: SIGSTOP, a VM suspended) gives every peer a full
+  // window again, measured from the end of the gap: each had the same outage and needs time to
+  // reconnect and heartbeat before anyone judges it (docs/workers.md, "Outages and clocks").
+  bool is_dead(const WorkerInfo& w) {
+    if (w.hostname == hostname && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
+        errno == ESRCH)
+      return true;
+    const auto now = Clock::now();
+    const auto stale = std::chrono::milliseconds(stale_ms());
+    const auto gap = std::chrono::milliseconds(std::max(2 * config.heartbeat_ms, stale_ms() / 4));
+    std::lock_guard lock(peers_mutex);
+    const bool writing = now - last_write_ok.load() <= gap;  // our own heartbeats land
+    auto [it, first_sight] = peers.try_emplace(w.id, PeerWatch{w.heartbeat_at, now, now});
+    PeerWatch& p = it->second;
+    if (!first_sight) {
+      if (w.heartbeat_at != p.heartbeat_at || !writing || now - p.seen > gap) p.changed = now;
+      p.heartbeat_at = w.heartbeat_at;
+      p.seen = now;
+    }
+    if (peers.size() > 4096)  // rows of long-gone workers: forget those not seen for an hour
+      for (auto i = peers.begin(); i != peers.end();)
+        i = now - i->second.seen > std::chrono::hours(1) ? peers.erase(i) : std::next(i);
+    return now - p.changed >= stale;
   }
+
+  int64_t stale_ms() const { return std::max(3 * config.heartbeat_ms, config.lease_ms); }
 
   void wake_dispatcher() {
     std::lock_guard lock(jobs_mutex);
@@ -1082,6 +1129,7 @@ struct Engine::Impl {
 
   void submit_outcome(RunningJob& rj, Outcome o) {
     rj.finished = true;
+    if (rj.lease_lost) return;  // fenced: another attempt owns the job now
     try {
       store->finish(std::move(o));
     } catch (const std::exception& e) {
@@ -1093,21 +1141,47 @@ struct Engine::Impl {
 
   // ---- maintenance -------------------------------------------------------------------------
 
-  static bool worker_is_dead(const WorkerInfo& w, const std::string& my_host, int64_t now,
-                             int64_t stale_ms) {
-    if (w.hostname == my_host && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
-        errno == ESRCH)
-      return true;
-    return w.heartbeat_at < now - stale_ms;
-  }
-
+  // Takes back the jobs of dead peers (is_dead). Its success is also this process's proof that
+  // it can write to the store: after a gap longer than a lease (an outage, a pause), the jobs it
+  // runs may have been taken back by peers that could write meanwhile, so it checks them.
   void recover_orphans() {
+    const auto began = Clock::now();
     try {
       store->recover_orphans(now_ms(), worker_id,
                              [this](const WorkerInfo& w) { return is_dead(w); });
     } catch (const std::exception& e) {
       std::fprintf(stderr, "jobforge: recovery failed: %s\n", e.what());
+      return;
     }
+    const auto previous = last_write_ok.exchange(Clock::now());
+    if (began - previous > std::chrono::milliseconds(config.lease_ms) ||
+        Clock::now() - previous > std::chrono::milliseconds(config.lease_ms))
+      fence_lost_jobs();
+  }
+
+  // The owner's side of a lost lease: a job of ours that the store no longer shows running under
+  // our name in this attempt was taken back while we could not renew. It is asked to stop, and
+  // its end is not written (the store would refuse it anyway; a new attempt owns the job).
+  void fence_lost_jobs() {
+    for (auto& rj : claimed_jobs()) {
+      if (rj->claimed_in_memory || rj->finished) continue;
+      std::optional<Job> now_stored;
+      try {
+        now_stored = store->get(rj->job.id);
+      } catch (const std::exception&) {
+        return;  // cannot tell: the next round checks again
+      }
+      if (now_stored && now_stored->status == Status::running &&
+          now_stored->lease_owner == worker_id && now_stored->attempts == rj->job.attempts)
+        continue;
+      rj->lease_lost = true;
+      rj->request_stop(StopReason::shutdown);
+      std::fprintf(stderr,
+                   "jobforge: job %s (attempt %d) was taken back while this worker could not "
+                   "renew its lease; its end will not be recorded\n",
+                   rj->job.id.c_str(), rj->job.attempts);
+    }
+    notify_watchdog();
   }
 
   // Deadlines and interruptions, on a thread that never waits for the store: a slow commit
@@ -1593,7 +1667,7 @@ struct Engine::Impl {
     int64_t earliest = std::numeric_limits<int64_t>::max();
     for (const auto& sc : store->schedules()) {
       if (sc.next_fire_at > now) {
-        earliest = std::min(earliest, sc.next_fire_at);
+        earliest = std::min(earliest, pull_back_if_ahead(sc, now));
         continue;
       }
       try {
@@ -1625,6 +1699,36 @@ struct Engine::Impl {
     if (made) wake_dispatcher();
     if (next_fire) *next_fire = earliest;
     return made;
+  }
+
+  // A next fire time later than the schedule's own next one from now was computed by a clock
+  // ahead of ours: this process's clock is behind (started after a backward step), or the one
+  // that fired it is ahead. Waiting for it would stop the schedule for the difference (an hour
+  // for a one-hour step); recompute it from now. At most once per schedule every 10 minutes from
+  // this process, so processes whose clocks disagree cannot fire each other's schedules in a
+  // loop. Returns the next fire time to wait for.
+  int64_t pull_back_if_ahead(const Schedule& sc, int64_t now) {
+    try {
+      const CronSpec spec = CronSpec::parse(sc.cron, sc.timezone);
+      const int64_t from_now = spec.next_after(now);
+      if (sc.next_fire_at <= from_now) return sc.next_fire_at;
+      const auto steady = Clock::now();
+      {
+        std::lock_guard lock(maintenance_mutex);
+        auto [it, first] = pulled_back.try_emplace(sc.name, steady);
+        if (!first && steady - it->second < std::chrono::minutes(10)) return sc.next_fire_at;
+        it->second = steady;
+      }
+      std::fprintf(stderr,
+                   "jobforge: schedule '%s' was to fire %.1f s from now, later than its cron "
+                   "allows (a clock step?); its next fire is recomputed from now\n",
+                   sc.name.c_str(), static_cast<double>(sc.next_fire_at - now) / 1000.0);
+      if (store->fire_schedule(sc.name, sc.next_fire_at, from_now, std::nullopt)) return from_now;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: schedule '%s' not recomputed: %s\n", sc.name.c_str(),
+                   e.what());
+    }
+    return sc.next_fire_at;
   }
 
   // Maintenance's part: fire what is due; returns how long to wait for the next fire (at most
@@ -1680,6 +1784,7 @@ struct Engine::Impl {
   std::atomic<bool> has_limits{false};         // any max_concurrent or rate: see claim_jobs
   std::map<std::string, QueueLimits> queue_limits;  // guarded by registry_mutex
   bool schedules_changed = false;              // guarded by maintenance_mutex
+  std::map<std::string, Clock::time_point> pulled_back;  // guarded by maintenance_mutex
 
   EngineConfig config;
   std::string hostname, worker_id;
@@ -1734,6 +1839,17 @@ struct Engine::Impl {
   std::vector<LogRecord> log_buffer;
   bool log_write_pending = false;
   std::atomic<uint64_t> progress_writes{0}, log_lines{0};
+
+  // Peers as this process watches them (is_dead): their last heartbeat value, when it last
+  // changed and when it was last seen, on the monotonic clock.
+  struct PeerWatch {
+    int64_t heartbeat_at;
+    Clock::time_point changed, seen;
+  };
+  std::mutex peers_mutex;
+  std::unordered_map<std::string, PeerWatch> peers;
+  // When recover_orphans last committed (a write of ours reached the store).
+  std::atomic<Clock::time_point> last_write_ok{Clock::now()};
 
   std::thread dispatcher, maintenance, watchdog;
   std::vector<std::thread> workers;

@@ -113,7 +113,7 @@ class PrivatePostgres:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "PrivatePostgres":
+    def __enter__(self) -> PrivatePostgres:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -23,7 +23,6 @@ import jobforge
 from jobforge import _core
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-import pg_private  # noqa: E402
 import soak_faults  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX processes")
@@ -110,19 +109,10 @@ def starts(out):
     return [line for line in runs(out) if line[0] == "start"]
 
 
-@pytest.fixture(scope="module")
-def private_pg():
-    reason = pg_private.unavailable_reason()
-    if reason:
-        pytest.skip(f"needs a private PostgreSQL server: {reason}")
-    server = pg_private.PrivatePostgres()
-    yield server
-    server.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path):
-    """(url, server): a fresh SQLite file (server None), or a fresh schema on the private server."""
+    """(url, server): a fresh SQLite file (server None), or a fresh schema on the private server
+    (conftest's private_pg)."""
     if request.param == "sqlite":
         return str(tmp_path / "jobs.db"), None
     server = request.getfixturevalue("private_pg")

@@ -11,6 +11,7 @@ runs is exact."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -49,6 +50,18 @@ WORKER = textwrap.dedent(
     def hold(ctx, payload):
         note(f"start {ctx.job_id} {ctx.attempt} {os.getpid()}")
         time.sleep(payload["seconds"])
+        note(f"end {ctx.job_id} {ctx.attempt} {os.getpid()}")
+        return {"pid": os.getpid()}
+
+    @engine.processor("loop", max_attempts=3)
+    def loop(ctx, payload):  # works until done or asked to stop
+        note(f"start {ctx.job_id} {ctx.attempt} {os.getpid()}")
+        deadline = time.monotonic() + payload["seconds"]
+        while time.monotonic() < deadline:
+            if ctx.cancelled:
+                note(f"stopped {ctx.job_id} {ctx.attempt} {os.getpid()}")
+                return None
+            time.sleep(0.02)
         note(f"end {ctx.job_id} {ctx.attempt} {os.getpid()}")
         return {"pid": os.getpid()}
 
@@ -203,6 +216,37 @@ def test_live_workers_keep_their_jobs_through_a_store_outage_longer_than_the_lea
     ran = [line[1] for line in starts(tmp_path)]
     assert {i: rows[i] for i in ids} == {i: ("completed", 1, "") for i in ids}
     assert sorted(ran) == sorted(ids), "a live worker's job was taken back and run again"
+
+
+# The owner's side: a worker that could not renew for longer than a lease (frozen here) learns,
+# once it can write again, that its job was taken back, stops it and records no end for it.
+def test_a_worker_that_could_not_renew_stops_the_jobs_taken_back_meanwhile(
+    store, tmp_path, workers
+):
+    url, server = store
+    owner = workers(url, tmp_path, "owner")
+    producer = jobforge.Engine(url, allow_unknown_types=True)
+    job = producer.enqueue("loop", {"seconds": 5.0})
+    wait_until(lambda: starts(tmp_path), "the owner running the job")
+    peer = workers(url, tmp_path, "peer")
+    os.kill(owner.process.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: len(starts(tmp_path)) >= 2, "the peer taking the job back")
+    finally:
+        os.kill(owner.process.pid, signal.SIGCONT)
+    woke = time.monotonic()
+    wait_until(
+        lambda: any(line[0] in ("stopped", "end") and line[2] == "1" for line in runs(tmp_path)),
+        "the woken owner finishing or stopping its attempt",
+    )
+    stopped_after = time.monotonic() - woke
+    first = [line for line in runs(tmp_path) if line[2] == "1" and line[0] != "start"]
+    assert first[0][0] == "stopped", f"the woken owner ran its lost attempt to the end: {first}"
+    rows = wait_final(url, server, [job.id])
+    assert rows[job.id] == ("completed", 2, "")
+    assert [line[0] for line in runs(tmp_path) if line[2] == "2"] == ["start", "end"]
+    assert peer.process.pid == int(next(line[3] for line in runs(tmp_path) if line[2] == "2"))
+    print(f"\nthe woken owner stopped its lost attempt {stopped_after:.2f} s after waking")
 
 
 # ---- item 4: clock steps of one process -----------------------------------------------------------

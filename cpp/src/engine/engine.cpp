@@ -1145,7 +1145,6 @@ struct Engine::Impl {
   // it can write to the store: after a gap longer than a lease (an outage, a pause), the jobs it
   // runs may have been taken back by peers that could write meanwhile, so it checks them.
   void recover_orphans() {
-    const auto began = Clock::now();
     try {
       store->recover_orphans(now_ms(), worker_id,
                              [this](const WorkerInfo& w) { return is_dead(w); });
@@ -1154,22 +1153,22 @@ struct Engine::Impl {
       return;
     }
     const auto previous = last_write_ok.exchange(Clock::now());
-    if (began - previous > std::chrono::milliseconds(config.lease_ms) ||
-        Clock::now() - previous > std::chrono::milliseconds(config.lease_ms))
-      fence_lost_jobs();
+    if (Clock::now() - previous > std::chrono::milliseconds(config.lease_ms) && !fence_lost_jobs())
+      last_write_ok.store(previous);  // not checked: the next round tries again
   }
 
   // The owner's side of a lost lease: a job of ours that the store no longer shows running under
   // our name in this attempt was taken back while we could not renew. It is asked to stop, and
   // its end is not written (the store would refuse it anyway; a new attempt owns the job).
-  void fence_lost_jobs() {
+  // Returns false when the store could not be read (nothing was decided).
+  bool fence_lost_jobs() {
     for (auto& rj : claimed_jobs()) {
       if (rj->claimed_in_memory || rj->finished) continue;
       std::optional<Job> now_stored;
       try {
         now_stored = store->get(rj->job.id);
       } catch (const std::exception&) {
-        return;  // cannot tell: the next round checks again
+        return false;
       }
       if (now_stored && now_stored->status == Status::running &&
           now_stored->lease_owner == worker_id && now_stored->attempts == rj->job.attempts)
@@ -1182,6 +1181,7 @@ struct Engine::Impl {
                    rj->job.id.c_str(), rj->job.attempts);
     }
     notify_watchdog();
+    return true;
   }
 
   // Deadlines and interruptions, on a thread that never waits for the store: a slow commit

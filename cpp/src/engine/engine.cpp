@@ -554,12 +554,19 @@ struct Engine::Impl {
     }
   }
 
+  // Removes a job from `claimed` (caller holds jobs_mutex), unless a newer attempt of it took
+  // its place there.
+  void forget_claimed(const std::shared_ptr<RunningJob>& rj) {
+    auto it = claimed.find(rj->job.id);
+    if (it != claimed.end() && it->second == rj) claimed.erase(it);
+  }
+
   // A held job that no worker has started ends now, not when a worker becomes free.
   void end_if_unstarted(const std::shared_ptr<RunningJob>& rj) {
     {
       std::lock_guard lock(jobs_mutex);
       if (!ready.erase(rj)) return;  // a worker took it: it sees the stop request itself
-      claimed.erase(rj->job.id);
+      forget_claimed(rj);
       dispatch_cv.notify_all();
     }
     submit_outcome(*rj, decide_outcome(*rj, RunResult{}));
@@ -660,7 +667,7 @@ struct Engine::Impl {
       std::lock_guard lock(jobs_mutex);
       unstarted.assign(ready.begin(), ready.end());
       ready.clear();
-      for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      for (auto& rj : unstarted) forget_claimed(rj);
       ready_cv.notify_all();
     }
     release_unstarted(unstarted);
@@ -720,7 +727,7 @@ struct Engine::Impl {
           ++it;
         }
       }
-      for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      for (auto& rj : unstarted) forget_claimed(rj);
       // Jobs a worker took from the queue but whose start may not be recorded yet: record it
       // now, so the flush below writes every held job as running before a peer may claim.
       const int64_t now = now_ms();
@@ -762,21 +769,29 @@ struct Engine::Impl {
   // watched it without a gap. No wall clock is compared across processes, so a clock step (here
   // or in the peer) cannot kill a live peer. A gap in the watch (this process could not write to
   // the store: an outage; or it was paused: SIGSTOP, a VM suspended) gives every peer a full
-  // window again, measured from the end of the gap: each had the same outage and needs time to
-  // reconnect and heartbeat before anyone judges it (docs/workers.md, "Outages and clocks").
+  // window again, measured from the end of the gap plus a reconnection backoff: each had the
+  // same outage and needs time to reconnect and heartbeat before anyone judges it
+  // (docs/workers.md, "Outages and clocks").
   bool is_dead(const WorkerInfo& w) {
     if (w.hostname == hostname && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
         errno == ESRCH)
       return true;
     const auto now = Clock::now();
     const auto stale = std::chrono::milliseconds(stale_ms());
-    const auto gap = std::chrono::milliseconds(std::max(2 * config.heartbeat_ms, stale_ms() / 4));
+    const auto gap = watch_gap();
     std::lock_guard lock(peers_mutex);
     const bool writing = now - last_write_ok.load() <= gap;  // our own heartbeats land
     auto [it, first_sight] = peers.try_emplace(w.id, PeerWatch{w.heartbeat_at, now, now});
     PeerWatch& p = it->second;
     if (!first_sight) {
-      if (w.heartbeat_at != p.heartbeat_at || !writing || now - p.seen > gap) p.changed = now;
+      if (!writing || now - p.seen > gap) {
+        // After a gap the window starts late by the longest a peer may take to notice that the
+        // store is back (its reconnection backoff) and to heartbeat.
+        p.changed = now + std::chrono::milliseconds(config.postgres.reconnect_max_delay_ms +
+                                                    config.heartbeat_ms);
+      } else if (w.heartbeat_at != p.heartbeat_at && p.changed < now) {
+        p.changed = now;
+      }
       p.heartbeat_at = w.heartbeat_at;
       p.seen = now;
     }
@@ -787,6 +802,10 @@ struct Engine::Impl {
   }
 
   int64_t stale_ms() const { return std::max(3 * config.heartbeat_ms, config.lease_ms); }
+  // A pause in our own writes longer than this interrupts the watch (see is_dead).
+  std::chrono::milliseconds watch_gap() const {
+    return std::chrono::milliseconds(std::max(2 * config.heartbeat_ms, stale_ms() / 4));
+  }
 
   void wake_dispatcher() {
     std::lock_guard lock(jobs_mutex);
@@ -871,7 +890,15 @@ struct Engine::Impl {
             rj->request_stop(StopReason::cancelled);  // cancelled between claim and here
             cancelled_early.push_back(rj);
           }
-          claimed.emplace(rj->job.id, rj);
+          if (auto [it, added] = claimed.emplace(rj->job.id, rj); !added) {
+            // An older attempt of this job still runs here: the job was taken back from us (we
+            // could not renew in time) and we claimed it again. The old attempt is fenced: it
+            // stops and its end is not written, so the job never has two ends from one worker.
+            it->second->lease_lost = true;
+            it->second->request_stop(StopReason::shutdown);
+            ready.erase(it->second);  // not started yet: dropped (same rowid: same place in order)
+            it->second = rj;
+          }
           ready.insert(std::move(rj));
         }
         if (!jobs.empty()) ready_cv.notify_all();
@@ -965,7 +992,7 @@ struct Engine::Impl {
         rj->finished = true;
         store->release({rj->job.rowid});
         std::lock_guard lock(jobs_mutex);
-        claimed.erase(rj->job.id);
+        forget_claimed(rj);
         dispatch_cv.notify_all();
         continue;
       }
@@ -986,7 +1013,7 @@ struct Engine::Impl {
       submit_outcome(*rj, decide_outcome(*rj, result));
       {
         std::lock_guard lock(jobs_mutex);
-        claimed.erase(rj->job.id);
+        forget_claimed(rj);
         if (has_limits.load(std::memory_order_relaxed)) {
           dispatch_wake = true;  // a slot is free
           dispatch_cv.notify_all();
@@ -1152,8 +1179,10 @@ struct Engine::Impl {
       std::fprintf(stderr, "jobforge: recovery failed: %s\n", e.what());
       return;
     }
+    // After a gap as short as the one that makes peers wait (is_dead): a peer may have judged us
+    // on a watch a little longer than our own gap.
     const auto previous = last_write_ok.exchange(Clock::now());
-    if (Clock::now() - previous > std::chrono::milliseconds(config.lease_ms) && !fence_lost_jobs())
+    if (Clock::now() - previous > watch_gap() && !fence_lost_jobs())
       last_write_ok.store(previous);  // not checked: the next round tries again
   }
 

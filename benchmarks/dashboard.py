@@ -171,8 +171,8 @@ def page_load(url: str, token: str, runs: int, screenshot: str | None) -> dict:
                 total = (time.perf_counter() - t0) * 1000
                 if k:  # the first is a warm-up of the browser process
                     loads.append(total)
-                    ready.append(float(page.evaluate("document.body.dataset.ready")))
-                    in_browser.append(float(page.evaluate("document.body.dataset.readyAt")))
+                    ready.append(float(page.evaluate("() => document.body.dataset.ready")))
+                    in_browser.append(float(page.evaluate("() => document.body.dataset.readyAt")))
                 if k == runs and screenshot:
                     page.wait_for_selector("#live.on")
                     page.wait_for_selector("#active tbody tr")

@@ -380,9 +380,12 @@ PYBIND11_MODULE(_core, m) {
       "The first fire time (Unix ms) of a cron expression after after_ms (for tests and tools).");
   m.def("_set_test_clock_offset_ms", &set_test_clock_offset_ms, py::arg("offset_ms"),
         "Test only: shifts this process's wall clock, as a clock step would.");
+  m.def("redact_url", &redact_url, py::arg("path"),
+        "The path for display: a PostgreSQL URL's passwords replaced by ***.");
   m.attr("SDK_ABI_VERSION") = sdk::abi_version;
   m.attr("SDK_CAPSULE_NAME") = sdk::capsule_name;
   m.attr("SDK_STDLIB") = sdk::stdlib_abi_tag();
+  m.attr("MAX_PAYLOAD_BYTES") = EngineConfig{}.max_payload_bytes;
   py::register_exception_translator(&translate_errors);
   python_gate().set_interpreter(PyThreadState_Get()->interp);
 
@@ -530,8 +533,11 @@ PYBIND11_MODULE(_core, m) {
                        bool claim_in_memory, int64_t progress_persist_ms,
                        int progress_persist_percent, int64_t stats_window_ms, int pool_size,
                        std::vector<std::string> queues, int64_t max_queue_size,
-                       int64_t misfire_grace_ms, int64_t retention_ms, int64_t cleanup_interval_ms) {
+                       int64_t misfire_grace_ms, int64_t retention_ms, int64_t cleanup_interval_ms,
+                       bool allow_exec, bool exec_inherit_env) {
              EngineConfig c;
+             c.allow_exec = allow_exec;
+             c.exec_inherit_env = exec_inherit_env;
              c.postgres.pool_size = pool_size;
              c.queues = std::move(queues);
              c.max_queue_size = max_queue_size;
@@ -566,9 +572,10 @@ PYBIND11_MODULE(_core, m) {
            py::arg("pool_size") = 4,
            py::arg("queues") = std::vector<std::string>{}, py::arg("max_queue_size") = 0,
            py::arg("misfire_grace_ms") = 60000, py::arg("retention_ms") = 0,
-           py::arg("cleanup_interval_ms") = 3600000)
+           py::arg("cleanup_interval_ms") = 3600000, py::arg("allow_exec") = false,
+           py::arg("exec_inherit_env") = false)
       .def_property_readonly("worker_id", &Engine::worker_id)
-      .def_property_readonly("path", [](const Engine& e) { return e.config().path; })
+      .def_property_readonly("path", [](const Engine& e) { return redact_url(e.config().path); })
       .def_property_readonly("workers", [](const Engine& e) { return e.config().workers; })
       .def("register_python_processor",
            [](Engine& e, const std::string& type, py::object adapter, std::optional<int64_t> timeout_ms,

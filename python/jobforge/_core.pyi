@@ -6,9 +6,11 @@ __version__: str
 SDK_ABI_VERSION: int
 SDK_CAPSULE_NAME: str
 SDK_STDLIB: str
+MAX_PAYLOAD_BYTES: int  # the largest payload (JSON bytes) enqueue accepts
 
 def cron_next(expression: str, after_ms: int, timezone: str = "UTC") -> int: ...
 def _set_test_clock_offset_ms(offset_ms: int) -> None: ...
+def redact_url(path: str) -> str: ...
 
 class JobRecord:
     @property
@@ -188,6 +190,8 @@ class Engine:
         misfire_grace_ms: int = 60000,
         retention_ms: int = 0,
         cleanup_interval_ms: int = 3600000,
+        allow_exec: bool = False,
+        exec_inherit_env: bool = False,
     ) -> None: ...
     @property
     def worker_id(self) -> str: ...

@@ -20,8 +20,10 @@
     jobforge cancel ID [--json]
     jobforge retry ID [--json]
     jobforge worker --app MODULE:ATTR [--db PATH] [--concurrency N] [--heartbeat S] [--lease S]
+                    [--allow-exec]
                                                      run jobs in this process until SIGTERM
-    jobforge dashboard [--host H] [--port N] [--token T] [--poll S] [--app MODULE:ATTR]
+    jobforge dashboard [--host H] [--port N] [--token T] [--poll S] [--allowed-host NAME]
+                       [--max-sse-clients N] [--app MODULE:ATTR]
                                                      serve the web dashboard until Ctrl-C
 
 Every command but ``demo`` works on the database given by ``--db PATH`` or the ``JOBFORGE_DB``
@@ -74,8 +76,11 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
+import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -106,35 +111,67 @@ class CliError(Exception):
 
 # -- argument parsing -----------------------------------------------------------------------------
 
+INT_MAX = (1 << 31) - 1  # counts, limits and offsets are C ints in the engine
+MAX_SECONDS = 1e12  # ~31,700 years: any duration past this is a typo (and overflows ms)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _int32(text: str) -> int:
+    """A whole number the engine can take (its own checks then name the field)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {_shown(text)}") from None
+    if not -INT_MAX <= value <= INT_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of at most {INT_MAX}, got {_shown(text)}"
+        )
+    return value
+
 
 def _priority(text: str) -> Any:
     from .engine import PRIORITIES
 
     if text in PRIORITIES:
         return text
+    names = ", ".join(PRIORITIES)
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        names = ", ".join(PRIORITIES)
         raise argparse.ArgumentTypeError(
-            f"expected 1..10 or one of {names}, got {text!r}"
+            f"expected 1..10 or one of {names}, got {_shown(text)}"
         ) from None
+    if not -INT_MAX <= value <= INT_MAX:  # 0 and 11 reach the engine, which names the range
+        raise argparse.ArgumentTypeError(f"expected 1..10 or one of {names}, got {_shown(text)}")
+    return value
 
 
 def _seconds(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds, got {_shown(text)}"
+        ) from None
+    if not math.isfinite(value) or abs(value) > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds of at most {MAX_SECONDS:g}, got {_shown(text)}"
+        )
+    return value
 
 
 def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {_shown(text)}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {_shown(text)}")
+    if value > INT_MAX:
+        raise argparse.ArgumentTypeError(f"expected at most {INT_MAX}, got {_shown(text)}")
     return value
 
 
@@ -155,8 +192,10 @@ def _duration(text: str) -> float:
                 f"expected a duration such as 7d, 12h, 30m, 45s or 1h30m, got {text!r}"
             ) from None
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    if not seconds >= 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a duration of 0 or more, got {text!r}")
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration of 0 to {MAX_SECONDS:g} seconds, got {_shown(text)}"
+        )
     return seconds
 
 
@@ -212,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--quiet", action="store_true", help="no progress bars or event log, just the summary"
     )
-    demo.add_argument("--workers", type=int, default=4, metavar="N", help="worker threads (4)")
+    demo.add_argument("--workers", type=_int32, default=4, metavar="N", help="worker threads (4)")
 
     stats = commands.add_parser(
         "stats", parents=[with_db, as_json], help="count jobs per status",
@@ -411,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     enqueue.add_argument("--delay", type=_seconds, default=0, metavar="S", help="start after S s")
     enqueue.add_argument(
-        "--max-attempts", type=int, metavar="N", help="attempts before it fails (default 3)"
+        "--max-attempts", type=_int32, metavar="N", help="attempts before it fails (default 3)"
     )
     enqueue.add_argument(
         "--timeout", type=_seconds, metavar="S", help="seconds an attempt may run (default 300)"
@@ -455,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLite database file or postgresql:// URL (default: the app engine's)",
     )  # fmt: skip
     worker.add_argument(
-        "--concurrency", type=int, metavar="N",
+        "--concurrency", type=_int32, metavar="N",
         help="worker threads in this process (default: the app engine's workers)",
     )  # fmt: skip
     worker.add_argument(
@@ -465,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--lease", type=_seconds, metavar="S",
         help="seconds a claimed job's lease lasts (default: the app engine's lease)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--allow-exec", action="store_true",
+        help="run 'exec' jobs (any command, as this user) even if the app engine does not "
+        "allow_exec; see docs/security.md",
     )  # fmt: skip
 
     dashboard = commands.add_parser(
@@ -485,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument(
         "--token", metavar="T", default=os.environ.get(ENV_DASHBOARD_TOKEN),
-        help=f"token the actions need (default: ${ENV_DASHBOARD_TOKEN}, else a random one)",
+        help=f"token the actions need, at least 16 characters (default: ${ENV_DASHBOARD_TOKEN}, "
+        "else a random one)",
     )  # fmt: skip
     dashboard.add_argument(
         "--poll", type=_seconds, default=0.5, metavar="S",
@@ -497,10 +542,19 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     dashboard.add_argument(
         "--concurrency",
-        type=int,
+        type=_int32,
         metavar="N",
         help="worker threads with --app (default: the app's)",
     )
+    dashboard.add_argument(
+        "--allowed-host", action="append", dest="allowed_hosts", metavar="HOST",
+        help="a host name (or address) clients use in the URL; repeatable; needed with --host "
+        "0.0.0.0 or ::, '*' accepts any (default: the --host address, or the loopback names)",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--max-sse-clients", type=_count, default=100, metavar="N",
+        help="live feeds (browser tabs) open at once; past it they get 503 (100)",
+    )  # fmt: skip
     return parser
 
 
@@ -532,7 +586,8 @@ def _open(args: argparse.Namespace, *, create: bool = False):
 
     if not create and not _is_postgres_url(path) and not os.path.exists(path):
         raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
-    return jobforge.Engine(path, allow_unknown_types=True)
+    # Never started, so it runs nothing: allow_exec only lets enqueue check exec payloads.
+    return jobforge.Engine(path, allow_unknown_types=True, allow_exec=True)
 
 
 def _get(engine, job_id: str):
@@ -542,20 +597,61 @@ def _get(engine, job_id: str):
     return job
 
 
+def _payload_limit() -> int:
+    from . import _core
+
+    return int(_core.MAX_PAYLOAD_BYTES)
+
+
+def _read_payload_file(name: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; anything else is refused before
+    it is read (a device such as /dev/zero never ends, a FIFO may never open)."""
+    try:
+        # O_NONBLOCK: opening a FIFO without a writer returns at once instead of waiting.
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise CliError(f"cannot read --payload file '{name}': {exc.strerror}", EXIT_USAGE) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CliError(
+            f"--payload file '{name}' is not a regular file (a device, FIFO, socket or "
+            "directory); use - to read the payload from stdin",
+            EXIT_USAGE,
+        )
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1) if info.st_size <= limit else b""
+        if info.st_size > limit or len(data) > limit:
+            size = max(info.st_size, len(data))
+            raise CliError(
+                f"--payload file '{name}' is {size} bytes, more than the payload limit of "
+                f"{limit} bytes",
+                EXIT_USAGE,
+            )
+    return data
+
+
 def _parse_payload(text: str) -> Any:
     source = "--payload"
+    limit = _payload_limit()
     if text == "-":
-        source, text = "--payload from stdin", sys.stdin.read()
+        source = "--payload from stdin"
+        stream = getattr(sys.stdin, "buffer", None)
+        raw = stream.read(limit + 1) if stream is not None else sys.stdin.read(limit + 1)
+        if len(raw) > limit:
+            raise CliError(f"{source} is more than the payload limit of {limit} bytes", EXIT_USAGE)
+        data: Any = raw
     elif text.startswith("@"):
         name = text[1:]
-        try:
-            with open(name, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise CliError(
-                f"cannot read --payload file '{name}': {exc.strerror}", EXIT_USAGE
-            ) from None
         source = f"--payload file '{name}'"
+        data = _read_payload_file(name, limit)
+    else:
+        data = text
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{source} is not UTF-8 text (byte {exc.start})", EXIT_USAGE) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -597,8 +693,38 @@ def schedule_json(schedule) -> dict:
     }
 
 
+# Characters that a terminal would act on instead of showing: C0 controls (ESC starts a
+# sequence that can clear the screen, move the cursor or set the title; CR rewrites the line;
+# BEL rings), DEL, C1 controls (U+009B is a one-character CSI), and the line and bidirectional
+# override marks that reorder or split what is shown. Job text comes from whoever enqueued the
+# job or from a processor's error; the command line shows these escaped (\x1b, \u202e).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_IN_LINE = re.compile(_CONTROL.pattern[:-1] + "\t\n]")
+
+
+def _escape_char(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _safe(text: Any, *, one_line: bool = False) -> str:
+    """``text`` with the characters a terminal would act on written as escapes (tab and
+    newline kept unless ``one_line``)."""
+    text = "" if text is None else str(text)
+    return (_CONTROL_IN_LINE if one_line else _CONTROL).sub(_escape_char, text)
+
+
+def _json_escape(match: re.Match) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _dumps(value: Any, **kwargs: Any) -> str:
+    """JSON with every control character escaped (json escapes only U+0000..U+001F)."""
+    return _CONTROL.sub(_json_escape, json.dumps(value, ensure_ascii=False, **kwargs))
+
+
 def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(_dumps(value, indent=2) + "\n")
 
 
 def _console():
@@ -644,7 +770,7 @@ def _ago(ms: int, now_ms: int) -> str:
 
 
 def _short_json(value: Any, width: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    text = _dumps(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -679,6 +805,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     types = stats.get("types") or {}
     if types:
         from rich import box
+        from rich.text import Text
 
         per_type = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         for name in ("TYPE", "QUEUED", "RUNNING", "DONE", "FAILED", "P95 RUN", "ERRORS", "DONE/S"):
@@ -687,7 +814,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             c = t.get("counts", {})
             p95 = t.get("p95_run_ms")
             per_type.add_row(
-                name, str(c.get("queued", 0)), str(c.get("running", 0)),
+                Text(_safe(name, one_line=True)), str(c.get("queued", 0)), str(c.get("running", 0)),
                 str(c.get("completed", 0)), str(c.get("failed", 0)),
                 "-" if p95 is None else f"{p95:.0f} ms", f"{100 * (t.get('error_rate') or 0):.1f}%",
                 f"{t.get('completed_per_s') or 0:.1f}",
@@ -726,9 +853,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for job in jobs:
         info = job.error if job.error and job.status != "completed" else job.message
         table.add_row(
-            job.id, Text(job.type), _status(job.status), str(job.priority), f"{job.progress}%",
-            f"{job.attempts}/{job.max_attempts}", _ago(job.created_at or now, now),
-            Text(info or ""),
+            Text(_safe(job.id)), Text(_safe(job.type, one_line=True)), _status(job.status),
+            str(job.priority), f"{job.progress}%", f"{job.attempts}/{job.max_attempts}",
+            _ago(job.created_at or now, now), Text(_safe(info, one_line=True)),
         )  # fmt: skip
     console.print(table)
     shown = len(jobs)
@@ -753,7 +880,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     grid.add_column(overflow="fold")
 
     def row(name: str, value: Any, markup: bool = False) -> None:
-        grid.add_row(name, value if markup or not isinstance(value, str) else Text(value))
+        grid.add_row(name, value if markup or not isinstance(value, str) else Text(_safe(value)))
 
     row("id", job.id)
     row("type", job.type)
@@ -764,7 +891,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if job.progress_total:
         progress += f" ({job.progress_current:g}/{job.progress_total:g})"
     if job.message:
-        progress += f"  {job.message}"
+        progress += f"  {_safe(job.message, one_line=True)}"
     row("progress", progress)
     row("attempts", f"{job.attempts} of {job.max_attempts}")
     row("timeout", f"{job.timeout:g} s per attempt, retry delay {job.retry_delay:g} s")
@@ -791,7 +918,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if job.result is not None or job.status == "completed":
         row("result", _pretty(job.result))
     if job.error:
-        row("error", Text(job.error, style="red"))
+        row("error", Text(_safe(job.error), style="red"))
     if job.stage:
         row("stage", job.stage)
     if job.outcome:
@@ -800,7 +927,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print(grid)
     if job.error_detail:
         console.print("[bold]traceback of the last failed attempt:")
-        console.print(Syntax(job.error_detail.rstrip(), "pytb", word_wrap=True))
+        console.print(Syntax(_safe(job.error_detail.rstrip()), "pytb", word_wrap=True))
     lines = engine.logs(job.id, limit=SHOW_LOG_LINES, tail=True)
     if lines:
         console.print(f"[bold]log (last {len(lines)} lines; jobforge logs {job.id} for all):")
@@ -820,11 +947,11 @@ def _log_text(line):
     text = Text(f"{stamp} ", style="dim")
     text.append(f"{line.level:<7} ", style=_LEVEL_STYLES.get(line.level, ""))
     if line.stage:
-        text.append(f"[{line.stage}] ", style="cyan")
-    text.append(line.message)
+        text.append(f"[{_safe(line.stage, one_line=True)}] ", style="cyan")
+    text.append(_safe(line.message, one_line=True))
     fields = line.fields
     if fields:
-        text.append(" " + " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}"
+        text.append(" " + " ".join(f"{_safe(k, one_line=True)}={_dumps(v)}"
                                    for k, v in fields.items()), style="dim")  # fmt: skip
     return text
 
@@ -850,7 +977,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     def emit(batch) -> None:
         for line in batch:
             if args.json:
-                sys.stdout.write(json.dumps(_log_json(line), ensure_ascii=False) + "\n")
+                sys.stdout.write(_dumps(_log_json(line)) + "\n")
             else:
                 console.print(_log_text(line))
         sys.stdout.flush()
@@ -881,6 +1008,11 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "cleanup":
         return _db_cleanup(args)
     path = _db_path(args)
+    from .engine import _is_postgres_url, _redacted
+
+    if _is_postgres_url(path):
+        raise CliError(f"db {args.db_command} works on a SQLite file, not on the PostgreSQL "
+                       f"database {_redacted(path)}", EXIT_USAGE)  # fmt: skip
     if not os.path.exists(path):
         raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
     if args.db_command == "check":
@@ -1009,9 +1141,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     for s in schedules:
         last = None if s.last_fire_at is None else round(s.last_fire_at * 1000)
         table.add_row(
-            Text(s.name), Text(s.cron), Text(s.type), _when(round(s.next_fire_at * 1000), now),
+            Text(_safe(s.name, one_line=True)), Text(_safe(s.cron, one_line=True)),
+            Text(_safe(s.type, one_line=True)), _when(round(s.next_fire_at * 1000), now),
             _when(last, now) if last else "never", s.timezone, s.misfire,
-            "-" if s.priority is None else str(s.priority), Text(s.queue), s.last_job_id or "-",
+            "-" if s.priority is None else str(s.priority), Text(_safe(s.queue, one_line=True)),
+            s.last_job_id or "-",
         )  # fmt: skip
     console.print(table)
     return EXIT_OK
@@ -1033,7 +1167,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Native processors need no store: an engine on a throwaway file (run_now writes no row).
     with tempfile.TemporaryDirectory(prefix="jobforge-run-") as tmp:
-        engine = jobforge.Engine(os.path.join(tmp, "run.db"))
+        # The user runs a command of their own here: exec is allowed, with the environment.
+        engine = jobforge.Engine(os.path.join(tmp, "run.db"), allow_exec=True,
+                                 exec_inherit_env=True)  # fmt: skip
         try:
             return _run(engine, args, payload)
         finally:
@@ -1108,11 +1244,13 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
         return code
+    from rich.text import Text
+
     style = {"ok": "green", "degraded": "yellow"}.get(report["status"], "red")
     console = _console()
     console.print(f"[bold {style}]{report['status']}[/]  {report['path']}")
     for reason in report.get("reasons", []):
-        console.print(f"  - {reason}", style=style)
+        console.print(Text(f"  - {_safe(reason, one_line=True)}", style=style))
     db = report.get("database", {})
     integrity = db.get("integrity") or "not checked (--integrity)"
     console.print(f"database: reachable={db.get('reachable')}, integrity {integrity}")
@@ -1137,7 +1275,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def _pretty(value: Any):
     from rich.syntax import Syntax
 
-    text = json.dumps(value, indent=2, ensure_ascii=False)
+    text = _dumps(value, indent=2)
     return Syntax(text, "json", word_wrap=True, background_color="default")
 
 
@@ -1210,6 +1348,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Set by a Supervisor (Engine.start(processes=N, app=...)) for the processes it spawns.
     notify_fd = os.environ.pop(worker.ENV_NOTIFY_FD, None)
     supervisor_pid = os.environ.pop(worker.ENV_SUPERVISOR_PID, None)
+    # A spawned worker's database comes through its environment, never its command line.
+    spawned_db = os.environ.pop(worker.ENV_WORKER_DB, None)
     if supervisor_pid and not worker.die_with_parent(signal.SIGTERM, int(supervisor_pid)):
         raise CliError("the supervisor that started this worker is gone")
     try:
@@ -1227,8 +1367,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
     engine = worker.worker_engine(
-        app, db=args.db, concurrency=args.concurrency, heartbeat=args.heartbeat,
-        lease=args.lease,
+        app, db=args.db or spawned_db, concurrency=args.concurrency, heartbeat=args.heartbeat,
+        lease=args.lease, allow_exec=args.allow_exec,
     )  # fmt: skip
     return worker.serve(engine, notify_fd=int(notify_fd) if notify_fd else None)
 
@@ -1240,8 +1380,22 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise CliError(
             f"the dashboard needs its extra: pip install 'jobforge[dashboard]' ({exc})"
         ) from None
-    if args.token is not None and len(args.token) < 8:
-        raise CliError("--token must be at least 8 characters", EXIT_USAGE)
+    from .dashboard.app import MIN_TOKEN_LENGTH, bind_policy
+
+    if args.token is not None and len(args.token) < MIN_TOKEN_LENGTH:
+        raise CliError(
+            f"--token (or ${ENV_DASHBOARD_TOKEN}) must be at least {MIN_TOKEN_LENGTH} "
+            f"characters, got {len(args.token)} (leave it out for a random one)",
+            EXIT_USAGE,
+        )
+    if not 1 <= args.max_sse_clients <= 100_000:
+        raise CliError(
+            f"--max-sse-clients must be 1..100000, got {args.max_sse_clients}", EXIT_USAGE
+        )
+    try:
+        bind_policy(args.host, args.allowed_hosts)
+    except ValueError as exc:
+        raise CliError(str(exc).replace("allowed_hosts", "--allowed-host", 1), EXIT_USAGE) from None
     if not args.poll > 0:
         raise CliError(f"--poll must be more than 0 seconds, got {args.poll:g}", EXIT_USAGE)
     if args.port > 65535:
@@ -1263,11 +1417,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     else:
         path = _db_path(args)
         if not os.path.exists(path):
-            raise CliError(f"database '{path}' does not exist", EXIT_NOT_FOUND)
+            from .engine import _redacted
+
+            raise CliError(f"database '{_redacted(path)}' does not exist", EXIT_NOT_FOUND)
         target = path
     try:
-        server = make_server(target, host=args.host, port=args.port, token=args.token,
-                             poll_interval=args.poll)  # fmt: skip
+        server = make_server(
+            target, host=args.host, port=args.port, token=args.token, poll_interval=args.poll,
+            allowed_hosts=args.allowed_hosts, max_sse_clients=args.max_sse_clients,
+        )  # fmt: skip
     except OSError as exc:
         if engine is not None:
             engine.stop()
@@ -1277,8 +1435,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"jobforge dashboard on {url} for {server.dashboard.engine.path}{running}", flush=True)
     print(f"action token: {server.token}", flush=True)
     print(f"open {url}#token={server.token}", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: other machines can read every job", flush=True)
+    if server.dashboard.token_for_reads:
+        hosts = ", ".join(server.dashboard.allowed_hosts)
+        print(
+            f"warning: listening on {args.host}: reachable from other machines; every request "
+            f"needs the token, and the Host must be one of: {hosts}. The traffic is not "
+            "encrypted: put a TLS proxy in front of it",
+            flush=True,
+        )
     # The server runs on a thread (so uvicorn installs no signal handlers of its own); this
     # thread waits for SIGINT or SIGTERM and stops it: exit 0.
     stop = threading.Event()
@@ -1366,7 +1530,7 @@ def _tolerate_narrow_encodings() -> None:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.write(f"{PROG}: error: {_safe(message, one_line=True)}\n")
     sys.stderr.flush()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from typing import Any, Optional
 
@@ -45,7 +46,15 @@ class RepairError(JobforgeError):
     """The file cannot be repaired (not a database at all, or in use)."""
 
 
+def _sqlite_only(path: str) -> None:
+    from .engine import _is_postgres_url, _redacted
+
+    if _is_postgres_url(path):
+        raise RepairError(f"{_redacted(path)} is a PostgreSQL database; this works on SQLite files")
+
+
 def _connect_ro(path: str) -> sqlite3.Connection:
+    _sqlite_only(path)
     if not os.path.exists(path):
         raise RepairError(f"database '{path}' does not exist")
     conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=5.0)
@@ -94,6 +103,7 @@ def recount(path: str) -> dict[str, Any]:
     transaction (safe while workers run). Needed only after jobs were written by other means
     than jobforge (by hand, by a tool). Returns ``{"path", "changed": [...]}``: the counts that
     were wrong."""
+    _sqlite_only(path)
     if not os.path.exists(path):
         raise RepairError(f"database '{path}' does not exist")
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
@@ -216,11 +226,44 @@ def _create_schema(engine_class, target: str) -> None:
     gc.collect()
 
 
+def _code_schema_version(engine_class) -> int:
+    """The schema version this jobforge creates (a fresh file in a temporary folder)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="jobforge-schema-") as tmp:
+        fresh = os.path.join(tmp, "schema.db")
+        _create_schema(engine_class, fresh)
+        conn = sqlite3.connect(fresh)
+        try:
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            conn.close()
+
+
+def _remove(target: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(target + suffix):
+            os.remove(target + suffix)
+
+
+def _keep_mode_and_owner(target: str, st: os.stat_result) -> None:
+    """Gives the fresh file (and its -wal/-shm) the damaged file's mode, owner and group."""
+    for suffix in ("", "-wal", "-shm"):
+        if not os.path.exists(target + suffix):
+            continue
+        os.chmod(target + suffix, stat.S_IMODE(st.st_mode))
+        now = os.stat(target + suffix)
+        if (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid):
+            os.chown(target + suffix, st.st_uid, st.st_gid)
+
+
 def repair(path: str, *, force: bool = False) -> dict[str, Any]:
     """Copies every readable row of ``path`` into a fresh file with the current schema, moves the
-    damaged file to ``<path>.damaged-<time>`` and puts the fresh one in its place. Returns what
-    was copied and lost per table. Refuses while a worker has a fresh heartbeat (``force``
-    overrides). A row unreadable in a damaged page is lost: its rowid range is reported."""
+    damaged file to ``<path>.damaged-<time>`` and puts the fresh one in its place, with the same
+    mode, owner and group. Returns what was copied and lost per table. Refuses while a worker has
+    a fresh heartbeat (``force`` overrides), and a file whose schema is newer than this jobforge
+    (its columns would be lost; ``force`` does not override). A row unreadable in a damaged page
+    is lost: its rowid range is reported."""
     from .engine import Engine
 
     path = os.fspath(path)
@@ -230,6 +273,18 @@ def repair(path: str, *, force: bool = False) -> dict[str, Any]:
     except sqlite3.DatabaseError as exc:
         raise RepairError(f"'{path}' is not a readable SQLite database: {exc}") from exc
     try:
+        try:
+            version = src.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError:
+            version = 0  # unreadable header fields: repair what can be read
+        code_version = _code_schema_version(Engine)
+        if version > code_version:
+            raise RepairError(
+                f"'{path}' has schema version {version}, newer than this jobforge's "
+                f"({code_version}): repairing it would drop what this version does not know; "
+                "repair it with the jobforge that wrote it"
+            )
+        original = os.stat(path)
         if not force:
             try:
                 fresh = src.execute(
@@ -249,6 +304,14 @@ def repair(path: str, *, force: bool = False) -> dict[str, Any]:
             if os.path.exists(target + suffix):
                 os.remove(target + suffix)
         _create_schema(Engine, target)
+        try:
+            _keep_mode_and_owner(target, original)
+        except OSError as exc:
+            _remove(target)
+            raise RepairError(
+                f"cannot give the repaired copy of '{path}' its mode and owner ({exc}); run the "
+                "repair as the file's owner or as root"
+            ) from exc
         dst = sqlite3.connect(target)
         report: dict[str, Any] = {"path": path, "tables": {}}
         try:
@@ -264,6 +327,7 @@ def repair(path: str, *, force: bool = False) -> dict[str, Any]:
             dst.close()
     finally:
         src.close()
+    _keep_mode_and_owner(target, original)  # a -wal or -shm made while copying
     damaged = f"{path}.damaged-{stamp}"
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):

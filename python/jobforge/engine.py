@@ -43,14 +43,9 @@ def _is_postgres_url(path: str) -> bool:
 
 
 def _redacted(path: str) -> str:
-    """The path for display: a PostgreSQL URL's password replaced by ***."""
-    if not _is_postgres_url(path):
-        return path
-    scheme, _, rest = path.partition("://")
-    userinfo, at, host = rest.partition("@")
-    if not at or ":" not in userinfo:
-        return path
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+    """The path for display: a PostgreSQL URL's passwords (user info, ``password=``,
+    ``sslpassword=``) replaced by ***; a file path unchanged."""
+    return _core.redact_url(path)
 
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -196,8 +191,10 @@ class Engine:
     {'ok': True}
 
     ``workers`` threads run jobs in this process. Processors may be registered before or after
-    ``start()``. The native processors ``noop``, ``sleep``, ``scan``, ``checksum`` and ``exec`` are
+    ``start()``. The native processors ``noop``, ``sleep``, ``scan``, ``stat`` and ``checksum`` are
     always registered (docs/native-processors.md); ``register_native`` adds C++ ones.
+    ``exec`` (runs any command as this process's user) only with ``allow_exec=True``; its commands
+    get a minimal environment unless ``exec_inherit_env=True`` (docs/security.md).
 
     ``path`` may be a PostgreSQL URL (``"postgresql://user@host/db"``): worker processes on every
     host then share one queue; ``pool_size`` bounds the connections this process uses for claims
@@ -228,8 +225,13 @@ class Engine:
         misfire_grace: float = 60.0,
         retention: Optional[float] = None,
         cleanup_interval: float = 3600.0,
+        allow_exec: bool = False,
+        exec_inherit_env: bool = False,
     ) -> None:
         path = os.fspath(path)
+        for name, flag in (("allow_exec", allow_exec), ("exec_inherit_env", exec_inherit_env)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         wf = _workflow_config(queues, max_queue_size, misfire_grace, retention, cleanup_interval)
         if not isinstance(path, str):
             raise TypeError(f"path must be a str or path, got {type(path).__name__}")
@@ -293,9 +295,11 @@ class Engine:
             progress_persist_percent=step,
             stats_window_ms=window_ms,
             pool_size=pool_size,
+            allow_exec=allow_exec,
+            exec_inherit_env=exec_inherit_env,
             **wf,
         )
-        self.path = path
+        self._url = path  # the real one (a PostgreSQL password included); never shown
         self._subs_lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._core_subscription: Optional[int] = None
@@ -311,6 +315,7 @@ class Engine:
             pool_size=pool_size,
             queues=queues, max_queue_size=max_queue_size, misfire_grace=misfire_grace,
             retention=retention, cleanup_interval=cleanup_interval,
+            allow_exec=allow_exec, exec_inherit_env=exec_inherit_env,
         )  # fmt: skip
         self._queue_limits: dict[str, tuple[int, int]] = {}
         self._workers = workers
@@ -488,7 +493,7 @@ class Engine:
         child, and its SQLite connections belong to the parent."""
         _abandoned_after_fork.append(self._core)
         self._core = child._core
-        self.path = child.path
+        self._url = child._url
         self._supervisor = None
         self._subs_lock = threading.Lock()  # another thread of the parent may have held it
         self._subs = []
@@ -497,6 +502,11 @@ class Engine:
     @property
     def worker_id(self) -> str:
         return self._core.worker_id
+
+    @property
+    def path(self) -> str:
+        """The SQLite file, or the PostgreSQL URL with its passwords shown as ***."""
+        return _redacted(self._url)
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -831,7 +841,7 @@ class Engine:
         ``{"ok": bool, "problems": [...], ...}``. See ``jobforge.db`` for repair."""
         from .db import check
 
-        return check(self.path, quick=quick)
+        return check(self._url, quick=quick)
 
     def metrics_text(self) -> str:
         """The figures of ``stats()`` and ``health()`` in the Prometheus text format."""
@@ -993,7 +1003,7 @@ class Engine:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<jobforge.Engine {_redacted(self.path)!r} {state}>"
+        return f"<jobforge.Engine {self.path!r} {state}>"
 
 
 def _make_dispatcher(engine: Engine):

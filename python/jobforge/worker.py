@@ -54,6 +54,9 @@ EXIT_INTERRUPTED = 130
 # the worker reports "ready <worker id>" and "stopping", and the supervisor's pid.
 ENV_NOTIFY_FD = "JOBFORGE_SUPERVISOR_FD"
 ENV_SUPERVISOR_PID = "JOBFORGE_SUPERVISOR_PID"
+# The database of a spawned worker: in its environment (readable by its user only), not on its
+# command line, which every user of the host can read (a PostgreSQL URL may hold a password).
+ENV_WORKER_DB = "JOBFORGE_WORKER_DB"
 
 # What a worker process answers: SIGTERM/SIGINT stop it after its running jobs, SIGQUIT now.
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -132,12 +135,16 @@ def worker_engine(
     concurrency: Optional[int] = None,
     heartbeat: Optional[float] = None,
     lease: Optional[float] = None,
+    allow_exec: bool = False,
 ) -> Engine:
     """A new, unstarted engine that works ``db`` (default: the app's file) like ``app`` does:
-    the same options and processors, ``concurrency`` worker threads (default: the app's)."""
+    the same options and processors, ``concurrency`` worker threads (default: the app's).
+    ``allow_exec``: the ``exec`` processor too, even if the app did not opt in."""
     from .engine import Engine
 
     config = dict(app._config)
+    if allow_exec:
+        config["allow_exec"] = True
     if heartbeat is not None:
         config["heartbeat_interval"] = heartbeat
     if lease is not None:
@@ -145,7 +152,7 @@ def worker_engine(
     # Worker processes claim durably even when alone on the file: a job that crashes its process
     # must leave its attempt behind, or a poison job would run again forever.
     config["claim_in_memory"] = False
-    engine = Engine(db or app.path, workers=concurrency or app._workers, **config)
+    engine = Engine(db or app._url, workers=concurrency or app._workers, **config)
     replay_processors(app, engine)
     return engine
 
@@ -832,9 +839,10 @@ class Supervisor:
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env[ENV_NOTIFY_FD] = str(notify_fd)
         env[ENV_SUPERVISOR_PID] = str(os.getpid())
+        env[ENV_WORKER_DB] = _absolute_db(self.engine._url)
         command = [
             sys.executable, "-m", "jobforge", "worker", "--app", str(self.app),
-            "--db", _absolute_db(self.engine.path), "--concurrency", str(self.concurrency),
+            "--concurrency", str(self.concurrency),
         ]  # fmt: skip
         # A session of its own: Ctrl-C in a terminal reaches this process, which stops them.
         popen = subprocess.Popen(

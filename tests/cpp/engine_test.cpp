@@ -346,6 +346,22 @@ TEST_P(EngineTest, WaitOnAnUnknownIdIsAValidationError) {
   EXPECT_THROW(engine.wait("00000000-0000-7000-8000-000000000000", 10ms), ValidationError);
 }
 
+TEST_P(EngineTest, ExecIsRegisteredOnlyWhenAllowed) {
+  Engine engine(small_config(dir));
+  EXPECT_FALSE(engine.has_processor("exec"));
+  try {
+    engine.enqueue(spec("exec", R"({"argv":["true"]})"));
+    FAIL() << "exec was enqueued by an engine that does not allow it";
+  } catch (const UnknownJobType& e) {
+    EXPECT_NE(std::string(e.what()).find("allow_exec"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(engine.stats().total, 0);
+  EngineConfig allowed = small_config(dir);
+  allowed.allow_exec = true;
+  Engine with_exec(allowed);
+  EXPECT_TRUE(with_exec.has_processor("exec"));
+}
+
 TEST_P(EngineTest, BuiltinProcessorsAreRegistered) {
   Engine engine(small_config(dir));
   EXPECT_TRUE(engine.has_processor("noop"));

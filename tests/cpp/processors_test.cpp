@@ -467,14 +467,26 @@ TEST_F(ExecTest, RunsWithArgumentsCwdEnvAndStdin) {
   EXPECT_EQ(stderr_lines, std::vector<std::string>{"oops"});
 }
 
-TEST_F(ExecTest, EnvironmentCanReplaceTheInheritedOne) {
+TEST_F(ExecTest, EnvironmentIsMinimalUnlessInheritedOrReplaced) {
   ::setenv("JOBFORGE_EXEC_TEST_INHERITED", "yes", 1);
-  json r = exec({{"argv", {"/bin/sh", "-c", "echo \"[$JOBFORGE_EXEC_TEST_INHERITED][$ONLY]\""}}});
-  EXPECT_EQ(r["stdout_tail"], "[yes][]\n");
-  r = exec({{"argv", {"/bin/sh", "-c", "echo \"[$JOBFORGE_EXEC_TEST_INHERITED][$ONLY]\""}},
-            {"env", {{"ONLY", "1"}}},
-            {"inherit_env", false}});
-  EXPECT_EQ(r["stdout_tail"], "[][1]\n");
+  ::setenv("LC_JOBFORGE_EXEC_TEST", "kept", 1);  // LC_* belong to the minimal environment
+  const json argv = {"/bin/sh", "-c",
+                     "echo \"[$JOBFORGE_EXEC_TEST_INHERITED][$ONLY][$LC_JOBFORGE_EXEC_TEST]\""};
+  // By default: PATH, the locale and the like, not the other variables of this process.
+  json r = exec({{"argv", argv}});
+  EXPECT_EQ(r["stdout_tail"], "[][][kept]\n");
+  r = exec({{"argv", argv}, {"inherit_env", true}});
+  EXPECT_EQ(r["stdout_tail"], "[yes][][kept]\n");
+  r = exec({{"argv", argv}, {"env", {{"ONLY", "1"}}}, {"inherit_env", false}});
+  EXPECT_EQ(r["stdout_tail"], "[][1][]\n");
+  // A processor made to inherit: the whole environment unless the payload says otherwise.
+  auto inheriting = make_exec_processor(/*inherit_env=*/true);
+  r = run_json(*inheriting, ctx, {{"argv", argv}});
+  EXPECT_EQ(r["stdout_tail"], "[yes][][kept]\n");
+  r = run_json(*inheriting, ctx, {{"argv", argv}, {"inherit_env", false}});
+  EXPECT_EQ(r["stdout_tail"], "[][][]\n");
+  ::unsetenv("JOBFORGE_EXEC_TEST_INHERITED");
+  ::unsetenv("LC_JOBFORGE_EXEC_TEST");
 }
 
 TEST_F(ExecTest, NonZeroExitFailsTheAttemptWithTheTail) {

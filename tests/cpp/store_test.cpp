@@ -3,6 +3,7 @@
 #include "jobforge/store.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -1424,4 +1425,49 @@ TEST_F(PostgresStoreTest, LostConnectionsAreReopenedAndEndsOfJobsAreNotLost) {
   EXPECT_EQ(status_of(*store, more.id), Status::running);
   EXPECT_TRUE(jobforge::testing::eventually([&] { return store->health() == "ok"; }))
       << store->health();
+}
+
+// ---- secure defaults (docs/security.md) --------------------------------------------------------
+
+TEST(SecureDefaults, NewSqliteFilesAreOwnerOnlyWhateverTheUmask) {
+  TempDir dir;
+  const mode_t old = ::umask(022);
+  const std::string path = (dir.path() / "jobs.db").string();
+  {
+    auto store = open_sqlite_store(path);
+    store->insert({make_job()});
+    store->flush();
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      struct stat st {};
+      ASSERT_EQ(::stat((path + suffix).c_str(), &st), 0) << suffix;
+      EXPECT_EQ(st.st_mode & 0777, 0600u) << suffix;
+    }
+  }
+  ::umask(old);
+}
+
+TEST(SecureDefaults, RedactUrlHidesEveryPassword) {
+  EXPECT_EQ(redact_url("postgresql://u:pw@h/db"), "postgresql://u:***@h/db");
+  EXPECT_EQ(redact_url("postgres://u@h/db?sslmode=require&password=pw"),
+            "postgres://u@h/db?sslmode=require&password=***");
+  EXPECT_EQ(redact_url("postgresql://h/db?sslpassword=pw&x=1"),
+            "postgresql://h/db?sslpassword=***&x=1");
+  EXPECT_EQ(redact_url("postgresql://u:p@w/x@h/db"), "postgresql://u:***@h/db");
+  EXPECT_EQ(redact_url("postgresql:///test"), "postgresql:///test");
+  EXPECT_EQ(redact_url("dir/a:b@c.db"), "dir/a:b@c.db");
+}
+
+TEST(SecureDefaults, ConnectErrorsNameNoPassword) {
+  // libpq quotes a token it cannot decode, and the whole URL when it cannot parse it.
+  for (const std::string url :
+       {"postgresql://u:Secr3tPw%zz@localhost/test", "postgresql://u:Secr3tPw@[::1/test",
+        "postgresql://u@127.0.0.1:1/test?password=Secr3tPw"}) {
+    try {
+      open_postgres_store(url);
+      ADD_FAILURE() << "connected to " << redact_url(url);
+    } catch (const StoreError& e) {
+      EXPECT_EQ(std::string(e.what()).find("Secr3t"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("cannot connect"), std::string::npos) << e.what();
+    }
+  }
 }

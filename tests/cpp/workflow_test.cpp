@@ -597,7 +597,9 @@ TEST_P(WorkflowTest, RetentionSchedulesTheCleanupJobAtLowestPriority) {
 // ---- run_now ----------------------------------------------------------------------------------
 
 TEST_P(WorkflowTest, RunNowRunsInTheCallersThreadWithoutARow) {
-  Engine engine(config_for(dir));
+  EngineConfig cfg = config_for(dir);
+  cfg.allow_exec = true;
+  Engine engine(cfg);
   class ReportsThread final : public Processor {
    public:
     std::string run(Context& ctx, const std::string& payload) override {

@@ -400,7 +400,7 @@ def test_dashboard_on_a_missing_database_exits_3(tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--token", "short"], "--token must be at least 8 characters"),
+        (["--token", "fifteen-chars!!"], "must be at least 16 characters, got 15"),
         (["--poll", "0"], "--poll must be more than 0"),
         (["--port", "70000"], "--port must be 0..65535"),
         (["--concurrency", "2"], "--concurrency needs --app"),
@@ -409,6 +409,126 @@ def test_dashboard_on_a_missing_database_exits_3(tmp_path):
 def test_dashboard_bad_options_exit_2(db, args, fragment):
     ok("enqueue", "noop", "--db", db)
     assert_one_line_error(jobforge("dashboard", "--db", db, *args), 2, fragment)
+
+
+def test_dashboard_token_from_the_environment_must_be_16_characters_too(db):
+    ok("enqueue", "noop", "--db", db)
+    proc = jobforge("dashboard", "--db", db, env=_env(JOBFORGE_DASHBOARD_TOKEN="x" * 15))
+    assert_one_line_error(proc, 2, "JOBFORGE_DASHBOARD_TOKEN", "at least 16 characters, got 15")
+
+
+def test_dashboard_on_every_address_needs_allowed_hosts(db):
+    ok("enqueue", "noop", "--db", db)
+    proc = jobforge("dashboard", "--db", db, "--host", "0.0.0.0", "--port", "0")
+    assert_one_line_error(proc, 2, "--allowed-host")
+    proc = jobforge("dashboard", "--db", db, "--max-sse-clients", "0")
+    assert_one_line_error(proc, 2, "--max-sse-clients must be 1..100000, got 0")
+
+
+# -- safe at its edges ----------------------------------------------------------------------------
+
+
+def test_payload_from_a_device_or_fifo_is_refused_at_once(db, tmp_path):
+    fifo = tmp_path / "payload.fifo"
+    os.mkfifo(fifo)
+    for source in ("/dev/zero", str(fifo), str(tmp_path)):
+        started = time.monotonic()
+        proc = jobforge("enqueue", "noop", "--db", db, "--payload", f"@{source}", timeout=60)
+        assert_one_line_error(proc, 2, f"'{source}'", "not a regular file")
+        assert time.monotonic() - started < 30  # no read of an endless device, no wait
+    assert not os.path.exists(db)
+
+
+def test_payload_file_over_the_payload_limit_is_refused_unread(db, tmp_path):
+    from jobforge import _core
+
+    big = tmp_path / "big.json"
+    with open(big, "wb") as fh:  # sparse: no disk used
+        fh.truncate(_core.MAX_PAYLOAD_BYTES + 1)
+    proc = jobforge("enqueue", "noop", "--db", db, "--payload", f"@{big}")
+    assert_one_line_error(
+        proc, 2, "big.json", f"{_core.MAX_PAYLOAD_BYTES + 1} bytes",
+        f"payload limit of {_core.MAX_PAYLOAD_BYTES} bytes",
+    )  # fmt: skip
+    assert not os.path.exists(db)
+    fits = tmp_path / "fits.json"
+    fits.write_text('{"ok": true}')
+    job = as_json("enqueue", "noop", "--db", db, "--payload", f"@{fits}")
+    assert job["payload"] == {"ok": True}
+
+
+def test_terminal_escape_sequences_in_job_text_are_shown_escaped(db):
+    import jobforge as jf
+
+    nasty = "A\x1b[2JB\x1b]0;owned\x07C\rD\x9b31mE\u202eF"
+    engine = jf.Engine(db, workers=1)
+
+    @engine.processor("evil", max_attempts=1)
+    def evil(ctx, payload):
+        ctx.stage("st\x1b[1m")
+        ctx.progress(1, total=2, message=nasty)
+        ctx.log("info", nasty, **{"k\x1b[0m": nasty})
+        raise ValueError(nasty)
+
+    with engine:
+        job = engine.enqueue("evil", {"text": nasty}).wait(10)
+    assert job.status == "failed"
+    outputs = {
+        "show": ok("show", job.id, "--db", db).stdout,
+        "logs": ok("logs", job.id, "--db", db).stdout,
+        "list": ok("list", "--db", db).stdout,
+        "show --json": ok("show", job.id, "--db", db, "--json").stdout,
+        "logs --json": ok("logs", job.id, "--db", db, "--json").stdout,
+    }
+    for name, out in outputs.items():
+        for raw in ("\x1b", "\x07", "\r", "\x9b", "\u202e"):
+            assert raw not in out, (name, raw, out)
+    for name in ("show", "logs", "list"):
+        assert "A\\x1b[2JB" in outputs[name], (name, outputs[name])
+    assert "\\x1b]0;owned\\x07C\\x0dD\\x9b31mE\\u202eF" in outputs["show"]
+    assert json.loads(outputs["show --json"])["payload"] == {"text": nasty}  # same value
+    assert json.loads(outputs["logs --json"])[0]["message"] == nasty
+    # Types and schedule names are job text too (stats, schedule list).
+    other = jf.Engine(db, allow_unknown_types=True)
+    other.enqueue("t\x1b[2J", None, delay=3600)
+    other.schedule("s\x1b]0;x\x07", "@daily", "t\x1b[2J", None)
+    other.close()
+    for args in (["stats"], ["schedule", "list"], ["list"]):
+        out = ok(*args, "--db", db).stdout
+        assert "\x1b" not in out and "\x07" not in out, (args, out)
+        assert "t\\x1b[2J" in out, (args, out)
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["list", "--limit", "99999999999999999999"], "--limit"),
+        (["list", "--offset", "99999999999999999999"], "--offset"),
+        (["logs", "some-id", "--limit", "99999999999999999999"], "--limit"),
+        (["enqueue", "noop", "--priority", "99999999999999999999"], "--priority"),
+        (["enqueue", "noop", "--max-attempts", "99999999999999999999"], "--max-attempts"),
+        (["enqueue", "noop", "--delay", "1e300"], "--delay"),
+        (["enqueue", "noop", "--timeout", "inf"], "--timeout"),
+        (["enqueue", "noop", "--retry-delay", "nan"], "--retry-delay"),
+        (
+            ["schedule", "add", "s", "@daily", "noop", "--priority", "-99999999999999999999"],
+            "--priority",
+        ),
+        (["db", "cleanup", "--older-than", "1e300"], "--older-than"),
+        (["health", "--max-wait", "1e300"], "--max-wait"),
+        (["worker", "--app", "x:y", "--concurrency", "99999999999999999999"], "--concurrency"),
+        (["dashboard", "--port", "99999999999999999999"], "--port"),
+        (["demo", "--workers", "99999999999999999999"], "--workers"),
+    ],
+)
+def test_out_of_range_numbers_exit_2_naming_the_option(db, args, option):
+    ok("enqueue", "noop", "--db", db)
+    proc = jobforge(*args, "--db", db)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert f"argument {option}" in proc.stderr, proc.stderr
+    assert "incompatible function arguments" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert as_json("stats", "--db", db)["total"] == 1
 
 
 def test_dashboard_port_in_use_is_a_one_line_failure(db):

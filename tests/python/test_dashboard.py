@@ -443,3 +443,263 @@ def test_job_detail_counts_every_child_of_a_big_batch(served):
     status, data = request(f"{url}/api/jobs/{parent.id}")
     assert status == 200
     assert data["children"] == {"count": 1200, "by_status": {"queued": 1199, "cancelled": 1}}
+
+
+# -- safe at its edges ----------------------------------------------------------------------------
+
+
+def _serve_app(app):
+    """A create_app() app served by uvicorn on a real socket (port 0), on a thread."""
+    import socket
+
+    import uvicorn
+
+    from jobforge.dashboard import DashboardServer
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                            timeout_graceful_shutdown=1)  # fmt: skip
+    return DashboardServer(app.state.dashboard, uvicorn.Server(config), sock, False).start()
+
+
+def _get(url: str, path: str, *, host: str | None = None, token: str | None = None,
+         source: str | None = None):  # fmt: skip
+    """(status, headers, JSON or text) of a GET on a real socket, with the Host header and the
+    client's source address chosen by the test."""
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    con = http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=30,
+        source_address=(source, 0) if source else None,
+    )  # fmt: skip
+    try:
+        headers = {"Host": host or parts.netloc}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        con.request("GET", path, headers=headers)
+        res = con.getresponse()
+        raw = res.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw.decode(errors="replace")
+        return res.status, res.headers, body
+    finally:
+        con.close()
+
+
+def test_live_feeds_past_the_limit_get_503_and_jobs_keep_running(make_engine):
+    engine = make_engine(workers=1)
+    engine.start()
+    with serve(engine, port=0, block=False, token=TOKEN, max_sse_clients=3) as server:
+        url = server.url.rstrip("/")
+        streams = [EventStream(url) for _ in range(3)]
+        try:
+            for _ in range(5):
+                status, headers, data = _get(url, "/api/events")
+                assert status == 503, (status, data)
+                assert "at most 3" in data["error"] and headers["Retry-After"]
+                assert headers["Connection"] == "close"  # the refused socket is not kept
+            # The process is unharmed: jobs run, other requests are served.
+            assert engine.enqueue("noop", None).wait(10).status == "completed"
+            assert request(url + "/api/overview")[0] == 200
+            streams.pop().close()  # a slot comes back when a feed ends
+            deadline = time.monotonic() + 10
+            while server.dashboard.hub.clients >= 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            streams.append(EventStream(url))
+            streams[-1].next_matching(lambda kind, data: kind == "overview")
+        finally:
+            for stream in streams:
+                stream.close()
+
+
+def test_create_app_refuses_a_foreign_host_and_takes_allowed_hosts(engine):
+    from jobforge.dashboard import create_app
+
+    server = _serve_app(create_app(engine, token=TOKEN))
+    try:
+        url = server.url.rstrip("/")
+        status, _, data = _get(url, "/api/overview", host="attacker.example")
+        assert status == 400 and "attacker.example" in data["error"]
+        assert _get(url, "/api/overview", host=f"localhost:{server.port}")[0] == 200
+        assert _get(url, "/api/overview")[0] == 200
+    finally:
+        server.stop()
+    from jobforge import ValidationError
+
+    for bad in ([], "jobs.example.com", [""], [3]):
+        with pytest.raises(ValidationError) as err:
+            create_app(engine, token=TOKEN, allowed_hosts=bad)
+        assert err.value.field == "allowed_hosts"
+    # Another host name means requests from elsewhere: reads then need the token by default.
+    assert create_app(engine, allowed_hosts=["localhost"]).state.dashboard.token_for_reads is False
+    server = _serve_app(create_app(engine, token=TOKEN, allowed_hosts=["jobs.example.com"]))
+    try:
+        url = server.url.rstrip("/")
+        assert _get(url, "/api/overview")[0] == 400  # 127.0.0.1 was not named
+        assert _get(url, "/api/overview", host="jobs.example.com")[0] == 401
+        assert _get(url, "/api/overview", host="jobs.example.com", token=TOKEN)[0] == 200
+    finally:
+        server.stop()
+    # The same on a loopback bind behind a reverse proxy that forwards another host name.
+    with serve(engine, port=0, block=False, token=TOKEN, allowed_hosts=["dash.example.com"]) as s:
+        url = s.url.rstrip("/")
+        assert _get(url, "/api/jobs", host="dash.example.com")[0] == 401
+        assert _get(url, "/api/jobs", host="dash.example.com", token=TOKEN)[0] == 200
+
+
+def test_a_non_loopback_bind_needs_allowed_hosts_and_the_token_for_reads(make_engine):
+    from jobforge import ValidationError
+
+    engine = make_engine()
+    with pytest.raises(ValidationError, match="allowed_hosts") as err:
+        serve(engine, host="0.0.0.0", port=0, block=False)
+    assert err.value.field == "allowed_hosts"
+    job = engine.enqueue("noop", {"secret": "s3"}, delay=3600)
+    with serve(engine, host="0.0.0.0", port=0, block=False, token=TOKEN,
+               allowed_hosts=["127.0.0.1"]) as server:  # fmt: skip
+        url = f"http://127.0.0.1:{server.port}"
+        for path in ("/api/overview", "/api/jobs", f"/api/jobs/{job.id}", "/api/events",
+                     "/api/workers", "/api/openapi.json"):  # fmt: skip
+            status, _, data = _get(url, path)
+            assert status == 401 and "token" in data["error"], (path, status, data)
+            assert _get(url, path, token="wrong-token-0123456789")[0] == 403
+        status, _, data = _get(url, f"/api/jobs/{job.id}", token=TOKEN)
+        assert status == 200 and data["payload"] == {"secret": "s3"}
+        assert _get(url, "/", host="evil.example")[0] == 400
+        assert _get(url, "/")[0] == 200  # the page itself holds no data; it asks for the token
+        with urllib.request.urlopen(f"{url}/api/events?token={TOKEN}", timeout=10) as res:
+            assert res.status == 200
+
+
+def test_a_token_shorter_than_16_characters_is_refused(engine):
+    from jobforge import ValidationError
+    from jobforge.dashboard import Dashboard, create_app
+
+    for make in (Dashboard, create_app):
+        with pytest.raises(ValidationError, match="at least 16 characters, got 15") as err:
+            make(engine, token="x" * 15)
+        assert err.value.field == "token"
+    assert Dashboard(engine, token="x" * 16).token == "x" * 16
+    with pytest.raises(ValidationError):
+        serve(engine, port=0, block=False, token="fifteen-chars!!")
+
+
+def test_wrong_tokens_are_throttled_per_client_address(served):
+    from jobforge.dashboard.app import AUTH_FAILURES
+
+    engine, server, url = served
+    path = "/api/auth"
+
+    def post(token, source):
+        import http.client
+
+        con = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30,
+                                         source_address=(source, 0))  # fmt: skip
+        try:
+            con.request("POST", path, headers={"Authorization": f"Bearer {token}"})
+            res = con.getresponse()
+            return res.status, res.headers, json.loads(res.read())
+        finally:
+            con.close()
+
+    for _ in range(3 * AUTH_FAILURES):  # the same wrong token again is not a new guess
+        assert post("wrong-token-0123456789", "127.0.0.1")[0] == 403
+    for i in range(AUTH_FAILURES - 1):
+        assert post(f"wrong-token-{i:010d}", "127.0.0.1")[0] == 403
+    status, headers, data = post("wrong-token-9999999999", "127.0.0.1")
+    assert status == 429 and 0 < int(headers["Retry-After"]) <= 60, (status, data)
+    # While throttled even the right token is refused from that address (no oracle)...
+    assert post(TOKEN, "127.0.0.1")[0] == 429
+    job = engine.enqueue("steps", {"n": 1}, delay=3600)
+    status, _, data = request_from(server.port, f"/api/jobs/{job.id}/cancel", "127.0.0.1")
+    assert status == 429 and engine.get(job.id).status == "queued"
+    # ...and another address is not slowed at all: right token accepted, wrong one a plain 403.
+    assert post(TOKEN, "127.0.0.2")[:1] == (200,)
+    assert post("wrong-token-0123456789", "127.0.0.2")[0] == 403
+    assert request_from(server.port, f"/api/jobs/{job.id}/cancel", "127.0.0.2")[0] == 200
+    # Reads never needed the token on loopback: they are not throttled.
+    assert request(url + "/api/overview")[0] == 200
+
+
+def request_from(port, path, source):
+    import http.client
+
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    try:
+        con.request("POST", path, headers={"Authorization": f"Bearer {TOKEN}"})
+        res = con.getresponse()
+        return res.status, res.headers, json.loads(res.read())
+    finally:
+        con.close()
+
+
+def test_every_answer_carries_the_security_headers(served):
+    _, server, url = served
+    for path, host in [("/", None), ("/static/app.js", None), ("/api/overview", None),
+                       ("/api/jobs/nope", None), ("/api/overview", "evil.example")]:  # fmt: skip
+        status, headers, _ = _get(url, path, host=host)
+        csp = headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, (path, csp)
+        assert "unsafe-inline" not in csp
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert headers["X-Frame-Options"] == "DENY", path
+
+
+def test_history_works_with_percent_signs_in_the_database_path(tmp_path):
+    import jobforge
+
+    folder = tmp_path / "100%25 done%"
+    folder.mkdir()
+    engine = jobforge.Engine(str(folder / "jobs%41.db"))
+    try:
+        job = engine.enqueue("noop", {"find": "me"}, delay=3600)
+        with serve(engine, port=0, block=False, token=TOKEN) as server:
+            url = server.url.rstrip("/")
+            status, page = request(url + "/api/jobs")
+            assert status == 200, page
+            assert [j["id"] for j in page["jobs"]] == [job.id]
+            status, page = request(url + "/api/jobs?q=me")
+            assert status == 200 and [j["id"] for j in page["jobs"]] == [job.id]
+    finally:
+        engine.close()
+
+
+def test_out_of_range_numbers_in_query_parameters_are_400_naming_the_parameter(served):
+    engine, server, url = served
+    job = engine.enqueue("steps", {"n": 1}, delay=3600)
+    huge = "99999999999999999999"
+    for path, name in [
+        (f"/api/jobs?cursor={huge}.1", "cursor"),
+        (f"/api/jobs?cursor=1.{huge}", "cursor"),
+        ("/api/jobs?cursor=-1.5", "cursor"),
+        (f"/api/jobs?cursor=o:{huge}", "cursor"),
+        (f"/api/jobs?limit={huge}", "limit"),
+        (f"/api/jobs/{job.id}/logs?after={huge}", "after"),
+        (f"/api/jobs/{job.id}/logs?after=-1", "after"),
+    ]:
+        status, data = request(url + path)
+        assert status == 400, (path, status, data)
+        assert name in data["error"], (path, data)
+    for field, value in [("priority", int(huge)), ("max_attempts", int(huge)),
+                         ("delay", 1e300), ("timeout", 1e300)]:  # fmt: skip
+        status, data = request(url + "/api/jobs", "POST", {"type": "steps", field: value},
+                               token=TOKEN)  # fmt: skip
+        assert status == 400 and field in data["error"], (field, status, data)
+        assert "incompatible" not in data["error"]
+    from jobforge import _core
+
+    before = engine.counts()["total"]
+    big = {"type": "steps", "payload": "x" * (_core.MAX_PAYLOAD_BYTES + 65536)}
+    status, data = request(url + "/api/jobs", "POST", big, token=TOKEN)
+    assert status == 413 and "more than" in data["error"]
+    assert engine.counts()["total"] == before
+    from jobforge.dashboard.queries import EngineQueries, QueryError
+
+    with pytest.raises(QueryError, match="cursor"):
+        EngineQueries(engine).page(cursor=f"o:{huge}")

@@ -12,6 +12,12 @@ import xxhash
 import jobforge
 
 
+@pytest.fixture
+def engine(make_engine):
+    """An engine with two workers on a fresh file, not started, that runs `exec` (opted in)."""
+    return make_engine(workers=2, allow_exec=True)
+
+
 def _tree(root):
     files = {
         "a.txt": b"alpha\n",

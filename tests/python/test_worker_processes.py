@@ -189,7 +189,7 @@ def test_cli_worker_runs_the_apps_processors_and_exits_0_on_sigterm(app, cli_wor
     line = worker.read_until("jobforge: worker ")
     # One line at start: id, file, types, concurrency.
     assert f"on {db}: types " in line
-    assert "checksum, crash, exec, fan-out, hold, noop, scan, sleep, square" in line
+    assert "checksum, crash, fan-out, hold, noop, scan, sleep, square" in line  # no exec
     assert "(concurrency 3," in line
 
     producer = make_engine(allow_unknown_types=True)
@@ -311,7 +311,7 @@ def test_cli_worker_accepts_a_factory(tmp_path, cli_worker, make_engine):
         )
     )
     worker = cli_worker(str(tmp_path), "--app", "factoryapp:make_engine")
-    worker.read_until("types checksum, exec, hello, noop, scan, sleep")
+    worker.read_until("types checksum, hello, noop, scan, sleep")
     producer = make_engine(allow_unknown_types=True)
     assert producer.enqueue("hello", "there").wait(timeout=WAIT).result == "hi there"
     worker.process.send_signal(signal.SIGTERM)

@@ -477,7 +477,7 @@ def test_retention_runs_the_cleanup_job_on_its_own(make_engine):
 
 
 def test_run_now_runs_in_the_callers_thread_and_raises_the_processors_error(make_engine):
-    engine = make_engine()
+    engine = make_engine(allow_exec=True)
     seen = {}
 
     @engine.processor("resize")

@@ -31,6 +31,11 @@ struct EngineConfig {
   int64_t default_retry_delay_ms = 1'000;
   int default_priority = priority::normal;
   bool allow_unknown_types = false;  // producer-only processes may enqueue any type
+  // The native processor "exec" runs any command as this process's user: registered only when
+  // the application opts in (docs/security.md). Its commands get a minimal environment unless
+  // exec_inherit_env (or the payload's inherit_env) passes the whole environment on.
+  bool allow_exec = false;
+  bool exec_inherit_env = false;
   // Alone on the file, claim jobs in memory and write only their end (and their running state
   // once they outlast a commit). Switched off automatically while other workers share the file.
   bool claim_in_memory = true;

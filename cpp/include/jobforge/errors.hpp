@@ -29,7 +29,13 @@ class ValidationError : public Error {
 class UnknownJobType : public ValidationError {
  public:
   explicit UnknownJobType(const std::string& type)
-      : ValidationError("type", "unknown job type '" + type + "': no processor is registered for it") {}
+      : ValidationError(
+            "type", type == "exec"
+                        ? "unknown job type 'exec': the exec processor runs commands and "
+                          "is off unless the application opts in with "
+                          "Engine(..., allow_exec=True) or `jobforge worker "
+                          "--allow-exec` (docs/security.md)"
+                        : "unknown job type '" + type + "': no processor is registered for it") {}
 };
 
 // A singleton role is already held by another live worker.

@@ -357,6 +357,10 @@ std::unique_ptr<Store> open_postgres_store(const std::string& url,
 // True for "postgresql://..." and "postgres://..." (a PostgreSQL store), false for a file path.
 bool is_postgres_url(const std::string& path) noexcept;
 
+// The path for display: in a PostgreSQL URL, the password of the user info and the values of
+// its password= and sslpassword= parameters become "***"; a file path is returned unchanged.
+std::string redact_url(const std::string& path);
+
 // The store a path names: PostgreSQL for a postgres URL, else a SQLite file.
 std::unique_ptr<Store> open_store(const std::string& path, const SqliteOptions& sqlite = {},
                                   const PostgresOptions& postgres = {});

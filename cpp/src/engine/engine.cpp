@@ -1996,7 +1996,8 @@ Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(con
   register_processor("scan", make_scan_processor());
   register_processor("stat", make_stat_processor());
   register_processor("checksum", make_checksum_processor());
-  register_processor("exec", make_exec_processor());
+  if (impl_->config.allow_exec)
+    register_processor("exec", make_exec_processor(impl_->config.exec_inherit_env));
   if (impl_->config.retention_ms > 0) register_processor("cleanup", make_cleanup_processor(*this));
 }
 

@@ -37,7 +37,7 @@ struct ExecOptions {
   std::vector<std::string> argv;
   std::optional<std::string> cwd;
   std::map<std::string, std::string> env;
-  bool inherit_env = true;
+  std::optional<bool> inherit_env;  // absent: the processor's default
   std::optional<std::string> stdin_text;
   int64_t tail_lines = 20;
   int64_t max_log_lines = 10'000;
@@ -60,13 +60,23 @@ ExecOptions parse_exec(const std::string& payload_json) {
     if (key.empty() || key.find('=') != std::string::npos)
       r.fail("env", "must have names without '=' (got the name " + payload::dump(json(key)) + ")",
              r.doc()["env"]);
-  o.inherit_env = r.boolean("inherit_env", true);
+  if (r.has("inherit_env")) o.inherit_env = r.boolean("inherit_env", false);
   o.stdin_text = r.string("stdin", /*allow_empty=*/true);
   o.tail_lines = r.integer("tail_lines", 20, 0, 10'000);
   o.max_log_lines = r.integer("max_log_lines", 10'000, 0, 100'000'000);
   o.kill_grace_s = r.number("kill_grace", 2.0, 0, 3600);
   o.check = r.boolean("check", true);
   return o;
+}
+
+// The variables a command gets when the environment is not inherited as a whole: enough to find
+// programs and to speak the user's language, none of the secrets a host process may hold.
+bool in_minimal_environment(std::string_view name) {
+  static constexpr std::string_view kept[] = {"PATH", "HOME",     "USER", "LOGNAME", "SHELL",
+                                              "LANG", "LANGUAGE", "TZ",   "TMPDIR"};
+  for (auto k : kept)
+    if (name == k) return true;
+  return name.rfind("LC_", 0) == 0;
 }
 
 // Bytes that are not UTF-8 become U+FFFD, so a line can be logged and returned as JSON text.
@@ -209,6 +219,8 @@ struct SpawnSetup {
 
 class ExecProcessor final : public Processor {
  public:
+  explicit ExecProcessor(bool inherit_env) : inherit_env_(inherit_env) {}
+
   void validate(const std::string& payload_json) const override { parse_exec(payload_json); }
 
   // The run loop polls ctx.cancelled() every 50 ms and ends the group itself; this hook is the
@@ -249,11 +261,13 @@ class ExecProcessor final : public Processor {
     if (o.cwd) posix_spawn_file_actions_addchdir_np(&setup.actions, o.cwd->c_str());
 
     std::vector<std::string> env_strings;
-    if (o.inherit_env)
+    const bool inherit_all = o.inherit_env.value_or(inherit_env_);
+    if (o.inherit_env.value_or(true))
       for (char** e = environ; e && *e; ++e) {
         std::string_view kv(*e);
         const auto eq = kv.find('=');
-        if (eq != std::string_view::npos && o.env.count(std::string(kv.substr(0, eq)))) continue;
+        if (eq == std::string_view::npos || o.env.count(std::string(kv.substr(0, eq)))) continue;
+        if (!inherit_all && !in_minimal_environment(kv.substr(0, eq))) continue;
         env_strings.emplace_back(kv);
       }
     for (auto& [key, value] : o.env) env_strings.push_back(key + "=" + value);
@@ -436,14 +450,15 @@ class ExecProcessor final : public Processor {
     pid_t pgid = -1;
     bool terminating = false;  // the run loop is ending it (SIGTERM sent, grace running)
   };
+  const bool inherit_env_;  // the default of the payload's inherit_env
   std::mutex groups_mutex_;
   std::unordered_map<Context*, Group> groups_;
 };
 
 }  // namespace
 
-std::shared_ptr<Processor> make_exec_processor() {
-  return std::make_shared<ExecProcessor>();
+std::shared_ptr<Processor> make_exec_processor(bool inherit_env) {
+  return std::make_shared<ExecProcessor>(inherit_env);
 }
 
 }  // namespace jobforge

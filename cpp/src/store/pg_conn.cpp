@@ -1,8 +1,101 @@
 #include "store/pg_conn.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+
+#include "jobforge/store.hpp"
+
+namespace jobforge {
+namespace {
+
+struct Span {
+  size_t begin = 0, end = 0;  // [begin, end) of a secret in the URL
+};
+
+// Where the secrets of a PostgreSQL URL are: the password of the user info (up to the last '@'
+// before the query, so a stray '@' or '/' in it stays hidden) and the values of the password=
+// and sslpassword= parameters.
+std::vector<Span> secret_spans(const std::string& url) {
+  std::vector<Span> spans;
+  if (!is_postgres_url(url)) return spans;
+  const size_t start = url.find("://") + 3;
+  const size_t query = std::min(url.find('?', start), url.size());
+  const size_t at = url.rfind('@', query == url.size() ? std::string::npos : query);
+  if (at != std::string::npos && at >= start) {
+    const size_t colon = url.find(':', start);
+    if (colon < at) spans.push_back({colon + 1, at});
+  }
+  size_t p = query;
+  while (p < url.size()) {
+    const size_t key = p + 1;
+    size_t next = url.find('&', key);
+    if (next == std::string::npos) next = url.size();
+    const size_t eq = url.find('=', key);
+    if (eq < next) {
+      std::string name = url.substr(key, eq - key);
+      std::transform(name.begin(), name.end(), name.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+      if (name == "password" || name == "sslpassword") spans.push_back({eq + 1, next});
+    }
+    p = next;
+  }
+  return spans;
+}
+
+std::string percent_decoded(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+void replace_all(std::string& text, const std::string& what, const std::string& with) {
+  if (what.empty()) return;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + with.size()))
+    text.replace(p, what.size(), with);
+}
+
+}  // namespace
+
+std::string redact_url(const std::string& path) {
+  std::string out = path;
+  const auto spans = secret_spans(path);
+  for (auto it = spans.rbegin(); it != spans.rend(); ++it)
+    out.replace(it->begin, it->end - it->begin, "***");
+  return out;
+}
+
+namespace pg {
+
+std::string scrub_secrets(std::string message, const std::string& url) {
+  const auto spans = secret_spans(url);
+  if (spans.empty()) return message;
+  replace_all(message, url, redact_url(url));
+  std::vector<std::string> secrets;
+  for (const auto& span : spans) {
+    std::string raw = url.substr(span.begin, span.end - span.begin);
+    secrets.push_back(percent_decoded(raw));
+    secrets.push_back(std::move(raw));
+  }
+  // Longest first, so a secret that contains another is replaced whole.
+  std::sort(secrets.begin(), secrets.end(),
+            [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  for (const auto& secret : secrets) replace_all(message, secret, "***");
+  return message;
+}
+
+}  // namespace pg
+}  // namespace jobforge
 
 namespace jobforge::pg {
 
@@ -84,7 +177,8 @@ Connection::Connection(const std::string& url, int connect_timeout_s) {
       message.pop_back();
     if (conn_) PQfinish(conn_);
     conn_ = nullptr;
-    throw PgError(kPgConnectionLost, "08001", "cannot connect to PostgreSQL: " + message);
+    throw PgError(kPgConnectionLost, "08001",
+                  "cannot connect to PostgreSQL: " + scrub_secrets(message, url));
   }
   PQsetNoticeProcessor(
       conn_, [](void*, const char*) {}, nullptr);  // NOTICEs are not errors

@@ -107,6 +107,10 @@ class Params {
 // A PostgreSQL text array literal ('{"a","b"}') for `= ANY($n::text[])`.
 std::string text_array(const std::vector<std::string>& values);
 
+// `message` with every secret of `url` (the URL itself, its passwords, raw and percent-decoded)
+// replaced by its redacted form: libpq quotes parts of a URL it cannot parse.
+std::string scrub_secrets(std::string message, const std::string& url);
+
 class Connection {
  public:
   // Connects (blocking, with the URL's connect_timeout or `connect_timeout_s`). Throws PgError.

@@ -180,7 +180,7 @@ std::string channel_name(const std::string& prefix, const std::string& schema) {
 class PgStore final : public Store {
  public:
   PgStore(const std::string& url, const PostgresOptions& options)
-      : url_(url), options_(options), display_(redact(url)) {
+      : url_(url), options_(options), display_(redact_url(url)) {
     if (options_.pool_size < 1)
       throw ValidationError(
           "pool_size", "pool_size must be at least 1, got " + std::to_string(options_.pool_size));
@@ -884,16 +884,6 @@ class PgStore final : public Store {
   }
 
  private:
-  static std::string redact(const std::string& url) {
-    // postgresql://user:secret@host/db → postgresql://user:***@host/db
-    const auto scheme = url.find("://");
-    const auto at = url.find('@');
-    if (scheme == std::string::npos || at == std::string::npos) return url;
-    const auto colon = url.find(':', scheme + 3);
-    if (colon == std::string::npos || colon > at) return url;
-    return url.substr(0, colon + 1) + "***" + url.substr(at);
-  }
-
   std::unique_ptr<Connection> connect() {
     return std::make_unique<Connection>(url_, options_.connect_timeout_s);
   }

@@ -1,5 +1,8 @@
 #include "store/sqlite_db.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <memory>
 #include <thread>
@@ -27,6 +30,13 @@ Database::Database(const std::string& path, int flags, int busy_timeout_ms)
     return true;
   }();
   (void)memstatus_off;
+  // A new database file is readable by its owner only (jobs hold payloads, results and logs);
+  // SQLite gives its -wal and -shm files the same mode. An existing file keeps its own mode.
+  if ((flags & SQLITE_OPEN_CREATE) && !path.empty() && path != ":memory:" &&
+      path.rfind("file:", 0) != 0) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) ::close(fd);  // else it exists already, or SQLite reports why it cannot open
+  }
   const int rc = sqlite3_open_v2(path.c_str(), &db_, flags | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string message = "cannot open database '" + path + "': " +

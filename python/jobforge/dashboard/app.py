@@ -14,7 +14,14 @@ a second, however many events the engine produces.
 
 Actions that change state (enqueue, cancel, retry, cancel all) need the token: header
 ``Authorization: Bearer TOKEN`` (or ``X-Jobforge-Token: TOKEN``). Missing: 401; wrong: 403;
-either way nothing changes.
+either way nothing changes. With ``token_for_reads`` (a server reachable from elsewhere: a
+non-loopback address, or an allowed host that is not a loopback name) every ``/api`` request
+needs it. Past AUTH_FAILURES wrong tokens from one address within AUTH_WINDOW
+seconds, that address gets 429 until the window has passed.
+
+Every request must name an allowed host (``Host`` header: the loopback names by default; DNS
+rebinding), every answer carries the security headers below, and at most ``max_sse_clients``
+live feeds are open at once (503 past that).
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -35,13 +44,12 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..errors import ValidationError
 from ..job import FINAL_STATUSES, STATUSES
 from .queries import QueryError, open_queries
 
@@ -54,6 +62,22 @@ CLIENT_QUEUE = 256  # messages buffered per SSE client; past that, the oldest ar
 THROUGHPUT_WINDOW = 10.0  # seconds over which throughput is averaged
 HISTORY_SAMPLES = 120  # throughput samples kept for the sparkline
 TYPE_STATS_TTL = 2.0  # seconds the per-type figures of engine.stats() are reused
+MIN_TOKEN_LENGTH = 16
+MAX_SSE_CLIENTS = 100  # live feeds open at once (each holds a socket); past it: 503
+AUTH_FAILURES = 10  # wrong tokens from one client address within AUTH_WINDOW seconds...
+AUTH_WINDOW = 60.0  # ...after which that address gets 429 until the window has passed
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_ID = (1 << 63) - 1  # cursors and log ids are SQLite integers
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+     b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]  # fmt: skip
 
 
 def _json(value: Any, status: int = 200) -> JSONResponse:
@@ -232,12 +256,148 @@ class Throughput:
         return rate
 
 
+class _Throttle:
+    """Counts distinct wrong tokens per client address: past ``limit`` within ``window``
+    seconds the address is refused (429) until its oldest counted failure is ``window`` seconds
+    old. The same wrong token again (a page that keeps polling with it) is not a new guess.
+    Other addresses are not affected; nothing ever sleeps."""
+
+    MAX_CLIENTS = 10_000  # addresses remembered at once
+
+    def __init__(self, limit: int = AUTH_FAILURES, window: float = AUTH_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, collections.deque[tuple[float, bytes]]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str, now: Optional[float] = None) -> float:
+        """Seconds until ``client`` may try a token again (0: now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            failures = self._failures.get(client)
+            if not failures or len(failures) < self.limit:
+                return 0.0
+            return max(0.0, failures[0][0] + self.window - now)
+
+    def failed(self, client: str, token: str, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            failures = self._failures.get(client)
+            if failures is None:
+                if len(self._failures) >= self.MAX_CLIENTS:  # bounded memory
+                    for key in [
+                        k for k, f in self._failures.items() if f[-1][0] + self.window < now
+                    ]:
+                        del self._failures[key]
+                    while len(self._failures) >= self.MAX_CLIENTS:
+                        del self._failures[next(iter(self._failures))]
+                failures = self._failures[client] = collections.deque(maxlen=self.limit)
+            while failures and failures[0][0] + self.window < now:
+                failures.popleft()
+            if any(d == digest for _, d in failures):
+                return
+            failures.append((now, digest))
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
+
+
+def _host_name(header: str) -> str:
+    """The host of a ``Host`` header, without port or IPv6 brackets, lower case."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    for pattern in allowed:
+        if pattern == "*" or host == pattern:
+            return True
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+    return False
+
+
+def _normalize_hosts(hosts: Any) -> tuple[str, ...]:
+    if (
+        isinstance(hosts, str)
+        or not hasattr(hosts, "__iter__")
+        or not (hosts := list(hosts))
+        or not all(isinstance(h, str) and h.strip() for h in hosts)
+    ):
+        raise ValidationError(
+            f"allowed_hosts must be a list of host names, got {hosts!r}", field="allowed_hosts"
+        )
+    return tuple(_host_name(h) if h != "*" else h for h in hosts)
+
+
+class _Guard:
+    """ASGI middleware in front of every route: the Host check, the token for reads when
+    required, and the security headers on every answer."""
+
+    def __init__(self, app, dashboard: Dashboard) -> None:
+        self.app = app
+        self.dashboard = dashboard
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in names]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        d = self.dashboard
+        request = Request(scope)
+        host = _host_name(request.headers.get("host", ""))
+        if not _host_allowed(host, d.allowed_hosts):
+            refused: Optional[Response] = _error(
+                400,
+                f"the Host header names {host or 'nothing'!r}, not a host this dashboard "
+                "serves (allowed_hosts / --allowed-host adds one)",
+            )
+        elif d.token_for_reads and scope["path"].startswith("/api/"):
+            refused = d._check_token(request, query=scope["path"] == "/api/events")
+        else:
+            refused = None
+        if refused is not None:
+            await refused(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+
+class _EventStreamResponse(StreamingResponse):
+    """A live feed that gives its slot back however it ends (even before its first byte)."""
+
+    def __init__(self, content, on_close, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
 class Dashboard:
     """The dashboard of one engine: its API, its page and the live feed.
 
     ``engine`` may be running (this process runs jobs: events arrive at once) or not (an
     observer: it enqueues, cancels and reads, and claims nothing). ``token`` protects the
-    actions; a random one is made when not given."""
+    actions (at least MIN_TOKEN_LENGTH characters); a random one is made when not given.
+    ``allowed_hosts``: the host names requests may use (``Host`` header; default: the loopback
+    names; ``"*"`` any, ``"*.example.com"`` a domain). ``token_for_reads``: every ``/api``
+    request needs the token, not only the actions (default: when an allowed host is not a
+    loopback name, since requests then come from elsewhere). ``max_sse_clients``: live feeds open at
+    once."""
 
     def __init__(
         self,
@@ -246,14 +406,44 @@ class Dashboard:
         token: Optional[str] = None,
         poll_interval: float = 0.5,
         allowed_hosts: Optional[list[str]] = None,
+        max_sse_clients: int = MAX_SSE_CLIENTS,
+        token_for_reads: Optional[bool] = None,
     ) -> None:
-        if token is not None and (not isinstance(token, str) or len(token) < 8):
-            raise ValueError("token must be a str of at least 8 characters")
-        if not poll_interval > 0:
-            raise ValueError(f"poll_interval must be more than 0 seconds, got {poll_interval!r}")
+        if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH):
+            got = f"{len(token)} characters" if isinstance(token, str) else type(token).__name__
+            raise ValidationError(
+                f"token must be a str of at least {MIN_TOKEN_LENGTH} characters, got {got}",
+                field="token",
+            )
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, (int, float))
+            or not (0 < poll_interval < math.inf)
+        ):
+            raise ValidationError(
+                f"poll_interval must be more than 0 seconds, got {poll_interval!r}",
+                field="poll_interval",
+            )
+        if (
+            isinstance(max_sse_clients, bool)
+            or not isinstance(max_sse_clients, int)
+            or not 1 <= max_sse_clients <= 100_000
+        ):
+            raise ValidationError(
+                f"max_sse_clients must be 1..100000, got {max_sse_clients!r}",
+                field="max_sse_clients",
+            )
         self.engine = engine
         self.token = token or secrets.token_urlsafe(18)
         self.poll_interval = poll_interval
+        self.allowed_hosts = _normalize_hosts(
+            LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts
+        )
+        self.max_sse_clients = max_sse_clients
+        if token_for_reads is None:
+            token_for_reads = any(h not in LOOPBACK_HOSTS for h in self.allowed_hosts)
+        self.token_for_reads = bool(token_for_reads)
+        self.throttle = _Throttle()
         self.queries = open_queries(engine)
         self.hub = Hub()
         self.throughput = Throughput()
@@ -262,7 +452,7 @@ class Dashboard:
         self._type_stats: tuple[float, dict] = (-TYPE_STATS_TTL, {})
         # Set by the server that runs this app: true once it is shutting down.
         self.closing = lambda: False
-        self.app = self._build_app(allowed_hosts)
+        self.app = self._build_app()
 
     # -- feed ------------------------------------------------------------------------------
     def _on_event(self, ev) -> None:
@@ -349,19 +539,34 @@ class Dashboard:
             self.queries.close()
 
     # -- auth ------------------------------------------------------------------------------
-    def _check_token(self, request: Request) -> Optional[JSONResponse]:
+    def _check_token(self, request: Request, *, query: bool = False) -> Optional[JSONResponse]:
+        """None when the request carries the token; else the answer to send (401 none given,
+        403 wrong, 429 too many wrong ones from this address). ``query``: ``?token=`` counts
+        too (the live feed: a browser's EventSource cannot send headers)."""
         given = request.headers.get("x-jobforge-token")
         auth = request.headers.get("authorization", "")
         if given is None and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
+        if given is None and query:
+            given = request.query_params.get("token")
         if not given:
             return JSONResponse(
-                {"error": "this action needs the dashboard token (Authorization: Bearer TOKEN)"},
+                {"error": "this needs the dashboard token (Authorization: Bearer TOKEN)"},
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="jobforge"'},
             )
+        client = request.client.host if request.client else ""
+        wait = self.throttle.retry_after(client)
+        if wait > 0:
+            return JSONResponse(
+                {"error": f"too many wrong tokens from {client}; try again in {math.ceil(wait)} s"},
+                status_code=429,
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
         if not hmac.compare_digest(given.encode(), self.token.encode()):
+            self.throttle.failed(client, given)
             return _error(403, "wrong dashboard token")
+        self.throttle.succeeded(client)
         return None
 
     # -- handlers (sync ones run in Starlette's thread pool; engine calls release the GIL) -----
@@ -380,7 +585,7 @@ class Dashboard:
         try:
             limit = int(q.get("limit", "50"))
         except ValueError:
-            return _error(400, f"limit must be a whole number, got {q.get('limit')!r}")
+            return _error(400, f"limit must be a whole number, got {q.get('limit')[:40]!r}")
         try:
             page = self.queries.page(
                 status=q.get("status") or None,
@@ -411,10 +616,15 @@ class Dashboard:
         job_id = request.path_params["job_id"]
         if self.engine.get(job_id) is None:
             return _error(404, f"no job with id {job_id!r}")
+        text = request.query_params.get("after", "0")
         try:
-            after = int(request.query_params.get("after", "0"))
+            after = int(text)
+            if not 0 <= after <= MAX_ID:
+                raise ValueError
         except ValueError:
-            return _error(400, "after must be a whole number (the id of the last line seen)")
+            return _error(
+                400, f"after must be the id of the last line seen (0 or more), got {text[:40]!r}"
+            )
         return _json({"logs": self._logs(job_id, after=after)})
 
     def api_workers(self, request: Request) -> Response:
@@ -456,8 +666,16 @@ class Dashboard:
         refused = self._check_token(request)
         if refused:
             return refused
+        from .. import _core
+
+        limit = _core.MAX_PAYLOAD_BYTES + 65536  # the payload and the other fields
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                return _error(413, f"the request body is more than {limit} bytes")
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError as exc:
             return _error(400, f"the request body is not valid JSON: {exc}")
         if not isinstance(body, dict):
@@ -480,6 +698,13 @@ class Dashboard:
         }
         if options.get("delay") is None:
             options.pop("delay", None)
+        for field, value in options.items():
+            # Numbers the engine could not hold are refused here, naming the field.
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            bound = (1 << 31) - 1 if field in ("priority", "max_attempts") else 1e12
+            if not (math.isfinite(value) and abs(value) <= bound):
+                return _error(400, f"{field} is out of range: {str(value)[:40]}")
         try:
             job = await asyncio.to_thread(
                 self.engine.enqueue, job_type, body.get("payload"), **options
@@ -543,6 +768,13 @@ class Dashboard:
         return refused or _json({"ok": True})
 
     async def api_events(self, request: Request) -> Response:
+        if self.hub.clients >= self.max_sse_clients:
+            return JSONResponse(
+                {"error": f"too many live feeds open (at most {self.max_sse_clients}: "
+                          "max_sse_clients / --max-sse-clients); try again later"},
+                status_code=503,
+                headers={"Retry-After": "5", "Connection": "close"},  # the socket is freed now
+            )  # fmt: skip
         client = self.hub.connect()
         for message in self.hub.last.values():
             client.offer(message)
@@ -566,8 +798,9 @@ class Dashboard:
             finally:
                 self.hub.disconnect(client)
 
-        return StreamingResponse(
+        return _EventStreamResponse(
             stream(),
+            lambda: self.hub.disconnect(client),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -577,7 +810,7 @@ class Dashboard:
 
         return _json(SPEC)
 
-    def _build_app(self, allowed_hosts: Optional[list[str]]) -> Starlette:
+    def _build_app(self) -> Starlette:
         routes = [
             Route("/", self.index),
             Route("/api/overview", self.api_overview),
@@ -598,15 +831,30 @@ class Dashboard:
             Route("/api/openapi.json", self.api_openapi),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
-        middleware = []
-        if allowed_hosts:
-            middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
-        return Starlette(routes=routes, middleware=middleware, lifespan=self.lifespan)
+        app = Starlette(routes=routes, lifespan=self.lifespan)
+        app.state.dashboard = self
+        app.add_middleware(_Guard, dashboard=self)
+        return app
 
 
-def create_app(engine, *, token: Optional[str] = None, poll_interval: float = 0.5) -> Starlette:
-    """The dashboard of ``engine`` as an ASGI app (serve it with any ASGI server)."""
-    return Dashboard(engine, token=token, poll_interval=poll_interval).app
+def create_app(
+    engine,
+    *,
+    token: Optional[str] = None,
+    poll_interval: float = 0.5,
+    allowed_hosts: Optional[list[str]] = None,
+    max_sse_clients: int = MAX_SSE_CLIENTS,
+    token_for_reads: Optional[bool] = None,
+) -> Starlette:
+    """The dashboard of ``engine`` as an ASGI app (serve it with any ASGI server). It answers
+    only requests for ``allowed_hosts`` (default: the loopback names): served on another
+    address, name the hosts clients use: reads then need the token too (``token_for_reads``,
+    default: whenever an allowed host is not a loopback name). The token (random
+    when not given) is ``app.state.dashboard.token``."""
+    return Dashboard(
+        engine, token=token, poll_interval=poll_interval, allowed_hosts=allowed_hosts,
+        max_sse_clients=max_sse_clients, token_for_reads=token_for_reads,
+    ).app  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:
@@ -616,6 +864,24 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def bind_policy(host: str, allowed_hosts: Optional[list[str]]) -> tuple[list[str], bool]:
+    """(the hosts requests may name, whether reads need the token) for a server on ``host``."""
+    extra = [] if allowed_hosts is None else list(_normalize_hosts(allowed_hosts))
+    if _is_loopback(host):
+        # Another name for a loopback address: a reverse proxy brings requests from elsewhere.
+        return [*LOOPBACK_HOSTS, *extra], any(h not in LOOPBACK_HOSTS for h in extra)
+    if host.strip() in ("", "0.0.0.0", "::", "[::]"):
+        if not extra:
+            raise ValidationError(
+                f"listening on {host or 'every address'!r} needs allowed_hosts: the host names "
+                "or addresses clients put in their URLs (--allowed-host NAME, repeatable; '*' "
+                "accepts any)",
+                field="allowed_hosts",
+            )
+        return extra, True
+    return [_host_name(host), *extra], True
 
 
 class DashboardServer:
@@ -636,7 +902,11 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host
+        if host in ("0.0.0.0", "::"):  # every address: the URL names a host the server allows
+            named = [h for h in self.dashboard.allowed_hosts if "*" not in h]
+            host = named[0] if named else host
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
 
     def run(self) -> None:
@@ -685,13 +955,20 @@ def serve(
     poll_interval: float = 0.5,
     block: bool = True,
     log_level: str = "warning",
+    allowed_hosts: Optional[list[str]] = None,
+    max_sse_clients: int = MAX_SSE_CLIENTS,
 ) -> DashboardServer:
     """Serves the dashboard of an engine (or of a database file, opened as an observer that
     claims no jobs) on ``host:port`` (port 0: any free port). ``block=False`` runs the server
-    on a thread and returns at once; ``.url``, ``.token`` and ``.stop()`` on the result."""
+    on a thread and returns at once; ``.url``, ``.token`` and ``.stop()`` on the result.
+
+    On a loopback address the dashboard answers requests for the loopback names (and
+    ``allowed_hosts``). On any other address every ``/api`` request needs the token, and the
+    ``Host`` must be the address itself or one of ``allowed_hosts``; a wildcard address
+    (``0.0.0.0``, ``::``) needs ``allowed_hosts`` (``["*"]``: any host)."""
     server = make_server(
         engine_or_path, host=host, port=port, token=token, poll_interval=poll_interval,
-        log_level=log_level,
+        log_level=log_level, allowed_hosts=allowed_hosts, max_sse_clients=max_sse_clients,
     )  # fmt: skip
     if block:
         server.run()
@@ -707,12 +984,15 @@ def make_server(
     token: Optional[str] = None,
     poll_interval: float = 0.5,
     log_level: str = "warning",
+    allowed_hosts: Optional[list[str]] = None,
+    max_sse_clients: int = MAX_SSE_CLIENTS,
 ) -> DashboardServer:
     """Binds the socket and builds the server without running it (see ``serve``)."""
     import uvicorn
 
     from ..engine import Engine
 
+    hosts, token_for_reads = bind_policy(host, allowed_hosts)
     owns_engine = not isinstance(engine_or_path, Engine)
     if owns_engine:
         path = os.fspath(engine_or_path)
@@ -721,8 +1001,15 @@ def make_server(
         engine = Engine(path, allow_unknown_types=True)
     else:
         engine = engine_or_path
-    allowed = ["127.0.0.1", "localhost", "::1", "[::1]"] if _is_loopback(host) else None
-    dashboard = Dashboard(engine, token=token, poll_interval=poll_interval, allowed_hosts=allowed)
+    try:
+        dashboard = Dashboard(
+            engine, token=token, poll_interval=poll_interval, allowed_hosts=hosts,
+            max_sse_clients=max_sse_clients, token_for_reads=token_for_reads,
+        )  # fmt: skip
+    except ValueError:
+        if owns_engine:
+            engine.close()
+        raise
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

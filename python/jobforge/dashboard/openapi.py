@@ -32,8 +32,10 @@ SPEC: dict = {
     "info": {
         "title": "jobforge dashboard API",
         "version": __version__,
-        "description": "Reads are open; actions need `Authorization: Bearer TOKEN` "
-        "(401 without a token, 403 with a wrong one; nothing changes either way).",
+        "description": "On a loopback address reads are open; actions need `Authorization: "
+        "Bearer TOKEN` (401 without a token, 403 with a wrong one; nothing changes either way). "
+        "On any other address every /api path needs it. 429 with Retry-After after 10 wrong "
+        "tokens from one address within 60 s. 400 for a Host header not allowed.",
     },
     "components": {
         "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
@@ -218,7 +220,20 @@ SPEC: dict = {
         "/api/events": {
             "get": {
                 "summary": "Server-Sent Events: overview, active, jobs, logs",
-                "responses": {"200": {"description": "text/event-stream"}},
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "description": "the token, when reads need it (EventSource sends no "
+                        "headers)",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "text/event-stream"},
+                    "503": {"description": "max_sse_clients feeds are open; Retry-After"},
+                },
             }
         },
     },

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -33,6 +34,8 @@ _ROW_KEYS = (
 # a search that matches nothing costs a bounded time even at millions of jobs; the page then
 # says how far it looked and offers to look further.
 SEARCH_WINDOW = 20_000
+MAX_INT = (1 << 63) - 1  # SQLite's largest integer
+MAX_OFFSET = (1 << 31) - 1  # the engine's jobs(offset=) is a C int
 
 
 class QueryError(ValueError):
@@ -53,10 +56,13 @@ class Cursor:
     def decode(cls, text: str) -> Cursor:
         try:
             created, rowid = text.split(".")
-            return cls(int(created), int(rowid))
+            cursor = cls(int(created), int(rowid))
+            if not (0 <= cursor.created_at <= MAX_INT and 0 <= cursor.rowid <= MAX_INT):
+                raise ValueError
+            return cursor
         except ValueError:
             raise QueryError(
-                f"cursor must be the next_cursor of a previous page, got {text!r}"
+                f"cursor must be the next_cursor of a previous page, got {text[:40]!r}"
             ) from None
 
 
@@ -96,7 +102,8 @@ class StoreQueries:
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            uri = "file:" + self.path.replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+            # Every character SQLite's URI parser would read as syntax is escaped (%, ?, #).
+            uri = "file:" + urllib.parse.quote(self.path, safe="/") + "?mode=ro"
             con = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
             con.execute("PRAGMA query_only = ON")
             self._local.con = con
@@ -292,11 +299,11 @@ class EngineQueries:
             try:
                 kind, value = cursor.split(":")
                 offset = int(value)
-                if kind != "o" or offset < 0:
+                if kind != "o" or not 0 <= offset <= MAX_OFFSET - limit - 1:
                     raise ValueError
             except ValueError:
                 raise QueryError(
-                    f"cursor must be the next_cursor of a previous page, got {cursor!r}"
+                    f"cursor must be the next_cursor of a previous page, got {cursor[:40]!r}"
                 ) from None
         jobs = self.engine.jobs(status=status, type=type, limit=limit + 1, offset=offset)
         rows = [

@@ -74,7 +74,9 @@ const statusSpan = (s) => el("span", { class: `st ${s}` }, s);
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
-  if (options.auth) headers["Authorization"] = `Bearer ${state.token}`;
+  // Every request carries the token when the page has one: on a dashboard reachable from
+  // other machines, reads need it too.
+  if (options.auth || state.token) headers["Authorization"] = `Bearer ${state.token}`;
   const res = await fetch(path, {
     method: options.method || "GET",
     headers,
@@ -103,6 +105,8 @@ function initToken() {
     e.preventDefault();
     state.token = $("#token").value.trim();
     sessionStorage.setItem("jobforge-token", state.token);
+    // Reads refused without the token (a dashboard on a non-loopback address): start over.
+    if (!document.body.dataset.ready) { location.reload(); return; }
     await checkToken();
   });
   checkToken();
@@ -431,7 +435,9 @@ async function loadTypes() {
 
 // ---- live feed -------------------------------------------------------------------------------
 function connect() {
-  const source = new EventSource("/api/events");
+  // An EventSource cannot send headers: the token goes in the query (needed only when reads
+  // need it; the server then reads it there).
+  const source = new EventSource(state.token ? `/api/events?token=${encodeURIComponent(state.token)}` : "/api/events");
   const live = $("#live");
   source.onopen = () => { live.textContent = "live"; live.className = "pill on"; };
   source.onerror = () => { live.textContent = "reconnecting"; live.className = "pill off"; };

@@ -243,7 +243,7 @@ class Soak:
             w.stop()
         report = self.report(engine, acked, drained)
         report.update(store=args.store, duration_s=round(faults_s, 1), faults=dict(self.injected),
-                      lease_s=args.lease, workers=args.workers)  # fmt: skip
+                      lease_s=args.lease, workers=args.workers, records=self.folder)  # fmt: skip
         return report
 
     def read_ids(self, name: str) -> list[str]:

@@ -22,6 +22,22 @@ namespace {
 // A number argument of a hot call (int, float, or anything with __float__/__index__ such as
 // NumPy scalars; bool is refused), read without pybind11's casters. Raises TypeError naming the
 // argument.
+// An int argument as int64: one that does not fit is a ValidationError naming it, not
+// pybind11's signature dump.
+int64_t int64_arg(py::handle value, const char* name) {
+  PyObject* o = value.ptr();
+  if (!PyLong_Check(o) || PyBool_Check(o))
+    throw py::type_error(std::string(name) + " must be an int, got " +
+                         std::string(py::str(py::type::handle_of(value).attr("__name__"))));
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+  if (overflow != 0)
+    throw ValidationError(name, std::string(name) + " must be between -2**63 and 2**63-1, got " +
+                                    std::string(py::str(value)));
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
+}
+
 double number_arg(py::handle value, const char* name) {
   PyObject* o = value.ptr();
   if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
@@ -514,8 +530,10 @@ PYBIND11_MODULE(_core, m) {
             c.log(*parsed, message, fields_json);
           },
           py::arg("level"), py::arg("message"))
-      .def("count", [](Context& c, const std::string& key, int64_t n) { c.count(key, n); },
-           py::arg("key"), py::arg("n") = 1)
+      .def(
+          "count",
+          [](Context& c, const std::string& key, py::handle n) { c.count(key, int64_arg(n, "n")); },
+          py::arg("key"), py::arg("n") = 1)
       .def_property_readonly("dependency_results", [](Context& c) {
         std::string text;
         {

@@ -1,5 +1,8 @@
 #include "jobforge/job.hpp"
 
+#include <pthread.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -31,7 +34,23 @@ constexpr bool kTransitions[kStatusCount][kStatusCount] = {
     /* timeout */ {false, true, false, false, false, false, false},
 };
 
+std::atomic<uint64_t> g_fork_generation{0};
+
+void after_fork_in_child() noexcept {
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Registered once, when the library loads (before any thread of ours exists).
+const bool g_fork_handler_registered = [] {
+  return pthread_atfork(nullptr, nullptr, &after_fork_in_child) == 0;
+}();
+
 }  // namespace
+
+uint64_t fork_generation() noexcept {
+  (void)g_fork_handler_registered;
+  return g_fork_generation.load(std::memory_order_relaxed);
+}
 
 std::string_view to_string(Status s) noexcept { return kStatusNames[static_cast<int>(s)]; }
 
@@ -182,9 +201,22 @@ std::string new_job_id() {
   // UUID version 7: 48 bits of Unix ms and a 12-bit counter (RFC 9562, method 1), then random
   // bits. (ms, counter) only moves forward in this process, borrowing from the next millisecond
   // when 4096 ids are made within one, so the ids of one process are strictly increasing.
-  thread_local std::mt19937_64 rng{std::random_device{}() ^
-                                   (static_cast<uint64_t>(now_ms()) << 16) ^
-                                   reinterpret_cast<uintptr_t>(&rng)};
+  // A forked child inherits this thread's generator state and `last`: without a new seed it
+  // would draw the parent's (and every sibling's) next random parts, in the same milliseconds.
+  struct Generator {
+    std::mt19937_64 rng;
+    uint64_t fork_generation = ~0ull;
+  };
+  thread_local Generator gen;
+  if (gen.fork_generation != fork_generation()) {
+    gen.fork_generation = fork_generation();
+    std::random_device device;
+    const unsigned salt[] = {static_cast<unsigned>(getpid()), static_cast<unsigned>(now_ms()),
+                             static_cast<unsigned>(reinterpret_cast<uintptr_t>(&gen))};
+    std::seed_seq seed{device(), device(), device(), device(), salt[0], salt[1], salt[2]};
+    gen.rng.seed(seed);
+  }
+  auto& rng = gen.rng;
   static std::atomic<uint64_t> last{0};  // (ms << 12) | counter
   const uint64_t floor = static_cast<uint64_t>(now_ms()) << 12;
   uint64_t prev = last.load(std::memory_order_relaxed);

@@ -17,7 +17,7 @@ from . import _core, _json
 from . import workflows as _workflows
 from ._processors import make_adapter
 from .backoff import BackoffSpec, Exponential, Fixed, Linear
-from .errors import JobforgeError
+from .errors import JobforgeError, ValidationError
 from .job import STATUSES, Event, Job
 
 if TYPE_CHECKING:
@@ -52,6 +52,36 @@ _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _abandoned_after_fork: list[Any] = []  # see Engine._stand_in_for
 
 
+class _CoreAfterFork:
+    """An engine's C++ core in a child forked from the process that made it, until first use.
+
+    The parent's core is never called in the child: its threads do not exist there, its SQLite
+    and libpq connections belong to the parent, and a mutex one of its threads held at the fork
+    stays locked. On first use the engine opens a core of its own (see Engine._reopen_after_fork);
+    ``running`` and ``stop`` need none."""
+
+    __slots__ = ("_engine",)
+    running = False
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def stop(self, wait: bool = True) -> None:
+        pass  # nothing of the parent's engine runs here
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine._reopen_after_fork(), name)
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_live_engines):
+        engine._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _stop_live_engines() -> None:
     # Worker threads must not outlive the interpreter; running jobs go back to the queue.
@@ -60,6 +90,11 @@ def _stop_live_engines() -> None:
             engine.stop(wait=False)
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
+
+
+# The longest time any option may be: ~31,700 years, far from int64 milliseconds (2.9e8 years) so
+# that "now + delay" never overflows either.
+_MAX_SECONDS = 1e12
 
 
 def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
@@ -71,6 +106,11 @@ def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
         )
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{field} must be a finite number of seconds, got {value!r}")
+    if value > _MAX_SECONDS:
+        raise ValidationError(f"{field} must be at most {_MAX_SECONDS:g} seconds, got {value!r}",
+                              field)  # fmt: skip
+    if value < -_MAX_SECONDS:
+        raise ValidationError(f"{field} must be 0 or more seconds, got {value!r}", field)
     ms = value * 1000.0
     # Round away from zero so a tiny positive value stays positive and a negative one negative.
     return int(math.ceil(ms)) if ms >= 0 else int(math.floor(ms))
@@ -89,11 +129,18 @@ def _backoff(retry_delay: Optional[float], backoff: Optional[BackoffSpec]):
     return _seconds_to_ms("backoff", backoff.base), backoff.encode()
 
 
-def _int_option(field: str, value: Any) -> Optional[int]:
+def _int_option(field: str, value: Any, bits: int = 32) -> Optional[int]:
+    """An int option as the core's C++ type (int32 or int64) holds it; bigger ones are refused
+    here, naming the field, rather than by the binding's signature dump."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}")
+    bound = 1 << (bits - 1)
+    if value >= bound:
+        raise ValidationError(f"{field} must be at most {bound - 1}, got {value}", field)
+    if value < -bound:
+        raise ValidationError(f"{field} must be at least {-bound}, got {value}", field)
     return value
 
 
@@ -105,7 +152,7 @@ def _workflow_config(queues, max_queue_size, misfire_grace, retention, cleanup_i
         for q in queues:
             if not isinstance(q, str) or not q:
                 raise ValueError(f"queues must hold non-empty str names, got {q!r}")
-    size = _int_option("max_queue_size", max_queue_size) or 0
+    size = _int_option("max_queue_size", max_queue_size, bits=64) or 0
     if size < 0:
         raise ValueError(f"max_queue_size must be 0 or more, got {max_queue_size!r}")
     grace = _seconds_to_ms("misfire_grace", misfire_grace)
@@ -278,8 +325,7 @@ class Engine:
         grace_ms = _seconds_to_ms("interrupt_grace", interrupt_grace)
         if grace_ms is None or grace_ms < 0:
             raise ValueError(f"interrupt_grace must be 0 or more seconds, got {interrupt_grace!r}")
-        self._core = _core.Engine(
-            path,
+        self._core_options: dict[str, Any] = dict(
             workers=workers,
             retry_delay_ms=retry_ms,
             allow_unknown_types=bool(allow_unknown_types),
@@ -299,7 +345,9 @@ class Engine:
             exec_inherit_env=exec_inherit_env,
             **wf,
         )
+        self._core = _core.Engine(path, **self._core_options)
         self._url = path  # the real one (a PostgreSQL password included); never shown
+        self._fork_lock = threading.Lock()
         self._subs_lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._core_subscription: Optional[int] = None
@@ -498,6 +546,40 @@ class Engine:
         self._subs_lock = threading.Lock()  # another thread of the parent may have held it
         self._subs = []
         self._core_subscription = None
+
+    def _forked(self) -> None:
+        """In a child of os.fork() (gunicorn --preload, multiprocessing's fork start method): the
+        parent's core is set aside, unused and never freed (C++ leaks it in a child), and a core
+        of the child's own is opened on first use. Locks a parent thread may have held are new."""
+        _abandoned_after_fork.append(self._core)
+        self._core = _CoreAfterFork(self)
+        self._supervisor = None
+        self._subs_lock = threading.Lock()
+        self._fork_lock = threading.Lock()
+        self._core_subscription = None
+
+    def _reopen_after_fork(self) -> Any:
+        """The child's own core, opened on the same store with this engine's options,
+        processors, queue limits and event subscriptions. Not started: start() it to run jobs
+        in the child too."""
+        with self._fork_lock:
+            if not isinstance(self._core, _CoreAfterFork):
+                return self._core
+            core = _core.Engine(self._url, **self._core_options)
+            self._core = core
+            try:
+                for job_type, (fn, options) in list(self._registrations.items()):
+                    self.register(job_type, fn, **options)
+                for job_type, (capsule, options) in list(self._native_registrations.items()):
+                    self.register_native(job_type, capsule, **options)
+                for name, (max_concurrent, max_size) in list(self._queue_limits.items()):
+                    self.queue(name, max_concurrent=max_concurrent, max_size=max_size)
+                if self._subs:
+                    self._core_subscription = core.subscribe(_make_dispatcher(self))
+            except BaseException:
+                self._core = _CoreAfterFork(self)
+                raise
+            return core
 
     @property
     def worker_id(self) -> str:
@@ -708,7 +790,7 @@ class Engine:
         every process on the file (0: no limit), and enqueue raises ``QueueFull`` once
         ``max_size`` jobs are queued in it (0: the engine's ``max_queue_size``)."""
         max_concurrent = _int_option("max_concurrent", max_concurrent) or 0
-        max_size = _int_option("max_size", max_size) or 0
+        max_size = _int_option("max_size", max_size, bits=64) or 0
         self._core.set_queue_limits(name, max_concurrent, max_size)
         self._queue_limits[name] = (max_concurrent, max_size)
 
@@ -789,7 +871,7 @@ class Engine:
 
     def active(self, limit: int = 1000) -> list[Job]:
         """Jobs that are created, queued or running, newest first."""
-        return [Job(self, r) for r in self._core.active(limit)]
+        return [Job(self, r) for r in self._core.active(_int_option("limit", limit))]
 
     def store_health(self) -> str:
         """``"ok"``, or ``"degraded: <why>"`` while the store cannot reach its database.
@@ -873,9 +955,10 @@ class Engine:
                 since = since.timestamp()
             if not isinstance(since, (int, float)) or isinstance(since, bool):
                 raise TypeError(f"since must be Unix seconds or a datetime, got {since!r}")
+            _seconds_to_ms("since", since)  # in range
             since_ms = int(since * 1000)
         limit = _int_option("limit", limit)
-        after = _int_option("after", after)
+        after = _int_option("after", after, bits=64)
         records = self._core.logs(job_id, level=level, since_ms=since_ms, after_id=after or 0,
                                   limit=limit, newest=bool(tail))  # fmt: skip
         return [LogLine(r) for r in records]
@@ -893,6 +976,7 @@ class Engine:
         engine.events(timeout=5)``); it ends after ``timeout`` seconds without an event."""
         from .observe import EventStream
 
+        _seconds_to_ms("timeout", timeout)  # in range
         return EventStream(self, event, job_id=job_id, job_type=job_type, timeout=timeout,
                            maxsize=maxsize)  # fmt: skip
 
@@ -908,6 +992,7 @@ class Engine:
         """The same as ``events`` for asyncio: ``async for ev in engine.aevents(): ...``."""
         from .observe import AsyncEventStream
 
+        _seconds_to_ms("timeout", timeout)  # in range
         return AsyncEventStream(self, event, job_id=job_id, job_type=job_type,
                                 timeout=timeout, maxsize=maxsize)  # fmt: skip
 
@@ -958,6 +1043,8 @@ class Engine:
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         sub = Subscription(self, event, callback, job_id, job_type)
+        if isinstance(self._core, _CoreAfterFork):
+            self._reopen_after_fork()  # first, not under _subs_lock: it subscribes what exists
         with self._subs_lock:
             self._subs = [*self._subs, sub]
             if self._core_subscription is None:

@@ -3,6 +3,8 @@
 #include "jobforge/engine.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -1877,6 +1879,46 @@ TEST_P(EngineTest, StopWithoutWaitingEscalatesAStopThatIsWaiting) {
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(got->status, Status::queued);
   EXPECT_EQ(got->attempts, 0);
+}
+
+// ---- fork ------------------------------------------------------------------------------------
+
+// An engine made before fork(), used in the child: its threads do not exist there and its
+// connections belong to the parent. Every call raises one clear error instead of waiting for a
+// commit no thread will make, and its destructor returns at once (SIGALRM ends a hang).
+TEST_P(EngineTest, EngineMadeBeforeAForkRaisesInTheChildAndItsDestructorReturns) {
+  auto engine = std::make_unique<Engine>(small_config(dir));
+  engine->register_processor("echo", std::make_shared<EchoProcessor>());
+  engine->start();
+  const Job before = engine->enqueue(spec("echo", "1"));
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(20);
+    int code = 0;
+    auto expect_fork_error = [&](int bit, const std::function<void()>& call) {
+      try {
+        call();
+        code |= bit;
+      } catch (const Error& e) {
+        if (std::string(e.what()).find("forked child") == std::string::npos) code |= bit;
+      }
+    };
+    expect_fork_error(1, [&] { engine->enqueue(spec("echo", "2")); });
+    expect_fork_error(2, [&] { engine->get(before.id); });
+    expect_fork_error(4, [&] { engine->wait(before.id, 10ms); });
+    expect_fork_error(8, [&] { engine->start(); });
+    if (engine->running()) code |= 16;
+    engine->stop();  // nothing of it runs here: returns
+    engine.reset();  // leaks what belongs to the parent, joins nothing
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child ended by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // The parent's engine is untouched by all that.
+  EXPECT_EQ(wait_final(*engine, engine->enqueue(spec("echo", "3")).id).status, Status::completed);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, EngineTest, ::testing::Values(Backend::sqlite, Backend::postgres),

@@ -2,6 +2,8 @@
 #include "jobforge/job.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -237,4 +239,37 @@ TEST(Clock, NowMsGoesOnThroughAStepOfTheWallClock) {
   const int64_t after_forward = now_ms();
   EXPECT_LT(after_forward - after_back, 1000);
   EXPECT_LT(std::abs(after_forward - system_ms()), 1000);
+}
+
+// A forked child inherits the id generator's state: without a new seed it draws exactly the
+// random parts its parent (and every sibling) draws next, and in the same millisecond the same
+// ids. The random parts (the last 64 bits) of parent and child must differ, whatever the clock.
+TEST(JobIds, ParentAndForkedChildDrawDifferentRandomParts) {
+  constexpr int kCount = 200;
+  (void)new_job_id();  // this thread's generator exists before the fork
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    std::string out;
+    for (int i = 0; i < kCount; ++i) out += new_job_id() + "\n";
+    const bool written = write(fds[1], out.data(), out.size()) == static_cast<ssize_t>(out.size());
+    _exit(written ? 0 : 1);
+  }
+  close(fds[1]);
+  std::set<std::string> tails;
+  for (int i = 0; i < kCount; ++i) tails.insert(new_job_id().substr(19));
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;)
+    text.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  ASSERT_EQ(text.size(), static_cast<size_t>(kCount) * 37);
+  for (size_t at = 0; at < text.size(); at += 37) tails.insert(text.substr(at + 19, 17));
+  EXPECT_EQ(tails.size(), static_cast<size_t>(2 * kCount));
 }

@@ -24,6 +24,7 @@ import jobforge
 BOTH_STORES = {
     "test_cancel",
     "test_enqueue",
+    "test_fork",
     "test_events",
     "test_lifecycle",
     "test_priority",

@@ -233,6 +233,20 @@ struct Engine::Impl {
     recover_orphans();
   }
 
+  // Made in this process, not inherited by a fork() child (see ~Engine).
+  bool forked() const noexcept { return fork_generation() != created_fork_generation; }
+
+  // Every entry point first: in a forked child, one clear error instead of a wait for threads
+  // that do not exist or a mutex a parent thread held at the fork.
+  void check_process() const {
+    if (!forked()) return;
+    throw Error("this jobforge engine was created in process " + std::to_string(owner_pid) +
+                " and cannot be used in a forked child (pid " + std::to_string(getpid()) +
+                "): its threads and database connections belong to the parent. Create a new "
+                "Engine in the child (the Python jobforge.Engine does so on first use after "
+                "a fork)");
+  }
+
   ~Impl() {
     stop(true);
     store->close();
@@ -1815,6 +1829,8 @@ struct Engine::Impl {
   bool schedules_changed = false;              // guarded by maintenance_mutex
   std::map<std::string, Clock::time_point> pulled_back;  // guarded by maintenance_mutex
 
+  const uint64_t created_fork_generation = fork_generation();
+  const pid_t owner_pid = getpid();
   EngineConfig config;
   std::string hostname, worker_id;
   std::unique_ptr<Store> store;
@@ -1905,6 +1921,7 @@ void RunningJob::increment(double n) { update_progress(n, 0, {}, nullptr, false,
 void RunningJob::update_progress(double current, double total, std::string_view message,
                                  const std::string_view* stage_name, bool restart_stage,
                                  bool relative) {
+  engine_->check_process();
   if (finished.load(std::memory_order_relaxed)) return;
   if (!std::isfinite(current)) current = 0;
   if (!std::isfinite(total) || total < 0) total = 0;
@@ -1967,6 +1984,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
 }
 
 void RunningJob::log(LogLevel level, std::string_view message, std::string_view fields_json) {
+  engine_->check_process();
   LogRecord line;
   line.job_id = job.id;
   line.job_type = job.type;
@@ -1984,6 +2002,7 @@ void RunningJob::log(LogLevel level, std::string_view message, std::string_view 
 }
 
 void RunningJob::count(std::string_view key, int64_t n) {
+  engine_->check_process();
   std::lock_guard lock(progress_mutex_);
   auto it = outcome_.find(key);
   if (it == outcome_.end()) it = outcome_.emplace(std::string(key), 0).first;
@@ -2001,34 +2020,60 @@ Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(con
   if (impl_->config.retention_ms > 0) register_processor("cleanup", make_cleanup_processor(*this));
 }
 
-Engine::~Engine() = default;
+Engine::~Engine() {
+  // In a forked child this engine's threads do not exist and its connections belong to the
+  // parent: joining, flushing or closing them would hang or break the parent's sessions.
+  // Leaked on purpose; the child's exit frees the memory.
+  if (impl_ && impl_->forked()) (void)impl_.release();
+}
 
 const EngineConfig& Engine::config() const noexcept { return impl_->config; }
 const std::string& Engine::worker_id() const noexcept { return impl_->worker_id; }
 
 void Engine::register_processor(const std::string& type, std::shared_ptr<Processor> processor,
                                 ProcessorOptions options) {
+  impl_->check_process();
   impl_->register_processor(type, std::move(processor), options);
 }
 
 bool Engine::has_processor(const std::string& type) const {
+  impl_->check_process();
   return impl_->registration(type).has_value();
 }
 
-std::vector<std::string> Engine::processor_types() const { return impl_->types(); }
+std::vector<std::string> Engine::processor_types() const {
+  impl_->check_process();
+  return impl_->types();
+}
 
-void Engine::start() { impl_->start(); }
-void Engine::stop(bool wait) { impl_->stop(wait); }
-bool Engine::running() const noexcept { return impl_->started; }
+void Engine::start() {
+  impl_->check_process();
+  impl_->start();
+}
+void Engine::stop(bool wait) {
+  if (impl_->forked()) return;  // nothing of it runs in a forked child
+  impl_->stop(wait);
+}
+bool Engine::running() const noexcept {
+  return impl_->started && !impl_->forked();
+}
 
-Job Engine::enqueue(const JobSpec& spec) { return impl_->enqueue({spec}).front(); }
+Job Engine::enqueue(const JobSpec& spec) {
+  impl_->check_process();
+  return impl_->enqueue({spec}).front();
+}
 std::vector<Job> Engine::enqueue_many(const std::vector<JobSpec>& specs) {
+  impl_->check_process();
   return impl_->enqueue(specs);
 }
 
-std::optional<Job> Engine::get(const std::string& job_id) { return impl_->get(job_id); }
+std::optional<Job> Engine::get(const std::string& job_id) {
+  impl_->check_process();
+  return impl_->get(job_id);
+}
 
 std::vector<Job> Engine::jobs(const JobQuery& query) {
+  impl_->check_process();
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
   if (query.offset < 0)
@@ -2039,20 +2084,26 @@ std::vector<Job> Engine::jobs(const JobQuery& query) {
 }
 
 std::vector<Job> Engine::active(int limit) {
+  impl_->check_process();
   JobQuery q;
   q.statuses = {Status::created, Status::queued, Status::running};
   q.limit = limit;
   return jobs(q);
 }
 
-Stats Engine::stats() { return impl_->store->stats(); }
+Stats Engine::stats() {
+  impl_->check_process();
+  return impl_->store->stats();
+}
 
 StatsDetail Engine::stats_detail() {
+  impl_->check_process();
   return impl_->store->stats_detail(now_ms(), impl_->config.stats_window_ms,
                                     impl_->config.stats_rate_ms);
 }
 
 std::vector<LogRecord> Engine::logs(const LogQuery& query) {
+  impl_->check_process();
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
   auto lines = impl_->store->logs(query);
@@ -2062,10 +2113,17 @@ std::vector<LogRecord> Engine::logs(const LogQuery& query) {
   return lines;
 }
 
-std::vector<WorkerInfo> Engine::workers() { return impl_->store->workers(); }
-std::string Engine::integrity_check() { return impl_->store->integrity_check(); }
+std::vector<WorkerInfo> Engine::workers() {
+  impl_->check_process();
+  return impl_->store->workers();
+}
+std::string Engine::integrity_check() {
+  impl_->check_process();
+  return impl_->store->integrity_check();
+}
 
 Engine::LocalStats Engine::local_stats() {
+  impl_->check_process();
   LocalStats l;
   l.workers = impl_->config.workers;
   {
@@ -2081,12 +2139,22 @@ Engine::LocalStats Engine::local_stats() {
   l.events_dropped = impl_->bus.dropped();
   return l;
 }
-bool Engine::cancel(const std::string& job_id) { return impl_->cancel(job_id); }
-bool Engine::retry(const std::string& job_id) { return impl_->retry(job_id); }
-int64_t Engine::abort_all() { return impl_->abort_all(); }
+bool Engine::cancel(const std::string& job_id) {
+  impl_->check_process();
+  return impl_->cancel(job_id);
+}
+bool Engine::retry(const std::string& job_id) {
+  impl_->check_process();
+  return impl_->retry(job_id);
+}
+int64_t Engine::abort_all() {
+  impl_->check_process();
+  return impl_->abort_all();
+}
 
 std::optional<Job> Engine::wait(const std::string& job_id,
                                 std::optional<std::chrono::milliseconds> timeout) {
+  impl_->check_process();
   return impl_->wait(job_id, timeout);
 }
 
@@ -2096,6 +2164,7 @@ Store& Engine::store() noexcept { return *impl_->store; }
 // ---- workflows ---------------------------------------------------------------------------------
 
 std::string RunningJob::dependency_results_json() {
+  engine_->check_process();
   nlohmann::json out = nlohmann::json::object();
   for (const auto& dep : engine_->store->dependencies(job.id))
     out[dep.id] = dep.result_json ? nlohmann::json::parse(*dep.result_json, nullptr, false)
@@ -2195,35 +2264,55 @@ class DirectContext final : public Context {
 
 }  // namespace
 
-std::vector<Job> Engine::enqueue_batch(const BatchSpec& batch) { return impl_->enqueue_batch(batch); }
+std::vector<Job> Engine::enqueue_batch(const BatchSpec& batch) {
+  impl_->check_process();
+  return impl_->enqueue_batch(batch);
+}
 
 std::vector<Job> Engine::dependencies(const std::string& job_id) {
+  impl_->check_process();
   return impl_->store->dependencies(job_id);
 }
 
 void Engine::set_queue_limits(const std::string& queue, int max_concurrent, int64_t max_size) {
+  impl_->check_process();
   impl_->set_queue_limits(queue, max_concurrent, max_size);
 }
 
-Schedule Engine::schedule(Schedule schedule) { return impl_->schedule(std::move(schedule)); }
+Schedule Engine::schedule(Schedule schedule) {
+  impl_->check_process();
+  return impl_->schedule(std::move(schedule));
+}
 
-bool Engine::unschedule(const std::string& name) { return impl_->store->delete_schedule(name); }
+bool Engine::unschedule(const std::string& name) {
+  impl_->check_process();
+  return impl_->store->delete_schedule(name);
+}
 
-std::vector<Schedule> Engine::schedules() { return impl_->store->schedules(); }
+std::vector<Schedule> Engine::schedules() {
+  impl_->check_process();
+  return impl_->store->schedules();
+}
 
-int Engine::fire_due_schedules() { return impl_->fire_due_schedules(); }
+int Engine::fire_due_schedules() {
+  impl_->check_process();
+  return impl_->fire_due_schedules();
+}
 
 int64_t Engine::cleanup(int64_t older_than_ms, const Context* ctx) {
+  impl_->check_process();
   return impl_->cleanup(older_than_ms, const_cast<Context*>(ctx));
 }
 
 std::shared_ptr<Context> Engine::direct_context(const std::string& type, DirectProgress progress) {
+  impl_->check_process();
   if (!impl_->registration(type)) throw UnknownJobType(type);
   return std::make_shared<DirectContext>(type, std::move(progress));
 }
 
 std::string Engine::run_now(const std::string& type, const std::string& payload_json,
                             DirectProgress progress) {
+  impl_->check_process();
   auto reg = impl_->registration(type);
   if (!reg) throw UnknownJobType(type);
   if (!nlohmann::json::accept(payload_json))

@@ -949,27 +949,33 @@ class SqliteStore final : public Store {
   class ReaderPool {
    public:
     struct Lease {
+      sqlite::ForkShield shield;  // a read holds WAL locks too (see sqlite_db.hpp)
       ReaderPool* pool;
       std::unique_ptr<Reader> reader;
       Reader* operator->() { return reader.get(); }
       ~Lease() {
         if (reader) pool->release(std::move(reader));
       }
-      Lease(ReaderPool* p, std::unique_ptr<Reader> r) : pool(p), reader(std::move(r)) {}
+      Lease(ReaderPool* p, std::unique_ptr<Reader> r, sqlite::ForkShield s)
+          : shield(std::move(s)), pool(p), reader(std::move(r)) {}
       Lease(Lease&&) = default;
     };
     Lease acquire(SqliteStore& store) {
+      // The shield first, never while holding mutex_: a lease ending inside its shield takes
+      // mutex_, so waiting for a fork with mutex_ held would deadlock.
+      sqlite::ForkShield shield;
       std::unique_lock lock(mutex_);
       cv_.wait(lock, [&] { return !idle_.empty() || open_ < store.options_.readers; });
       if (!idle_.empty()) {
         auto r = std::move(idle_.back());
         idle_.pop_back();
-        return Lease(this, std::move(r));
+        return Lease(this, std::move(r), std::move(shield));
       }
       ++open_;
       lock.unlock();
       try {
-        return Lease(this, std::make_unique<Reader>(store.path_, store.options_.busy_timeout_ms));
+        return Lease(this, std::make_unique<Reader>(store.path_, store.options_.busy_timeout_ms),
+                     std::move(shield));
       } catch (...) {
         lock.lock();
         --open_;
@@ -1588,6 +1594,7 @@ class SqliteStore final : public Store {
       window_stats::SumsByBucket fresh_stats;
       bool flush_stats = false;
       try {
+        sqlite::ForkShield shield;  // no fork() while the write lock is held (see sqlite_db.hpp)
         sqlite::Transaction txn(writer_db_);
         for (size_t i = 0; i < n; ++i) ops[i].apply(w);
         if (!w.transitions.empty()) apply_workflow_effects(w);
@@ -1786,6 +1793,7 @@ class SqliteStore final : public Store {
         checkpoint_wanted_ = false;
       }
       try {
+        sqlite::ForkShield shield;
         if (!db) {
           db = std::make_unique<Database>(path_, SQLITE_OPEN_READWRITE, options_.busy_timeout_ms);
           configure(*db);  // the same synchronous setting: a checkpoint syncs the file

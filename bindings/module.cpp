@@ -561,6 +561,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("expression"), py::arg("after_ms"), py::arg("timezone") = "UTC",
       "The first fire time (Unix ms) of a cron expression after after_ms (for tests and tools).");
+  m.def("_set_test_clock_offset_ms", &set_test_clock_offset_ms, py::arg("offset_ms"),
+        "Test only: shifts this process's wall clock, as a clock step would.");
   m.def("redact_url", &redact_url, py::arg("path"),
         "The path for display: a PostgreSQL URL's passwords replaced by ***.");
   m.attr("SDK_ABI_VERSION") = sdk::abi_version;

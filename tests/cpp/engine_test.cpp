@@ -1470,7 +1470,8 @@ TEST_P(EngineTest, DeadWorkersJobsAreRecoveredOnStartAndALivePeersAreLeftAlone) 
   {
     auto store = open_store(path);
     const int64_t now = now_ms();
-    // Another host's workers: one silent for an hour, one heartbeating (its clock is ahead).
+    // Another host's workers: one silent for an hour, one heartbeating (its clock is an hour
+    // ahead).
     auto other_host_worker = [](const std::string& id, int64_t heartbeat_at) {
       WorkerInfo w;
       w.id = id;
@@ -1507,13 +1508,34 @@ TEST_P(EngineTest, DeadWorkersJobsAreRecoveredOnStartAndALivePeersAreLeftAlone) 
       ASSERT_EQ(store->claim(claim).size(), 1u);
     }
   }
-  Engine engine(small_config(dir));
+  // The peer is alive: its heartbeat keeps changing (an hour ahead of ours). The ghost's never
+  // does: it is dead once it stayed the same for a lease of the engine's own watch.
+  std::atomic<bool> peer_alive{true};
+  std::thread peer([&] {
+    auto store = open_store(path);
+    while (peer_alive) {
+      store->heartbeat("peer", now_ms() + 3'600'000, 3'600'000);
+      store->flush();
+      std::this_thread::sleep_for(20ms);
+    }
+  });
+  struct Join {
+    std::atomic<bool>& alive;
+    std::thread& t;
+    ~Join() {
+      alive = false;
+      t.join();
+    }
+  } join{peer_alive, peer};
+  EngineConfig cfg = small_config(dir);
+  cfg.lease_ms = 500;
+  Engine engine(cfg);
   engine.start();
   const Job recovered = wait_final(engine, dead_job);
   EXPECT_EQ(recovered.status, Status::completed);
   EXPECT_EQ(recovered.attempts, 2);  // the ghost's attempt counts
 
-  std::this_thread::sleep_for(200ms);  // several heartbeat/recovery rounds
+  std::this_thread::sleep_for(1500ms);  // three leases of rounds
   auto untouched = engine.get(live_job);
   ASSERT_TRUE(untouched.has_value());
   EXPECT_EQ(untouched->status, Status::running);

@@ -1,17 +1,19 @@
 // The job model: the lifecycle table, status names, and job ids.
+#include "jobforge/job.hpp"
+
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include "jobforge/job.hpp"
 
 using namespace jobforge;
 
@@ -214,6 +216,29 @@ TEST(JobStats, CountReadsTheStatusSlot) {
   s.by_status[static_cast<int>(Status::failed)] = 4;
   EXPECT_EQ(s.count(Status::failed), 4);
   EXPECT_EQ(s.count(Status::queued), 0);
+}
+
+// ---- the clock ----------------------------------------------------------------------------
+
+// A step of the wall clock while the process runs (simulated with the test-only offset) is not
+// followed, backwards or forwards; time goes on by the monotonic clock.
+TEST(Clock, NowMsGoesOnThroughAStepOfTheWallClock) {
+  const auto system_ms = [] {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+  };
+  const int64_t before = now_ms();
+  EXPECT_LT(std::abs(before - system_ms()), 1000);
+  set_test_clock_offset_ms(-3'600'000);
+  const int64_t after_back = now_ms();
+  EXPECT_GE(after_back, before);
+  EXPECT_LT(after_back - before, 1000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_GE(now_ms(), after_back + 40);  // and it keeps moving
+  set_test_clock_offset_ms(0);           // a step of one hour forward: not followed either
+  const int64_t after_forward = now_ms();
+  EXPECT_LT(after_forward - after_back, 1000);
+  EXPECT_LT(std::abs(after_forward - system_ms()), 1000);
 }
 
 // A forked child inherits the id generator's state: without a new seed it draws exactly the

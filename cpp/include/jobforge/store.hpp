@@ -271,8 +271,10 @@ class Store {
   }
   // Every published entry, live or not (the engine judges its worker), by type then worker.
   virtual std::vector<PublishedType> published_types() { return {}; }
-  // Takes back running jobs whose owner is dead (per `is_dead`) or whose lease expired: a new
-  // attempt if any is left, else failed. Returns how many jobs were taken back.
+  // Takes back running jobs whose owner is dead (per `is_dead`, asked for every running worker
+  // but `self_id`; such rows are marked dead) or is not a running worker: a new attempt if any is
+  // left, else failed. lease_expires_at is informational: a live owner keeps its jobs whatever
+  // any clock says. Returns how many jobs were taken back.
   virtual int64_t recover_orphans(int64_t now, const std::string& self_id,
                                   const std::function<bool(const WorkerInfo&)>& is_dead) = 0;
 

@@ -193,6 +193,7 @@ class RunningJob final : public Context {
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
   std::atomic<bool> logged{false};  // wrote a log line: its start is written before its end
+  std::atomic<bool> lease_lost{false};  // taken back while we could not renew: end not written
 };
 
 struct Engine::Impl {
@@ -699,12 +700,19 @@ struct Engine::Impl {
     }
   }
 
+  // Removes a job from `claimed` (caller holds jobs_mutex), unless a newer attempt of it took
+  // its place there.
+  void forget_claimed(const std::shared_ptr<RunningJob>& rj) {
+    auto it = claimed.find(rj->job.id);
+    if (it != claimed.end() && it->second == rj) claimed.erase(it);
+  }
+
   // A held job that no worker has started ends now, not when a worker becomes free.
   void end_if_unstarted(const std::shared_ptr<RunningJob>& rj) {
     {
       std::lock_guard lock(jobs_mutex);
       if (!ready.erase(rj)) return;  // a worker took it: it sees the stop request itself
-      claimed.erase(rj->job.id);
+      forget_claimed(rj);
       dispatch_cv.notify_all();
     }
     submit_outcome(*rj, decide_outcome(*rj, RunResult{}));
@@ -729,11 +737,32 @@ struct Engine::Impl {
   void start() {
     std::lock_guard lifecycle(lifecycle_mutex);
     if (started) return;
-    const int64_t now = now_ms();
-    const std::string mode = store->register_worker(
-        WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", "",
-                   config.singleton_role},
-        [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
+    auto register_self = [this] {
+      const int64_t now = now_ms();
+      return store->register_worker(
+          WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", "",
+                     config.singleton_role},
+          [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
+    };
+    std::string mode;
+    try {
+      mode = register_self();
+    } catch (const SingletonTaken&) {
+      // A holder on another host may be dead: only watching its heartbeat for a window can tell
+      // (no clock is compared). Watch it (recovery rounds mark it dead if it is), then try again.
+      bool remote = false;
+      for (const auto& w : store->workers())
+        remote = remote || (w.state == "running" && w.singleton_role == config.singleton_role &&
+                            w.hostname != hostname);
+      if (!remote) throw;
+      const auto until = Clock::now() + std::chrono::milliseconds(stale_ms() + config.heartbeat_ms);
+      while (Clock::now() < until) {
+        recover_orphans();
+        std::this_thread::sleep_for(std::chrono::milliseconds(config.heartbeat_ms));
+      }
+      recover_orphans();
+      mode = register_self();
+    }
     durable_claims = mode != "memory";
     peers_durable = mode == "memory";  // alone: nobody to wait for
     publish_types();
@@ -785,7 +814,7 @@ struct Engine::Impl {
       std::lock_guard lock(jobs_mutex);
       unstarted.assign(ready.begin(), ready.end());
       ready.clear();
-      for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      for (auto& rj : unstarted) forget_claimed(rj);
       ready_cv.notify_all();
     }
     release_unstarted(unstarted);
@@ -846,7 +875,7 @@ struct Engine::Impl {
           ++it;
         }
       }
-      for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      for (auto& rj : unstarted) forget_claimed(rj);
       // Jobs a worker took from the queue but whose start may not be recorded yet: record it
       // now, so the flush below writes every held job as running before a peer may claim.
       const int64_t now = now_ms();
@@ -883,10 +912,47 @@ struct Engine::Impl {
       try_memory_claims();
   }
 
-  // The one rule for a dead peer: same host and its pid is gone, or its heartbeat is older than
-  // max(3 heartbeats, one lease).
-  bool is_dead(const WorkerInfo& w) const {
-    return worker_is_dead(w, hostname, now_ms(), std::max(3 * config.heartbeat_ms, config.lease_ms));
+  // The one rule for a dead peer: on this host, its pid is gone; anywhere, its heartbeat did not
+  // change for max(3 heartbeats, one lease) of this process's monotonic clock while this process
+  // watched it without a gap. No wall clock is compared across processes, so a clock step (here
+  // or in the peer) cannot kill a live peer. A gap in the watch (this process could not write to
+  // the store: an outage; or it was paused: SIGSTOP, a VM suspended) gives every peer a full
+  // window again, measured from the end of the gap plus a reconnection backoff: each had the
+  // same outage and needs time to reconnect and heartbeat before anyone judges it
+  // (docs/workers.md, "Outages and clocks").
+  bool is_dead(const WorkerInfo& w) {
+    if (w.hostname == hostname && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
+        errno == ESRCH)
+      return true;
+    const auto now = Clock::now();
+    const auto stale = std::chrono::milliseconds(stale_ms());
+    const auto gap = watch_gap();
+    std::lock_guard lock(peers_mutex);
+    const bool writing = now - last_write_ok.load() <= gap;  // our own heartbeats land
+    auto [it, first_sight] = peers.try_emplace(w.id, PeerWatch{w.heartbeat_at, now, now});
+    PeerWatch& p = it->second;
+    if (!first_sight) {
+      if (!writing || now - p.seen > gap) {
+        // After a gap the window starts late by the longest a peer may take to notice that the
+        // store is back (its reconnection backoff) and to heartbeat.
+        p.changed = now + std::chrono::milliseconds(config.postgres.reconnect_max_delay_ms +
+                                                    config.heartbeat_ms);
+      } else if (w.heartbeat_at != p.heartbeat_at && p.changed < now) {
+        p.changed = now;
+      }
+      p.heartbeat_at = w.heartbeat_at;
+      p.seen = now;
+    }
+    if (peers.size() > 4096)  // rows of long-gone workers: forget those not seen for an hour
+      for (auto i = peers.begin(); i != peers.end();)
+        i = now - i->second.seen > std::chrono::hours(1) ? peers.erase(i) : std::next(i);
+    return now - p.changed >= stale;
+  }
+
+  int64_t stale_ms() const { return std::max(3 * config.heartbeat_ms, config.lease_ms); }
+  // A pause in our own writes longer than this interrupts the watch (see is_dead).
+  std::chrono::milliseconds watch_gap() const {
+    return std::chrono::milliseconds(std::max(2 * config.heartbeat_ms, stale_ms() / 4));
   }
 
   void wake_dispatcher() {
@@ -972,7 +1038,15 @@ struct Engine::Impl {
             rj->request_stop(StopReason::cancelled);  // cancelled between claim and here
             cancelled_early.push_back(rj);
           }
-          claimed.emplace(rj->job.id, rj);
+          if (auto [it, added] = claimed.emplace(rj->job.id, rj); !added) {
+            // An older attempt of this job still runs here: the job was taken back from us (we
+            // could not renew in time) and we claimed it again. The old attempt is fenced: it
+            // stops and its end is not written, so the job never has two ends from one worker.
+            it->second->lease_lost = true;
+            it->second->request_stop(StopReason::shutdown);
+            ready.erase(it->second);  // not started yet: dropped (same rowid: same place in order)
+            it->second = rj;
+          }
           ready.insert(std::move(rj));
         }
         if (!jobs.empty()) ready_cv.notify_all();
@@ -1066,7 +1140,7 @@ struct Engine::Impl {
         rj->finished = true;
         store->release({rj->job.rowid});
         std::lock_guard lock(jobs_mutex);
-        claimed.erase(rj->job.id);
+        forget_claimed(rj);
         dispatch_cv.notify_all();
         continue;
       }
@@ -1087,7 +1161,7 @@ struct Engine::Impl {
       submit_outcome(*rj, decide_outcome(*rj, result));
       {
         std::lock_guard lock(jobs_mutex);
-        claimed.erase(rj->job.id);
+        forget_claimed(rj);
         if (has_limits.load(std::memory_order_relaxed)) {
           dispatch_wake = true;  // a slot is free
           dispatch_cv.notify_all();
@@ -1230,6 +1304,7 @@ struct Engine::Impl {
 
   void submit_outcome(RunningJob& rj, Outcome o) {
     rj.finished = true;
+    if (rj.lease_lost) return;  // fenced: another attempt owns the job now
     try {
       store->finish(std::move(o));
     } catch (const std::exception& e) {
@@ -1241,21 +1316,49 @@ struct Engine::Impl {
 
   // ---- maintenance -------------------------------------------------------------------------
 
-  static bool worker_is_dead(const WorkerInfo& w, const std::string& my_host, int64_t now,
-                             int64_t stale_ms) {
-    if (w.hostname == my_host && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
-        errno == ESRCH)
-      return true;
-    return w.heartbeat_at < now - stale_ms;
-  }
-
+  // Takes back the jobs of dead peers (is_dead). Its success is also this process's proof that
+  // it can write to the store: after a gap longer than a lease (an outage, a pause), the jobs it
+  // runs may have been taken back by peers that could write meanwhile, so it checks them.
   void recover_orphans() {
     try {
       store->recover_orphans(now_ms(), worker_id,
                              [this](const WorkerInfo& w) { return is_dead(w); });
     } catch (const std::exception& e) {
       std::fprintf(stderr, "jobforge: recovery failed: %s\n", e.what());
+      return;
     }
+    // After a gap as short as the one that makes peers wait (is_dead): a peer may have judged us
+    // on a watch a little longer than our own gap.
+    const auto previous = last_write_ok.exchange(Clock::now());
+    if (Clock::now() - previous > watch_gap() && !fence_lost_jobs())
+      last_write_ok.store(previous);  // not checked: the next round tries again
+  }
+
+  // The owner's side of a lost lease: a job of ours that the store no longer shows running under
+  // our name in this attempt was taken back while we could not renew. It is asked to stop, and
+  // its end is not written (the store would refuse it anyway; a new attempt owns the job).
+  // Returns false when the store could not be read (nothing was decided).
+  bool fence_lost_jobs() {
+    for (auto& rj : claimed_jobs()) {
+      if (rj->claimed_in_memory || rj->finished) continue;
+      std::optional<Job> now_stored;
+      try {
+        now_stored = store->get(rj->job.id);
+      } catch (const std::exception&) {
+        return false;
+      }
+      if (now_stored && now_stored->status == Status::running &&
+          now_stored->lease_owner == worker_id && now_stored->attempts == rj->job.attempts)
+        continue;
+      rj->lease_lost = true;
+      rj->request_stop(StopReason::shutdown);
+      std::fprintf(stderr,
+                   "jobforge: job %s (attempt %d) was taken back while this worker could not "
+                   "renew its lease; its end will not be recorded\n",
+                   rj->job.id.c_str(), rj->job.attempts);
+    }
+    notify_watchdog();
+    return true;
   }
 
   // Deadlines and interruptions, on a thread that never waits for the store: a slow commit
@@ -1742,7 +1845,7 @@ struct Engine::Impl {
     int64_t earliest = std::numeric_limits<int64_t>::max();
     for (const auto& sc : store->schedules()) {
       if (sc.next_fire_at > now) {
-        earliest = std::min(earliest, sc.next_fire_at);
+        earliest = std::min(earliest, pull_back_if_ahead(sc, now));
         continue;
       }
       try {
@@ -1774,6 +1877,36 @@ struct Engine::Impl {
     if (made) wake_dispatcher();
     if (next_fire) *next_fire = earliest;
     return made;
+  }
+
+  // A next fire time later than the schedule's own next one from now was computed by a clock
+  // ahead of ours: this process's clock is behind (started after a backward step), or the one
+  // that fired it is ahead. Waiting for it would stop the schedule for the difference (an hour
+  // for a one-hour step); recompute it from now. At most once per schedule every 10 minutes from
+  // this process, so processes whose clocks disagree cannot fire each other's schedules in a
+  // loop. Returns the next fire time to wait for.
+  int64_t pull_back_if_ahead(const Schedule& sc, int64_t now) {
+    try {
+      const CronSpec spec = CronSpec::parse(sc.cron, sc.timezone);
+      const int64_t from_now = spec.next_after(now);
+      if (sc.next_fire_at <= from_now) return sc.next_fire_at;
+      const auto steady = Clock::now();
+      {
+        std::lock_guard lock(maintenance_mutex);
+        auto [it, first] = pulled_back.try_emplace(sc.name, steady);
+        if (!first && steady - it->second < std::chrono::minutes(10)) return sc.next_fire_at;
+        it->second = steady;
+      }
+      std::fprintf(stderr,
+                   "jobforge: schedule '%s' was to fire %.1f s from now, later than its cron "
+                   "allows (a clock step?); its next fire is recomputed from now\n",
+                   sc.name.c_str(), static_cast<double>(sc.next_fire_at - now) / 1000.0);
+      if (store->fire_schedule(sc.name, sc.next_fire_at, from_now, std::nullopt)) return from_now;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: schedule '%s' not recomputed: %s\n", sc.name.c_str(),
+                   e.what());
+    }
+    return sc.next_fire_at;
   }
 
   // Maintenance's part: fire what is due; returns how long to wait for the next fire (at most
@@ -1829,6 +1962,7 @@ struct Engine::Impl {
   std::atomic<bool> has_limits{false};         // any max_concurrent or rate: see claim_jobs
   std::map<std::string, QueueLimits> queue_limits;  // guarded by registry_mutex
   bool schedules_changed = false;              // guarded by maintenance_mutex
+  std::map<std::string, Clock::time_point> pulled_back;  // guarded by maintenance_mutex
 
   const uint64_t created_fork_generation = fork_generation();
   const pid_t owner_pid = getpid();
@@ -1888,6 +2022,17 @@ struct Engine::Impl {
   std::vector<LogRecord> log_buffer;
   bool log_write_pending = false;
   std::atomic<uint64_t> progress_writes{0}, log_lines{0};
+
+  // Peers as this process watches them (is_dead): their last heartbeat value, when it last
+  // changed and when it was last seen, on the monotonic clock.
+  struct PeerWatch {
+    int64_t heartbeat_at;
+    Clock::time_point changed, seen;
+  };
+  std::mutex peers_mutex;
+  std::unordered_map<std::string, PeerWatch> peers;
+  // When recover_orphans last committed (a write of ours reached the store).
+  std::atomic<Clock::time_point> last_write_ok{Clock::now()};
 
   std::thread dispatcher, maintenance, watchdog;
   std::vector<std::thread> workers;

@@ -386,17 +386,16 @@ inline constexpr const char* kListPublishedTypes =
 
 inline constexpr const char* kLockWorkers = "LOCK TABLE workers IN SHARE ROW EXCLUSIVE MODE";
 
+// Running jobs whose owner is not a live worker (see sqlite_sql.hpp: no timestamp decides).
 inline constexpr const char* kRecoverOrphans = R"sql(
 UPDATE jobs SET
   status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
   error = 'worker ' || COALESCE(lease_owner, '(unknown)') || ' was lost while running the job',
-  run_at = $1, queued_at = $1, updated_at = $1,
-  completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE $1 END,
+  run_at = $1::bigint, queued_at = $1::bigint, updated_at = $1::bigint,
+  completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE $1::bigint END,
   lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE, claim_token = NULL
 WHERE status = 'running' AND COALESCE(lease_owner, '') <> $2 AND batch_policy IS NULL
-  AND (lease_owner IS NULL
-       OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running')
-       OR lease_expires_at < $1)
+  AND (lease_owner IS NULL OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running'))
 RETURNING id, type, status, attempts
 )sql";
 

@@ -462,8 +462,9 @@ inline constexpr const char* kListPublishedTypes =
     "SELECT worker_id, type, options, published_at, refreshed_at FROM worker_types "
     "ORDER BY type, worker_id";
 
-// Running jobs whose owner is not a live worker (or whose lease ran out) go back to the queue,
-// or fail when no attempt is left.
+// Running jobs whose owner is not a live worker go back to the queue, or fail when no attempt is
+// left. A lease is not judged by a timestamp: the owner is dead or alive (the engine's is_dead
+// marks dead rows first), so no clock step and no outage can expire a live owner's lease.
 inline constexpr const char* kRecoverOrphans = R"sql(
 UPDATE jobs SET
   status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
@@ -472,9 +473,7 @@ UPDATE jobs SET
   completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ?1 END,
   lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
 WHERE status = 'running' AND COALESCE(lease_owner, '') <> ?2 AND batch_policy IS NULL
-  AND (lease_owner IS NULL
-       OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running')
-       OR lease_expires_at < ?1)
+  AND (lease_owner IS NULL OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running'))
 RETURNING id, type, status, attempts
 )sql";
 

@@ -5,9 +5,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <thread>
 #include <unordered_map>
 
 #include "jobforge/cron.hpp"
@@ -22,6 +26,22 @@ namespace {
 // A number argument of a hot call (int, float, or anything with __float__/__index__ such as
 // NumPy scalars; bool is refused), read without pybind11's casters. Raises TypeError naming the
 // argument.
+// An int argument as int64: one that does not fit is a ValidationError naming it, not
+// pybind11's signature dump.
+int64_t int64_arg(py::handle value, const char* name) {
+  PyObject* o = value.ptr();
+  if (!PyLong_Check(o) || PyBool_Check(o))
+    throw py::type_error(std::string(name) + " must be an int, got " +
+                         std::string(py::str(py::type::handle_of(value).attr("__name__"))));
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+  if (overflow != 0)
+    throw ValidationError(name, std::string(name) + " must be between -2**63 and 2**63-1, got " +
+                                    std::string(py::str(value)));
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
+}
+
 double number_arg(py::handle value, const char* name) {
   PyObject* o = value.ptr();
   if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
@@ -51,17 +71,142 @@ std::string_view text_arg(py::handle value, const char* name) {
   return {data, static_cast<size_t>(size)};
 }
 
+// ---- The GIL at the edges of the interpreter's life ----------------------------------------
+//
+// A thread that waits for the GIL while the interpreter finalizes is ended by CPython (before
+// 3.14) with pthread_exit: a forced unwind that std::terminate()s the process ("terminate called
+// without an active exception", SIGABRT) as soon as it meets a noexcept frame such as
+// pybind11's ~gil_scoped_release, an std::function or a catch (...). So every place where the
+// GIL is taken again here goes through the guards below:
+//   - ReleaseGil (every blocking call from Python): its re-acquire parks the thread for ever
+//     once the interpreter is exiting, as CPython 3.14 itself does, instead of being killed in
+//     the middle of C++ (its destructor lets a forced unwind through, for the last race);
+//   - EnterPython (threads of the engine calling Python: event delivery, releasing a
+//     reference, interrupting a job, run_now's progress): it declines once the interpreter is
+//     exiting, and the caller skips its call into Python;
+//   - the worker threads' PythonGate declines too, and the job does not run.
+// exit_hook() runs at interpreter exit (registered with atexit when jobforge._core is imported,
+// so after jobforge's own handler has stopped the engines, and before finalization): from then
+// on the guards decline; it waits, with the GIL released, for threads already on their way in
+// to come out.
+std::atomic<bool> g_exiting{false};
+std::atomic<int> g_inside{0};                 // threads taking, or holding, the GIL through here
+std::atomic<unsigned long> g_exit_thread{0};  // the thread that finalizes (never parked)
+
+bool interpreter_exiting() noexcept {
+  if (g_exiting.load()) return true;
+  if (!Py_IsInitialized()) return true;
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+bool on_exit_thread() noexcept {
+  return PyThread_get_thread_ident() == g_exit_thread.load();
+}
+
+[[noreturn]] void park_forever() noexcept {
+  for (;;) std::this_thread::sleep_for(std::chrono::hours(24));
+}
+
+// Counts a thread in g_inside while it takes the GIL (and, for EnterPython, while it holds it).
+struct Inside {
+  Inside() noexcept { g_inside.fetch_add(1); }
+  ~Inside() { g_inside.fetch_sub(1); }
+  Inside(const Inside&) = delete;
+  Inside& operator=(const Inside&) = delete;
+};
+
+// Takes the GIL again in a thread that released it (a Python thread in a blocking call).
+void restore_thread(PyThreadState* state) noexcept(false) {
+  std::optional<Inside> inside(std::in_place);
+  if (interpreter_exiting() && !on_exit_thread()) {
+    inside.reset();
+    park_forever();
+  }
+  PyEval_RestoreThread(state);  // a forced unwind (the last race) passes through: not noexcept
+}
+
+// The GIL released for a blocking call of a Python thread; used for every release here
+// (directly and as py::call_guard<ReleaseGil>).
+class ReleaseGil {
+ public:
+  ReleaseGil() : state_(PyEval_SaveThread()) {}
+  ~ReleaseGil() noexcept(false) { restore_thread(state_); }
+  ReleaseGil(const ReleaseGil&) = delete;
+  ReleaseGil& operator=(const ReleaseGil&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
+// The GIL taken by any thread (usually one of the engine's), unless the interpreter is exiting:
+// then `ok()` is false and the caller must not touch Python.
+class EnterPython {
+ public:
+  EnterPython() {
+    if (interpreter_exiting() && !on_exit_thread()) return;
+    inside_.emplace();
+    if (interpreter_exiting() && !on_exit_thread()) {  // exit_hook() began in between
+      inside_.reset();
+      return;
+    }
+    state_ = PyGILState_Ensure();
+    ok_ = true;
+  }
+  ~EnterPython() {
+    if (ok_) PyGILState_Release(state_);
+  }
+  EnterPython(const EnterPython&) = delete;
+  EnterPython& operator=(const EnterPython&) = delete;
+  bool ok() const noexcept { return ok_; }
+
+ private:
+  std::optional<Inside> inside_;
+  PyGILState_STATE state_{};
+  bool ok_ = false;
+};
+
+std::atomic<unsigned long> g_main_thread{0};
+
+// Blocking waits of the main thread run in slices of this length, with the GIL released; between
+// slices a pending signal's handler runs (Ctrl-C raises KeyboardInterrupt there).
+constexpr int64_t kSignalSliceMs = 100;
+
+bool on_main_thread() noexcept {
+  return PyThread_get_thread_ident() == g_main_thread.load();
+}
+
+// Raises the exception of a signal handler that ran (KeyboardInterrupt for Ctrl-C).
+void check_signals() {
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
+// At interpreter exit (atexit, GIL held): from now on no thread enters Python through here;
+// those already in are waited for (GIL released, at most 2 s) so none is still waiting for the
+// GIL when finalization begins.
+void exit_hook() {
+  g_exit_thread.store(PyThread_get_thread_ident());
+  g_exiting.store(true);
+  ReleaseGil release;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (g_inside.load() > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
 // A Python object that may be released from any thread: it takes the GIL to drop its reference
-// (and leaks it if the interpreter is already gone).
+// (and leaks it if the interpreter is exiting).
 class PyRef {
  public:
   explicit PyRef(py::object obj) : obj_(std::move(obj)) {}
   ~PyRef() {
-    if (!Py_IsInitialized()) {
-      obj_.release();
+    EnterPython gil;
+    if (!gil.ok()) {
+      obj_.release();  // the interpreter is exiting: leaked, never touched again
       return;
     }
-    py::gil_scoped_acquire gil;
     obj_ = py::object();
   }
   const py::object& get() const { return obj_; }
@@ -78,24 +223,41 @@ py::object error_class(const char* name) {
 // life (creating one per acquisition costs more than a small Python job), deleted at thread exit.
 class PythonGate final : public ExecutionGate {
  public:
+  // Once the interpreter is exiting the gate declines (refused_): the thread does not take the
+  // GIL, and the Python processor does not run the job (PythonProcessor::run).
   void enter() override {
     thread_local ThreadState state;
+    refused_ = true;
+    if (interpreter_exiting()) return;
+    g_inside.fetch_add(1);
+    if (interpreter_exiting()) {
+      g_inside.fetch_sub(1);
+      return;
+    }
     if (!state.tstate) state.tstate = PyThreadState_New(interpreter_);
     PyEval_RestoreThread(state.tstate);
+    refused_ = false;
   }
-  void leave() override { PyEval_SaveThread(); }
+  void leave() override {
+    if (refused_) return;
+    PyEval_SaveThread();
+    g_inside.fetch_sub(1);
+  }
   void set_interpreter(PyInterpreterState* interp) { interpreter_ = interp; }
 
  private:
   struct ThreadState {
     PyThreadState* tstate = nullptr;
     ~ThreadState() {
-      if (!tstate || !Py_IsInitialized()) return;
+      if (!tstate) return;
+      Inside inside;
+      if (interpreter_exiting()) return;  // the state is left to the interpreter
       PyEval_RestoreThread(tstate);
       PyThreadState_Clear(tstate);
       PyThreadState_DeleteCurrent();
     }
   };
+  static inline thread_local bool refused_ = false;
   PyInterpreterState* interpreter_ = nullptr;
 };
 
@@ -116,8 +278,8 @@ class PythonProcessor final : public Processor {
   // Raises JobCancelled asynchronously in the thread running ctx's job: it surfaces at the next
   // Python bytecode (it cannot interrupt a long call into C, such as time.sleep or a C extension).
   void interrupt(Context& ctx) override {
-    if (!Py_IsInitialized()) return;
-    py::gil_scoped_acquire gil;
+    EnterPython gil;
+    if (!gil.ok()) return;
     // With the GIL held the worker is not between its run and forget(): the entry is exact.
     std::lock_guard lock(running_mutex_);
     auto it = running_.find(&ctx);
@@ -127,8 +289,12 @@ class PythonProcessor final : public Processor {
 
   std::string run(Context& ctx, const std::string& payload_json) override {
     // The engine enters the gate first; a direct caller may not have.
-    std::optional<py::gil_scoped_acquire> gil;
-    if (!PyGILState_Check()) gil.emplace();
+    std::optional<EnterPython> gil;
+    if (!PyGILState_Check()) {
+      gil.emplace();
+      if (!gil->ok())
+        throw ProcessorFailure("not run: the Python interpreter is exiting", "", false);
+    }
     const unsigned long thread = PyThread_get_thread_ident();
     {
       std::lock_guard lock(running_mutex_);
@@ -214,7 +380,7 @@ void translate_errors(std::exception_ptr p) {
 // waiting for the GIL to finish a Python processor.
 struct ReleaseGilDeleter {
   void operator()(Engine* e) const {
-    py::gil_scoped_release release;
+    ReleaseGil release;
     delete e;
   }
 };
@@ -356,12 +522,29 @@ py::dict schedule_dict(const Schedule& sc) {
   return d;
 }
 
+// What an enqueue call stored, also put in `written` (a list the Python caller made) before it
+// returns with the GIL held: a Ctrl-C whose KeyboardInterrupt is raised as the call returns, before
+// the caller holds the result, cannot lose the jobs (python/jobforge/engine.py returns them all
+// the same, see _return_after_interrupt). `many`: `stored` is a list of records, else one record.
+py::object report_written(py::object stored, const py::object& written, bool many) {
+  if (!written.is_none()) {
+    py::list out = py::reinterpret_borrow<py::list>(written);
+    if (many) {
+      for (auto record : stored) out.append(record);
+    } else {
+      out.append(stored);
+    }
+  }
+  return stored;
+}
+
 // A Python callable as run_now's progress callback; it takes the GIL for each call.
 DirectProgress direct_progress(py::object callback) {
   if (callback.is_none()) return nullptr;
   auto ref = std::make_shared<PyRef>(std::move(callback));
   return [ref](double current, double total, const std::string& message) {
-    py::gil_scoped_acquire gil;
+    EnterPython gil;
+    if (!gil.ok()) return;  // the interpreter is exiting
     ref->get()(current, total, message);
   };
 }
@@ -378,6 +561,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("expression"), py::arg("after_ms"), py::arg("timezone") = "UTC",
       "The first fire time (Unix ms) of a cron expression after after_ms (for tests and tools).");
+  m.def("_set_test_clock_offset_ms", &set_test_clock_offset_ms, py::arg("offset_ms"),
+        "Test only: shifts this process's wall clock, as a clock step would.");
   m.def("redact_url", &redact_url, py::arg("path"),
         "The path for display: a PostgreSQL URL's passwords replaced by ***.");
   m.attr("SDK_ABI_VERSION") = sdk::abi_version;
@@ -386,6 +571,18 @@ PYBIND11_MODULE(_core, m) {
   m.attr("MAX_PAYLOAD_BYTES") = EngineConfig{}.max_payload_bytes;
   py::register_exception_translator(&translate_errors);
   python_gate().set_interpreter(PyThreadState_Get()->interp);
+  g_main_thread =
+      py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  g_exit_thread = g_main_thread.load();
+  // Runs after jobforge's own atexit handler (registered later, by jobforge.engine).
+  py::module_::import("atexit").attr("register")(py::cpp_function(&exit_hook));
+  // A forked child has one thread, the one that forked: its new main thread, inside nothing.
+  py::module_::import("os").attr("register_at_fork")(
+      py::arg("after_in_child") = py::cpp_function([] {
+        g_main_thread = PyThread_get_thread_ident();
+        g_exit_thread = g_main_thread.load();
+        g_inside = 0;
+      }));
 
   py::class_<Job>(m, "JobRecord")
       .def_readonly("id", &Job::id)
@@ -512,12 +709,14 @@ PYBIND11_MODULE(_core, m) {
             c.log(*parsed, message, fields_json);
           },
           py::arg("level"), py::arg("message"))
-      .def("count", [](Context& c, const std::string& key, int64_t n) { c.count(key, n); },
-           py::arg("key"), py::arg("n") = 1)
+      .def(
+          "count",
+          [](Context& c, const std::string& key, py::handle n) { c.count(key, int64_arg(n, "n")); },
+          py::arg("key"), py::arg("n") = 1)
       .def_property_readonly("dependency_results", [](Context& c) {
         std::string text;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           text = c.dependency_results_json();
         }
         return py::module_::import("jobforge._json").attr("loads")(text);
@@ -557,7 +756,7 @@ PYBIND11_MODULE(_core, m) {
              c.singleton_role = std::move(singleton_role);
              c.interrupt_grace_ms = interrupt_grace_ms;
              c.claim_in_memory = claim_in_memory;
-             py::gil_scoped_release release;
+             ReleaseGil release;
              return EngineHolder(new Engine(c));
            }),
            py::arg("path"), py::arg("workers") = 4, py::arg("retry_delay_ms") = 1000,
@@ -584,7 +783,7 @@ PYBIND11_MODULE(_core, m) {
              ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, backoff, priority,
                                 max_concurrent, rate};
              auto p = std::make_shared<PythonProcessor>(std::move(adapter));
-             py::gil_scoped_release release;
+             ReleaseGil release;
              e.register_processor(type, std::move(p), o);
            },
            py::arg("type"), py::arg("adapter"), py::arg("timeout_ms") = py::none(),
@@ -611,7 +810,7 @@ PYBIND11_MODULE(_core, m) {
              if (backoff) Backoff::parse(*backoff);
              ProcessorOptions o{timeout_ms, max_attempts, retry_delay_ms, backoff, priority};
              std::shared_ptr<Processor> p = exported->processor;
-             py::gil_scoped_release release;
+             ReleaseGil release;
              e.register_processor(type, std::move(p), o);
            },
            py::arg("type"), py::arg("capsule"), py::arg("timeout_ms") = py::none(),
@@ -619,48 +818,59 @@ PYBIND11_MODULE(_core, m) {
            py::arg("backoff") = py::none(), py::arg("priority") = py::none())
       .def("has_processor", &Engine::has_processor)
       .def("processor_types", &Engine::processor_types)
-      .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
-      .def("stop", &Engine::stop, py::arg("wait") = true, py::call_guard<py::gil_scoped_release>())
+      .def("start", &Engine::start, py::call_guard<ReleaseGil>())
+      .def("stop", &Engine::stop, py::arg("wait") = true, py::call_guard<ReleaseGil>())
       .def_property_readonly("running", &Engine::running)
       .def(
           "enqueue",
           [](Engine& e, const std::string& type, std::string payload_json, std::optional<int> priority,
              std::optional<int> max_attempts, std::optional<int64_t> timeout_ms,
              std::optional<int64_t> retry_delay_ms, std::optional<std::string> backoff,
-             int64_t delay_ms, std::optional<std::string> parent_id, bool user_initiated) {
+             int64_t delay_ms, std::optional<std::string> parent_id, bool user_initiated,
+             py::object written) {
             JobSpec spec = make_spec(type, std::move(payload_json), priority, max_attempts,
                                      timeout_ms, retry_delay_ms, std::move(backoff), delay_ms,
                                      std::move(parent_id), user_initiated);
-            py::gil_scoped_release release;
-            return e.enqueue(spec);
+            Job job;
+            {
+              ReleaseGil release;
+              job = e.enqueue(spec);
+            }
+            return report_written(py::cast(std::move(job)), written, false);
           },
           py::arg("type"), py::arg("payload_json"), py::arg("priority") = py::none(),
           py::arg("max_attempts") = py::none(), py::arg("timeout_ms") = py::none(),
           py::arg("retry_delay_ms") = py::none(), py::arg("backoff") = py::none(),
           py::arg("delay_ms") = 0,
-          py::arg("parent_id") = py::none(), py::arg("user_initiated") = true)
+          py::arg("parent_id") = py::none(), py::arg("user_initiated") = true,
+          py::arg("written") = py::none())
       .def(
           "enqueue_many",
           [](Engine& e, const std::string& type, std::vector<std::string> payloads,
              std::optional<int> priority, std::optional<int> max_attempts,
              std::optional<int64_t> timeout_ms, std::optional<int64_t> retry_delay_ms,
              std::optional<std::string> backoff, int64_t delay_ms,
-             std::optional<std::string> parent_id, bool user_initiated) {
+             std::optional<std::string> parent_id, bool user_initiated, py::object written) {
             std::vector<JobSpec> specs;
             specs.reserve(payloads.size());
             for (auto& p : payloads)
               specs.push_back(make_spec(type, std::move(p), priority, max_attempts, timeout_ms,
                                         retry_delay_ms, backoff, delay_ms, parent_id,
                                         user_initiated));
-            py::gil_scoped_release release;
-            return e.enqueue_many(specs);
+            std::vector<Job> jobs;
+            {
+              ReleaseGil release;
+              jobs = e.enqueue_many(specs);
+            }
+            return report_written(py::cast(std::move(jobs)), written, true);
           },
           py::arg("type"), py::arg("payloads"), py::arg("priority") = py::none(),
           py::arg("max_attempts") = py::none(), py::arg("timeout_ms") = py::none(),
           py::arg("retry_delay_ms") = py::none(), py::arg("backoff") = py::none(),
           py::arg("delay_ms") = 0,
-          py::arg("parent_id") = py::none(), py::arg("user_initiated") = true)
-      .def("get", &Engine::get, py::arg("job_id"), py::call_guard<py::gil_scoped_release>())
+          py::arg("parent_id") = py::none(), py::arg("user_initiated") = true,
+          py::arg("written") = py::none())
+      .def("get", &Engine::get, py::arg("job_id"), py::call_guard<ReleaseGil>())
       .def(
           "jobs",
           [](Engine& e, std::optional<std::string> status, std::optional<std::string> type,
@@ -671,18 +881,17 @@ PYBIND11_MODULE(_core, m) {
             q.parent_id = std::move(parent);
             q.limit = limit;
             q.offset = offset;
-            py::gil_scoped_release release;
+            ReleaseGil release;
             return e.jobs(q);
           },
           py::arg("status") = py::none(), py::arg("type") = py::none(),
           py::arg("parent") = py::none(), py::arg("limit") = 100, py::arg("offset") = 0)
-      .def("active", &Engine::active, py::arg("limit") = 1000,
-           py::call_guard<py::gil_scoped_release>())
+      .def("active", &Engine::active, py::arg("limit") = 1000, py::call_guard<ReleaseGil>())
       .def("stats",
            [](Engine& e) {
              Stats st;
              {
-               py::gil_scoped_release release;
+               ReleaseGil release;
                st = e.stats();
              }
              return stats_dict(st);
@@ -691,7 +900,7 @@ PYBIND11_MODULE(_core, m) {
            [](Engine& e) {
              StatsDetail sd;
              {
-               py::gil_scoped_release release;
+               ReleaseGil release;
                sd = e.stats_detail();
              }
              return stats_detail_dict(sd);
@@ -700,14 +909,35 @@ PYBIND11_MODULE(_core, m) {
            [](Engine& e) {
              std::vector<WorkerInfo> ws;
              {
-               py::gil_scoped_release release;
+               ReleaseGil release;
                ws = e.workers();
              }
              py::list out;
              for (const auto& w : ws) out.append(worker_dict(w));
              return out;
            })
-      .def("integrity_check", &Engine::integrity_check, py::call_guard<py::gil_scoped_release>())
+      .def("published_types",
+           [](Engine& e) {
+             std::vector<PublishedType> rows;
+             {
+               ReleaseGil release;
+               rows = e.published_types();
+             }
+             py::list out;
+             for (const auto& r : rows) {
+               py::dict d;
+               d["worker_id"] = r.worker_id;
+               d["type"] = r.type;
+               d["options_json"] = r.options_json;
+               d["published_at"] = r.published_at;
+               d["refreshed_at"] = r.refreshed_at;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("unserved_types", &Engine::unserved_types, py::arg("types"),
+           py::call_guard<ReleaseGil>())
+      .def("integrity_check", &Engine::integrity_check, py::call_guard<ReleaseGil>())
       .def("local_stats",
            [](Engine& e) {
              const auto l = e.local_stats();
@@ -739,23 +969,42 @@ PYBIND11_MODULE(_core, m) {
             q.after_id = after_id;
             q.limit = limit;
             q.newest = newest;
-            py::gil_scoped_release release;
+            ReleaseGil release;
             return e.logs(q);
           },
           py::arg("job_id"), py::arg("level") = py::none(), py::arg("since_ms") = 0,
           py::arg("after_id") = 0, py::arg("limit") = 1000, py::arg("newest") = false)
       .def("store_health", [](Engine& e) { return e.store().health(); },
-           py::call_guard<py::gil_scoped_release>())
-      .def("cancel", &Engine::cancel, py::call_guard<py::gil_scoped_release>())
-      .def("retry", &Engine::retry, py::call_guard<py::gil_scoped_release>())
-      .def("abort_all", &Engine::abort_all, py::call_guard<py::gil_scoped_release>())
+           py::call_guard<ReleaseGil>())
+      .def("cancel", &Engine::cancel, py::call_guard<ReleaseGil>())
+      .def("retry", &Engine::retry, py::call_guard<ReleaseGil>())
+      .def("abort_all", &Engine::abort_all, py::call_guard<ReleaseGil>())
       .def(
           "wait",
           [](Engine& e, const std::string& id, std::optional<int64_t> timeout_ms) {
-            py::gil_scoped_release release;
-            std::optional<std::chrono::milliseconds> t;
-            if (timeout_ms) t = std::chrono::milliseconds(std::max<int64_t>(0, *timeout_ms));
-            return e.wait(id, t);
+            // On the main thread, in slices: Ctrl-C raises KeyboardInterrupt within one.
+            using std::chrono::milliseconds;
+            using Clock = std::chrono::steady_clock;
+            std::optional<Clock::time_point> deadline;
+            if (timeout_ms)
+              deadline = Clock::now() + milliseconds(std::max<int64_t>(0, *timeout_ms));
+            const bool sliced = on_main_thread();
+            for (;;) {
+              std::optional<milliseconds> t;
+              if (deadline)
+                t = std::max(milliseconds(0),
+                             std::chrono::duration_cast<milliseconds>(*deadline - Clock::now()));
+              if (sliced)
+                t = std::min(t.value_or(milliseconds(kSignalSliceMs)),
+                             milliseconds(kSignalSliceMs));
+              std::optional<Job> job;
+              {
+                ReleaseGil release;
+                job = e.wait(id, t);
+              }
+              if (job || !sliced || (deadline && Clock::now() >= *deadline)) return job;
+              check_signals();
+            }
           },
           py::arg("job_id"), py::arg("timeout_ms") = py::none())
       .def(
@@ -764,8 +1013,8 @@ PYBIND11_MODULE(_core, m) {
             // One GIL acquisition per batch of events; the Python side fans out to subscribers.
             auto ref = std::make_shared<PyRef>(std::move(callback));
             return e.events().subscribe([ref](const std::vector<Event>& batch) {
-              if (!Py_IsInitialized()) return;
-              py::gil_scoped_acquire gil;
+              EnterPython gil;
+              if (!gil.ok()) return;  // the interpreter is exiting: nobody is listening
               try {
                 ref->get()(py::cast(batch));
               } catch (py::error_already_set& err) {
@@ -775,36 +1024,50 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("callback"))
       .def("unsubscribe", [](Engine& e, SubscriptionId id) { e.events().unsubscribe(id); },
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<ReleaseGil>())
       .def("flush_events", [](Engine& e) { e.store().flush(); e.events().flush(); },
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<ReleaseGil>())
       .def("on_delivery_thread", [](Engine& e) { return e.events().on_delivery_thread(); })
+      // Read (not called) by python/jobforge/engine.py right before an enqueue returns the jobs
+      // it stored after a Ctrl-C: simulates the SIGINT again. An attribute read runs no Python
+      // code, so the KeyboardInterrupt is raised at the caller's next check, once it holds them.
+      .def_property_readonly("interrupt_again", [](Engine&) { PyErr_SetInterrupt(); })
       // ---- workflows (docs/workflows.md) ----
       .def(
           "enqueue_specs",
-          [](Engine& e, py::list specs) {
+          [](Engine& e, py::list specs, py::object written) {
             std::vector<JobSpec> out;
             for (auto item : specs) out.push_back(spec_from_dict(item.cast<py::dict>()));
-            py::gil_scoped_release release;
-            return e.enqueue_many(out);
+            std::vector<Job> jobs;
+            {
+              ReleaseGil release;
+              jobs = e.enqueue_many(out);
+            }
+            return report_written(py::cast(std::move(jobs)), written, true);
           },
-          py::arg("specs"))
+          py::arg("specs"), py::arg("written") = py::none())
       .def(
           "enqueue_batch",
-          [](Engine& e, py::dict parent, py::list children, std::string on_child_failure) {
+          [](Engine& e, py::dict parent, py::list children, std::string on_child_failure,
+             py::object written) {
             BatchSpec b;
             b.parent = spec_from_dict(parent);
             for (auto item : children) b.children.push_back(spec_from_dict(item.cast<py::dict>()));
             b.on_child_failure = std::move(on_child_failure);
-            py::gil_scoped_release release;
-            return e.enqueue_batch(b);
+            std::vector<Job> jobs;
+            {
+              ReleaseGil release;
+              jobs = e.enqueue_batch(b);
+            }
+            return report_written(py::cast(std::move(jobs)), written, true);
           },
-          py::arg("parent"), py::arg("children"), py::arg("on_child_failure") = "continue")
+          py::arg("parent"), py::arg("children"), py::arg("on_child_failure") = "continue",
+          py::arg("written") = py::none())
       .def("dependencies", &Engine::dependencies, py::arg("job_id"),
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<ReleaseGil>())
       .def("set_queue_limits", &Engine::set_queue_limits, py::arg("queue"),
            py::arg("max_concurrent") = 0, py::arg("max_size") = 0,
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<ReleaseGil>())
       .def(
           "schedule",
           [](Engine& e, std::string name, std::string cron, std::string type, std::string payload_json,
@@ -820,7 +1083,7 @@ PYBIND11_MODULE(_core, m) {
             sc.queue = std::move(queue);
             Schedule stored;
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               stored = e.schedule(std::move(sc));
             }
             return schedule_dict(stored);
@@ -828,26 +1091,26 @@ PYBIND11_MODULE(_core, m) {
           py::arg("name"), py::arg("cron"), py::arg("type"), py::arg("payload_json") = "null",
           py::arg("priority") = py::none(), py::arg("timezone") = "UTC",
           py::arg("misfire") = "run_once", py::arg("queue") = "default")
-      .def("unschedule", &Engine::unschedule, py::arg("name"), py::call_guard<py::gil_scoped_release>())
+      .def("unschedule", &Engine::unschedule, py::arg("name"), py::call_guard<ReleaseGil>())
       .def("schedules",
            [](Engine& e) {
              std::vector<Schedule> all;
              {
-               py::gil_scoped_release release;
+               ReleaseGil release;
                all = e.schedules();
              }
              py::list out;
              for (const auto& sc : all) out.append(schedule_dict(sc));
              return out;
            })
-      .def("fire_due_schedules", &Engine::fire_due_schedules, py::call_guard<py::gil_scoped_release>())
+      .def("fire_due_schedules", &Engine::fire_due_schedules, py::call_guard<ReleaseGil>())
       .def("cleanup", [](Engine& e, int64_t older_than_ms) { return e.cleanup(older_than_ms); },
-           py::arg("older_than_ms"), py::call_guard<py::gil_scoped_release>())
+           py::arg("older_than_ms"), py::call_guard<ReleaseGil>())
       .def(
           "run_now",
           [](Engine& e, const std::string& type, const std::string& payload_json, py::object progress) {
             DirectProgress cb = direct_progress(std::move(progress));
-            py::gil_scoped_release release;
+            ReleaseGil release;
             return e.run_now(type, payload_json, std::move(cb));
           },
           py::arg("type"), py::arg("payload_json"), py::arg("progress") = py::none())
@@ -859,7 +1122,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("type"), py::arg("progress") = py::none())
       .def("close",
            [](Engine& e) {
-             py::gil_scoped_release release;
+        ReleaseGil release;
              e.stop(true);
            });
 }

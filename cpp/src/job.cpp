@@ -1,14 +1,19 @@
 #include "jobforge/job.hpp"
 
+#include <pthread.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <ctime>
+#include <random>
 #include <sstream>
 
 #include "jobforge/errors.hpp"
-#include <atomic>
-#include <chrono>
-#include <random>
 
 namespace jobforge {
 namespace {
@@ -29,7 +34,23 @@ constexpr bool kTransitions[kStatusCount][kStatusCount] = {
     /* timeout */ {false, true, false, false, false, false, false},
 };
 
+std::atomic<uint64_t> g_fork_generation{0};
+
+void after_fork_in_child() noexcept {
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Registered once, when the library loads (before any thread of ours exists).
+const bool g_fork_handler_registered = [] {
+  return pthread_atfork(nullptr, nullptr, &after_fork_in_child) == 0;
+}();
+
 }  // namespace
+
+uint64_t fork_generation() noexcept {
+  (void)g_fork_handler_registered;
+  return g_fork_generation.load(std::memory_order_relaxed);
+}
 
 std::string_view to_string(Status s) noexcept { return kStatusNames[static_cast<int>(s)]; }
 
@@ -103,18 +124,99 @@ Backoff Backoff::parse(std::string_view text) {
   return b;
 }
 
+namespace {
+
+// Test only: a shift of this process's wall clock, to simulate a clock step per process.
+std::atomic<int64_t>& test_clock_offset() {
+  static std::atomic<int64_t> offset{[] {
+    const char* text = std::getenv("JOBFORGE_TEST_CLOCK_OFFSET_MS");
+    return text ? std::strtoll(text, nullptr, 10) : int64_t{0};
+  }()};
+  return offset;
+}
+
+}  // namespace
+
+void set_test_clock_offset_ms(int64_t offset_ms) noexcept {
+  test_clock_offset().store(offset_ms, std::memory_order_relaxed);
+}
+
+namespace {
+
+// Milliseconds of a clock that never steps: CLOCK_BOOTTIME (monotonic, and it counts the time a
+// suspended machine slept, as the wall clock does).
+int64_t steady_ms() noexcept {
+  timespec ts{};
+#ifdef CLOCK_BOOTTIME
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+#else
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+// The wall clock as this process reads it: it follows the system clock's slow corrections (and
+// steps under a second), but a step beyond that while the process runs (an operator's `date -s`,
+// a VM restored, NTP stepping) is not followed: time goes on from where it was, by the monotonic
+// clock. A step cannot make a running process hold due jobs for an hour, stop its schedules, or
+// stamp times an hour off that other processes then compare with theirs.
+constexpr int64_t kStepMs = 1000;
+std::atomic<int64_t> g_correction{0};    // added to the system clock: minus the steps seen
+std::atomic<int64_t> g_base{INT64_MIN};  // (corrected wall clock - steady_ms) at the last check
+std::atomic<int64_t> g_checked_at{0};    // steady_ms of the last check
+
+}  // namespace
+
 int64_t now_ms() noexcept {
   using namespace std::chrono;
-  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+  const int64_t wall = duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count() +
+                       test_clock_offset().load(std::memory_order_relaxed);
+  const int64_t steady = steady_ms();
+  int64_t correction = g_correction.load(std::memory_order_relaxed);
+  int64_t base = g_base.load(std::memory_order_relaxed);
+  if (base == INT64_MIN) {
+    g_checked_at.store(steady, std::memory_order_relaxed);
+    g_base.compare_exchange_strong(base, wall + correction - steady);
+    return wall + correction;
+  }
+  for (;;) {
+    const int64_t now = wall + correction;
+    const int64_t since = steady - g_checked_at.load(std::memory_order_relaxed);
+    const int64_t drift = now - (base + steady);  // how far the wall clock moved on its own
+    const int64_t allowed = kStepMs + std::max<int64_t>(0, since) / 1000;  // slewing: 0.1%
+    if (drift <= allowed && drift >= -allowed) {
+      if (since > 1000) {  // follow slow corrections
+        g_base.store(now - steady, std::memory_order_relaxed);
+        g_checked_at.store(steady, std::memory_order_relaxed);
+      }
+      return now;
+    }
+    // A step: absorb it (another thread may have done so already: then try again).
+    if (g_correction.compare_exchange_strong(correction, correction - drift)) return base + steady;
+    base = g_base.load(std::memory_order_relaxed);
+  }
 }
 
 std::string new_job_id() {
   // UUID version 7: 48 bits of Unix ms and a 12-bit counter (RFC 9562, method 1), then random
   // bits. (ms, counter) only moves forward in this process, borrowing from the next millisecond
   // when 4096 ids are made within one, so the ids of one process are strictly increasing.
-  thread_local std::mt19937_64 rng{std::random_device{}() ^
-                                   (static_cast<uint64_t>(now_ms()) << 16) ^
-                                   reinterpret_cast<uintptr_t>(&rng)};
+  // A forked child inherits this thread's generator state and `last`: without a new seed it
+  // would draw the parent's (and every sibling's) next random parts, in the same milliseconds.
+  struct Generator {
+    std::mt19937_64 rng;
+    uint64_t fork_generation = ~0ull;
+  };
+  thread_local Generator gen;
+  if (gen.fork_generation != fork_generation()) {
+    gen.fork_generation = fork_generation();
+    std::random_device device;
+    const unsigned salt[] = {static_cast<unsigned>(getpid()), static_cast<unsigned>(now_ms()),
+                             static_cast<unsigned>(reinterpret_cast<uintptr_t>(&gen))};
+    std::seed_seq seed{device(), device(), device(), device(), salt[0], salt[1], salt[2]};
+    gen.rng.seed(seed);
+  }
+  auto& rng = gen.rng;
   static std::atomic<uint64_t> last{0};  // (ms << 12) | counter
   const uint64_t floor = static_cast<uint64_t>(now_ms()) << 12;
   uint64_t prev = last.load(std::memory_order_relaxed);

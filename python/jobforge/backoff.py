@@ -11,12 +11,19 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .errors import ValidationError
+
 
 def _seconds(field: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise TypeError(f"{field} must be a number of seconds, got {value!r}")
     if value < 0 or math.isinf(value):
-        raise ValueError(f"{field} must be a finite number of seconds >= 0, got {value!r}")
+        raise ValidationError(
+            f"backoff: {field} must be a finite number of seconds >= 0, got {value!r}", "backoff"
+        )
+    if value > 1e12:  # ~31,700 years: the engine's limit for times
+        raise ValidationError(f"backoff: {field} must be at most 1e12 seconds, got {value!r}",
+                              "backoff")  # fmt: skip
     return float(value)
 
 

@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         "enqueue", parents=[with_db, as_json], help="store a new job for the workers",
         description=(
             "Stores a new job (creating the database if needed) and prints its id. The job runs "
-            "when a worker process with a processor for TYPE serves this database."
+            "when a worker process with a processor for TYPE serves this database; options not "
+            "given are those its workers publish (docs/workers.md)."
         ),
     )  # fmt: skip
     enqueue.add_argument("type", metavar="TYPE", help="job type")
@@ -446,15 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     enqueue.add_argument(
         "--priority", type=_priority, metavar="P",
-        help="1 (highest) .. 10 (lowest) or urgent/high/normal/low/maintenance (default 5)",
+        help="1 (highest) .. 10 (lowest) or urgent/high/normal/low/maintenance (default: what "
+        "the workers serving TYPE publish, else 5)",
     )  # fmt: skip
     enqueue.add_argument("--delay", type=_seconds, default=0, metavar="S", help="start after S s")
     enqueue.add_argument(
-        "--max-attempts", type=_int32, metavar="N", help="attempts before it fails (default 3)"
-    )
+        "--max-attempts", type=_int32, metavar="N",
+        help="attempts before it fails (default: what the workers serving TYPE publish, else 3)",
+    )  # fmt: skip
     enqueue.add_argument(
-        "--timeout", type=_seconds, metavar="S", help="seconds an attempt may run (default 300)"
-    )
+        "--timeout", type=_seconds, metavar="S",
+        help="seconds an attempt may run (default: what the workers serving TYPE publish, else 300)",
+    )  # fmt: skip
     enqueue.add_argument(
         "--retry-delay", type=_seconds, metavar="S", help="seconds between attempts"
     )

@@ -18,7 +18,8 @@ from typing import Any, Optional
 from .errors import JobforgeError
 
 # Tables whose rows are facts; the rest (counters, windowed statistics) are derived and rebuilt.
-_COPIED_TABLES = {"jobs": "id", "job_logs": None, "schedules": "name"}
+# worker_types: the types workers published and their options (producers enqueue with them).
+_COPIED_TABLES = {"jobs": "id", "job_logs": None, "schedules": "name", "worker_types": None}
 _CHUNK = 500
 
 # The counts per (type, status) recomputed from the rows (the engine keeps them in the same

@@ -9,6 +9,8 @@ import datetime
 import logging
 import math
 import os
+import signal
+import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
@@ -17,7 +19,7 @@ from . import _core, _json
 from . import workflows as _workflows
 from ._processors import make_adapter
 from .backoff import BackoffSpec, Exponential, Fixed, Linear
-from .errors import JobforgeError
+from .errors import JobforgeError, ValidationError
 from .job import STATUSES, Event, Job
 
 if TYPE_CHECKING:
@@ -52,6 +54,36 @@ _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _abandoned_after_fork: list[Any] = []  # see Engine._stand_in_for
 
 
+class _CoreAfterFork:
+    """An engine's C++ core in a child forked from the process that made it, until first use.
+
+    The parent's core is never called in the child: its threads do not exist there, its SQLite
+    and libpq connections belong to the parent, and a mutex one of its threads held at the fork
+    stays locked. On first use the engine opens a core of its own (see Engine._reopen_after_fork);
+    ``running`` and ``stop`` need none."""
+
+    __slots__ = ("_engine",)
+    running = False
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def stop(self, wait: bool = True) -> None:
+        pass  # nothing of the parent's engine runs here
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine._reopen_after_fork(), name)
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_live_engines):
+        engine._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _stop_live_engines() -> None:
     # Worker threads must not outlive the interpreter; running jobs go back to the queue.
@@ -60,6 +92,11 @@ def _stop_live_engines() -> None:
             engine.stop(wait=False)
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
+
+
+# The longest time any option may be: ~31,700 years, far from int64 milliseconds (2.9e8 years) so
+# that "now + delay" never overflows either.
+_MAX_SECONDS = 1e12
 
 
 def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
@@ -71,6 +108,11 @@ def _seconds_to_ms(field: str, value: Optional[float]) -> Optional[int]:
         )
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{field} must be a finite number of seconds, got {value!r}")
+    if value > _MAX_SECONDS:
+        raise ValidationError(f"{field} must be at most {_MAX_SECONDS:g} seconds, got {value!r}",
+                              field)  # fmt: skip
+    if value < -_MAX_SECONDS:
+        raise ValidationError(f"{field} must be 0 or more seconds, got {value!r}", field)
     ms = value * 1000.0
     # Round away from zero so a tiny positive value stays positive and a negative one negative.
     return int(math.ceil(ms)) if ms >= 0 else int(math.floor(ms))
@@ -89,11 +131,18 @@ def _backoff(retry_delay: Optional[float], backoff: Optional[BackoffSpec]):
     return _seconds_to_ms("backoff", backoff.base), backoff.encode()
 
 
-def _int_option(field: str, value: Any) -> Optional[int]:
+def _int_option(field: str, value: Any, bits: int = 32) -> Optional[int]:
+    """An int option as the core's C++ type (int32 or int64) holds it; bigger ones are refused
+    here, naming the field, rather than by the binding's signature dump."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}")
+    bound = 1 << (bits - 1)
+    if value >= bound:
+        raise ValidationError(f"{field} must be at most {bound - 1}, got {value}", field)
+    if value < -bound:
+        raise ValidationError(f"{field} must be at least {-bound}, got {value}", field)
     return value
 
 
@@ -105,7 +154,7 @@ def _workflow_config(queues, max_queue_size, misfire_grace, retention, cleanup_i
         for q in queues:
             if not isinstance(q, str) or not q:
                 raise ValueError(f"queues must hold non-empty str names, got {q!r}")
-    size = _int_option("max_queue_size", max_queue_size) or 0
+    size = _int_option("max_queue_size", max_queue_size, bits=64) or 0
     if size < 0:
         raise ValueError(f"max_queue_size must be 0 or more, got {max_queue_size!r}")
     grace = _seconds_to_ms("misfire_grace", misfire_grace)
@@ -148,18 +197,47 @@ def _priority(value: Any) -> Optional[int]:
     return _int_option("priority", value)
 
 
+# Seconds a subscription's callback thread waits without an event before it ends (the next
+# event starts a new one).
+_SUBSCRIBER_IDLE_EXIT = 5.0
+
+
 class Subscription:
-    """A handle on an event subscription; ``unsubscribe()`` ends it."""
+    """A handle on an event subscription; ``unsubscribe()`` ends it.
 
-    __slots__ = ("_engine", "event", "callback", "job_id", "job_type", "active")
+    Its callback runs on a thread of its own, fed by a bounded queue (``maxsize``; see
+    ``Engine.on``): a slow or blocked callback delays only itself. ``dropped`` counts the events
+    it lost for being behind (by type in ``dropped_by_type``), ``coalesced`` the progress events
+    replaced by a newer one."""
 
-    def __init__(self, engine, event, callback, job_id, job_type):
+    __slots__ = ("_engine", "event", "callback", "job_id", "job_type", "active", "_queue",
+                 "_thread", "_start_lock", "__weakref__")  # fmt: skip
+
+    def __init__(self, engine, event, callback, job_id, job_type, maxsize=None):
         self._engine = weakref.ref(engine)
         self.event = event
         self.callback = callback
         self.job_id = job_id
         self.job_type = job_type
         self.active = True
+        # None: an internal subscriber whose callback never blocks, called on the delivery thread.
+        self._queue = None
+        if maxsize is not None:
+            self._queue = _observe()._EventQueue(maxsize, owner=f"callback {callback!r}")
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped if self._queue is not None else 0
+
+    @property
+    def dropped_by_type(self) -> dict:
+        return dict(self._queue.dropped_by_type) if self._queue is not None else {}
+
+    @property
+    def coalesced(self) -> int:
+        return self._queue.coalesced if self._queue is not None else 0
 
     def matches(self, ev: Event) -> bool:
         return (
@@ -168,11 +246,76 @@ class Subscription:
             and (self.job_type is None or self.job_type == ev.job_type)
         )
 
+    def _put(self, ev: Event) -> None:
+        """On the delivery thread: queues the event for this subscriber's thread (never blocks)."""
+        queue = self._queue
+        if queue is None:
+            try:
+                self.callback(ev)
+            except Exception:  # noqa: BLE001 - a subscriber never hurts the engine
+                log.exception("jobforge: %s callback %r raised", ev.type, self.callback)
+            return
+        queue.put(ev)
+        # Under the lock: a thread ending for idleness checks the queue under it too, so an event
+        # put now is either seen by that thread or starts a new one.
+        with self._start_lock:
+            if self._thread is None and self.active:
+                name = f"jobforge-events-{self.event}"
+                thread = threading.Thread(target=self._run, name=name, daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _run(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        idle = 0.0
+        while self.active:
+            ev = queue.get(1.0, mark_busy=True)
+            if ev is None:
+                if self._engine() is None:  # the engine was collected: nothing more will come
+                    return
+                idle += 1.0
+                if idle >= _SUBSCRIBER_IDLE_EXIT:
+                    # A quiet subscription gives its thread back (one per job's on_progress
+                    # would otherwise stay for ever); the next event starts another.
+                    with self._start_lock:
+                        if queue.empty():
+                            self._thread = None
+                            return
+                continue
+            idle = 0.0
+            try:
+                report = queue.take_drop_report()
+                if report is not None:
+                    log.warning("jobforge: callback %r fell behind its events; it dropped %s",
+                                self.callback, report)  # fmt: skip
+                if self.active:
+                    self.callback(ev)
+            except Exception:  # noqa: BLE001 - a subscriber never hurts the engine
+                log.exception("jobforge: %s callback %r raised", ev.type, self.callback)
+            finally:
+                queue.done()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's delivery thread does not exist here, and a lock it
+        held at the fork stays held; start afresh with the events already queued."""
+        self._thread = None
+        self._start_lock = threading.Lock()
+        if self._queue is not None:
+            self._queue.after_fork()
+
+    def _drain(self, timeout: Optional[float] = None) -> None:
+        """Blocks until the events queued so far were handled (not on this subscriber's thread)."""
+        if self._queue is not None and self._thread is not threading.current_thread():
+            self._queue.drain(timeout)
+
     def unsubscribe(self) -> None:
         engine = self._engine()
         if engine is not None:
             engine.off(self)
         self.active = False
+        if self._queue is not None:
+            self._queue.wake()
 
     def __repr__(self) -> str:
         return f"<Subscription {self.event} active={self.active}>"
@@ -278,8 +421,7 @@ class Engine:
         grace_ms = _seconds_to_ms("interrupt_grace", interrupt_grace)
         if grace_ms is None or grace_ms < 0:
             raise ValueError(f"interrupt_grace must be 0 or more seconds, got {interrupt_grace!r}")
-        self._core = _core.Engine(
-            path,
+        self._core_options: dict[str, Any] = dict(
             workers=workers,
             retry_delay_ms=retry_ms,
             allow_unknown_types=bool(allow_unknown_types),
@@ -299,7 +441,9 @@ class Engine:
             exec_inherit_env=exec_inherit_env,
             **wf,
         )
+        self._core = _core.Engine(path, **self._core_options)
         self._url = path  # the real one (a PostgreSQL password included); never shown
+        self._fork_lock = threading.Lock()
         self._subs_lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._core_subscription: Optional[int] = None
@@ -472,7 +616,30 @@ class Engine:
         if self._supervisor is not None:
             self._supervisor.stop(wait)
         # stop(wait=False) from another thread escalates a stop(wait=True) in progress.
-        self._core.stop(wait)
+        if threading.current_thread() is not threading.main_thread() or not self._core.running:
+            self._core.stop(wait)
+            return
+        # On the main thread the stop runs on a helper thread, so that Ctrl-C interrupts the
+        # wait (KeyboardInterrupt within 0.1 s); the stop itself goes on, and a later
+        # stop(wait=False) escalates it.
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._core.stop(wait)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                outcome.append(exc)
+
+        helper = threading.Thread(target=run, name="jobforge-stop", daemon=True)
+        try:
+            helper.start()
+        except RuntimeError:  # no new thread at interpreter shutdown (atexit)
+            self._core.stop(wait)
+            return
+        while helper.is_alive():
+            helper.join(0.1)
+        if outcome:
+            raise outcome[0]
 
     close = stop
 
@@ -499,6 +666,42 @@ class Engine:
         self._subs = []
         self._core_subscription = None
 
+    def _forked(self) -> None:
+        """In a child of os.fork() (gunicorn --preload, multiprocessing's fork start method): the
+        parent's core is set aside, unused and never freed (C++ leaks it in a child), and a core
+        of the child's own is opened on first use. Locks a parent thread may have held are new."""
+        _abandoned_after_fork.append(self._core)
+        self._core = _CoreAfterFork(self)
+        self._supervisor = None
+        self._subs_lock = threading.Lock()
+        self._fork_lock = threading.Lock()
+        self._core_subscription = None
+        for sub in self._subs:
+            sub._after_fork()
+
+    def _reopen_after_fork(self) -> Any:
+        """The child's own core, opened on the same store with this engine's options,
+        processors, queue limits and event subscriptions. Not started: start() it to run jobs
+        in the child too."""
+        with self._fork_lock:
+            if not isinstance(self._core, _CoreAfterFork):
+                return self._core
+            core = _core.Engine(self._url, **self._core_options)
+            self._core = core
+            try:
+                for job_type, (fn, options) in list(self._registrations.items()):
+                    self.register(job_type, fn, **options)
+                for job_type, (capsule, options) in list(self._native_registrations.items()):
+                    self.register_native(job_type, capsule, **options)
+                for name, (max_concurrent, max_size) in list(self._queue_limits.items()):
+                    self.queue(name, max_concurrent=max_concurrent, max_size=max_size)
+                if self._subs:
+                    self._core_subscription = core.subscribe(_make_dispatcher(self))
+            except BaseException:
+                self._core = _CoreAfterFork(self)
+                raise
+            return core
+
     @property
     def worker_id(self) -> str:
         return self._core.worker_id
@@ -511,8 +714,39 @@ class Engine:
     def __enter__(self) -> Engine:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop(wait=True)
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Stops the engine, letting running jobs finish. Ctrl-C (in the block, or during this
+        wait) prints "waiting for N running jobs; Ctrl-C again to put them back in the queue"
+        and goes on waiting; a second Ctrl-C stops at once with ``stop(wait=False)``: the running
+        jobs go back to the queue, their attempt not counted. The KeyboardInterrupt then
+        propagates."""
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        try:
+            if interrupted:
+                self._announce_interrupted_wait()
+            self.stop(wait=True)
+        except KeyboardInterrupt:
+            if interrupted:
+                self.stop(wait=False)
+                raise
+            # The first Ctrl-C came during the wait: say so, wait on; a second one stops.
+            self._announce_interrupted_wait()
+            try:
+                self.stop(wait=True)
+            except KeyboardInterrupt:
+                self.stop(wait=False)
+                raise
+            raise
+
+    def _announce_interrupted_wait(self) -> None:
+        if self._supervisor is not None and self._supervisor.running:
+            running = self.counts().get("running", 0)
+        else:
+            running = self._core.local_stats()["running"]
+        if running:
+            noun = "job" if running == 1 else "jobs"
+            print(f"jobforge: waiting for {running} running {noun}; Ctrl-C again to put them "
+                  "back in the queue", file=sys.stderr, flush=True)  # fmt: skip
 
     # -- enqueue -------------------------------------------------------------------------------
     def _options(
@@ -565,19 +799,28 @@ class Engine:
         seconds, a job that ended less than that long ago); ``depends_on`` runs the job once
         those jobs completed (a failed or cancelled one cancels it, unless ``run_anyway``);
         ``run_at`` (a datetime; naive = UTC) is ``delay`` as a time."""
-        if (queue is None and unique_key is None and unique_for is None and depends_on is None
-                and run_at is None and not run_anyway):  # fmt: skip
-            opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay,
-                                 parent, user_initiated)  # fmt: skip
-            record = self._core.enqueue(type, _json.dumps(payload), **opts)
-            return Job(self, record)
-        spec = self._spec(
-            type, payload, priority=priority, max_attempts=max_attempts, timeout=timeout,
-            delay=delay, retry_delay=retry_delay, backoff=backoff, parent=parent,
-            user_initiated=user_initiated, queue=queue, unique_key=unique_key,
-            unique_for=unique_for, depends_on=depends_on, run_anyway=run_anyway, run_at=run_at,
-        )  # fmt: skip
-        return Job(self, self._core.enqueue_specs([spec])[0])
+        written: list = []  # what the core stored, even if Ctrl-C lands as it returns
+        try:
+            if (queue is None and unique_key is None and unique_for is None
+                    and depends_on is None and run_at is None and not run_anyway):  # fmt: skip
+                opts = self._options(priority, max_attempts, timeout, retry_delay, backoff,
+                                     delay, parent, user_initiated)  # fmt: skip
+                record = self._core.enqueue(type, _json.dumps(payload), written=written, **opts)
+                return Job(self, record)
+            spec = self._spec(
+                type, payload, priority=priority, max_attempts=max_attempts, timeout=timeout,
+                delay=delay, retry_delay=retry_delay, backoff=backoff, parent=parent,
+                user_initiated=user_initiated, queue=queue, unique_key=unique_key,
+                unique_for=unique_for, depends_on=depends_on, run_anyway=run_anyway,
+                run_at=run_at,
+            )  # fmt: skip
+            return Job(self, self._core.enqueue_specs([spec], written)[0])
+        except KeyboardInterrupt as exc:
+            exc.jobs = written  # first: nothing in between can be interrupted
+            if not _return_after_interrupt(self, written):
+                raise
+            self._core.interrupt_again  # noqa: B018 - Ctrl-C again, once the caller holds the job
+            return written[0]
 
     def _spec(
         self, type: str, payload: Any = None, *, priority=None, max_attempts=None, timeout=None,
@@ -629,22 +872,31 @@ class Engine:
     ) -> list[Job]:
         """Stores many jobs of one type in one transaction: all of them or, on bad input, none.
         ``queue`` puts them in a named queue (docs/workflows.md)."""
-        if queue is not None:
-            specs = [
-                self._spec(
-                    type, payload, priority=priority, max_attempts=max_attempts,
-                    timeout=timeout, delay=delay, retry_delay=retry_delay, backoff=backoff,
-                    parent=parent, user_initiated=user_initiated, queue=queue,
-                )
-                for payload in payloads
-            ]  # fmt: skip
-            return [Job(self, r) for r in self._core.enqueue_specs(specs)]
-        opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay, parent,
-                             user_initiated)  # fmt: skip
-        if not isinstance(payloads, (list, tuple)):
-            payloads = list(payloads)
-        records = self._core.enqueue_many(type, _json.dumps_many(payloads), **opts)
-        return [Job(self, r) for r in records]
+        written: list = []  # what the core stored, even if Ctrl-C lands as it returns
+        try:
+            if queue is not None:
+                specs = [
+                    self._spec(
+                        type, payload, priority=priority, max_attempts=max_attempts,
+                        timeout=timeout, delay=delay, retry_delay=retry_delay, backoff=backoff,
+                        parent=parent, user_initiated=user_initiated, queue=queue,
+                    )
+                    for payload in payloads
+                ]  # fmt: skip
+                return [Job(self, r) for r in self._core.enqueue_specs(specs, written)]
+            opts = self._options(priority, max_attempts, timeout, retry_delay, backoff, delay,
+                                 parent, user_initiated)  # fmt: skip
+            if not isinstance(payloads, (list, tuple)):
+                payloads = list(payloads)
+            records = self._core.enqueue_many(type, _json.dumps_many(payloads), written=written,
+                                              **opts)  # fmt: skip
+            return [Job(self, r) for r in records]
+        except KeyboardInterrupt as exc:
+            exc.jobs = written  # first: nothing in between can be interrupted
+            if not _return_after_interrupt(self, written):
+                raise
+            self._core.interrupt_again  # noqa: B018 - Ctrl-C again, once the caller holds the jobs
+            return written
 
     # -- workflows (docs/workflows.md) ---------------------------------------------------------
     def batch(
@@ -696,7 +948,15 @@ class Engine:
         that run in parallel (fan-out); a step waits for every job of the step before it (fan-in).
         A failed or cancelled job cancels the rest of the chain. Returns the jobs in order."""
         specs, _ = _workflows.chain_specs(self, steps)
-        return [Job(self, r) for r in self._core.enqueue_specs(specs)]
+        written: list = []
+        try:
+            return [Job(self, r) for r in self._core.enqueue_specs(specs, written)]
+        except KeyboardInterrupt as exc:
+            exc.jobs = written  # first: nothing in between can be interrupted
+            if not _return_after_interrupt(self, written):
+                raise
+            self._core.interrupt_again  # noqa: B018 - Ctrl-C again, once the caller holds the jobs
+            return written
 
     def dependencies(self, job: Union[str, Job]) -> list[Job]:
         """The jobs ``job`` depends on."""
@@ -708,7 +968,7 @@ class Engine:
         every process on the file (0: no limit), and enqueue raises ``QueueFull`` once
         ``max_size`` jobs are queued in it (0: the engine's ``max_queue_size``)."""
         max_concurrent = _int_option("max_concurrent", max_concurrent) or 0
-        max_size = _int_option("max_size", max_size) or 0
+        max_size = _int_option("max_size", max_size, bits=64) or 0
         self._core.set_queue_limits(name, max_concurrent, max_size)
         self._queue_limits[name] = (max_concurrent, max_size)
 
@@ -789,14 +1049,21 @@ class Engine:
 
     def active(self, limit: int = 1000) -> list[Job]:
         """Jobs that are created, queued or running, newest first."""
-        return [Job(self, r) for r in self._core.active(limit)]
+        return [Job(self, r) for r in self._core.active(_int_option("limit", limit))]
 
     def store_health(self) -> str:
-        """``"ok"``, or ``"degraded: <why>"`` while the store cannot reach its database.
+        """``"ok"``, or ``"degraded: <why>"`` while this process's store cannot write.
 
-        Only a PostgreSQL store degrades: while its server is unreachable it keeps the ends of
-        jobs and retries them, reconnecting with backoff; enqueue raises ``StoreError`` after
-        30 s without the server. See docs/postgresql.md.
+        A SQLite store degrades while its writes fail (disk full, I/O error): it keeps the ends
+        of jobs (and their log lines, starts, progress, heartbeats) in order and retries them
+        with backoff until they commit; the text says since when (``"degraded: writes failing
+        since 2026-01-01T12:00:00Z (5 s): database or disk is full; 3 write(s) kept and
+        retried"``); enqueue raises ``StoreError`` at once meanwhile. A PostgreSQL store
+        degrades while its server is unreachable (it keeps the ends of jobs and retries them,
+        reconnecting with backoff; enqueue raises ``StoreError`` after 30 s without the server)
+        or out of disk (``writes failing since``, as above).
+        ``health()`` counts it (failing after 60 s of failing writes). See docs/workers.md and
+        docs/postgresql.md.
         """
         return self._core.store_health()
 
@@ -873,9 +1140,10 @@ class Engine:
                 since = since.timestamp()
             if not isinstance(since, (int, float)) or isinstance(since, bool):
                 raise TypeError(f"since must be Unix seconds or a datetime, got {since!r}")
+            _seconds_to_ms("since", since)  # in range
             since_ms = int(since * 1000)
         limit = _int_option("limit", limit)
-        after = _int_option("after", after)
+        after = _int_option("after", after, bits=64)
         records = self._core.logs(job_id, level=level, since_ms=since_ms, after_id=after or 0,
                                   limit=limit, newest=bool(tail))  # fmt: skip
         return [LogLine(r) for r in records]
@@ -893,6 +1161,7 @@ class Engine:
         engine.events(timeout=5)``); it ends after ``timeout`` seconds without an event."""
         from .observe import EventStream
 
+        _seconds_to_ms("timeout", timeout)  # in range
         return EventStream(self, event, job_id=job_id, job_type=job_type, timeout=timeout,
                            maxsize=maxsize)  # fmt: skip
 
@@ -908,6 +1177,7 @@ class Engine:
         """The same as ``events`` for asyncio: ``async for ev in engine.aevents(): ...``."""
         from .observe import AsyncEventStream
 
+        _seconds_to_ms("timeout", timeout)  # in range
         return AsyncEventStream(self, event, job_id=job_id, job_type=job_type,
                                 timeout=timeout, maxsize=maxsize)  # fmt: skip
 
@@ -946,18 +1216,34 @@ class Engine:
         *,
         job_id: Optional[str] = None,
         job_type: Optional[str] = None,
+        maxsize: int = 10_000,
     ) -> Subscription:
         """Calls ``callback(event)`` for each ``event`` ("job-status-changed", "job-progress",
         "job-completed", "job-failed", ..., or "*" for all), optionally for one job or one type.
-        Callbacks run on the engine's delivery thread, after the state is committed; one that
-        raises is logged and stays subscribed."""
+        Events arrive after the state is committed, in commit order, on a thread of this
+        subscription's own, through a queue of ``maxsize`` events: a slow or blocked callback
+        delays only itself. Past ``maxsize`` queued events, a progress event replaces its job's
+        queued one and any other event is dropped; drops are counted (``Subscription.dropped``,
+        ``dropped_by_type``) and logged (logger "jobforge"): once when it starts dropping, and
+        what it dropped when it catches up. A callback that raises is logged and stays
+        subscribed."""
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+            raise ValueError(f"maxsize must be an int of at least 1, got {maxsize!r}")
+        return self._subscribe(event, callback, job_id, job_type, maxsize=maxsize)
+
+    def _subscribe(self, event, callback, job_id, job_type, *, inline=False, maxsize=10_000):
+        """``on``; ``inline``: jobforge's own non-blocking callbacks, called on the delivery
+        thread itself."""
         if event not in EVENT_TYPES:
             raise ValueError(
                 f"event must be one of {', '.join(sorted(EVENT_TYPES))}; got {event!r}"
             )
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
-        sub = Subscription(self, event, callback, job_id, job_type)
+        sub = Subscription(self, event, callback, job_id, job_type,
+                           None if inline else maxsize)  # fmt: skip
+        if isinstance(self._core, _CoreAfterFork):
+            self._reopen_after_fork()  # first, not under _subs_lock: it subscribes what exists
         with self._subs_lock:
             self._subs = [*self._subs, sub]
             if self._core_subscription is None:
@@ -971,8 +1257,11 @@ class Engine:
             self._subs = [s for s in self._subs if s is not subscription]
 
     def flush_events(self) -> None:
-        """Blocks until every event committed so far has been delivered to the callbacks."""
+        """Blocks until every event committed so far has been delivered to the callbacks (those
+        of a subscription whose callback calls this are not waited for)."""
         self._core.flush_events()
+        for sub in self._subs:
+            sub._drain()
 
     def _deliver(self, batch) -> None:
         subs = self._subs
@@ -985,12 +1274,8 @@ class Engine:
                     continue
                 if ev is None:
                     ev = Event(record)
-                if not sub.matches(ev):
-                    continue
-                try:
-                    sub.callback(ev)
-                except Exception:  # noqa: BLE001 - a subscriber never hurts the engine
-                    log.exception("jobforge: %s callback %r raised", ev.type, sub.callback)
+                if sub.matches(ev):
+                    sub._put(ev)
 
     # -- notebooks -----------------------------------------------------------------------------
     def monitor(self, interval: float = 1.0, *, active: int = 20, failures: int = 5, **options):
@@ -1004,6 +1289,24 @@ class Engine:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<jobforge.Engine {self.path!r} {state}>"
+
+
+def _return_after_interrupt(engine: Engine, written: list) -> bool:
+    """Called when Ctrl-C's KeyboardInterrupt was raised inside an enqueue call. ``written``
+    holds what the core stored (one transaction: all of the call's jobs, or none); it becomes
+    Job objects in place. True: the call returns them all the same, after reading
+    ``engine._core.interrupt_again`` as its last step, which simulates the SIGINT again. That
+    read runs no Python code, so the new KeyboardInterrupt is raised at the caller's next check,
+    once the result is in its hands. False (raise now; the exception's ``jobs`` holds what was
+    stored): nothing was stored, or SIGINT has a handler of the user's own, which must not run
+    twice for one Ctrl-C."""
+    if not written:
+        return False
+    written[:] = [Job(engine, r) for r in written]
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
 
 def _make_dispatcher(engine: Engine):
@@ -1022,6 +1325,12 @@ def _errors():
     from . import errors
 
     return errors
+
+
+def _observe():
+    from . import observe
+
+    return observe
 
 
 __all__ = ["Engine", "Subscription", "PRIORITIES", "EVENT_TYPES", "JobforgeError"]

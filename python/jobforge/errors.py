@@ -53,7 +53,9 @@ class Retry(JobforgeError):
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))):
             raise TypeError(f"delay must be a number of seconds, got {type(delay).__name__}")
         if delay is not None and not delay >= 0:
-            raise ValueError(f"delay must be 0 or more seconds, got {delay!r}")
+            raise ValidationError(f"delay must be 0 or more seconds, got {delay!r}", "delay")
+        if delay is not None and delay > 1e12:  # ~31,700 years: the engine's limit for times
+            raise ValidationError(f"delay must be at most 1e12 seconds, got {delay!r}", "delay")
         self.delay = delay
 
 

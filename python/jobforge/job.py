@@ -224,7 +224,8 @@ class Job:
 
     def wait(self, timeout: Optional[float] = None) -> Job:
         """Blocks (without holding the GIL) until the job is final and returns it refreshed.
-        Raises ``TimeoutError`` if ``timeout`` seconds pass first."""
+        Raises ``TimeoutError`` if ``timeout`` seconds pass first. On the main thread Ctrl-C
+        interrupts the wait (``KeyboardInterrupt`` within 0.1 s); the job is not touched."""
         self._set(self._engine._wait_record(self.id, timeout))
         return self
 
@@ -241,7 +242,8 @@ class Job:
             if ev.status in FINAL_STATUSES and not loop.is_closed():
                 loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
-        sub = self._engine.on("job-status-changed", on_status, job_id=self.id)
+        # call_soon_threadsafe never blocks: called on the delivery thread itself.
+        sub = self._engine._subscribe("job-status-changed", on_status, self.id, None, inline=True)
         deadline = None if timeout is None else loop.time() + timeout
         try:
             while True:

@@ -125,7 +125,8 @@ class _Follower:
                 wake.set()
 
         # Events of this process wake the thread at once; others are read every interval.
-        self._subscription = self._engine.on("*", on_event)
+        # Setting an Event never blocks: called on the delivery thread itself.
+        self._subscription = self._engine._subscribe("*", on_event, None, None, inline=True)
         self._thread = threading.Thread(target=self._run, name="jobforge-progress", daemon=True)
         self._thread.start()
 

@@ -7,7 +7,10 @@ iterator over it, the health verdict and the Prometheus text exposition."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import logging
 import math
+import re
 import threading
 import time
 import weakref
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from .engine import Engine, Subscription
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_log = logging.getLogger("jobforge")
 
 
 class LogLine:
@@ -51,44 +56,107 @@ class LogLine:
 
 
 class _EventQueue:
-    """The queue between the engine's delivery thread and one consumer. Bounded: past
-    ``maxsize`` a progress event replaces its job's queued one, a log event is dropped (the line
-    is in the store), and lifecycle events are always kept, so a slow consumer never slows the
-    workers and never misses a final state."""
+    """The queue between the engine's delivery thread and one consumer (an ``events()`` stream
+    or an ``engine.on`` callback). Bounded, so a slow consumer only hurts itself: past
+    ``maxsize`` a progress event replaces its job's queued one (``coalesced``), a log event is
+    dropped (the line is in the store), and lifecycle events (and a job's first progress event)
+    are still kept up to ``lifecycle_limit`` events in all, then dropped too. Drops are counted (``dropped``, by type
+    in ``dropped_by_type``); the first of a burst is logged at once (logger "jobforge"), and the
+    consumer logs what the burst dropped when it catches up (``take_drop_report``)."""
 
-    def __init__(self, maxsize: int, on_put=None) -> None:
+    def __init__(
+        self, maxsize: int, on_put=None, *, lifecycle_limit: Optional[int] = None,
+        owner: str = "an events() stream",
+    ) -> None:  # fmt: skip
         self._items: deque[Event] = deque()
         self._cond = threading.Condition()
         self._maxsize = maxsize
+        self._hard_limit = max(maxsize, lifecycle_limit or maxsize)
+        self._owner = owner
         self._on_put = on_put
         self.coalesced = 0
         self.dropped = 0
+        self.dropped_by_type: dict[str, int] = {}
+        self._unreported: dict[str, int] = {}
+        self.busy = False  # a consumer thread is handling an item it took
+
+    def _drop(self, ev: Event) -> bool:
+        """Counts a dropped event; True for the first of a burst."""
+        self.dropped += 1
+        self.dropped_by_type[ev.type] = self.dropped_by_type.get(ev.type, 0) + 1
+        first = not self._unreported
+        self._unreported[ev.type] = self._unreported.get(ev.type, 0) + 1
+        return first
 
     def put(self, ev: Event) -> None:
+        drop = first = False
         with self._cond:
-            if len(self._items) >= self._maxsize:
+            size = len(self._items)
+            if size >= self._maxsize:
                 if ev.type == "job-progress":
-                    for i in range(len(self._items) - 1, -1, -1):
+                    for i in range(size - 1, -1, -1):
                         old = self._items[i]
                         if old.type == "job-progress" and old.job_id == ev.job_id:
                             self._items[i] = ev
                             self.coalesced += 1
                             return
-                elif ev.type == "job-log":
-                    self.dropped += 1
-                    return
-            self._items.append(ev)
-            self._cond.notify()
+                # One progress event per job joins the queue, like a lifecycle event.
+                drop = ev.type == "job-log" or size >= self._hard_limit
+            if drop:
+                first = self._drop(ev)
+            else:
+                self._items.append(ev)
+                self._cond.notify_all()
+        if drop:
+            if first:
+                _log.warning("jobforge: %s is behind (%d events queued); dropping events until "
+                             "it catches up", self._owner, size)  # fmt: skip
+            return
         if self._on_put is not None:
             self._on_put()
 
-    def get(self, timeout: Optional[float]) -> Optional[Event]:
+    def take_drop_report(self) -> Optional[str]:
+        """What was dropped since the last report ("3 job-log, 1 job-completed"), or None."""
+        with self._cond:
+            if not self._unreported:
+                return None
+            counts, self._unreported = self._unreported, {}
+        return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+
+    def get(self, timeout: Optional[float], mark_busy: bool = False) -> Optional[Event]:
         """The next event, or None when ``timeout`` seconds pass without one (releases the GIL
-        while waiting)."""
+        while waiting; Ctrl-C interrupts the wait). ``mark_busy``: the caller handles the event
+        and calls ``done()`` after."""
         with self._cond:
             if not self._items:
                 self._cond.wait_for(lambda: bool(self._items), timeout)
-            return self._items.popleft() if self._items else None
+            if not self._items:
+                return None
+            self.busy = mark_busy
+            return self._items.popleft()
+
+    def done(self) -> None:
+        with self._cond:
+            self.busy = False
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def drain(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until the queue is empty and no item is being handled."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items and not self.busy, timeout)
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
+
+    def after_fork(self) -> None:
+        """In a forked child: a new condition (a parent thread may have held the old one)."""
+        self._cond = threading.Condition()
+        self.busy = False
 
     def get_nowait(self) -> Optional[Event]:
         with self._cond:
@@ -111,16 +179,23 @@ class _Stream:
     ) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
-        self._queue = _EventQueue(maxsize, on_put)
+        # Lifecycle events (above all each final state) are kept well past maxsize.
+        self._queue = _EventQueue(maxsize, on_put, lifecycle_limit=max(1000, 10 * maxsize))
         self._timeout = timeout
         self._closed = False
-        self._sub: Subscription = engine.on(event, self._queue.put, job_id=job_id,
-                                            job_type=job_type)  # fmt: skip
+        # The queue's put never blocks: called on the delivery thread itself.
+        self._sub: Subscription = engine._subscribe(event, self._queue.put, job_id, job_type,
+                                                    inline=True)  # fmt: skip
 
     @property
     def coalesced(self) -> int:
         """Progress events replaced by a newer one because the consumer fell behind."""
         return self._queue.coalesced
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped because the consumer fell behind (see ``_EventQueue``)."""
+        return self._queue.dropped
 
     def close(self) -> None:
         if not self._closed:
@@ -161,6 +236,9 @@ class EventStream(_Stream):
         if ev is None:
             self.close()
             raise StopIteration
+        report = self._queue.take_drop_report()
+        if report is not None:
+            _log.warning("jobforge: an events() stream fell behind; it dropped %s", report)
         return ev
 
     def __enter__(self) -> EventStream:
@@ -252,9 +330,11 @@ def health(
     max_wait: float = 300.0,
     max_error_rate: float = 0.5,
     detail: Optional[dict] = None,
+    max_write_failure: float = 60.0,
 ) -> dict:
     """The engine's health: ``status`` is "ok", "degraded" or "failing", with ``reasons``.
-    ``detail``: ``stats_detail()`` already read by the caller (not read again)."""
+    ``detail``: ``stats_detail()`` already read by the caller (not read again).
+    ``max_write_failure``: seconds of failing writes (disk full) after which it is "failing"."""
     now_ms = int(time.time() * 1000)
     reasons: list[str] = []
     failing = False
@@ -283,6 +363,14 @@ def health(
             failing = True
             reasons.append(f"integrity check failed: {check}")
     result["database"] = {"reachable": reachable, "integrity": check}
+    # This process's store: writes it keeps and retries (disk full; server unreachable).
+    store = engine._core.store_health()
+    result["store"] = store
+    if store != "ok":
+        reasons.append(f"store {store}")
+        since = _failing_since(store)
+        if since is not None and now_ms - since > max_write_failure * 1000:
+            failing = True
 
     lease_ms = int(1000 * float(engine._config.get("lease", 30.0)))
     live = []
@@ -297,6 +385,19 @@ def health(
     result["queue"] = {"queued": detail["queued_total"], "due": due, "oldest_due_age": oldest}
     if due and not alive_count:
         reasons.append(f"{due} job(s) due and no live worker")
+    unserved: list[str] = []
+    if due:
+        # Types with due jobs that no live worker publishes (docs/workers.md): nothing runs them.
+        queued_types = [n for n, t in detail["types"].items() if t["counts"].get("queued")]
+        try:
+            unserved = sorted(engine._core.unserved_types(queued_types)) if queued_types else []
+        except Exception:  # noqa: BLE001 - a store error is reported by the checks above
+            unserved = []
+        if unserved:
+            names = ", ".join(f"'{n}'" for n in unserved[:5])
+            more = f" and {len(unserved) - 5} more" if len(unserved) > 5 else ""
+            reasons.append(f"due jobs of type(s) no live worker serves: {names}{more}")
+    result["queue"]["unserved_types"] = unserved
     if due and oldest > max_wait:
         reasons.append(f"oldest due job has waited {oldest:.0f} s (more than {max_wait:g} s)")
     rates = {}
@@ -312,6 +413,15 @@ def health(
     result["status"] = "failing" if failing else ("degraded" if reasons else "ok")
     result["reasons"] = reasons
     return result
+
+
+def _failing_since(store_health: str) -> Optional[int]:
+    """Unix ms of "writes failing since <UTC time>" in a store's health, else None."""
+    m = re.search(r"writes failing since (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", store_health)
+    if not m:
+        return None
+    at = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ")
+    return int(at.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
 
 
 # -- Prometheus text exposition (format 0.0.4) -------------------------------------------------

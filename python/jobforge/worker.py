@@ -279,52 +279,6 @@ def die_with_parent(sig: int, parent_pid: int) -> bool:
     return os.getppid() == parent_pid
 
 
-# -- SQLite and fork --------------------------------------------------------------------------------
-
-
-class _SqliteForkGuard:
-    """Holds SQLite's static mutexes (allocator, page cache, VFS, PRNG, ...) across ``fork()``.
-
-    A forked child only has the thread that forked it; a mutex another thread of the parent
-    held at that instant (say the store's writer thread inside ``sqlite3_malloc``) stays locked
-    forever in the child, and the child's first SQLite call hangs. Taking them all first, as a
-    ``pthread_atfork`` handler would, makes the fork happen while none is held.
-
-    The functions are looked up through ``jobforge._core``, so they are the SQLite the engine
-    uses, and called through ``ctypes.PyDLL``, so the GIL stays held: no other Python thread can
-    run and block on one of these mutexes while holding the GIL we would then wait for. SQLite
-    never calls back into Python while it holds one of them."""
-
-    # Outer to inner, the order SQLite itself nests them in: main, open, VFS (1-3), page-cache
-    # LRU, page-cache memory, PRNG, allocator.
-    IDS = (2, 4, 11, 12, 13, 6, 7, 5, 3)
-
-    def __init__(self) -> None:
-        self._mutexes: list[int] = []
-        self._enter = self._leave = None
-        try:
-            from . import _core
-
-            lib = ctypes.PyDLL(_core.__file__)
-            alloc = lib.sqlite3_mutex_alloc
-            alloc.restype, alloc.argtypes = ctypes.c_void_p, [ctypes.c_int]
-            enter, leave = lib.sqlite3_mutex_enter, lib.sqlite3_mutex_leave
-        except (OSError, AttributeError, ImportError):
-            return  # SQLite linked in without exported symbols: no guard
-        for fn in (enter, leave):
-            fn.restype, fn.argtypes = None, [ctypes.c_void_p]
-        self._mutexes = [m for m in (alloc(i) for i in self.IDS) if m]
-        self._enter, self._leave = enter, leave
-
-    def acquire(self) -> None:
-        for mutex in self._mutexes:
-            self._enter(mutex)
-
-    def release(self) -> None:
-        for mutex in reversed(self._mutexes):
-            self._leave(mutex)
-
-
 # -- the supervisor -------------------------------------------------------------------------------
 
 
@@ -606,7 +560,8 @@ class Supervisor:
     ``start`` runs, single-threaded, that never opens the database; it forks, reaps and restarts
     the workers. Forking a process whose other threads use SQLite is unsafe (a mutex or a WAL
     lock another thread held at that instant stays held in the child); the zygote confines that
-    to one fork, made while ``start`` runs with SQLite's global mutexes held. If workers forked
+    to one fork, made while ``start`` runs (the store holds SQLite's global mutexes across every
+    fork with ``pthread_atfork`` handlers). If workers forked
     from it keep failing to start, a new zygote is forked. With ``app``, the supervisor thread
     spawns ``python -m jobforge worker`` processes itself (fresh interpreters, no such issue).
     """
@@ -622,8 +577,13 @@ class Supervisor:
         stop_grace: float = 10.0,
         startup_timeout: Optional[float] = None,
     ) -> None:
+        from .engine import _int_option
+
         if isinstance(processes, bool) or not isinstance(processes, int):
             raise TypeError(f"processes must be an int, got {type(processes).__name__}")
+        _int_option("processes", processes)  # a ValidationError beyond 32 bits
+        if concurrency is not None:
+            _int_option("concurrency", concurrency)
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
         if concurrency is not None:
@@ -664,7 +624,6 @@ class Supervisor:
         self._started = threading.Event()
         self._start_error: Optional[BaseException] = None
         self._done = False
-        self._fork_guard = _SqliteForkGuard() if app is None else None
 
     # -- public --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -894,17 +853,15 @@ class Supervisor:
         release_import_lock = getattr(_imp, "release_lock", None)
         if acquire_import_lock is not None:
             acquire_import_lock()
-        self._fork_guard.acquire()
+        # SQLite's global mutexes are held across the fork by the store's pthread_atfork handlers.
         try:
             pid = os.fork()
         except BaseException:
-            self._fork_guard.release()
             if release_import_lock is not None:
                 release_import_lock()
             for fd in (command_r, command_w, status_r, status_w):
                 os.close(fd)
             raise
-        self._fork_guard.release()
         if release_import_lock is not None:
             release_import_lock()
         if pid:

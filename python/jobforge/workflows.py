@@ -107,11 +107,24 @@ class Batch:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             return
-        records = self._engine._core.enqueue_batch(self._parent, self._children, self._policy)
         from .job import Job
 
-        self.job = Job(self._engine, records[0])
-        self.children = [Job(self._engine, r) for r in records[1:]]
+        written: list = []  # what the core stored, even if Ctrl-C lands as it returns
+        try:
+            self._engine._core.enqueue_batch(self._parent, self._children, self._policy, written)
+            self.job = Job(self._engine, written[0])
+            self.children = [Job(self._engine, r) for r in written[1:]]
+        except KeyboardInterrupt as exc:
+            exc.jobs = written  # first: nothing in between can be interrupted
+            from .engine import _return_after_interrupt
+
+            again = _return_after_interrupt(self._engine, written)
+            if written:  # stored (the normal path may have been cut between the two)
+                self.job, self.children = written[0], written[1:]
+            if not again:
+                raise
+            # Ctrl-C again, once the batch holds its jobs (see _return_after_interrupt).
+            self._engine._core.interrupt_again  # noqa: B018
 
 
 Step = Union[tuple, dict, str]

@@ -3,6 +3,8 @@
 #include "jobforge/engine.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -417,6 +419,64 @@ TEST_P(EngineTest, ProcessorDefaultsApplyAndJobOptionsOverrideThem) {
   const Job engine_defaults = engine.enqueue(spec("noop"));
   EXPECT_EQ(engine_defaults.priority, engine.config().default_priority);
   EXPECT_EQ(engine_defaults.max_attempts, engine.config().default_max_attempts);
+}
+
+// docs/workers.md: a producer that never registered a type enqueues with the options a worker
+// published for it; the newest publish of a live worker wins; nobody's type is refused.
+TEST_P(EngineTest, ProducerWithoutTheProcessorEnqueuesWithTheOptionsAWorkerPublished) {
+  Engine worker(small_config(dir));
+  ProcessorOptions options;
+  options.max_attempts = 2;
+  options.timeout_ms = 30'000;
+  options.priority = priority::high;
+  options.retry_delay_ms = 70;
+  worker.register_processor("resize", std::make_shared<EchoProcessor>(), options);
+  Engine producer(small_config(dir));  // never registers resize, never starts
+  EXPECT_THROW(producer.enqueue(spec("resize")), UnknownJobType);  // nobody publishes it yet
+  worker.start();
+
+  const Job published = producer.enqueue(spec("resize"));  // a miss re-reads the table
+  EXPECT_EQ(published.max_attempts, 2);
+  EXPECT_EQ(published.timeout_ms, 30'000);
+  EXPECT_EQ(published.priority, priority::high);
+  EXPECT_EQ(published.retry_delay_ms, 70);
+  auto stored = producer.get(published.id);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_EQ(stored->max_attempts, 2);
+  JobSpec own = spec("resize");
+  own.max_attempts = 4;
+  EXPECT_EQ(producer.enqueue(own).max_attempts, 4);  // a job's own options still override
+
+  try {
+    producer.enqueue(spec("nobody-serves"));
+    ADD_FAILURE() << "a type nobody publishes was accepted";
+  } catch (const UnknownJobType& e) {
+    EXPECT_NE(std::string(e.what()).find("no worker publishes it"), std::string::npos) << e.what();
+  }
+  EngineConfig lenient_config = small_config(dir);
+  lenient_config.allow_unknown_types = true;
+  Engine lenient(lenient_config);
+  EXPECT_EQ(lenient.enqueue(spec("nobody-serves")).max_attempts,
+            lenient_config.default_max_attempts);
+  EXPECT_EQ(lenient.enqueue(spec("resize")).max_attempts, 2);
+
+  // A second live worker publishing other options later: the newest publish wins.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  Engine worker2(small_config(dir));
+  ProcessorOptions other;
+  other.max_attempts = 5;
+  worker2.register_processor("resize", std::make_shared<EchoProcessor>(), other);
+  worker2.start();
+  EXPECT_EQ(Engine(small_config(dir)).enqueue(spec("resize")).max_attempts, 5);
+  EXPECT_EQ(Engine(small_config(dir)).enqueue(spec("resize")).timeout_ms,
+            small_config(dir).default_timeout_ms);  // worker2 set no timeout
+  // It stops: the live worker's entry wins again.
+  worker2.stop();
+  EXPECT_EQ(Engine(small_config(dir)).enqueue(spec("resize")).max_attempts, 2);
+  // Nobody live: the type stays known with the entry of the worker that served it last (jobs
+  // wait for a worker).
+  worker.stop();
+  EXPECT_EQ(Engine(small_config(dir)).enqueue(spec("resize")).max_attempts, 2);
 }
 
 TEST_P(EngineTest, OneWorkerRunsQueuedJobsInPriorityOrder) {
@@ -1410,7 +1470,8 @@ TEST_P(EngineTest, DeadWorkersJobsAreRecoveredOnStartAndALivePeersAreLeftAlone) 
   {
     auto store = open_store(path);
     const int64_t now = now_ms();
-    // Another host's workers: one silent for an hour, one heartbeating (its clock is ahead).
+    // Another host's workers: one silent for an hour, one heartbeating (its clock is an hour
+    // ahead).
     auto other_host_worker = [](const std::string& id, int64_t heartbeat_at) {
       WorkerInfo w;
       w.id = id;
@@ -1447,13 +1508,34 @@ TEST_P(EngineTest, DeadWorkersJobsAreRecoveredOnStartAndALivePeersAreLeftAlone) 
       ASSERT_EQ(store->claim(claim).size(), 1u);
     }
   }
-  Engine engine(small_config(dir));
+  // The peer is alive: its heartbeat keeps changing (an hour ahead of ours). The ghost's never
+  // does: it is dead once it stayed the same for a lease of the engine's own watch.
+  std::atomic<bool> peer_alive{true};
+  std::thread peer([&] {
+    auto store = open_store(path);
+    while (peer_alive) {
+      store->heartbeat("peer", now_ms() + 3'600'000, 3'600'000);
+      store->flush();
+      std::this_thread::sleep_for(20ms);
+    }
+  });
+  struct Join {
+    std::atomic<bool>& alive;
+    std::thread& t;
+    ~Join() {
+      alive = false;
+      t.join();
+    }
+  } join{peer_alive, peer};
+  EngineConfig cfg = small_config(dir);
+  cfg.lease_ms = 500;
+  Engine engine(cfg);
   engine.start();
   const Job recovered = wait_final(engine, dead_job);
   EXPECT_EQ(recovered.status, Status::completed);
   EXPECT_EQ(recovered.attempts, 2);  // the ghost's attempt counts
 
-  std::this_thread::sleep_for(200ms);  // several heartbeat/recovery rounds
+  std::this_thread::sleep_for(1500ms);  // three leases of rounds
   auto untouched = engine.get(live_job);
   ASSERT_TRUE(untouched.has_value());
   EXPECT_EQ(untouched->status, Status::running);
@@ -1855,6 +1937,46 @@ TEST_P(EngineTest, StopWithoutWaitingEscalatesAStopThatIsWaiting) {
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(got->status, Status::queued);
   EXPECT_EQ(got->attempts, 0);
+}
+
+// ---- fork ------------------------------------------------------------------------------------
+
+// An engine made before fork(), used in the child: its threads do not exist there and its
+// connections belong to the parent. Every call raises one clear error instead of waiting for a
+// commit no thread will make, and its destructor returns at once (SIGALRM ends a hang).
+TEST_P(EngineTest, EngineMadeBeforeAForkRaisesInTheChildAndItsDestructorReturns) {
+  auto engine = std::make_unique<Engine>(small_config(dir));
+  engine->register_processor("echo", std::make_shared<EchoProcessor>());
+  engine->start();
+  const Job before = engine->enqueue(spec("echo", "1"));
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(20);
+    int code = 0;
+    auto expect_fork_error = [&](int bit, const std::function<void()>& call) {
+      try {
+        call();
+        code |= bit;
+      } catch (const Error& e) {
+        if (std::string(e.what()).find("forked child") == std::string::npos) code |= bit;
+      }
+    };
+    expect_fork_error(1, [&] { engine->enqueue(spec("echo", "2")); });
+    expect_fork_error(2, [&] { engine->get(before.id); });
+    expect_fork_error(4, [&] { engine->wait(before.id, 10ms); });
+    expect_fork_error(8, [&] { engine->start(); });
+    if (engine->running()) code |= 16;
+    engine->stop();  // nothing of it runs here: returns
+    engine.reset();  // leaks what belongs to the parent, joins nothing
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child ended by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // The parent's engine is untouched by all that.
+  EXPECT_EQ(wait_final(*engine, engine->enqueue(spec("echo", "3")).id).status, Status::completed);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, EngineTest, ::testing::Values(Backend::sqlite, Backend::postgres),

@@ -1,15 +1,19 @@
 // The job model: the lifecycle table, status names, and job ids.
+#include "jobforge/job.hpp"
+
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include "jobforge/job.hpp"
 
 using namespace jobforge;
 
@@ -212,4 +216,60 @@ TEST(JobStats, CountReadsTheStatusSlot) {
   s.by_status[static_cast<int>(Status::failed)] = 4;
   EXPECT_EQ(s.count(Status::failed), 4);
   EXPECT_EQ(s.count(Status::queued), 0);
+}
+
+// ---- the clock ----------------------------------------------------------------------------
+
+// A step of the wall clock while the process runs (simulated with the test-only offset) is not
+// followed, backwards or forwards; time goes on by the monotonic clock.
+TEST(Clock, NowMsGoesOnThroughAStepOfTheWallClock) {
+  const auto system_ms = [] {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+  };
+  const int64_t before = now_ms();
+  EXPECT_LT(std::abs(before - system_ms()), 1000);
+  set_test_clock_offset_ms(-3'600'000);
+  const int64_t after_back = now_ms();
+  EXPECT_GE(after_back, before);
+  EXPECT_LT(after_back - before, 1000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_GE(now_ms(), after_back + 40);  // and it keeps moving
+  set_test_clock_offset_ms(0);           // a step of one hour forward: not followed either
+  const int64_t after_forward = now_ms();
+  EXPECT_LT(after_forward - after_back, 1000);
+  EXPECT_LT(std::abs(after_forward - system_ms()), 1000);
+}
+
+// A forked child inherits the id generator's state: without a new seed it draws exactly the
+// random parts its parent (and every sibling) draws next, and in the same millisecond the same
+// ids. The random parts (the last 64 bits) of parent and child must differ, whatever the clock.
+TEST(JobIds, ParentAndForkedChildDrawDifferentRandomParts) {
+  constexpr int kCount = 200;
+  (void)new_job_id();  // this thread's generator exists before the fork
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    std::string out;
+    for (int i = 0; i < kCount; ++i) out += new_job_id() + "\n";
+    const bool written = write(fds[1], out.data(), out.size()) == static_cast<ssize_t>(out.size());
+    _exit(written ? 0 : 1);
+  }
+  close(fds[1]);
+  std::set<std::string> tails;
+  for (int i = 0; i < kCount; ++i) tails.insert(new_job_id().substr(19));
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;)
+    text.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  ASSERT_EQ(text.size(), static_cast<size_t>(kCount) * 37);
+  for (size_t at = 0; at < text.size(); at += 37) tails.insert(text.substr(at + 19, 17));
+  EXPECT_EQ(tails.size(), static_cast<size_t>(2 * kCount));
 }

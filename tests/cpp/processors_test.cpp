@@ -3,12 +3,17 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <climits>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -17,6 +22,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "jobforge/engine.hpp"
 #include "jobforge/processors.hpp"
 #include "test_support.hpp"
 
@@ -34,11 +40,14 @@ class RecordingContext final : public Context {
   int attempt() const noexcept override { return 1; }
   StopReason stop_reason() const noexcept override { return stop_.load(); }
   void progress(double current, double total, std::string_view message) override {
-    std::lock_guard lock(mutex_);
-    last_current = current;
-    last_total = total;
-    if (!message.empty()) last_message = message;
-    ++progress_calls;
+    {
+      std::lock_guard lock(mutex_);
+      last_current = current;
+      last_total = total;
+      if (!message.empty()) last_message = message;
+      ++progress_calls;
+    }
+    if (on_progress) on_progress(std::string(message));
   }
   void progress(double current, double total, std::string_view message,
                 std::string_view stage_name) override {
@@ -67,6 +76,8 @@ class RecordingContext final : public Context {
     counts[std::string(key)] += n;
   }
   void stop(StopReason reason) { stop_ = reason; }
+  // Called on the processor's thread at every progress report: a test's hook into the run.
+  std::function<void(const std::string& message)> on_progress;
 
   struct Line {
     LogLevel level;
@@ -226,7 +237,9 @@ TEST_F(ScanTest, UnreadableDirectoryIsLoggedAndCountedNotFatal) {
   const json r = scan(json::object());
   ::chmod((root / "locked").c_str(), 0755);
   EXPECT_EQ(r["count"].get<int>() >= 4, true);
-  if (::geteuid() == 0) GTEST_SKIP() << "root reads a chmod 000 directory; see PathTooLong";
+  if (::geteuid() == 0)
+    GTEST_SKIP() << "root reads a chmod 000 directory; see "
+                    "SubdirectoryReplacedBySymlinkDuringTheWalkIsNotFollowed";
   EXPECT_EQ(r["errors"], 1);
   EXPECT_EQ(ctx.counts["permission_errors"], 1);
   EXPECT_EQ(r["error_samples"][0]["path"], (root / "locked").string());
@@ -237,8 +250,9 @@ TEST_F(ScanTest, UnreadableDirectoryIsLoggedAndCountedNotFatal) {
   EXPECT_TRUE(logged);
 }
 
-// A fault even root meets: a directory whose path is longer than PATH_MAX cannot be opened.
-TEST_F(ScanTest, PathTooLongIsLoggedAndCountedNotFatal) {
+// Directories are opened by name inside their parent (openat), never by their full path: a tree
+// deeper than PATH_MAX is walked to the bottom (its paths are reported whole).
+TEST_F(ScanTest, DirectoryDeeperThanPathMaxIsWalked) {
   const std::string part(200, 'x');
   int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY);
   ASSERT_GE(fd, 0);
@@ -249,12 +263,30 @@ TEST_F(ScanTest, PathTooLongIsLoggedAndCountedNotFatal) {
     ASSERT_GE(next, 0);
     fd = next;
   }
+  const int file = ::openat(fd, "deep.txt", O_WRONLY | O_CREAT, 0644);
+  ASSERT_GE(file, 0);
+  ASSERT_EQ(::write(file, "deep", 4), 4);
+  ::close(file);
   ::close(fd);
   const json r = scan(json::object());
-  EXPECT_EQ(r["count"], 4);  // the rest of the tree is still reported
-  EXPECT_EQ(r["errors"], 1);
-  EXPECT_EQ(ctx.counts["errors"], 1);
-  EXPECT_NE(r["error_samples"][0]["error"].get<std::string>().find("too long"), std::string::npos);
+  EXPECT_EQ(r["count"], 5);
+  EXPECT_EQ(r["errors"], 0);
+  std::string expected = root.string();
+  for (int depth = 0; depth < 25; ++depth) expected += "/" + part;
+  expected += "/deep.txt";
+  EXPECT_GT(expected.size(), size_t{PATH_MAX});
+  EXPECT_EQ(paths_of(r).back(), expected);
+  EXPECT_EQ(r["files"].back()["size"], 4);
+  {
+    int d = ::open(root.c_str(), O_RDONLY | O_DIRECTORY);
+    for (int depth = 0; depth < 25; ++depth) {
+      const int next = ::openat(d, part.c_str(), O_RDONLY | O_DIRECTORY);
+      ::close(d);
+      d = next;
+    }
+    ::unlinkat(d, "deep.txt", 0);
+    ::close(d);
+  }
   // std::filesystem::remove_all works with full paths: take the chain down from the inside.
   std::vector<int> fds{::open(root.c_str(), O_RDONLY | O_DIRECTORY)};
   for (int depth = 0; depth < 24; ++depth)
@@ -263,6 +295,48 @@ TEST_F(ScanTest, PathTooLongIsLoggedAndCountedNotFatal) {
     ::unlinkat(fds[depth], part.c_str(), AT_REMOVEDIR);
     ::close(fds[depth]);
   }
+}
+
+// The race of issue 15: a subdirectory listed as a directory is replaced by a symbolic link to a
+// folder outside the root before the walk descends into it. The walk opens it by name inside its
+// parent (openat, O_NOFOLLOW): the link is not followed, the entry is counted as an error.
+TEST_F(ScanTest, SubdirectoryReplacedBySymlinkDuringTheWalkIsNotFollowed) {
+  const fs::path outside = dir.path() / "outside";
+  write_file(outside / "secret.txt", "private");
+  for (const char* policy : {"skip", "files"}) {
+    SCOPED_TRACE(policy);
+    fs::remove_all(root / "zz");
+    fs::remove_all(dir.path() / "moved");
+    write_file(root / "zz" / "inside.txt", "i");
+    bool swapped = false;
+    // Root listed (sub and zz pending), then sub walked: swap zz before the walk reaches it.
+    ctx.on_progress = [&](const std::string& message) {
+      if (swapped || message.rfind("2 directories", 0) != 0) return;
+      swapped = true;
+      fs::rename(root / "zz", dir.path() / "moved");
+      fs::create_directory_symlink(outside, root / "zz");
+    };
+    const json r = scan({{"symlinks", policy}});
+    ctx.on_progress = nullptr;
+    ASSERT_TRUE(swapped);
+    for (const auto& path : paths_of(r)) EXPECT_EQ(path.find("secret"), std::string::npos) << path;
+    EXPECT_EQ(r["errors"], 1);
+    ASSERT_EQ(r["error_samples"].size(), 1u);
+    EXPECT_EQ(r["error_samples"][0]["path"], (root / "zz").string());
+    EXPECT_NE(r["error_samples"][0]["error"].get<std::string>().find("symbolic link"),
+              std::string::npos)
+        << r["error_samples"][0];
+    fs::remove(root / "zz");
+  }
+}
+
+TEST_F(ScanTest, CancelledDuringTheWalkStopsAtTheNextDirectory) {
+  int reports = 0;
+  ctx.on_progress = [&](const std::string&) {
+    if (++reports == 1) ctx.stop(StopReason::cancelled);
+  };
+  EXPECT_THROW(scan(json::object()), JobCancelled);
+  EXPECT_EQ(reports, 1);  // the root listed: no other directory walked
 }
 
 TEST_F(ScanTest, CancelledScanThrowsJobCancelled) {
@@ -381,7 +455,7 @@ TEST_F(ChecksumTest, UnreadableFilesAreRecordedOrFailTheJob) {
   EXPECT_EQ(r["errors"], 2);
   EXPECT_EQ(r["hashed"], 1);
   EXPECT_NE(r["files"][0]["error"].get<std::string>().find("No such file"), std::string::npos);
-  EXPECT_EQ(r["files"][1]["error"], "not a regular file");
+  EXPECT_EQ(r["files"][1]["error"], "not a regular file: a directory");
   EXPECT_TRUE(r["files"][2].contains("sha256"));
   EXPECT_EQ(ctx.counts["errors"], 2);
   try {
@@ -391,6 +465,80 @@ TEST_F(ChecksumTest, UnreadableFilesAreRecordedOrFailTheJob) {
     EXPECT_FALSE(e.permanent());  // a file may appear: worth another attempt
     EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos);
   }
+}
+
+// Opens the write end of a FIFO for a moment, so a reader blocked in open(2) on it goes on.
+void unblock_fifo_reader(const fs::path& fifo) {
+  const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+  if (fd >= 0) ::close(fd);
+}
+
+// Issue 15: open(2) of a FIFO with no writer waits for ever; the job's timeout could not end it,
+// the worker was lost and stop(wait=False) hung. Anything that is not a regular file is refused
+// before it is read, and nothing blocks.
+TEST_F(ChecksumTest, NonRegularFilesRefusedWithoutBlocking) {
+  const fs::path fifo = dir.path() / "pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const fs::path socket_path = dir.path() / "sock";
+  const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(sock, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(socket_path.string().size(), sizeof addr.sun_path);
+  std::strcpy(addr.sun_path, socket_path.c_str());
+  ASSERT_EQ(::bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  write_file(dir.path() / "ok", "abc");
+  const json paths = {fifo.string(), dir.path().string(), "/dev/zero", socket_path.string(),
+                      (dir.path() / "ok").string()};
+
+  auto run = [&](const json& payload) {
+    auto done = std::async(std::launch::async, [&] { return processor->run(ctx, payload.dump()); });
+    if (done.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+      unblock_fifo_reader(fifo);  // so the test ends
+      ADD_FAILURE() << "checksum blocked on a path that is not a regular file";
+    }
+    return done;
+  };
+  const json r = json::parse(run({{"paths", paths}}).get());
+  EXPECT_EQ(r["errors"], 4);
+  EXPECT_EQ(r["hashed"], 1);
+  EXPECT_EQ(r["files"][0]["error"], "not a regular file: a named pipe (FIFO)");
+  EXPECT_EQ(r["files"][1]["error"], "not a regular file: a directory");
+  EXPECT_EQ(r["files"][2]["error"], "not a regular file: a character device");
+  EXPECT_EQ(r["files"][3]["error"], "not a regular file: a socket");
+  EXPECT_EQ(r["files"][4]["sha256"], evp_hex("SHA2-256", "abc"));
+
+  try {
+    run({{"paths", {fifo.string()}}, {"on_error", "fail"}}).get();
+    ADD_FAILURE() << "on_error=fail did not fail";
+  } catch (const ProcessorFailure& e) {
+    EXPECT_NE(std::string(e.what()).find(fifo.string()), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+  }
+  ::close(sock);
+}
+
+// A huge file (sparse: 64 GiB of zeros read at memory speed) ends soon after its job is asked to
+// stop: cancellation is checked between reads.
+TEST_F(ChecksumTest, HugeFileStopsWithinASecond) {
+  const fs::path big = dir.path() / "huge";
+  {
+    const int fd = ::open(big.c_str(), O_WRONLY | O_CREAT, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, int64_t{64} << 30), 0);
+    ::close(fd);
+  }
+  std::atomic<bool> reading{false};
+  ctx.on_progress = [&](const std::string&) { reading = true; };
+  auto done = std::async(std::launch::async, [&] {
+    return processor->run(ctx, json{{"paths", big.string()}, {"buffer_size", 64 << 20}}.dump());
+  });
+  ASSERT_TRUE(eventually([&] { return reading.load(); }));
+  ctx.stop(StopReason::timeout);
+  const auto asked = std::chrono::steady_clock::now();
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_LT(std::chrono::steady_clock::now() - asked, std::chrono::seconds(1));
+  EXPECT_THROW(done.get(), JobCancelled);
 }
 
 TEST_F(ChecksumTest, CancelledBetweenBuffers) {
@@ -597,6 +745,31 @@ TEST_F(ExecTest, IgnoredSigchldEndsTheJobInsteadOfHanging) {
   ::sigaction(SIGCHLD, &previous, nullptr);
 }
 
+// A command that ignores SIGTERM, whose job times out: SIGKILL after kill_grace ends it, and the
+// run returns within the grace (plus the 50 ms poll), not when the command would have finished.
+TEST_F(ExecTest, TimeoutOfACommandIgnoringSigtermEndsWithinTheGrace) {
+  std::thread stopper([&] {
+    while (true) {
+      bool ready = false;
+      for (const auto& l : ctx.log_lines()) ready = ready || l.message == "ready";
+      if (ready) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ctx.stop(StopReason::timeout);
+  });
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_THROW(exec({{"argv", {"sh", "-c", "trap '' TERM; echo ready; sleep 30; echo done"}},
+                     {"kill_grace", 0.3}}),
+               JobCancelled);
+  stopper.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(3));
+}
+
+TEST_F(ExecTest, StdinMayHoldNulBytes) {
+  const json r = exec({{"argv", {"wc", "-c"}}, {"stdin", std::string("a\0b", 3)}});
+  EXPECT_EQ(std::stoi(r["stdout_tail"].get<std::string>()), 3);
+}
+
 TEST_F(ExecTest, BadPayloadNamesTheField) {
   expect_validation_error([&] { processor->validate(R"({"argv": "ls -l"})"); }, "argv");
   expect_validation_error([&] { processor->validate(R"({"argv": []})"); }, "argv");
@@ -648,6 +821,63 @@ TEST(StatTest, BadPayloadsNameTheField) {
   expect_payload_error([&] { processor->run(ctx, R"({"path": 7})"); }, "path");
   expect_payload_error([&] { processor->run(ctx, R"({"path": "/x", "extra": 1})"); }, "extra");
   expect_validation_error([&] { processor->validate(R"({"path": ""})"); }, "path");
+}
+
+// ---- sleep ----
+
+TEST(SleepTest, CancelledPromptly) {
+  std::shared_ptr<Processor> processor = make_sleep_processor();
+  RecordingContext ctx;
+  auto done =
+      std::async(std::launch::async, [&] { return processor->run(ctx, R"({"seconds": 60})"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ctx.stop(StopReason::cancelled);
+  const auto asked = std::chrono::steady_clock::now();
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_LT(std::chrono::steady_clock::now() - asked, std::chrono::milliseconds(500));
+  EXPECT_THROW(done.get(), JobCancelled);
+}
+
+// ---- NUL characters ----
+
+// Issue 15: a path, name or argument with an embedded NUL was cut at the NUL by the C library
+// ("secret.key\0.jpg" hashed secret.key). Every such field refuses it at validation, naming the
+// field; nothing runs.
+TEST(NulTest, EveryStringFieldRefusesAnEmbeddedNul) {
+  const std::string nul("secret.key\0.jpg", 15);
+  const struct {
+    std::shared_ptr<Processor> processor;
+    json payload;
+    std::string field;
+  } cases[] = {
+      {make_scan_processor(), {{"paths", nul}}, "paths"},
+      {make_scan_processor(), {{"paths", {"/tmp", nul}}}, "paths[1]"},
+      {make_scan_processor(), {{"paths", "/tmp"}, {"extensions", nul}}, "extensions"},
+      {make_scan_processor(), {{"paths", "/tmp"}, {"extensions", {"jpg", nul}}}, "extensions[1]"},
+      {make_checksum_processor(), {{"paths", nul}}, "paths"},
+      {make_checksum_processor(), {{"paths", {nul}}}, "paths[0]"},
+      {make_checksum_processor(),
+       {{"paths", "x"}, {"algorithms", {std::string("sha256\0", 7)}}},
+       "algorithms[0]"},
+      {make_stat_processor(), {{"path", nul}}, "path"},
+      {make_exec_processor(), {{"argv", {nul}}}, "argv[0]"},
+      {make_exec_processor(), {{"argv", {"ls", nul}}}, "argv[1]"},
+      {make_exec_processor(), {{"argv", {"ls"}}, {"cwd", nul}}, "cwd"},
+      {make_exec_processor(), {{"argv", {"ls"}}, {"env", {{"A", nul}}}}, "env.A"},
+      {make_exec_processor(), {{"argv", {"ls"}}, {"env", {{nul, "1"}}}}, "env"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.payload.dump());
+    try {
+      c.processor->validate(c.payload.dump());
+      ADD_FAILURE() << "accepted";
+    } catch (const ValidationError& e) {
+      EXPECT_EQ(e.field(), c.field) << e.what();
+      EXPECT_NE(std::string(e.what()).find("NUL"), std::string::npos) << e.what();
+    }
+    RecordingContext ctx;  // and at run time, a permanent failure
+    expect_payload_error([&] { c.processor->run(ctx, c.payload.dump()); }, c.field);
+  }
 }
 
 }  // namespace

@@ -2,12 +2,18 @@
 // counters, recovery of dead owners, the commit listener, and errors. Real files, real threads.
 #include "jobforge/store.hpp"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -923,6 +929,80 @@ TEST_P(StoreTest, FinishAsReleaseRequeuesWithoutUsingTheAttempt) {
   EXPECT_EQ(got->attempts, 0);
 }
 
+// Issue 21 item 3: the lease of attempt 1 ran out (a stalled worker), the job was taken back and
+// the same worker claimed it again (attempt 2 running); then attempt 1's end and progress arrive.
+// The owner matches, the attempt does not: neither may be applied.
+TEST_P(StoreTest, EndOfAStaleAttemptIsRefusedAfterTheSameOwnerClaimedTheJobAgain) {
+  auto store = open();
+  store->register_worker(worker("owner-a", kT0));
+  const auto job = make_job();
+  store->insert({job});
+  auto first = store->claim(claim_request("owner-a"));  // lease until kT0 + 60 s
+  ASSERT_EQ(first.size(), 1u);
+  ASSERT_EQ(first[0].attempts, 1);
+  ASSERT_EQ(store->recover_orphans(kT0 + 61'000, "other", [](const WorkerInfo&) { return false; }),
+            1);
+  auto second = store->claim(claim_request("owner-a", 1, kT0 + 61'000));
+  ASSERT_EQ(second.size(), 1u);
+  ASSERT_EQ(second[0].id, job.id);
+  ASSERT_EQ(second[0].attempts, 2);
+
+  store->save_progress({ProgressUpdate{first[0].rowid, 90, 9, 10, "attempt 1", "", std::nullopt,
+                                       first[0].attempts}});
+  auto stale = outcome_for(first[0], "owner-a", Status::completed);
+  stale.result_json = R"({"attempt":1})";
+  store->finish(stale);
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::running);
+  EXPECT_EQ(got->attempts, 2);
+  EXPECT_FALSE(got->result_json.has_value());
+  EXPECT_EQ(got->progress, 0);
+  EXPECT_EQ(got->lease_owner, "owner-a");
+  EXPECT_EQ(store->stats().count(Status::completed), 0);
+
+  // Attempt 2's own progress and end are applied.
+  store->save_progress({ProgressUpdate{second[0].rowid, 50, 5, 10, "attempt 2", "", std::nullopt,
+                                       second[0].attempts}});
+  store->flush();
+  EXPECT_EQ(store->get(job.id)->progress, 50);
+  auto current = outcome_for(second[0], "owner-a", Status::completed);
+  current.result_json = R"({"attempt":2})";
+  store->finish(current);
+  store->flush();
+  got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::completed);
+  EXPECT_TRUE(same_json(got->result_json, std::string(R"({"attempt":2})")));
+  EXPECT_EQ(store->stats().count(Status::completed), 1);
+  EXPECT_EQ(store->stats().count(Status::running), 0);
+}
+
+// The same race as a retry: attempt 1's "try again" must not put attempt 2 back in the queue.
+TEST_P(StoreTest, RetryOfAStaleAttemptIsRefused) {
+  auto store = open();
+  store->register_worker(worker("owner-a", kT0));
+  const auto job = make_job();
+  store->insert({job});
+  auto first = store->claim(claim_request("owner-a"));
+  ASSERT_EQ(first.size(), 1u);
+  ASSERT_EQ(store->recover_orphans(kT0 + 61'000, "other", [](const WorkerInfo&) { return false; }),
+            1);
+  auto second = store->claim(claim_request("owner-a", 1, kT0 + 61'000));
+  ASSERT_EQ(second.size(), 1u);
+  auto stale = outcome_for(first[0], "owner-a", Status::queued);
+  stale.error = "attempt 1 failed";
+  store->finish(stale);
+  store->flush();
+  auto got = store->get(job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::running);
+  EXPECT_EQ(got->attempts, 2);
+  EXPECT_NE(got->error.value_or(""), "attempt 1 failed");
+  EXPECT_EQ(got->run_at, kT0 + 61'000);  // not moved to the stale retry's kT0 + 5
+}
+
 TEST_P(StoreTest, SavedProgressIsReadBack) {
   auto store = open();
   const auto job = make_job();
@@ -1135,6 +1215,51 @@ TEST_P(StoreTest, RegisteredWorkersAreListedAndHeartbeatsExtendLeases) {
   EXPECT_EQ(store->workers().at(0).state, "stopped");
 }
 
+// Published types (docs/workers.md): a worker's entries are replaced at each publish, unchanged
+// options keep their published_at, and a stopped worker's entry lasts until a running worker
+// publishes the same type.
+TEST_P(StoreTest, PublishedTypesAreReplacedPerWorkerAndSupersedeStoppedWorkers) {
+  auto store = open();
+  EXPECT_TRUE(store->published_types().empty());
+  store->register_worker(worker("w-1", kT0));
+  store->publish_types("w-1", {{"", "resize", R"({"max_attempts":2})"}, {"", "mail", "{}"}}, kT0);
+  auto rows = store->published_types();
+  ASSERT_EQ(rows.size(), 2u);  // by type
+  EXPECT_EQ(rows[0].type, "mail");
+  EXPECT_EQ(rows[1].type, "resize");
+  EXPECT_EQ(rows[1].worker_id, "w-1");
+  EXPECT_EQ(rows[1].options_json, R"({"max_attempts":2})");
+  EXPECT_EQ(rows[1].published_at, kT0);
+  EXPECT_EQ(rows[1].refreshed_at, kT0);
+
+  // A heartbeat's refresh: resize unchanged (published_at kept), mail's options changed, and a
+  // type no longer published is gone.
+  store->publish_types("w-1", {{"", "resize", R"({"max_attempts":2})"}, {"", "report", "{}"}},
+                       kT0 + 5000);
+  rows = store->published_types();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].type, "report");
+  EXPECT_EQ(rows[0].published_at, kT0 + 5000);
+  EXPECT_EQ(rows[1].type, "resize");
+  EXPECT_EQ(rows[1].published_at, kT0);
+  EXPECT_EQ(rows[1].refreshed_at, kT0 + 5000);
+  store->publish_types("w-1", {{"", "resize", R"({"max_attempts":4})"}, {"", "report", "{}"}},
+                       kT0 + 10'000);
+  EXPECT_EQ(store->published_types()[1].published_at, kT0 + 10'000);
+
+  // w-1 stops: its entries stay (the types stay known). A running w-2 publishing resize
+  // supersedes w-1's resize; w-1's report stays. A running w-3's entries are never deleted.
+  store->deregister_worker("w-1");
+  store->register_worker(worker("w-3", kT0 + 11'000));
+  store->publish_types("w-3", {{"", "resize", "{}"}}, kT0 + 11'000);
+  store->register_worker(worker("w-2", kT0 + 12'000));
+  store->publish_types("w-2", {{"", "resize", R"({"timeout_ms":30000})"}}, kT0 + 12'000);
+  rows = store->published_types();
+  std::vector<std::string> got;
+  for (const auto& r : rows) got.push_back(r.type + "@" + r.worker_id);
+  EXPECT_EQ(got, (std::vector<std::string>{"report@w-1", "resize@w-2", "resize@w-3"}));
+}
+
 TEST_P(StoreTest, RecoverOrphansRequeuesDeadOwnersJobsFailsExhaustedAndSparesTheLiving) {
   auto store = open();
   store->register_worker(worker("dead-owner", kT0 - 100'000));
@@ -1201,16 +1326,18 @@ TEST_P(StoreTest, RecoverOrphansNeverTakesTheCallersOwnJobs) {
   EXPECT_EQ(status_of(*store, job.id), Status::running);
 }
 
-TEST_P(StoreTest, RecoverOrphansTakesBackAnExpiredLeaseOfALiveOwner) {
+// A lease is not judged by a clock (a step or an outage would expire a live owner's lease): the
+// owner judged alive keeps its job however late `now` is; judged dead, it loses it.
+TEST_P(StoreTest, RecoverOrphansLeavesALiveOwnersJobWhateverTheClockSaysAndTakesItFromADeadOne) {
   auto store = open();
   store->register_worker(worker("slow-owner", kT0));
   const auto job = make_job();
   store->insert({job});
   ASSERT_EQ(store->claim(claim_request("slow-owner")).size(), 1u);  // lease until kT0 + 60 s
-  EXPECT_EQ(store->recover_orphans(kT0 + 59'000, "self", [](const WorkerInfo&) { return false; }),
-            0);
-  EXPECT_EQ(store->recover_orphans(kT0 + 61'000, "self", [](const WorkerInfo&) { return false; }),
-            1);
+  EXPECT_EQ(
+      store->recover_orphans(kT0 + 3'600'000, "self", [](const WorkerInfo&) { return false; }), 0);
+  EXPECT_EQ(status_of(*store, job.id), Status::running);
+  EXPECT_EQ(store->recover_orphans(kT0 + 10, "self", [](const WorkerInfo&) { return true; }), 1);
   EXPECT_EQ(status_of(*store, job.id), Status::queued);
 }
 
@@ -1301,6 +1428,164 @@ TEST_P(StoreTest, WritesAfterCloseAreStoreErrors) {
   store->close();  // idempotent
 }
 
+// ---- a full disk (issue 21 item 1) --------------------------------------------------------
+
+// A small tmpfs of the test's own (the store's file on it), and a file that fills it up.
+class SmallDisk {
+ public:
+  explicit SmallDisk(const std::filesystem::path& dir) : dir_(dir) {
+    std::filesystem::create_directories(dir_);
+    if (::mount("tmpfs", dir_.c_str(), "tmpfs", 0, "size=4m") != 0)
+      error_ = std::string("mounting a 4 MB tmpfs is not permitted here: ") + std::strerror(errno);
+    else
+      mounted_ = true;
+  }
+  ~SmallDisk() {
+    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& error() const { return error_; }
+  std::string file(const std::string& name) const { return (dir_ / name).string(); }
+  // Writes until the disk refuses (ENOSPC); returns the bytes written.
+  int64_t fill() {
+    const int fd = ::open(file("filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) return 0;
+    std::vector<char> block(64 * 1024, 'x');
+    int64_t written = 0;
+    for (;;) {
+      const ssize_t n = ::write(fd, block.data(), block.size());
+      if (n <= 0) break;  // ENOSPC: full
+      written += n;
+    }
+    ::close(fd);
+    return written;
+  }
+  void free_space() { std::filesystem::remove(file("filler")); }
+
+ private:
+  std::filesystem::path dir_;
+  bool mounted_ = false;
+  std::string error_;
+};
+
+// The end of a job that cannot be written (disk full) is kept and retried until it commits: the
+// job is not completed meanwhile, health() says degraded with the reason, an enqueue is refused
+// at once with the store's error, and once space is freed the end commits (the listener hears
+// it) and health() is ok again. On main the end was printed and dropped: the job stayed running.
+TEST_F(SqliteStoreTest, EndOfAJobThatTheFullDiskRefusedIsKeptAndCommitsOnceSpaceIsFreed) {
+  SmallDisk disk(dir().path() / "small");
+  if (!disk.mounted()) GTEST_SKIP() << disk.error();
+  auto store = open_sqlite_store(disk.file("jobs.db"));
+  std::mutex m;
+  std::vector<Transition> heard;
+  store->set_commit_listener([&](std::vector<Transition>& ts) {
+    std::lock_guard lock(m);
+    for (auto& t : ts)
+      if (!t.log_lines) heard.push_back(t);
+  });
+  store->register_worker(worker("owner-a", kT0));
+  const auto a = make_job(), b = make_job();
+  store->insert({a, b});
+  auto claimed = store->claim(claim_request("owner-a", 2));
+  ASSERT_EQ(claimed.size(), 2u);
+  EXPECT_EQ(store->health(), "ok");
+
+  ASSERT_GT(disk.fill(), 0);
+  for (const auto& job : claimed) {
+    LogRecord line;
+    line.job_id = job.id;
+    line.attempt = job.attempts;
+    line.at = kT0 + 1;
+    line.message = "last words of " + job.id;
+    store->append_logs([line] { return std::vector<LogRecord>{line}; });
+    store->finish(outcome_for(job, "owner-a", Status::completed));
+  }
+  store->flush();  // returns: the ends are kept for a retry
+  const std::string degraded = store->health();
+  EXPECT_EQ(degraded.rfind("degraded: writes failing since ", 0), 0u) << degraded;
+  EXPECT_NE(degraded.find("database or disk is full"), std::string::npos) << degraded;
+  EXPECT_EQ(status_of(*store, a.id), Status::running);
+  EXPECT_EQ(status_of(*store, b.id), Status::running);
+  {
+    std::lock_guard lock(m);
+    for (const auto& t : heard) EXPECT_NE(t.to, Status::completed) << t.job_id;
+  }
+  // A caller's write is refused at once (it is not kept): the caller knows.
+  try {
+    store->insert({make_job()});
+    ADD_FAILURE() << "an enqueue on a full disk succeeded";
+  } catch (const StoreError& e) {
+    EXPECT_EQ(e.code() & 0xff, SQLITE_FULL) << e.what();
+  }
+  // Still full a while later: still kept (retried with backoff meanwhile).
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(status_of(*store, a.id), Status::running);
+  EXPECT_EQ(store->health().rfind("degraded: ", 0), 0u);
+
+  disk.free_space();
+  ASSERT_TRUE(jobforge::testing::eventually([&] {
+    return status_of(*store, a.id) == Status::completed &&
+           status_of(*store, b.id) == Status::completed;
+  })) << store->health();
+  EXPECT_TRUE(jobforge::testing::eventually([&] { return store->health() == "ok"; }))
+      << store->health();
+  {
+    std::lock_guard lock(m);
+    int completed = 0;
+    for (const auto& t : heard) completed += t.to == Status::completed;
+    EXPECT_EQ(completed, 2);
+  }
+  // Nothing lost: the log lines (written before the ends), the counters, the rows.
+  for (const auto& job : claimed) {
+    LogQuery q;
+    q.job_id = job.id;
+    auto lines = store->logs(q);
+    ASSERT_EQ(lines.size(), 1u) << job.id;
+    EXPECT_EQ(lines[0].message, "last words of " + job.id);
+  }
+  const Stats s = store->stats();
+  EXPECT_EQ(s.count(Status::completed), 2);
+  EXPECT_EQ(s.count(Status::running), 0);
+  EXPECT_EQ(s.total, 2);  // the refused enqueue wrote nothing
+  store->close();
+}
+
+// A job claimed in memory (alone on the file) whose end the full disk refused stays held: no
+// claim hands it out again while its end waits, and the end commits once space is freed.
+TEST_F(SqliteStoreTest, JobClaimedInMemoryStaysHeldWhileItsEndWaitsForSpace) {
+  SmallDisk disk(dir().path() / "small");
+  if (!disk.mounted()) GTEST_SKIP() << disk.error();
+  auto store = open_sqlite_store(disk.file("jobs.db"));
+  const auto job = make_job();
+  store->insert({job});
+  auto req = claim_request("owner-a");
+  req.durable = false;
+  auto claimed = store->claim(req);
+  ASSERT_EQ(claimed.size(), 1u);
+  claimed[0].attempts = 1;  // the engine counts the attempt of a claim in memory
+
+  ASSERT_GT(disk.fill(), 0);
+  auto o = outcome_for(claimed[0], "owner-a", Status::completed);
+  o.claimed_in_memory = true;
+  store->finish(o);
+  store->flush();
+  EXPECT_EQ(store->health().rfind("degraded: ", 0), 0u) << store->health();
+  // Still 'queued' in the file (its start was never written): a claim in memory must skip it,
+  // so the rolled-back end must not have let go of it.
+  EXPECT_EQ(status_of(*store, job.id), Status::queued);
+  EXPECT_TRUE(store->claim(req).empty());
+
+  disk.free_space();
+  ASSERT_TRUE(jobforge::testing::eventually([&] {
+    return status_of(*store, job.id) == Status::completed;
+  })) << store->health();
+  EXPECT_TRUE(jobforge::testing::eventually([&] { return store->health() == "ok"; }));
+  EXPECT_TRUE(store->claim(req).empty());
+  EXPECT_EQ(store->get(job.id)->attempts, 1);
+  EXPECT_EQ(store->stats().count(Status::completed), 1);
+  store->close();
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, StoreTest, ::testing::Values(Backend::sqlite, Backend::postgres),
                          jobforge::testing::backend_name);
 
@@ -1343,8 +1628,8 @@ TEST_F(PostgresStoreTest, SchemaIsRecordedInTheMigrationsTableAndReopeningKeepsR
     auto store = open_pg();
     store->insert({job});
   }
-  EXPECT_EQ(db().integer("SELECT max(version) FROM jobforge_migrations"), 2);  // every migration
-  EXPECT_EQ(db().integer("SELECT count(*) FROM jobforge_migrations"), 2);
+  EXPECT_EQ(db().integer("SELECT max(version) FROM jobforge_migrations"), 3);  // every migration
+  EXPECT_EQ(db().integer("SELECT count(*) FROM jobforge_migrations"), 3);
   auto store = open_pg();
   EXPECT_EQ(status_of(*store, job.id), Status::queued);
   EXPECT_EQ(store->integrity_check(), "ok");

@@ -24,9 +24,11 @@ import jobforge
 BOTH_STORES = {
     "test_cancel",
     "test_enqueue",
+    "test_fork",
     "test_events",
     "test_lifecycle",
     "test_priority",
+    "test_published_types",
     "test_queries",
     "test_recovery",
     "test_retry",
@@ -233,3 +235,19 @@ def spawn_child():
     for child in children:
         child.kill()
         child.process.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def private_pg():
+    """A PostgreSQL server of this test run (benchmarks/pg_private.py: initdb and pg_ctl in a temp
+    folder, a free port), for tests that stop or restart the server: the machine's main server is
+    shared and never stopped. Skipped when the server binaries are missing."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import pg_private
+
+    reason = pg_private.unavailable_reason()
+    if reason:
+        pytest.skip(f"needs a private PostgreSQL server: {reason}")
+    server = pg_private.PrivatePostgres()
+    yield server
+    server.close()

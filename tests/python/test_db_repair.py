@@ -89,6 +89,23 @@ def test_repair_copies_every_readable_row_and_keeps_the_damaged_file(tmp_path):
     engine.stop()
 
 
+def test_repair_keeps_the_types_workers_published(tmp_path):
+    path = str(tmp_path / "jobs.db")
+    _fill(path)
+    worker = jobforge.Engine(path, workers=1)
+    worker.register("resize", lambda ctx, payload: None, max_attempts=2, timeout=30)
+    worker.start()
+    worker.stop()
+    _smash(path, *_page_of_table(path, "jobs"))
+
+    report = db.repair(path)
+    assert report["tables"]["worker_types"]["copied"] > 0, report
+    assert report["check"]["ok"] is True
+    # A producer that never registered resize still enqueues it with the worker's options.
+    job = jobforge.Engine(path).enqueue("resize", {})
+    assert (job.max_attempts, job.timeout) == (2, 30.0)
+
+
 def test_repair_refuses_a_file_in_use_by_a_live_worker(tmp_path):
     path = str(tmp_path / "jobs.db")
     engine = jobforge.Engine(path, workers=1)

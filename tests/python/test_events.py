@@ -272,3 +272,50 @@ def test_unsubscribe_and_off_stop_delivery(engine, recorder, wait_until):
     assert [e.job_id for e in unsubscribed.items] == [first.id]
     assert [e.job_id for e in turned_off.items] == [first.id]
     assert barrier.items[1].job_id == second.id
+
+
+def test_a_blocked_callback_delays_only_itself_and_reports_what_it_dropped(
+    engine, recorder, wait_until, caplog
+):
+    """Before: one blocked callback stopped delivery to every other subscriber, and the lifecycle
+    events waiting for it piled up without bound."""
+    caplog.set_level(logging.WARNING, logger="jobforge")
+    release = threading.Event()
+    blocked_seen = recorder()
+
+    def blocked(event):
+        blocked_seen(event)
+        release.wait(WAIT)
+
+    fast = recorder()
+    slow = engine.on("*", blocked, maxsize=5)
+    engine.on("job-completed", fast)
+    engine.start()
+    try:
+        jobs = [engine.enqueue("noop", {"i": i}) for i in range(20)]
+        for job in jobs:
+            job.wait(timeout=WAIT)
+        # The other subscriber gets every event while the first callback is still blocked.
+        wait_until(lambda: len(fast) == len(jobs), what="every completed event, despite the block")
+        assert sorted(e.job_id for e in fast.items) == sorted(j.id for j in jobs)
+        assert len(blocked_seen) == 1
+        # Its own queue stayed bounded: what did not fit was dropped, counted and logged.
+        assert slow._queue is not None and len(slow._queue._items) <= 5
+        assert slow.dropped > 0
+        assert sum(slow.dropped_by_type.values()) == slow.dropped
+        wait_until(lambda: any("is behind" in r.getMessage() for r in caplog.records),
+                   what="a log line when it starts dropping")  # fmt: skip
+    finally:
+        release.set()
+    dropped = slow.dropped
+    wait_until(
+        lambda: any("dropped" in r.getMessage() and "fell behind" in r.getMessage()
+                    for r in caplog.records),
+        what="a log line saying what it dropped, once it catches up",
+    )  # fmt: skip
+    summary = next(r.getMessage() for r in caplog.records if "fell behind" in r.getMessage())
+    assert "job-" in summary
+    engine.flush_events()  # waits for the slow subscriber's queue too
+    assert len(blocked_seen) > 1  # what was queued for it came after the block
+    assert not slow._queue._items
+    assert slow.dropped == dropped

@@ -253,3 +253,157 @@ def test_native_jobs_run_beside_python_ones(engine, tmp_path):
 
 def test_jobforge_exports_native_processor_types():
     assert jobforge.Engine.register_native.__doc__
+
+
+# -- issue 15: blocked I/O, cancel and timeout, NUL characters ---------------------------------
+
+BOTH_STORES = pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
+
+
+def _unblock_fifo(path):
+    """Opens the FIFO's write end for a moment, so a reader blocked in open(2) on it goes on
+    (without the fix, that is how the test ends instead of hanging)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def _status(engine, job):
+    return engine.get(job.id).status
+
+
+@BOTH_STORES
+def test_checksum_of_a_fifo_fails_promptly_and_the_worker_goes_on(make_engine, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    engine = make_engine(workers=1)  # one slot: the job after it needs that worker back
+    with engine:
+        try:
+            started = time.monotonic()
+            job = engine.enqueue(
+                "checksum", {"paths": str(fifo), "on_error": "fail"}, timeout=1.0, max_attempts=1
+            )
+            after = engine.enqueue("noop")
+            done = job.wait(timeout=10)
+            assert done.status == "failed", done.error
+            assert time.monotonic() - started < 5
+            assert str(fifo) in done.error and "not a regular file" in done.error
+            assert after.wait(timeout=10).status == "completed"
+        finally:
+            _unblock_fifo(fifo)
+
+
+@BOTH_STORES
+def test_stop_without_waiting_returns_promptly_beside_a_checksum_of_a_fifo(make_engine, tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    engine = make_engine(workers=2)
+    engine.start()
+    stopper = threading.Thread(target=engine.stop, kwargs={"wait": False}, daemon=True)
+    try:
+        job = engine.enqueue("checksum", {"paths": [str(fifo)]})
+        sleeper = engine.enqueue("sleep", {"seconds": 60})
+        deadline = time.monotonic() + 10
+        while _status(engine, sleeper) != "running" or _status(engine, job) == "queued":
+            assert time.monotonic() < deadline, "the jobs did not start"
+            time.sleep(0.01)
+        stopper.start()
+        stopper.join(timeout=5)
+        assert not stopper.is_alive(), "stop(wait=False) did not return"
+    finally:
+        _unblock_fifo(fifo)
+        if stopper.is_alive():
+            stopper.join()
+    done = engine.get(job.id)
+    assert done.status in ("completed", "queued")  # done, or stopped before it and queued again
+    if done.status == "completed":
+        assert done.result["files"][0]["error"] == "not a regular file: a named pipe (FIFO)"
+    assert engine.get(sleeper.id).status == "queued"  # back in the queue, as stop(wait=False) does
+
+
+@BOTH_STORES
+def test_checksum_of_a_huge_file_times_out_within_a_second(make_engine, tmp_path):
+    huge = tmp_path / "huge"
+    with open(huge, "wb") as f:
+        f.truncate(64 << 30)  # sparse: 64 GiB of zeros, read at memory speed (minutes to hash)
+    engine = make_engine(workers=1)
+    with engine:
+        job = engine.enqueue("checksum", {"paths": str(huge)}, timeout=0.5, max_attempts=1)
+        deadline = time.monotonic() + 10
+        while _status(engine, job) == "queued":
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.005)
+        started = time.monotonic()
+        done = job.wait(timeout=30)
+    assert done.status == "timeout"
+    # The timeout, then one read buffer and the store's write (minutes to hash it all).
+    assert time.monotonic() - started < 0.5 + 2.5
+
+
+@BOTH_STORES
+def test_exec_timeout_of_a_command_ignoring_sigterm_ends_within_the_grace(
+    make_engine, tmp_path, wait_until
+):
+    engine = make_engine(workers=1, allow_exec=True)
+    with engine:
+        job, leader, child = _start_tree(engine, tmp_path, timeout=0.5, max_attempts=1)
+        seen = time.monotonic()  # the command runs: the timeout is at most 0.5 s away
+        done = job.wait(timeout=30)
+        ended = time.monotonic() - seen
+        after = engine.enqueue("noop").wait(timeout=10)
+    assert done.status == "timeout"
+    assert ended < 0.5 + 0.3 + 2.5  # timeout + kill_grace + polling, not the sleep's 60 s
+    assert after.status == "completed"
+    wait_until(lambda: not _group_members(leader), timeout=10, what="the process group to end")
+
+
+@BOTH_STORES
+def test_sleep_is_cancelled_promptly(make_engine, wait_until):
+    engine = make_engine(workers=1)
+    with engine:
+        job = engine.enqueue("sleep", {"seconds": 60})
+        wait_until(lambda: _status(engine, job) == "running", timeout=10, what="the sleep")
+        asked = time.monotonic()
+        assert engine.cancel(job)
+        done = job.wait(timeout=10)
+        assert time.monotonic() - asked < 2.0  # not the 60 s of the sleep
+    assert done.status == "cancelled"
+
+
+NUL = "secret.key\u0000.jpg"
+
+
+@BOTH_STORES
+@pytest.mark.parametrize(
+    ("job_type", "payload", "field"),
+    [
+        ("scan", {"paths": NUL}, "paths"),
+        ("scan", {"paths": ["/tmp", NUL]}, "paths[1]"),
+        ("scan", {"paths": "/tmp", "extensions": NUL}, "extensions"),
+        ("checksum", {"paths": NUL}, "paths"),
+        ("checksum", {"paths": [NUL]}, "paths[0]"),
+        ("checksum", {"paths": "x", "algorithms": ["sha256\u0000"]}, "algorithms[0]"),
+        ("stat", {"path": NUL}, "path"),
+        ("exec", {"argv": [NUL]}, "argv[0]"),
+        ("exec", {"argv": ["ls", NUL]}, "argv[1]"),
+        ("exec", {"argv": ["ls"], "cwd": NUL}, "cwd"),
+        ("exec", {"argv": ["ls"], "env": {"A": NUL}}, "env.A"),
+        ("exec", {"argv": ["ls"], "env": {NUL: "1"}}, "env"),
+    ],
+)
+def test_string_field_with_a_nul_is_refused_at_enqueue(engine, job_type, payload, field):
+    with pytest.raises(jobforge.ValidationError, match="NUL") as refused:
+        engine.enqueue(job_type, payload)
+    assert refused.value.field == field
+    assert f"'{field}'" in str(refused.value)
+    assert engine.stats()["total"] == 0  # nothing written
+
+
+def test_exec_stdin_may_hold_nul_bytes(engine):
+    with engine:
+        done = engine.enqueue("exec", {"argv": ["wc", "-c"], "stdin": "a\u0000b"}).wait(30)
+    assert done.status == "completed", done.error
+    assert int(done.result["stdout_tail"]) == 3

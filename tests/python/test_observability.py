@@ -8,7 +8,10 @@ workload, time limits only guard against hangs (except where a bound is the poin
 """
 
 import asyncio
+import errno
 import gc
+import os
+import subprocess
 import threading
 import time
 
@@ -1322,7 +1325,7 @@ def test_health_is_ok_on_a_healthy_engine(engine):
     me = [w for w in h["workers"] if w["id"] == engine.worker_id]
     assert len(me) == 1 and me[0]["alive"] is True and me[0]["state"] == "running"
     assert 0 <= me[0]["heartbeat_age"] < 10
-    assert h["queue"] == {"queued": 0, "due": 0, "oldest_due_age": 0.0}
+    assert h["queue"] == {"queued": 0, "due": 0, "oldest_due_age": 0.0, "unserved_types": []}
     assert h["error_rates"] == {"noop": 0.0}
     assert engine.workers()[0]["id"] == engine.worker_id
 
@@ -1398,6 +1401,205 @@ def test_health_reports_a_high_error_rate(make_engine):
     assert h["status"] == "degraded"
     assert h["error_rates"]["broken"] == 1.0
     assert any("broken" in r and "failed" in r for r in h["reasons"]), h
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs of the test's own (unmounted at teardown, after the engines stop)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pytest.skip(f"mounting a 4 MB tmpfs is not permitted here: {out.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(path):
+    """Writes `path` until the disk is full; returns the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = b"x" * 65536
+        while True:
+            try:
+                n = os.write(fd, block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                return written
+            if n == 0:
+                return written
+            written += n
+    finally:
+        os.close(fd)
+
+
+# Issue 21 item 1 / issue 15 item 5: the disk fills while a worker runs jobs. The ends are kept and
+# retried (on main they were printed and dropped: the jobs stayed running and wait() never
+# returned); health() says degraded with the reason; enqueue is refused at once; once space is
+# freed the ends commit, wait() returns, and nothing is lost.
+@pytest.mark.parametrize("claim_in_memory", [True, False], ids=["memory", "durable"])
+def test_a_full_disk_keeps_the_ends_of_jobs_until_space_is_freed(
+    small_disk, make_engine, wait_until, claim_in_memory
+):
+    engine = make_engine(str(small_disk / "jobs.db"), workers=2, claim_in_memory=claim_in_memory)
+    release = threading.Event()
+
+    @engine.processor("hold")
+    def hold(ctx, payload):
+        ctx.log("info", f"holding {payload['n']}")
+        release.wait(WAIT)
+        return {"n": payload["n"]}
+
+    engine.start()
+    jobs = [engine.enqueue("hold", {"n": n}) for n in range(2)]
+    for job in jobs:
+        wait_until(lambda job=job: job.refresh().status == "running", what="jobs running")
+    assert engine.health(integrity=False)["status"] == "ok"
+
+    assert _fill(str(small_disk / "filler")) > 0
+    release.set()
+    wait_until(lambda: engine.store_health().startswith("degraded: "), what="degraded")
+    h = engine.health(integrity=False)
+    assert h["status"] == "degraded", h
+    assert any(
+        r.startswith("store degraded: writes failing since") and "database or disk is full" in r
+        for r in h["reasons"]
+    ), h
+    with pytest.raises(jobforge.StoreError):
+        engine.enqueue("hold", {"n": 99})
+    with pytest.raises(TimeoutError):
+        jobs[0].wait(timeout=0.5)  # its end is only kept, not written
+    assert [job.refresh().status for job in jobs] == ["running", "running"]
+
+    waited = []
+    waiter = threading.Thread(target=lambda: waited.append(jobs[1].wait(timeout=WAIT).status))
+    waiter.start()
+    os.remove(small_disk / "filler")
+    waiter.join(WAIT + 1)
+    assert waited == ["completed"]
+    for n, job in enumerate(jobs):
+        assert job.wait(timeout=WAIT).status == "completed"
+        assert job.result == {"n": n}
+        assert [line.message for line in job.logs()] == [f"holding {n}"]
+    wait_until(lambda: engine.store_health() == "ok", what="store ok again")
+    assert engine.health(integrity=False)["status"] == "ok"
+    counts = engine.counts()
+    assert counts["completed"] == 2 and counts["total"] == 2, counts
+
+
+def test_health_is_failing_after_writes_fail_for_longer_than_the_limit(small_disk, make_engine):
+    engine = make_engine(str(small_disk / "jobs.db"), workers=1)
+    engine.start()
+    assert engine.enqueue("noop", {}).wait(timeout=WAIT).status == "completed"
+    _fill(str(small_disk / "filler"))
+    with pytest.raises(jobforge.StoreError):
+        engine.enqueue("noop", {})
+    assert engine.store_health().startswith("degraded: writes failing since ")
+    time.sleep(1.1)
+    from jobforge.observe import health
+
+    h = health(engine, integrity=False, max_write_failure=0.5)
+    assert h["status"] == "failing", h
+    assert engine.health(integrity=False)["status"] == "degraded"  # the default limit is 60 s
+    os.remove(small_disk / "filler")
+
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+@pytest.fixture
+def small_pg():
+    """A private PostgreSQL server whose tables live in a tablespace on a 4 MB tmpfs of its own
+    (its WAL stays on the ordinary disk): (url, the tmpfs folder). Stopped at teardown."""
+    import shutil
+    import socket
+    import tempfile
+
+    if not os.path.exists(f"{PG_BIN}/initdb") or shutil.which("runuser") is None:
+        pytest.skip("no PostgreSQL server binaries here")
+    home = tempfile.mkdtemp(prefix="jfpg")  # short: a Unix socket path has a small limit
+    small = os.path.join(home, "small")
+    os.mkdir(small)
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", small], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        shutil.rmtree(home, ignore_errors=True)
+        pytest.skip(f"mounting a 4 MB tmpfs is not permitted here: {out.stderr.strip()}")
+    space = os.path.join(small, "space")
+    os.mkdir(space)
+    for p in (home, small, space):
+        shutil.chown(p, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*args):
+        return subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True, timeout=60
+        )
+
+    data = f"{home}/data"
+    try:
+        out = pg(f"{PG_BIN}/initdb", "-D", data, "-A", "trust", "--no-sync")
+        if out.returncode != 0:
+            pytest.skip(f"initdb failed: {out.stderr.strip()}")
+        opts = f"-p {port} -k {home} -c listen_addresses='' -c fsync=off"
+        out = pg(f"{PG_BIN}/pg_ctl", "-D", data, "-o", opts, "-l", f"{home}/log", "-w", "start")
+        assert out.returncode == 0, out.stderr
+        base = f"postgresql:///postgres?host={home}&port={port}&user=postgres"
+        sql = f"CREATE TABLESPACE small LOCATION '{space}'"
+        out = subprocess.run(["psql", base, "-qAtc", sql], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        yield f"{base}&options=-c%20default_tablespace%3Dsmall", small
+    finally:
+        pg(f"{PG_BIN}/pg_ctl", "-D", data, "-m", "immediate", "stop")
+        subprocess.run(["umount", "-l", small], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# The same on PostgreSQL: the server refuses the end (could not extend file: no space left). On
+# main the end was printed and dropped (the jobs stayed running, store_health() said ok).
+def test_a_full_disk_on_the_postgresql_server_keeps_the_ends_of_jobs(
+    small_pg, make_engine, wait_until
+):
+    url, disk = small_pg
+    engine = make_engine(url, workers=2)
+    release = threading.Event()
+
+    @engine.processor("hold")
+    def hold(ctx, payload):
+        release.wait(WAIT)
+        return {"n": payload["n"], "pad": payload["pad"]}  # toasted: it needs new pages
+
+    engine.start()
+    pads = [os.urandom(16384).hex() for _ in range(2)]
+    jobs = [engine.enqueue("hold", {"n": n, "pad": pads[n]}) for n in range(2)]
+    for job in jobs:
+        wait_until(lambda job=job: job.refresh().status == "running", what="jobs running")
+
+    assert _fill(os.path.join(disk, "filler")) > 0
+    release.set()
+    wait_until(lambda: engine.store_health().startswith("degraded: "), what="degraded")
+    assert "writes failing since" in engine.store_health(), engine.store_health()
+    assert "No space left on device" in engine.store_health(), engine.store_health()
+    h = engine.health(integrity=False)
+    assert h["status"] == "degraded", h
+    with pytest.raises(jobforge.StoreError):
+        engine.enqueue("hold", {"n": 99, "pad": ""})
+    assert [job.refresh().status for job in jobs] == ["running", "running"]
+
+    os.remove(os.path.join(disk, "filler"))
+    for n, job in enumerate(jobs):
+        assert job.wait(timeout=WAIT).status == "completed"
+        assert job.result == {"n": n, "pad": pads[n]}
+    wait_until(lambda: engine.store_health() == "ok", what="store ok again")
+    counts = engine.counts()
+    assert counts["completed"] == 2 and counts["total"] == 2, counts
 
 
 def _samples(text):

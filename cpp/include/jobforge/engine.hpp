@@ -130,6 +130,10 @@ class Engine {
   // Lines of a job's log. Throws ValidationError for an unknown job id.
   std::vector<LogRecord> logs(const LogQuery& query);
   std::vector<WorkerInfo> workers();
+  // The types workers publish with their processors' options (docs/workers.md), every entry.
+  std::vector<PublishedType> published_types();
+  // Of these types, those with due queued jobs that no live worker publishes (serves).
+  std::vector<std::string> unserved_types(const std::vector<std::string>& types);
   std::string integrity_check();
   // Figures of this engine: jobs claimed and running here, progress writes, log lines, events.
   struct LocalStats {

@@ -35,7 +35,8 @@ class UnknownJobType : public ValidationError {
                           "is off unless the application opts in with "
                           "Engine(..., allow_exec=True) or `jobforge worker "
                           "--allow-exec` (docs/security.md)"
-                        : "unknown job type '" + type + "': no processor is registered for it") {}
+                        : "unknown job type '" + type +
+                              "': no processor is registered for it and no worker publishes it") {}
 };
 
 // A singleton role is already held by another live worker.

@@ -151,8 +151,18 @@ struct JobQuery {
   int offset = 0;
 };
 
+// Unix ms by the wall clock, minus any step of it (over a second) since this process began: a
+// running process goes on from where its clock was (see job.cpp).
 int64_t now_ms() noexcept;
+// Test only: shifts the wall clock now_ms() reads by `offset_ms` from now on, as a clock step of
+// this process would (the environment variable JOBFORGE_TEST_CLOCK_OFFSET_MS sets it at start).
+void set_test_clock_offset_ms(int64_t offset_ms) noexcept;
 // A 36-character UUID, version 7 (time-ordered), so inserts append to the primary key's B-tree.
 std::string new_job_id();
+
+// How many times this process's ancestry forked since the library loaded: 0 in the process
+// that loaded it, bumped in the child of every fork() (a pthread_atfork handler). Something made
+// before a fork (an engine, a connection) compares it to tell that it now sits in a child.
+uint64_t fork_generation() noexcept;
 
 }  // namespace jobforge

@@ -132,7 +132,10 @@ struct StartInfo {
   int64_t queued_at = 0;
 };
 
-// The end of one attempt, decided by the engine. Only the lease holder may apply it.
+// The end of one attempt, decided by the engine. Only the lease holder may apply it, and only to
+// the attempt that ended: `attempt` is a fencing token, and the end of a stale attempt (the job
+// was taken back and claimed again since, even by the same owner) is refused, never applied.
+// An end that cannot be written (disk full) is kept in order and retried until it commits.
 struct Outcome {
   int64_t rowid = 0;
   std::string job_id;
@@ -164,6 +167,7 @@ struct ProgressUpdate {
   std::string message;
   std::string stage;
   std::optional<std::string> outcome_json;
+  int attempt = 0;  // the attempt reporting it (a fencing token; 0: any)
 };
 
 struct LogQuery {
@@ -185,6 +189,16 @@ struct WorkerInfo {
   std::string state;
   std::string claim_mode = "durable";  // "memory" or "durable"
   std::string singleton_role;          // non-empty: at most one live worker with this role
+};
+
+// A job type a worker serves, with its processor's options, as the worker published it
+// (docs/workers.md: producers that never registered the processor enqueue with these).
+struct PublishedType {
+  std::string worker_id;
+  std::string type;
+  std::string options_json;  // a JSON object: the processor's options that are set
+  int64_t published_at = 0;  // when this worker began serving the type with these options
+  int64_t refreshed_at = 0;  // its last publish (start, then every heartbeat)
 };
 
 enum class CancelResult { not_found, not_cancellable, cancelled, requested };
@@ -247,8 +261,20 @@ class Store {
   virtual void heartbeat(const std::string& worker_id, int64_t now, int64_t lease_ms) = 0;
   virtual void deregister_worker(const std::string& worker_id) = 0;
   virtual std::vector<WorkerInfo> workers() = 0;
-  // Takes back running jobs whose owner is dead (per `is_dead`) or whose lease expired: a new
-  // attempt if any is left, else failed. Returns how many jobs were taken back.
+  // Replaces the types the worker publishes with `types` (in one transaction). A type whose
+  // options are unchanged keeps its published_at; every row gets refreshed_at = now. Rows of
+  // workers that are no longer 'running' are deleted for the types this worker publishes (its
+  // entry supersedes them); other types keep their last entry (the type stays known).
+  virtual void publish_types(const std::string& worker_id, const std::vector<PublishedType>& types,
+                             int64_t now) {
+    (void)worker_id, (void)types, (void)now;  // stores without the table publish nothing
+  }
+  // Every published entry, live or not (the engine judges its worker), by type then worker.
+  virtual std::vector<PublishedType> published_types() { return {}; }
+  // Takes back running jobs whose owner is dead (per `is_dead`, asked for every running worker
+  // but `self_id`; such rows are marked dead) or is not a running worker: a new attempt if any is
+  // left, else failed. lease_expires_at is informational: a live owner keeps its jobs whatever
+  // any clock says. Returns how many jobs were taken back.
   virtual int64_t recover_orphans(int64_t now, const std::string& self_id,
                                   const std::function<bool(const WorkerInfo&)>& is_dead) = 0;
 

@@ -25,8 +25,10 @@
 #include <sstream>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "jobforge/processors.hpp"
 
@@ -191,6 +193,7 @@ class RunningJob final : public Context {
   // Samples for the rate: (time, current), one per >= 250 ms, the last few.
   std::deque<std::pair<Clock::time_point, double>> rate_samples_;
   std::atomic<bool> logged{false};  // wrote a log line: its start is written before its end
+  std::atomic<bool> lease_lost{false};  // taken back while we could not renew: end not written
 };
 
 struct Engine::Impl {
@@ -232,6 +235,20 @@ struct Engine::Impl {
     recover_orphans();
   }
 
+  // Made in this process, not inherited by a fork() child (see ~Engine).
+  bool forked() const noexcept { return fork_generation() != created_fork_generation; }
+
+  // Every entry point first: in a forked child, one clear error instead of a wait for threads
+  // that do not exist or a mutex a parent thread held at the fork.
+  void check_process() const {
+    if (!forked()) return;
+    throw Error("this jobforge engine was created in process " + std::to_string(owner_pid) +
+                " and cannot be used in a forked child (pid " + std::to_string(getpid()) +
+                "): its threads and database connections belong to the parent. Create a new "
+                "Engine in the child (the Python jobforge.Engine does so on first use after "
+                "a fork)");
+  }
+
   ~Impl() {
     stop(true);
     store->close();
@@ -270,14 +287,144 @@ struct Engine::Impl {
     return types_cache;
   }
 
+  // ---- published types (docs/workers.md) ---------------------------------------------------
+  // A worker publishes the types it serves and its processors' options; a producer that never
+  // registered a type enqueues with the options a worker published for it.
+
+  static std::string options_json(const ProcessorOptions& o) {
+    nlohmann::json j = nlohmann::json::object();
+    if (o.timeout_ms) j["timeout_ms"] = *o.timeout_ms;
+    if (o.max_attempts) j["max_attempts"] = *o.max_attempts;
+    if (o.retry_delay_ms) j["retry_delay_ms"] = *o.retry_delay_ms;
+    if (o.backoff) j["backoff"] = *o.backoff;
+    if (o.priority) j["priority"] = *o.priority;
+    if (o.max_concurrent) j["max_concurrent"] = *o.max_concurrent;
+    if (o.rate) j["rate"] = *o.rate;
+    return j.dump();
+  }
+
+  // The options a producer applies (max_concurrent and rate are the claiming workers' business).
+  // Anything unreadable is left unset: the producer's own defaults apply.
+  static ProcessorOptions parse_published(const std::string& text) {
+    ProcessorOptions o;
+    const auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return o;
+    auto integer = [&](const char* key) -> std::optional<int64_t> {
+      auto it = j.find(key);
+      if (it == j.end() || !it->is_number_integer()) return std::nullopt;
+      return it->get<int64_t>();
+    };
+    o.timeout_ms = integer("timeout_ms");
+    if (auto v = integer("max_attempts"); v && *v >= 1 && *v <= std::numeric_limits<int>::max())
+      o.max_attempts = static_cast<int>(*v);
+    o.retry_delay_ms = integer("retry_delay_ms");
+    if (auto it = j.find("backoff"); it != j.end() && it->is_string())
+      o.backoff = it->get<std::string>();
+    if (auto v = integer("priority"); v && *v >= priority::min && *v <= priority::max)
+      o.priority = static_cast<int>(*v);
+    return o;
+  }
+
+  void publish_types() {
+    // Not while the store is unreachable (PostgreSQL reconnecting): a write would wait for its
+    // budget at every heartbeat and at stop; the first heartbeat after the outage publishes.
+    if (store->health() != "ok") return;
+    std::vector<PublishedType> types;
+    {
+      std::lock_guard lock(registry_mutex);
+      for (const auto& [name, reg] : registry)
+        types.push_back(PublishedType{worker_id, name, options_json(reg.options), 0, 0});
+    }
+    try {
+      store->publish_types(worker_id, types, now_ms());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: could not publish job types: %s\n", e.what());
+    }
+  }
+
+  struct KnownType {
+    ProcessorOptions options;
+    bool live = false;  // a live worker publishes it
+    int64_t published_at = 0, refreshed_at = 0;
+    std::string worker_id;
+  };
+
+  // Reads the published types: per type, the entry of the live worker that published its
+  // options last (ties: the greater worker id); with no live one, the entry refreshed last (the
+  // worker that served the type most recently).
+  std::map<std::string, KnownType, std::less<>> read_published() const {
+    const auto rows = store->published_types();
+    std::map<std::string, WorkerInfo, std::less<>> workers_by_id;
+    if (!rows.empty())
+      for (auto& w : store->workers()) workers_by_id.emplace(w.id, std::move(w));
+    std::map<std::string, KnownType, std::less<>> out;
+    for (const auto& row : rows) {
+      auto w = workers_by_id.find(row.worker_id);
+      const bool live = w != workers_by_id.end() && w->second.state == "running" &&
+                        (w->second.id == worker_id || !is_dead(w->second));
+      auto [it, inserted] = out.try_emplace(row.type);
+      KnownType& best = it->second;
+      const auto key = [live](int64_t published_at, int64_t refreshed_at) {
+        return live ? std::pair{published_at, refreshed_at} : std::pair{refreshed_at, published_at};
+      };
+      const bool better =
+          inserted || (live && !best.live) ||
+          (live == best.live &&
+           std::tuple(key(row.published_at, row.refreshed_at), row.worker_id) >
+               std::tuple(key(best.published_at, best.refreshed_at), best.worker_id));
+      if (better)
+        best = KnownType{parse_published(row.options_json), live, row.published_at,
+                         row.refreshed_at, row.worker_id};
+    }
+    return out;
+  }
+
+  // The options published for a type this process does not serve; nullopt when no worker ever
+  // published it. Cached for kPublishedTtl; a miss re-reads the table (at most every poll_ms,
+  // unless the caller must know: an enqueue that is refused otherwise).
+  static constexpr auto kPublishedTtl = std::chrono::seconds(2);
+  std::optional<ProcessorOptions> published_options(const std::string& type, bool must_know) const {
+    std::lock_guard lock(published_mutex);
+    const auto now = Clock::now();
+    const bool fresh = published_read && now - *published_read < kPublishedTtl;
+    auto it = published_cache.find(type);
+    if (fresh && it != published_cache.end()) return it->second.options;
+    if (!fresh || must_know || now - *published_read >= std::chrono::milliseconds(config.poll_ms)) {
+      published_cache = read_published();
+      published_read = now;
+      it = published_cache.find(type);
+    }
+    if (it == published_cache.end()) return std::nullopt;
+    return it->second.options;
+  }
+
+  // Of these types, those with due jobs that no live worker serves (read now, not cached).
+  std::vector<std::string> unserved_types(const std::vector<std::string>& candidates) const {
+    const auto known = read_published();
+    std::vector<std::string> out;
+    const int64_t now = now_ms();
+    for (const auto& type : candidates) {
+      auto it = known.find(type);
+      if (it != known.end() && it->second.live) continue;
+      const auto next = store->next_run_at({type});
+      if (next && *next <= now) out.push_back(type);
+    }
+    return out;
+  }
+
   // ---- enqueue -----------------------------------------------------------------------------
 
   // Resolves a spec against the processor's and the engine's defaults and validates every field.
   NewJob resolve(const JobSpec& spec, int64_t now, bool allow_unknown = false) const {
     if (spec.type.empty()) throw ValidationError("type", "job type must not be empty");
     auto reg = registration(spec.type);
-    if (!reg && !config.allow_unknown_types && !allow_unknown) throw UnknownJobType(spec.type);
-    const ProcessorOptions defaults = reg ? reg->options : ProcessorOptions{};
+    std::optional<ProcessorOptions> published;
+    if (!reg) {
+      const bool must_know = !config.allow_unknown_types && !allow_unknown;
+      published = published_options(spec.type, must_know);
+      if (!published && must_know) throw UnknownJobType(spec.type);
+    }
+    const ProcessorOptions defaults = reg ? reg->options : published.value_or(ProcessorOptions{});
 
     NewJob j;
     j.id = new_job_id();
@@ -553,12 +700,19 @@ struct Engine::Impl {
     }
   }
 
+  // Removes a job from `claimed` (caller holds jobs_mutex), unless a newer attempt of it took
+  // its place there.
+  void forget_claimed(const std::shared_ptr<RunningJob>& rj) {
+    auto it = claimed.find(rj->job.id);
+    if (it != claimed.end() && it->second == rj) claimed.erase(it);
+  }
+
   // A held job that no worker has started ends now, not when a worker becomes free.
   void end_if_unstarted(const std::shared_ptr<RunningJob>& rj) {
     {
       std::lock_guard lock(jobs_mutex);
       if (!ready.erase(rj)) return;  // a worker took it: it sees the stop request itself
-      claimed.erase(rj->job.id);
+      forget_claimed(rj);
       dispatch_cv.notify_all();
     }
     submit_outcome(*rj, decide_outcome(*rj, RunResult{}));
@@ -583,13 +737,35 @@ struct Engine::Impl {
   void start() {
     std::lock_guard lifecycle(lifecycle_mutex);
     if (started) return;
-    const int64_t now = now_ms();
-    const std::string mode = store->register_worker(
-        WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", "",
-                   config.singleton_role},
-        [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
+    auto register_self = [this] {
+      const int64_t now = now_ms();
+      return store->register_worker(
+          WorkerInfo{worker_id, hostname, getpid(), JOBFORGE_VERSION, now, now, "running", "",
+                     config.singleton_role},
+          [this](const WorkerInfo& w) { return is_dead(w); }, config.claim_in_memory);
+    };
+    std::string mode;
+    try {
+      mode = register_self();
+    } catch (const SingletonTaken&) {
+      // A holder on another host may be dead: only watching its heartbeat for a window can tell
+      // (no clock is compared). Watch it (recovery rounds mark it dead if it is), then try again.
+      bool remote = false;
+      for (const auto& w : store->workers())
+        remote = remote || (w.state == "running" && w.singleton_role == config.singleton_role &&
+                            w.hostname != hostname);
+      if (!remote) throw;
+      const auto until = Clock::now() + std::chrono::milliseconds(stale_ms() + config.heartbeat_ms);
+      while (Clock::now() < until) {
+        recover_orphans();
+        std::this_thread::sleep_for(std::chrono::milliseconds(config.heartbeat_ms));
+      }
+      recover_orphans();
+      mode = register_self();
+    }
     durable_claims = mode != "memory";
     peers_durable = mode == "memory";  // alone: nobody to wait for
+    publish_types();
     recover_orphans();
     try {
       ensure_cleanup_schedule();
@@ -638,7 +814,7 @@ struct Engine::Impl {
       std::lock_guard lock(jobs_mutex);
       unstarted.assign(ready.begin(), ready.end());
       ready.clear();
-      for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      for (auto& rj : unstarted) forget_claimed(rj);
       ready_cv.notify_all();
     }
     release_unstarted(unstarted);
@@ -652,6 +828,7 @@ struct Engine::Impl {
     maintenance.join();
     watchdog.join();
     maintenance_stop = false;
+    publish_types();  // at its stop too: the last worker to serve a type wins once none is live
     try {
       store->deregister_worker(worker_id);
     } catch (const std::exception& e) {
@@ -698,7 +875,7 @@ struct Engine::Impl {
           ++it;
         }
       }
-      for (auto& rj : unstarted) claimed.erase(rj->job.id);
+      for (auto& rj : unstarted) forget_claimed(rj);
       // Jobs a worker took from the queue but whose start may not be recorded yet: record it
       // now, so the flush below writes every held job as running before a peer may claim.
       const int64_t now = now_ms();
@@ -735,10 +912,47 @@ struct Engine::Impl {
       try_memory_claims();
   }
 
-  // The one rule for a dead peer: same host and its pid is gone, or its heartbeat is older than
-  // max(3 heartbeats, one lease).
-  bool is_dead(const WorkerInfo& w) const {
-    return worker_is_dead(w, hostname, now_ms(), std::max(3 * config.heartbeat_ms, config.lease_ms));
+  // The one rule for a dead peer: on this host, its pid is gone; anywhere, its heartbeat did not
+  // change for max(3 heartbeats, one lease) of this process's monotonic clock while this process
+  // watched it without a gap. No wall clock is compared across processes, so a clock step (here
+  // or in the peer) cannot kill a live peer. A gap in the watch (this process could not write to
+  // the store: an outage; or it was paused: SIGSTOP, a VM suspended) gives every peer a full
+  // window again, measured from the end of the gap plus a reconnection backoff: each had the
+  // same outage and needs time to reconnect and heartbeat before anyone judges it
+  // (docs/workers.md, "Outages and clocks").
+  bool is_dead(const WorkerInfo& w) {
+    if (w.hostname == hostname && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
+        errno == ESRCH)
+      return true;
+    const auto now = Clock::now();
+    const auto stale = std::chrono::milliseconds(stale_ms());
+    const auto gap = watch_gap();
+    std::lock_guard lock(peers_mutex);
+    const bool writing = now - last_write_ok.load() <= gap;  // our own heartbeats land
+    auto [it, first_sight] = peers.try_emplace(w.id, PeerWatch{w.heartbeat_at, now, now});
+    PeerWatch& p = it->second;
+    if (!first_sight) {
+      if (!writing || now - p.seen > gap) {
+        // After a gap the window starts late by the longest a peer may take to notice that the
+        // store is back (its reconnection backoff) and to heartbeat.
+        p.changed = now + std::chrono::milliseconds(config.postgres.reconnect_max_delay_ms +
+                                                    config.heartbeat_ms);
+      } else if (w.heartbeat_at != p.heartbeat_at && p.changed < now) {
+        p.changed = now;
+      }
+      p.heartbeat_at = w.heartbeat_at;
+      p.seen = now;
+    }
+    if (peers.size() > 4096)  // rows of long-gone workers: forget those not seen for an hour
+      for (auto i = peers.begin(); i != peers.end();)
+        i = now - i->second.seen > std::chrono::hours(1) ? peers.erase(i) : std::next(i);
+    return now - p.changed >= stale;
+  }
+
+  int64_t stale_ms() const { return std::max(3 * config.heartbeat_ms, config.lease_ms); }
+  // A pause in our own writes longer than this interrupts the watch (see is_dead).
+  std::chrono::milliseconds watch_gap() const {
+    return std::chrono::milliseconds(std::max(2 * config.heartbeat_ms, stale_ms() / 4));
   }
 
   void wake_dispatcher() {
@@ -824,7 +1038,15 @@ struct Engine::Impl {
             rj->request_stop(StopReason::cancelled);  // cancelled between claim and here
             cancelled_early.push_back(rj);
           }
-          claimed.emplace(rj->job.id, rj);
+          if (auto [it, added] = claimed.emplace(rj->job.id, rj); !added) {
+            // An older attempt of this job still runs here: the job was taken back from us (we
+            // could not renew in time) and we claimed it again. The old attempt is fenced: it
+            // stops and its end is not written, so the job never has two ends from one worker.
+            it->second->lease_lost = true;
+            it->second->request_stop(StopReason::shutdown);
+            ready.erase(it->second);  // not started yet: dropped (same rowid: same place in order)
+            it->second = rj;
+          }
           ready.insert(std::move(rj));
         }
         if (!jobs.empty()) ready_cv.notify_all();
@@ -918,7 +1140,7 @@ struct Engine::Impl {
         rj->finished = true;
         store->release({rj->job.rowid});
         std::lock_guard lock(jobs_mutex);
-        claimed.erase(rj->job.id);
+        forget_claimed(rj);
         dispatch_cv.notify_all();
         continue;
       }
@@ -939,7 +1161,7 @@ struct Engine::Impl {
       submit_outcome(*rj, decide_outcome(*rj, result));
       {
         std::lock_guard lock(jobs_mutex);
-        claimed.erase(rj->job.id);
+        forget_claimed(rj);
         if (has_limits.load(std::memory_order_relaxed)) {
           dispatch_wake = true;  // a slot is free
           dispatch_cv.notify_all();
@@ -1082,6 +1304,7 @@ struct Engine::Impl {
 
   void submit_outcome(RunningJob& rj, Outcome o) {
     rj.finished = true;
+    if (rj.lease_lost) return;  // fenced: another attempt owns the job now
     try {
       store->finish(std::move(o));
     } catch (const std::exception& e) {
@@ -1093,21 +1316,49 @@ struct Engine::Impl {
 
   // ---- maintenance -------------------------------------------------------------------------
 
-  static bool worker_is_dead(const WorkerInfo& w, const std::string& my_host, int64_t now,
-                             int64_t stale_ms) {
-    if (w.hostname == my_host && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
-        errno == ESRCH)
-      return true;
-    return w.heartbeat_at < now - stale_ms;
-  }
-
+  // Takes back the jobs of dead peers (is_dead). Its success is also this process's proof that
+  // it can write to the store: after a gap longer than a lease (an outage, a pause), the jobs it
+  // runs may have been taken back by peers that could write meanwhile, so it checks them.
   void recover_orphans() {
     try {
       store->recover_orphans(now_ms(), worker_id,
                              [this](const WorkerInfo& w) { return is_dead(w); });
     } catch (const std::exception& e) {
       std::fprintf(stderr, "jobforge: recovery failed: %s\n", e.what());
+      return;
     }
+    // After a gap as short as the one that makes peers wait (is_dead): a peer may have judged us
+    // on a watch a little longer than our own gap.
+    const auto previous = last_write_ok.exchange(Clock::now());
+    if (Clock::now() - previous > watch_gap() && !fence_lost_jobs())
+      last_write_ok.store(previous);  // not checked: the next round tries again
+  }
+
+  // The owner's side of a lost lease: a job of ours that the store no longer shows running under
+  // our name in this attempt was taken back while we could not renew. It is asked to stop, and
+  // its end is not written (the store would refuse it anyway; a new attempt owns the job).
+  // Returns false when the store could not be read (nothing was decided).
+  bool fence_lost_jobs() {
+    for (auto& rj : claimed_jobs()) {
+      if (rj->claimed_in_memory || rj->finished) continue;
+      std::optional<Job> now_stored;
+      try {
+        now_stored = store->get(rj->job.id);
+      } catch (const std::exception&) {
+        return false;
+      }
+      if (now_stored && now_stored->status == Status::running &&
+          now_stored->lease_owner == worker_id && now_stored->attempts == rj->job.attempts)
+        continue;
+      rj->lease_lost = true;
+      rj->request_stop(StopReason::shutdown);
+      std::fprintf(stderr,
+                   "jobforge: job %s (attempt %d) was taken back while this worker could not "
+                   "renew its lease; its end will not be recorded\n",
+                   rj->job.id.c_str(), rj->job.attempts);
+    }
+    notify_watchdog();
+    return true;
   }
 
   // Deadlines and interruptions, on a thread that never waits for the store: a slow commit
@@ -1207,6 +1458,7 @@ struct Engine::Impl {
         } catch (const std::exception& e) {
           std::fprintf(stderr, "jobforge: heartbeat failed: %s\n", e.what());
         }
+        publish_types();
         recover_orphans();
         next_heartbeat = now + std::chrono::milliseconds(config.heartbeat_ms);
       }
@@ -1252,7 +1504,7 @@ struct Engine::Impl {
       rj->persisted_percent_ = rj->progress_.percent;
       const auto& p = rj->progress_;
       updates.push_back(ProgressUpdate{rj->job.rowid, p.percent, p.current, p.total, p.message,
-                                       p.stage, rj->outcome_json()});
+                                       p.stage, rj->outcome_json(), rj->job.attempts});
     }
     if (!updates.empty()) progress_writes += updates.size();
     try {
@@ -1593,7 +1845,7 @@ struct Engine::Impl {
     int64_t earliest = std::numeric_limits<int64_t>::max();
     for (const auto& sc : store->schedules()) {
       if (sc.next_fire_at > now) {
-        earliest = std::min(earliest, sc.next_fire_at);
+        earliest = std::min(earliest, pull_back_if_ahead(sc, now));
         continue;
       }
       try {
@@ -1625,6 +1877,36 @@ struct Engine::Impl {
     if (made) wake_dispatcher();
     if (next_fire) *next_fire = earliest;
     return made;
+  }
+
+  // A next fire time later than the schedule's own next one from now was computed by a clock
+  // ahead of ours: this process's clock is behind (started after a backward step), or the one
+  // that fired it is ahead. Waiting for it would stop the schedule for the difference (an hour
+  // for a one-hour step); recompute it from now. At most once per schedule every 10 minutes from
+  // this process, so processes whose clocks disagree cannot fire each other's schedules in a
+  // loop. Returns the next fire time to wait for.
+  int64_t pull_back_if_ahead(const Schedule& sc, int64_t now) {
+    try {
+      const CronSpec spec = CronSpec::parse(sc.cron, sc.timezone);
+      const int64_t from_now = spec.next_after(now);
+      if (sc.next_fire_at <= from_now) return sc.next_fire_at;
+      const auto steady = Clock::now();
+      {
+        std::lock_guard lock(maintenance_mutex);
+        auto [it, first] = pulled_back.try_emplace(sc.name, steady);
+        if (!first && steady - it->second < std::chrono::minutes(10)) return sc.next_fire_at;
+        it->second = steady;
+      }
+      std::fprintf(stderr,
+                   "jobforge: schedule '%s' was to fire %.1f s from now, later than its cron "
+                   "allows (a clock step?); its next fire is recomputed from now\n",
+                   sc.name.c_str(), static_cast<double>(sc.next_fire_at - now) / 1000.0);
+      if (store->fire_schedule(sc.name, sc.next_fire_at, from_now, std::nullopt)) return from_now;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "jobforge: schedule '%s' not recomputed: %s\n", sc.name.c_str(),
+                   e.what());
+    }
+    return sc.next_fire_at;
   }
 
   // Maintenance's part: fire what is due; returns how long to wait for the next fire (at most
@@ -1680,7 +1962,10 @@ struct Engine::Impl {
   std::atomic<bool> has_limits{false};         // any max_concurrent or rate: see claim_jobs
   std::map<std::string, QueueLimits> queue_limits;  // guarded by registry_mutex
   bool schedules_changed = false;              // guarded by maintenance_mutex
+  std::map<std::string, Clock::time_point> pulled_back;  // guarded by maintenance_mutex
 
+  const uint64_t created_fork_generation = fork_generation();
+  const pid_t owner_pid = getpid();
   EngineConfig config;
   std::string hostname, worker_id;
   std::unique_ptr<Store> store;
@@ -1689,6 +1974,9 @@ struct Engine::Impl {
   mutable std::mutex registry_mutex;
   std::unordered_map<std::string, Registration> registry;
   std::vector<std::string> types_cache;
+  mutable std::mutex published_mutex;  // guards the two below
+  mutable std::map<std::string, KnownType, std::less<>> published_cache;
+  mutable std::optional<Clock::time_point> published_read;
 
   std::mutex lifecycle_mutex;
   bool started = false;
@@ -1735,6 +2023,17 @@ struct Engine::Impl {
   bool log_write_pending = false;
   std::atomic<uint64_t> progress_writes{0}, log_lines{0};
 
+  // Peers as this process watches them (is_dead): their last heartbeat value, when it last
+  // changed and when it was last seen, on the monotonic clock.
+  struct PeerWatch {
+    int64_t heartbeat_at;
+    Clock::time_point changed, seen;
+  };
+  std::mutex peers_mutex;
+  std::unordered_map<std::string, PeerWatch> peers;
+  // When recover_orphans last committed (a write of ours reached the store).
+  std::atomic<Clock::time_point> last_write_ok{Clock::now()};
+
   std::thread dispatcher, maintenance, watchdog;
   std::vector<std::thread> workers;
 };
@@ -1760,6 +2059,7 @@ void RunningJob::increment(double n) { update_progress(n, 0, {}, nullptr, false,
 void RunningJob::update_progress(double current, double total, std::string_view message,
                                  const std::string_view* stage_name, bool restart_stage,
                                  bool relative) {
+  engine_->check_process();
   if (finished.load(std::memory_order_relaxed)) return;
   if (!std::isfinite(current)) current = 0;
   if (!std::isfinite(total) || total < 0) total = 0;
@@ -1822,6 +2122,7 @@ void RunningJob::update_progress(double current, double total, std::string_view 
 }
 
 void RunningJob::log(LogLevel level, std::string_view message, std::string_view fields_json) {
+  engine_->check_process();
   LogRecord line;
   line.job_id = job.id;
   line.job_type = job.type;
@@ -1839,6 +2140,7 @@ void RunningJob::log(LogLevel level, std::string_view message, std::string_view 
 }
 
 void RunningJob::count(std::string_view key, int64_t n) {
+  engine_->check_process();
   std::lock_guard lock(progress_mutex_);
   auto it = outcome_.find(key);
   if (it == outcome_.end()) it = outcome_.emplace(std::string(key), 0).first;
@@ -1856,34 +2158,60 @@ Engine::Engine(EngineConfig config) : impl_(std::make_unique<Impl>(std::move(con
   if (impl_->config.retention_ms > 0) register_processor("cleanup", make_cleanup_processor(*this));
 }
 
-Engine::~Engine() = default;
+Engine::~Engine() {
+  // In a forked child this engine's threads do not exist and its connections belong to the
+  // parent: joining, flushing or closing them would hang or break the parent's sessions.
+  // Leaked on purpose; the child's exit frees the memory.
+  if (impl_ && impl_->forked()) (void)impl_.release();
+}
 
 const EngineConfig& Engine::config() const noexcept { return impl_->config; }
 const std::string& Engine::worker_id() const noexcept { return impl_->worker_id; }
 
 void Engine::register_processor(const std::string& type, std::shared_ptr<Processor> processor,
                                 ProcessorOptions options) {
+  impl_->check_process();
   impl_->register_processor(type, std::move(processor), options);
 }
 
 bool Engine::has_processor(const std::string& type) const {
+  impl_->check_process();
   return impl_->registration(type).has_value();
 }
 
-std::vector<std::string> Engine::processor_types() const { return impl_->types(); }
+std::vector<std::string> Engine::processor_types() const {
+  impl_->check_process();
+  return impl_->types();
+}
 
-void Engine::start() { impl_->start(); }
-void Engine::stop(bool wait) { impl_->stop(wait); }
-bool Engine::running() const noexcept { return impl_->started; }
+void Engine::start() {
+  impl_->check_process();
+  impl_->start();
+}
+void Engine::stop(bool wait) {
+  if (impl_->forked()) return;  // nothing of it runs in a forked child
+  impl_->stop(wait);
+}
+bool Engine::running() const noexcept {
+  return impl_->started && !impl_->forked();
+}
 
-Job Engine::enqueue(const JobSpec& spec) { return impl_->enqueue({spec}).front(); }
+Job Engine::enqueue(const JobSpec& spec) {
+  impl_->check_process();
+  return impl_->enqueue({spec}).front();
+}
 std::vector<Job> Engine::enqueue_many(const std::vector<JobSpec>& specs) {
+  impl_->check_process();
   return impl_->enqueue(specs);
 }
 
-std::optional<Job> Engine::get(const std::string& job_id) { return impl_->get(job_id); }
+std::optional<Job> Engine::get(const std::string& job_id) {
+  impl_->check_process();
+  return impl_->get(job_id);
+}
 
 std::vector<Job> Engine::jobs(const JobQuery& query) {
+  impl_->check_process();
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
   if (query.offset < 0)
@@ -1894,20 +2222,26 @@ std::vector<Job> Engine::jobs(const JobQuery& query) {
 }
 
 std::vector<Job> Engine::active(int limit) {
+  impl_->check_process();
   JobQuery q;
   q.statuses = {Status::created, Status::queued, Status::running};
   q.limit = limit;
   return jobs(q);
 }
 
-Stats Engine::stats() { return impl_->store->stats(); }
+Stats Engine::stats() {
+  impl_->check_process();
+  return impl_->store->stats();
+}
 
 StatsDetail Engine::stats_detail() {
+  impl_->check_process();
   return impl_->store->stats_detail(now_ms(), impl_->config.stats_window_ms,
                                     impl_->config.stats_rate_ms);
 }
 
 std::vector<LogRecord> Engine::logs(const LogQuery& query) {
+  impl_->check_process();
   if (query.limit < 0)
     throw ValidationError("limit", "limit must be 0 or more, got " + std::to_string(query.limit));
   auto lines = impl_->store->logs(query);
@@ -1917,10 +2251,25 @@ std::vector<LogRecord> Engine::logs(const LogQuery& query) {
   return lines;
 }
 
-std::vector<WorkerInfo> Engine::workers() { return impl_->store->workers(); }
-std::string Engine::integrity_check() { return impl_->store->integrity_check(); }
+std::vector<WorkerInfo> Engine::workers() {
+  impl_->check_process();
+  return impl_->store->workers();
+}
+std::vector<PublishedType> Engine::published_types() {
+  impl_->check_process();
+  return impl_->store->published_types();
+}
+std::vector<std::string> Engine::unserved_types(const std::vector<std::string>& types) {
+  impl_->check_process();
+  return impl_->unserved_types(types);
+}
+std::string Engine::integrity_check() {
+  impl_->check_process();
+  return impl_->store->integrity_check();
+}
 
 Engine::LocalStats Engine::local_stats() {
+  impl_->check_process();
   LocalStats l;
   l.workers = impl_->config.workers;
   {
@@ -1936,12 +2285,22 @@ Engine::LocalStats Engine::local_stats() {
   l.events_dropped = impl_->bus.dropped();
   return l;
 }
-bool Engine::cancel(const std::string& job_id) { return impl_->cancel(job_id); }
-bool Engine::retry(const std::string& job_id) { return impl_->retry(job_id); }
-int64_t Engine::abort_all() { return impl_->abort_all(); }
+bool Engine::cancel(const std::string& job_id) {
+  impl_->check_process();
+  return impl_->cancel(job_id);
+}
+bool Engine::retry(const std::string& job_id) {
+  impl_->check_process();
+  return impl_->retry(job_id);
+}
+int64_t Engine::abort_all() {
+  impl_->check_process();
+  return impl_->abort_all();
+}
 
 std::optional<Job> Engine::wait(const std::string& job_id,
                                 std::optional<std::chrono::milliseconds> timeout) {
+  impl_->check_process();
   return impl_->wait(job_id, timeout);
 }
 
@@ -1951,6 +2310,7 @@ Store& Engine::store() noexcept { return *impl_->store; }
 // ---- workflows ---------------------------------------------------------------------------------
 
 std::string RunningJob::dependency_results_json() {
+  engine_->check_process();
   nlohmann::json out = nlohmann::json::object();
   for (const auto& dep : engine_->store->dependencies(job.id))
     out[dep.id] = dep.result_json ? nlohmann::json::parse(*dep.result_json, nullptr, false)
@@ -2050,35 +2410,55 @@ class DirectContext final : public Context {
 
 }  // namespace
 
-std::vector<Job> Engine::enqueue_batch(const BatchSpec& batch) { return impl_->enqueue_batch(batch); }
+std::vector<Job> Engine::enqueue_batch(const BatchSpec& batch) {
+  impl_->check_process();
+  return impl_->enqueue_batch(batch);
+}
 
 std::vector<Job> Engine::dependencies(const std::string& job_id) {
+  impl_->check_process();
   return impl_->store->dependencies(job_id);
 }
 
 void Engine::set_queue_limits(const std::string& queue, int max_concurrent, int64_t max_size) {
+  impl_->check_process();
   impl_->set_queue_limits(queue, max_concurrent, max_size);
 }
 
-Schedule Engine::schedule(Schedule schedule) { return impl_->schedule(std::move(schedule)); }
+Schedule Engine::schedule(Schedule schedule) {
+  impl_->check_process();
+  return impl_->schedule(std::move(schedule));
+}
 
-bool Engine::unschedule(const std::string& name) { return impl_->store->delete_schedule(name); }
+bool Engine::unschedule(const std::string& name) {
+  impl_->check_process();
+  return impl_->store->delete_schedule(name);
+}
 
-std::vector<Schedule> Engine::schedules() { return impl_->store->schedules(); }
+std::vector<Schedule> Engine::schedules() {
+  impl_->check_process();
+  return impl_->store->schedules();
+}
 
-int Engine::fire_due_schedules() { return impl_->fire_due_schedules(); }
+int Engine::fire_due_schedules() {
+  impl_->check_process();
+  return impl_->fire_due_schedules();
+}
 
 int64_t Engine::cleanup(int64_t older_than_ms, const Context* ctx) {
+  impl_->check_process();
   return impl_->cleanup(older_than_ms, const_cast<Context*>(ctx));
 }
 
 std::shared_ptr<Context> Engine::direct_context(const std::string& type, DirectProgress progress) {
+  impl_->check_process();
   if (!impl_->registration(type)) throw UnknownJobType(type);
   return std::make_shared<DirectContext>(type, std::move(progress));
 }
 
 std::string Engine::run_now(const std::string& type, const std::string& payload_json,
                             DirectProgress progress) {
+  impl_->check_process();
   auto reg = impl_->registration(type);
   if (!reg) throw UnknownJobType(type);
   if (!nlohmann::json::accept(payload_json))

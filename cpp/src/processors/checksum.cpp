@@ -191,10 +191,29 @@ double thread_cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
+// What a path is when it is not a regular file, for the error message.
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a named pipe (FIFO)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a file";
+}
+
+std::string not_regular(mode_t mode) {
+  return std::string("not a regular file: ") + file_kind(mode);
+}
+
+// Opens a file to hash without ever blocking in open(2): O_NONBLOCK, so a FIFO put in place of
+// the file after the caller's stat(2) (no writer: open would wait for ever) or a device does not
+// hold the worker; the caller refuses anything fstat(2) does not call a regular file, and clears
+// the flag for the reads. O_NOCTTY: a terminal never becomes ours.
 int open_for_reading(const std::string& path) {
+  constexpr int kFlags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
   // O_NOATIME spares an inode write per file, but only the owner (or root) may ask for it.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOATIME);
-  if (fd < 0 && errno == EPERM) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = ::open(path.c_str(), kFlags | O_NOATIME);
+  if (fd < 0 && errno == EPERM) fd = ::open(path.c_str(), kFlags);
   return fd;
 }
 
@@ -232,14 +251,25 @@ class ChecksumProcessor final : public Processor {
       json entry = {{"path", path}};
       std::string error;
       int64_t size = 0;
-      Fd file{open_for_reading(path)};
+      // Only regular files are opened: opening a FIFO blocks until a writer comes, a socket
+      // cannot be opened, a device may never end. Checked again on the descriptor (the path may
+      // have been replaced meanwhile).
       struct stat st {};
-      if (file.fd < 0) {
+      Fd file;
+      if (::stat(path.c_str(), &st) != 0) {
+        error = std::string("open: ") + std::strerror(errno);
+      } else if (!S_ISREG(st.st_mode)) {
+        error = not_regular(st.st_mode);
+      } else if ((file.fd = open_for_reading(path)) < 0) {
         error = std::string("open: ") + std::strerror(errno);
       } else if (::fstat(file.fd, &st) != 0) {
         error = std::string("stat: ") + std::strerror(errno);
       } else if (!S_ISREG(st.st_mode)) {
-        error = "not a regular file";
+        error = not_regular(st.st_mode);
+      } else if (::fcntl(file.fd, F_SETFL, ::fcntl(file.fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+        // A regular file: plain blocking reads (a network or FUSE file system might otherwise
+        // answer EAGAIN).
+        error = std::string("fcntl: ") + std::strerror(errno);
       } else {
         // Wider readahead for files of several reads; a small file is one read anyway.
         if (st.st_size > o.buffer_size) ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);

@@ -61,7 +61,7 @@ ExecOptions parse_exec(const std::string& payload_json) {
       r.fail("env", "must have names without '=' (got the name " + payload::dump(json(key)) + ")",
              r.doc()["env"]);
   if (r.has("inherit_env")) o.inherit_env = r.boolean("inherit_env", false);
-  o.stdin_text = r.string("stdin", /*allow_empty=*/true);
+  o.stdin_text = r.string("stdin", /*allow_empty=*/true, /*allow_nul=*/true);  // data, not a path
   o.tail_lines = r.integer("tail_lines", 20, 0, 10'000);
   o.max_log_lines = r.integer("max_log_lines", 10'000, 0, 100'000'000);
   o.kill_grace_s = r.number("kill_grace", 2.0, 0, 3600);

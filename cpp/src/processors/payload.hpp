@@ -78,12 +78,16 @@ class Reader {
     return i;
   }
 
-  std::optional<std::string> string(const char* field, bool allow_empty = false) const {
+  // allow_nul: the text is data (a command's stdin), not a path, name or argument handed to
+  // the C library, where a NUL would silently cut it short ("secret.key\0.jpg" is "secret.key").
+  std::optional<std::string> string(const char* field, bool allow_empty = false,
+                                    bool allow_nul = false) const {
     if (!has(field)) return std::nullopt;
     const json& v = doc_[field];
     if (!v.is_string()) fail(field, "must be a string", v);
     if (!allow_empty && v.get_ref<const std::string&>().empty())
       fail(field, "must not be empty", v);
+    if (!allow_nul) no_nul(field, v);
     return v.get<std::string>();
   }
 
@@ -107,6 +111,7 @@ class Reader {
     const json& v = doc_[field];
     if (single_ok && v.is_string()) {
       if (v.get_ref<const std::string&>().empty()) fail(field, "must not be empty", v);
+      no_nul(field, v);
       out.push_back(v.get<std::string>());
       return out;
     }
@@ -116,6 +121,7 @@ class Reader {
       const std::string name = std::string(field) + "[" + std::to_string(i) + "]";
       if (!v[i].is_string()) fail(name, "must be a string", v[i]);
       if (v[i].get_ref<const std::string&>().empty()) fail(name, "must not be empty", v[i]);
+      no_nul(name, v[i]);
       out.push_back(v[i].get<std::string>());
     }
     return out;
@@ -128,13 +134,26 @@ class Reader {
     const json& v = doc_[field];
     if (!v.is_object()) fail(field, "must be an object of strings", v);
     for (auto& [key, value] : v.items()) {
+      if (key.find('\0') != std::string::npos)
+        fail(field,
+             "must not have a name with a NUL character (got the name " + dump_text(key) + ")", v);
       if (!value.is_string()) fail(std::string(field) + "." + key, "must be a string", value);
+      no_nul(std::string(field) + "." + key, value);
       out[key] = value.get<std::string>();
     }
     return out;
   }
 
  private:
+  // A string handed to the C library (a path, an argument) ends at its first NUL.
+  void no_nul(const std::string& field, const json& v) const {
+    if (v.get_ref<const std::string&>().find('\0') != std::string::npos)
+      fail(field, "must not contain a NUL character", v);
+  }
+  static std::string dump_text(const std::string& text) {
+    return json(text).dump(-1, ' ', false, json::error_handler_t::replace);
+  }
+
   std::string processor_;
   json doc_;
 };

@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <set>
 #include <string>
 #include <utility>
@@ -64,6 +65,28 @@ std::string join(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
+// An open directory: its descriptor, and the parent of the entries still to be opened below it
+// (openat). Shared by those entries, so it stays open only while one of them waits: at most one
+// per level of the walk.
+class Directory {
+ public:
+  explicit Directory(DIR* d) : d_(d) {}
+  ~Directory() { ::closedir(d_); }  // closes the descriptor
+  Directory(const Directory&) = delete;
+  Directory& operator=(const Directory&) = delete;
+  int fd() const { return ::dirfd(d_); }
+
+ private:
+  DIR* d_;
+};
+
+// A directory to walk: a root (no parent: opened by its path) or a name inside `parent`.
+struct Pending {
+  std::shared_ptr<Directory> parent;
+  std::string name;
+  std::string path;  // as reported: the root as given joined with the names below it
+};
+
 class Walker {
  public:
   Walker(Context& ctx, const ScanOptions& o) : ctx_(ctx), o_(o) {}
@@ -91,13 +114,12 @@ class Walker {
       ++skipped_other_;
       return;
     }
-    visited_.insert({st.st_dev, st.st_ino});
-    std::vector<std::string> stack{root};
+    std::vector<Pending> stack{{nullptr, root, root}};
     while (!stack.empty()) {
       ctx_.check_cancelled();
-      std::string dir = std::move(stack.back());
+      Pending next = std::move(stack.back());
       stack.pop_back();
-      std::vector<std::string> subdirs = read_directory(dir);
+      std::vector<Pending> subdirs = read_directory(next);
       // Pushed in reverse so that they are walked in name order.
       for (auto it = subdirs.rbegin(); it != subdirs.rend(); ++it) stack.push_back(std::move(*it));
       report();
@@ -127,12 +149,50 @@ class Walker {
   }
 
  private:
+  // Opens a directory to walk. Below a root, by name inside its parent's descriptor (openat):
+  // no path is resolved again, so a directory renamed or replaced by a symbolic link between its
+  // listing and its walk cannot lead outside the root. O_NOFOLLOW unless links are followed;
+  // O_DIRECTORY, so nothing else (a FIFO put there) is ever opened. -1 with errno on failure.
+  int open_directory(const Pending& p) const {
+    constexpr int kFlags = O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+    if (!p.parent) return ::open(p.path.c_str(), kFlags);  // a root: named by the caller
+    const int nofollow = o_.symlinks == SymlinkPolicy::follow ? 0 : O_NOFOLLOW;
+    return ::openat(p.parent->fd(), p.name.c_str(), kFlags | nofollow);
+  }
+
   // Lists one directory: files are reported, subdirectories returned (sorted by name).
-  std::vector<std::string> read_directory(const std::string& dir) {
-    std::vector<std::string> subdirs;
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  std::vector<Pending> read_directory(const Pending& p) {
+    std::vector<Pending> subdirs;
+    const std::string& dir = p.path;
+    const int fd = open_directory(p);
     if (fd < 0) {
-      entry_error(dir, "open directory", errno);
+      const int err = errno;
+      struct stat now {};
+      if (p.parent && (err == ELOOP || err == ENOTDIR) &&
+          ::fstatat(p.parent->fd(), p.name.c_str(), &now, AT_SYMLINK_NOFOLLOW) == 0) {
+        // Listed as a directory, and something else now (a symbolic link, a file): not walked.
+        entry_error(dir, "open directory", err,
+                    S_ISLNK(now.st_mode)
+                        ? "replaced by a symbolic link during the scan, not followed"
+                        : "no longer a directory");
+      } else {
+        entry_error(dir, "open directory", err);
+      }
+      return subdirs;
+    }
+    struct stat self {};
+    if (::fstat(fd, &self) != 0) {
+      entry_error(dir, "stat", errno);
+      ::close(fd);
+      return subdirs;
+    }
+    // Only a followed link can lead back to a directory already walked; checked on the
+    // directory actually opened. (A root named twice is walked twice, as asked.)
+    if (!visited_.insert({self.st_dev, self.st_ino}).second && p.parent) {
+      ++loops_;
+      ctx_.log(LogLevel::warning, "scan: directory already walked (symbolic link loop)",
+               payload::dump({{"path", dir}}));
+      ::close(fd);
       return subdirs;
     }
     DIR* d = ::fdopendir(fd);
@@ -141,6 +201,7 @@ class Walker {
       ::close(fd);
       return subdirs;
     }
+    auto here = std::make_shared<Directory>(d);
     ++dirs_;
     std::vector<std::string> names;
     errno = 0;
@@ -148,10 +209,12 @@ class Walker {
       const char* n = e->d_name;
       if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0))) continue;
       names.emplace_back(n);
+      if ((names.size() & 4095) == 0) ctx_.check_cancelled();  // a huge directory
+      errno = 0;
     }
     if (errno != 0) entry_error(dir, "read directory", errno);
     std::sort(names.begin(), names.end());
-    for (const std::string& name : names) {
+    for (std::string& name : names) {
       if (++entries_since_check_ >= 256) {
         entries_since_check_ = 0;
         ctx_.check_cancelled();
@@ -191,21 +254,20 @@ class Walker {
       }
       if (S_ISDIR(st.st_mode)) {
         if (!o_.recursive) continue;
-        // Only a followed link can lead back to a directory already walked.
-        if (!visited_.insert({st.st_dev, st.st_ino}).second) {
+        // A followed link back to a directory already walked: counted once, here.
+        if (visited_.count({st.st_dev, st.st_ino})) {
           ++loops_;
           ctx_.log(LogLevel::warning, "scan: directory already walked (symbolic link loop)",
                    payload::dump({{"path", path}}));
           continue;
         }
-        subdirs.push_back(std::move(path));
+        subdirs.push_back({here, std::move(name), std::move(path)});
       } else if (S_ISREG(st.st_mode)) {
         file_found(path, name, st);
       } else {
         ++skipped_other_;
       }
     }
-    ::closedir(d);  // closes fd
     return subdirs;
   }
 
@@ -234,11 +296,12 @@ class Walker {
   }
 
   // A per-entry failure (permission denied, vanished meanwhile...): logged, counted, walked past.
-  void entry_error(const std::string& path, const char* what, int err) {
+  // `why`: what to say instead of strerror(err).
+  void entry_error(const std::string& path, const char* what, int err, const char* why = nullptr) {
     ++errors_;
-    const std::string reason = std::string(what) + ": " + std::strerror(err);
-    ctx_.log(LogLevel::warning,
-             "scan: cannot " + std::string(what) + " (" + std::strerror(err) + ")",
+    const std::string because = why ? why : std::strerror(err);
+    const std::string reason = std::string(what) + ": " + because;
+    ctx_.log(LogLevel::warning, "scan: cannot " + std::string(what) + " (" + because + ")",
              payload::dump({{"path", path}, {"errno", err}}));
     ctx_.count(err == EACCES || err == EPERM ? "permission_errors" : "errors");
     if (static_cast<int64_t>(error_samples_.size()) < o_.max_errors_listed)

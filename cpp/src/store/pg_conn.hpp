@@ -25,12 +25,14 @@ class PgError : public StoreError {
       : StoreError(code, message), sqlstate_(std::move(sqlstate)) {}
   const std::string& sqlstate() const noexcept { return sqlstate_; }
   bool connection_lost() const noexcept { return code() == kPgConnectionLost; }
-  // A retry of the whole transaction may succeed: deadlock, serialization failure, or the
-  // connection (or the server) went away.
+  // The server is out of a resource (disk full, out of memory): the same write succeeds later.
+  bool resources_exhausted() const noexcept { return sqlstate_ == "53100" || sqlstate_ == "53200"; }
+  // A retry of the whole transaction may succeed: deadlock, serialization failure, the
+  // connection (or the server) went away, or the server ran out of disk or memory.
   bool transient() const noexcept {
     return connection_lost() || sqlstate_ == "40001" || sqlstate_ == "40P01" ||
            sqlstate_.rfind("08", 0) == 0 || sqlstate_ == "57P01" || sqlstate_ == "57P02" ||
-           sqlstate_ == "57P03";
+           sqlstate_ == "57P03" || resources_exhausted();
   }
 
  private:

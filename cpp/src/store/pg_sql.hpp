@@ -153,8 +153,20 @@ CREATE TABLE rate_limits (
 );
 )sql";
 
-inline constexpr const char* kMigrations[] = {kMigration1, kMigration2};
-inline constexpr int kLatestVersion = 2;
+// The job types each worker serves and its processor's options (the SQLite store's migration 10).
+inline constexpr const char* kMigration3 = R"sql(
+CREATE TABLE worker_types (
+  worker_id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  options TEXT NOT NULL,
+  published_at BIGINT NOT NULL,
+  refreshed_at BIGINT NOT NULL,
+  PRIMARY KEY (worker_id, type)
+);
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3};
+inline constexpr int kLatestVersion = 3;
 
 // Columns read into a Job, in the order read_job expects.
 #define JOBFORGE_PG_JOB_COLUMNS                                                                  \
@@ -225,7 +237,9 @@ inline constexpr const char* kNextRunAtFiltered =
     "AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[])) "
     "AND NOT (queue = ANY($3::text[]))";
 
-// Every end of an attempt in a batch, one statement: only the lease holder's update matches.
+// Every end of an attempt in a batch, one statement: only the lease holder's update matches, and
+// only for the attempt that ended (`attempt`, a fencing token: the end of a stale attempt, the
+// job taken back and claimed again since, even by the same owner, matches nothing).
 // `uncount` is 1 when the attempt is not counted (it never ran, or shutdown).
 inline constexpr const char* kFinishBatch = R"sql(
 UPDATE jobs AS j SET status = x.status, result = x.result::jsonb, error = x.error,
@@ -239,8 +253,10 @@ UPDATE jobs AS j SET status = x.status, result = x.result::jsonb, error = x.erro
 FROM jsonb_to_recordset($1::jsonb) AS x(
   seq bigint, owner text, status text, result text, error text, error_detail text, progress int,
   pcur double precision, ptot double precision, message text, stage text, outcome text,
-  completed_at bigint, run_at bigint, queued_at bigint, uncount int, started_at bigint, at bigint)
+  completed_at bigint, run_at bigint, queued_at bigint, uncount int, started_at bigint, at bigint,
+  attempt int)
 WHERE j.seq = x.seq AND j.status = 'running' AND j.lease_owner = x.owner
+  AND j.attempts = x.attempt
 RETURNING j.seq
 )sql";
 
@@ -250,8 +266,8 @@ UPDATE jobs AS j SET progress = x.progress, progress_current = x.pcur, progress_
        updated_at = $2
 FROM jsonb_to_recordset($1::jsonb) AS x(
   seq bigint, progress int, pcur double precision, ptot double precision, message text,
-  stage text, outcome text)
-WHERE j.seq = x.seq AND j.status = 'running'
+  stage text, outcome text, attempt int)
+WHERE j.seq = x.seq AND j.status = 'running' AND (x.attempt = 0 OR j.attempts = x.attempt)
 )sql";
 
 inline constexpr const char* kInsertLogs = R"sql(
@@ -348,19 +364,38 @@ inline constexpr const char* kListWorkers =
     "SELECT id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode, "
     "COALESCE(singleton_role, '') FROM workers ORDER BY started_at";
 // Serializes registrations (singleton roles are decided by one transaction at a time).
+// Published types (kMigration3). Unchanged options keep their published_at.
+inline constexpr const char* kPublishType = R"sql(
+INSERT INTO worker_types (worker_id, type, options, published_at, refreshed_at)
+VALUES ($1, $2, $3, $4, $4)
+ON CONFLICT (worker_id, type) DO UPDATE SET
+  published_at = CASE WHEN worker_types.options = excluded.options THEN worker_types.published_at
+                      ELSE excluded.published_at END,
+  options = excluded.options, refreshed_at = excluded.refreshed_at
+)sql";
+inline constexpr const char* kUnpublishTypes =
+    "DELETE FROM worker_types WHERE worker_id = $1 AND refreshed_at <> $2";
+inline constexpr const char* kDeleteSupersededTypes = R"sql(
+DELETE FROM worker_types WHERE worker_id <> $1
+  AND type IN (SELECT type FROM worker_types WHERE worker_id = $1)
+  AND worker_id NOT IN (SELECT id FROM workers WHERE state = 'running')
+)sql";
+inline constexpr const char* kListPublishedTypes =
+    "SELECT worker_id, type, options, published_at, refreshed_at FROM worker_types "
+    "ORDER BY type, worker_id";
+
 inline constexpr const char* kLockWorkers = "LOCK TABLE workers IN SHARE ROW EXCLUSIVE MODE";
 
+// Running jobs whose owner is not a live worker (see sqlite_sql.hpp: no timestamp decides).
 inline constexpr const char* kRecoverOrphans = R"sql(
 UPDATE jobs SET
   status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
   error = 'worker ' || COALESCE(lease_owner, '(unknown)') || ' was lost while running the job',
-  run_at = $1, queued_at = $1, updated_at = $1,
-  completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE $1 END,
+  run_at = $1::bigint, queued_at = $1::bigint, updated_at = $1::bigint,
+  completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE $1::bigint END,
   lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE, claim_token = NULL
 WHERE status = 'running' AND COALESCE(lease_owner, '') <> $2 AND batch_policy IS NULL
-  AND (lease_owner IS NULL
-       OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running')
-       OR lease_expires_at < $1)
+  AND (lease_owner IS NULL OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running'))
 RETURNING id, type, status, attempts
 )sql";
 

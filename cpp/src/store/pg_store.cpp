@@ -13,6 +13,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <ctime>
 #include <deque>
 #include <functional>
 #include <map>
@@ -33,6 +34,15 @@ namespace {
 
 using pg::Connection;
 using pg::Params;
+
+std::string utc_text(int64_t ms) {
+  const std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char out[32];
+  std::strftime(out, sizeof out, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return out;
+}
 using pg::PgError;
 using pg::Result;
 namespace sql = pg::sql;
@@ -214,6 +224,11 @@ class PgStore final : public Store {
 
   std::string health() override {
     std::lock_guard lock(health_mutex_);
+    if (!writes_failing_.empty()) {
+      const int64_t for_s = std::max<int64_t>(0, now_ms() - writes_failing_since_ms_) / 1000;
+      return "degraded: writes failing since " + utc_text(writes_failing_since_ms_) + " (" +
+             std::to_string(for_s) + " s): " + writes_failing_ + "; kept and retried";
+    }
     if (writer_down_.empty() && listener_down_.empty() && pool_down_.empty()) return "ok";
     const std::string& why = !writer_down_.empty() ? writer_down_
                              : !pool_down_.empty() ? pool_down_
@@ -528,6 +543,29 @@ class PgStore final : public Store {
       out.clear();
       Result r = c.exec(sql::kListWorkers);
       for (int i = 0; i < r.rows(); ++i) out.push_back(read_worker(r, i));
+    });
+    return out;
+  }
+
+  void publish_types(const std::string& worker_id, const std::vector<PublishedType>& types,
+                     int64_t now) override {
+    submit_and_wait([&](WriteContext& w) {
+      for (const auto& t : types)
+        w.conn.exec(sql::kPublishType,
+                    Params().add(worker_id).add(t.type).add(t.options_json).add(now));
+      w.conn.exec(sql::kUnpublishTypes, Params().add(worker_id).add(now));
+      w.conn.exec(sql::kDeleteSupersededTypes, Params().add(worker_id));
+    });
+  }
+
+  std::vector<PublishedType> published_types() override {
+    std::vector<PublishedType> out;
+    with_connection([&](Connection& c) {
+      out.clear();
+      Result r = c.exec(sql::kListPublishedTypes);
+      for (int i = 0; i < r.rows(); ++i)
+        out.push_back(PublishedType{r.text(i, 0), r.text(i, 1), r.text(i, 2), r.integer(i, 3),
+                                    r.integer(i, 4)});
     });
     return out;
   }
@@ -1165,6 +1203,47 @@ class PgStore final : public Store {
     std::lock_guard lock(health_mutex_);
     slot.clear();
   }
+  // While the server refuses writes for want of disk or memory, callers queued behind the batch
+  // being retried get the error at once instead of waiting for the space to return.
+  void refuse_waiting_callers(std::exception_ptr error) {
+    std::vector<WriteOp> refused;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if (it->caller_waits) {
+          refused.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& op : refused) report_failure(op, error);
+    std::lock_guard lock(mutex_);
+    completed_ += refused.size();
+    done_cv_.notify_all();
+  }
+
+  // The server refuses writes for want of disk or memory (first line of its message); "" once a
+  // write commits again.
+  void set_writes_failing(const std::string& why) {
+    std::string line = why.substr(0, why.find('\n'));
+    if (line.rfind("ERROR:", 0) == 0) line.erase(0, line.find_first_not_of(' ', 6));
+    std::lock_guard lock(health_mutex_);
+    writes_failing_flag_.store(!line.empty(), std::memory_order_release);
+    if (line.empty()) {
+      writes_failing_.clear();
+      writes_failing_since_ms_ = 0;
+      return;
+    }
+    if (writes_failing_.empty()) {
+      writes_failing_since_ms_ = now_ms();
+      std::fprintf(stderr,
+                   "jobforge: writes to PostgreSQL at %s are failing (%s); kept and retried\n",
+                   display_.c_str(), line.c_str());
+    }
+    writes_failing_ = line;
+  }
 
   // ---- pool --------------------------------------------------------------------------------
 
@@ -1420,7 +1499,20 @@ class PgStore final : public Store {
       row.field("started_at", o.started_at);
     else
       row.null("started_at");
-    row.field("at", o.at);
+    row.field("at", o.at).field("attempt", o.attempt);
+  }
+
+  // An end that matched nothing: if the job is running another attempt (taken back and claimed
+  // again since, even by this owner), the end is a stale attempt's, refused: say so.
+  static void refuse_stale_end(WriteContext& w, const Outcome& o) {
+    Result r = w.conn.exec("SELECT attempts FROM jobs WHERE seq = $1 AND status = 'running'",
+                           Params().add(o.rowid));
+    if (!r.rows() || r.integer(0, 0) == o.attempt) return;
+    std::fprintf(stderr,
+                 "jobforge: refused the end (%s) of attempt %d of job %s: the job is running "
+                 "attempt %lld now\n",
+                 std::string(to_string(o.to)).c_str(), o.attempt, o.job_id.c_str(),
+                 static_cast<long long>(r.integer(0, 0)));
   }
 
   WriteOp finish_op(std::vector<Outcome> outcomes) {
@@ -1469,7 +1561,10 @@ class PgStore final : public Store {
         }
       }
       for (const Outcome& o : outcomes) {
-        if (!matched.count(o.rowid)) continue;  // lease lost, or cancelled from outside
+        if (!matched.count(o.rowid)) {  // lease lost, cancelled from outside, or a stale attempt
+          refuse_stale_end(w, o);
+          continue;
+        }
         w.transitions.push_back(Transition{o.job_id, o.job_type, Status::running, o.to, o.attempt,
                                            o.progress, o.result_json, o.error, o.at});
         if (o.started_at && !o.release)
@@ -1494,7 +1589,7 @@ class PgStore final : public Store {
       JsonRow row(*batch);
       row.field("seq", p.rowid).field("progress", p.progress).field("pcur", p.current);
       row.field("ptot", p.total).field("message", p.message).field("stage", non_empty(p.stage));
-      row.field("outcome", p.outcome_json);
+      row.field("outcome", p.outcome_json).field("attempt", p.attempt);
     }
     *batch += ']';
     WriteOp op;
@@ -1546,6 +1641,7 @@ class PgStore final : public Store {
         release_doubtful_claims(*writer_conn_);
         if (try_commit(ops, down_since.has_value())) {
           if (down_since) set_up(writer_down_);
+          if (writes_failing_flag_.load(std::memory_order_acquire)) set_writes_failing("");
           return true;
         }
         // try_commit stored a non-transient error in last_error_.
@@ -1560,13 +1656,20 @@ class PgStore final : public Store {
           writer_conn_.reset();
           set_down(writer_down_, e.what());
         }
+        // Out of disk or memory: the server answers, so a caller gets the error at once; the
+        // background writes (ends of jobs) are kept and retried until they commit.
+        const bool exhausted = e.resources_exhausted();
+        if (exhausted) set_writes_failing(e.what());
         if (!down_since) down_since = SteadyClock::now();
         // Give waiting callers their error after a while; keep the rest for the server's return.
         const auto now = SteadyClock::now();
         const auto budget = std::chrono::milliseconds(options_.unavailable_timeout_ms);
         const bool give_up_all = is_closed() && now - *down_since > budget;
         for (auto it = ops.begin(); it != ops.end();) {
-          if (give_up_all || (it->caller_waits && now - it->submitted > budget)) {
+          if (exhausted && it->caller_waits && !give_up_all) {
+            report_failure(*it, std::current_exception());
+            it = ops.erase(it);
+          } else if (give_up_all || (it->caller_waits && now - it->submitted > budget)) {
             report_failure(*it, std::make_exception_ptr(StoreError(
                                     pg::kPgConnectionLost,
                                     "PostgreSQL at " + display_ + " is unavailable: " + e.what())));
@@ -1575,6 +1678,7 @@ class PgStore final : public Store {
             ++it;
           }
         }
+        if (exhausted) refuse_waiting_callers(std::current_exception());
         if (ops.empty()) return true;
       } catch (...) {
         *error = std::current_exception();
@@ -1719,6 +1823,9 @@ class PgStore final : public Store {
 
   std::mutex health_mutex_;
   std::string writer_down_, listener_down_, pool_down_;  // why each is down; empty: up
+  std::string writes_failing_;  // guarded by health_mutex_; empty: writes succeed
+  int64_t writes_failing_since_ms_ = 0;
+  std::atomic<bool> writes_failing_flag_{false};
 
   std::mutex mutex_;
   std::condition_variable work_cv_, done_cv_;

@@ -1,13 +1,115 @@
 #include "store/sqlite_db.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <thread>
 
+#ifndef SQLITE_MUTEX_STATIC_MAIN  // named SQLITE_MUTEX_STATIC_MASTER before SQLite 3.35
+#define SQLITE_MUTEX_STATIC_MAIN SQLITE_MUTEX_STATIC_MASTER
+#endif
+
 namespace jobforge::sqlite {
+namespace {
+
+// SQLite and fork(). A child has only the thread that forked; a static SQLite mutex another
+// thread held at that instant (the writer thread inside the allocator, the page cache or the
+// VFS) stays locked forever in the child, whose first SQLite call then hangs. These handlers
+// take every static mutex before fork() and release them on both sides, so the fork happens
+// while no other thread is inside one of them. Outer to inner, the order SQLite nests them in
+// (an application's own APP mutexes around its SQLite calls first; the allocator last).
+constexpr std::array kForkMutexIds = {
+    SQLITE_MUTEX_STATIC_APP1, SQLITE_MUTEX_STATIC_APP2, SQLITE_MUTEX_STATIC_APP3,
+    SQLITE_MUTEX_STATIC_MAIN, SQLITE_MUTEX_STATIC_OPEN, SQLITE_MUTEX_STATIC_VFS1,
+    SQLITE_MUTEX_STATIC_VFS2, SQLITE_MUTEX_STATIC_VFS3, SQLITE_MUTEX_STATIC_LRU,
+    SQLITE_MUTEX_STATIC_PMEM, SQLITE_MUTEX_STATIC_PRNG, SQLITE_MUTEX_STATIC_MEM,
+};
+// Looked up once, at registration: a fork handler must not allocate or initialise anything.
+std::array<sqlite3_mutex*, kForkMutexIds.size()> g_fork_mutexes{};
+
+// Who is inside a ForkShield, and whether a fork waits for them to leave.
+struct ForkGate {
+  std::mutex mutex;
+  std::condition_variable changed;
+  int inside = 0;
+  bool forking = false;
+};
+// Replaced (the old one leaked) in a child: threads of the parent that waited on it do not
+// exist there, and a condition variable with such waiters must not be used again.
+ForkGate* g_gate = new ForkGate;
+thread_local int t_shield_depth = 0;
+
+void lock_sqlite_for_fork() noexcept {
+  {
+    // A thread that forks from inside a shield (none of ours does) waits only for the others.
+    const int mine = t_shield_depth > 0 ? 1 : 0;
+    std::unique_lock lock(g_gate->mutex);
+    g_gate->forking = true;
+    g_gate->changed.wait(lock, [&] { return g_gate->inside == mine; });
+  }
+  for (sqlite3_mutex* m : g_fork_mutexes)
+    if (m) sqlite3_mutex_enter(m);
+}
+
+void release_sqlite_mutexes() noexcept {
+  for (auto it = g_fork_mutexes.rbegin(); it != g_fork_mutexes.rend(); ++it)
+    if (*it) sqlite3_mutex_leave(*it);
+}
+
+void unlock_sqlite_in_parent() noexcept {
+  release_sqlite_mutexes();
+  {
+    std::lock_guard lock(g_gate->mutex);
+    g_gate->forking = false;
+  }
+  g_gate->changed.notify_all();
+}
+
+void unlock_sqlite_in_child() noexcept {
+  release_sqlite_mutexes();
+  auto* fresh = new ForkGate;
+  fresh->inside = t_shield_depth > 0 ? 1 : 0;
+  g_gate = fresh;
+}
+
+void register_fork_handlers() {
+  static const bool registered = [] {
+    // Without mutexes (SQLITE_THREADSAFE=0) there is nothing to hold; alloc returns null then.
+    if (sqlite3_initialize() != SQLITE_OK) return false;
+    for (size_t i = 0; i < kForkMutexIds.size(); ++i)
+      g_fork_mutexes[i] = sqlite3_mutex_alloc(kForkMutexIds[i]);
+    return pthread_atfork(&lock_sqlite_for_fork, &unlock_sqlite_in_parent,
+                          &unlock_sqlite_in_child) == 0;
+  }();
+  (void)registered;
+}
+
+}  // namespace
+
+ForkShield::ForkShield() {
+  if (t_shield_depth++ > 0) return;
+  ForkGate* gate = g_gate;
+  std::unique_lock lock(gate->mutex);
+  gate->changed.wait(lock, [&] { return !gate->forking; });
+  ++gate->inside;
+}
+
+ForkShield::~ForkShield() {
+  if (!held_ || --t_shield_depth > 0) return;
+  ForkGate* gate = g_gate;
+  bool wake = false;
+  {
+    std::lock_guard lock(gate->mutex);
+    wake = --gate->inside == 0 && gate->forking;
+  }
+  if (wake) gate->changed.notify_all();
+}
 
 void throw_error(sqlite3* db, int code, std::string_view context) {
   std::string message = "sqlite: ";
@@ -30,6 +132,7 @@ Database::Database(const std::string& path, int flags, int busy_timeout_ms)
     return true;
   }();
   (void)memstatus_off;
+  register_fork_handlers();
   // A new database file is readable by its owner only (jobs hold payloads, results and logs);
   // SQLite gives its -wal and -shm files the same mode. An existing file keeps its own mode.
   if ((flags & SQLITE_OPEN_CREATE) && !path.empty() && path != ":memory:" &&

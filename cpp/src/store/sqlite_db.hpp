@@ -19,6 +19,24 @@ namespace jobforge::sqlite {
 
 [[noreturn]] void throw_error(sqlite3* db, int code, std::string_view context);
 
+// Held around every stretch of work that takes SQLite file locks (a transaction, a read, a
+// checkpoint). fork() waits until none is held (a pthread_atfork handler, see sqlite_db.cpp):
+// SQLite keeps a process's WAL locks in per-process bookkeeping, which a child inherits; a lock
+// held at the fork would stay "held by another connection of this process" there forever, and
+// a connection the child opens on the file could never write. Nests within one thread.
+class ForkShield {
+ public:
+  ForkShield();
+  ~ForkShield();
+  ForkShield(ForkShield&& other) noexcept : held_(other.held_) { other.held_ = false; }
+  ForkShield(const ForkShield&) = delete;
+  ForkShield& operator=(const ForkShield&) = delete;
+  ForkShield& operator=(ForkShield&&) = delete;
+
+ private:
+  bool held_ = true;
+};
+
 class Database {
  public:
   Database(const std::string& path, int flags, int busy_timeout_ms);

@@ -249,10 +249,24 @@ DROP INDEX IF EXISTS idx_jobs_parent_id;
 CREATE INDEX idx_jobs_parent_id ON jobs(parent_job_id, created_at) WHERE parent_job_id IS NOT NULL;
 )sql";
 
-inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3,
-                                              kMigration4, kMigration5, kMigration6,
-                                              kMigration7, kMigration8, kMigration9};
-inline constexpr int kSchemaVersion = 9;
+// The job types each worker serves and its processor's options (a JSON object), published at its
+// start and refreshed with its heartbeats: producers that never registered the processor enqueue
+// with them (docs/workers.md). A rowid table, so `db repair` copies it like the others.
+inline constexpr const char* kMigration10 = R"sql(
+CREATE TABLE worker_types (
+  worker_id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  options TEXT NOT NULL,
+  published_at INTEGER NOT NULL,
+  refreshed_at INTEGER NOT NULL,
+  PRIMARY KEY (worker_id, type)
+);
+)sql";
+
+inline constexpr const char* kMigrations[] = {kMigration1, kMigration2, kMigration3, kMigration4,
+                                              kMigration5, kMigration6, kMigration7, kMigration8,
+                                              kMigration9, kMigration10};
+inline constexpr int kSchemaVersion = 10;
 
 // The store's counters: one upsert per (type, status) a transaction changed.
 inline constexpr const char* kAddCount = R"sql(
@@ -312,7 +326,8 @@ inline constexpr const char* kNextRunAtPrefix =
 // which status the row left (for its counters): a job running under this owner's lease, and a
 // job claimed in memory whose running state was never written (still 'queued' in the store, with
 // the claim's token ?21 as queued_at; its attempt count is set, ?12). ?17 is 1 when the attempt
-// is not counted.
+// is not counted. ?22 is the attempt that ended (a fencing token): the end of a stale attempt
+// (the job was taken back and claimed again since, even by the same owner) matches nothing.
 #define JOBFORGE_FINISH_SET                                                                      \
   "UPDATE jobs SET status = ?1, result = ?2, error = ?3, error_detail = ?4, progress = ?5, "      \
   "progress_current = ?6, progress_total = ?7, progress_message = ?8, completed_at = ?9, "       \
@@ -321,7 +336,7 @@ inline constexpr const char* kNextRunAtPrefix =
   "updated_at = ?13, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, "
 inline constexpr const char* kFinishRunning =
     JOBFORGE_FINISH_SET "attempts = attempts - ?17 "
-    "WHERE rowid = ?14 AND status = 'running' AND lease_owner = ?15";
+    "WHERE rowid = ?14 AND status = 'running' AND lease_owner = ?15 AND attempts = ?22";
 inline constexpr const char* kFinishHeld =
     JOBFORGE_FINISH_SET "attempts = ?12 "
     "WHERE rowid = ?14 AND status = 'queued' AND queued_at IS ?21";
@@ -329,7 +344,7 @@ inline constexpr const char* kFinishHeld =
 inline constexpr const char* kSaveProgress = R"sql(
 UPDATE jobs SET progress = ?1, progress_current = ?2, progress_total = ?3,
        progress_message = ?4, updated_at = ?5, progress_stage = ?7, outcome = ?8
-WHERE rowid = ?6 AND status = 'running'
+WHERE rowid = ?6 AND status = 'running' AND (?9 = 0 OR attempts = ?9)
 )sql";
 
 inline constexpr const char* kInsertLog = R"sql(
@@ -425,8 +440,31 @@ inline constexpr const char* kListWorkers =
     "SELECT id, hostname, pid, version, started_at, heartbeat_at, state, claim_mode, "
     "COALESCE(singleton_role, '') FROM workers ORDER BY started_at";
 
-// Running jobs whose owner is not a live worker (or whose lease ran out) go back to the queue,
-// or fail when no attempt is left.
+// Published types (kMigration10). Unchanged options keep their published_at.
+inline constexpr const char* kPublishType = R"sql(
+INSERT INTO worker_types (worker_id, type, options, published_at, refreshed_at)
+VALUES (?1, ?2, ?3, ?4, ?4)
+ON CONFLICT (worker_id, type) DO UPDATE SET
+  published_at = CASE WHEN worker_types.options = excluded.options THEN worker_types.published_at
+                      ELSE excluded.published_at END,
+  options = excluded.options, refreshed_at = excluded.refreshed_at
+)sql";
+// The worker's rows it did not publish this time.
+inline constexpr const char* kUnpublishTypes =
+    "DELETE FROM worker_types WHERE worker_id = ?1 AND refreshed_at <> ?2";
+// Entries of workers no longer running, for the types this worker now publishes.
+inline constexpr const char* kDeleteSupersededTypes = R"sql(
+DELETE FROM worker_types WHERE worker_id <> ?1
+  AND type IN (SELECT type FROM worker_types WHERE worker_id = ?1)
+  AND worker_id NOT IN (SELECT id FROM workers WHERE state = 'running')
+)sql";
+inline constexpr const char* kListPublishedTypes =
+    "SELECT worker_id, type, options, published_at, refreshed_at FROM worker_types "
+    "ORDER BY type, worker_id";
+
+// Running jobs whose owner is not a live worker go back to the queue, or fail when no attempt is
+// left. A lease is not judged by a timestamp: the owner is dead or alive (the engine's is_dead
+// marks dead rows first), so no clock step and no outage can expire a live owner's lease.
 inline constexpr const char* kRecoverOrphans = R"sql(
 UPDATE jobs SET
   status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
@@ -435,9 +473,7 @@ UPDATE jobs SET
   completed_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ?1 END,
   lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0
 WHERE status = 'running' AND COALESCE(lease_owner, '') <> ?2 AND batch_policy IS NULL
-  AND (lease_owner IS NULL
-       OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running')
-       OR lease_expires_at < ?1)
+  AND (lease_owner IS NULL OR lease_owner NOT IN (SELECT id FROM workers WHERE state = 'running'))
 RETURNING id, type, status, attempts
 )sql";
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <ctime>
 #include <deque>
 #include <functional>
 #include <map>
@@ -34,6 +35,29 @@ constexpr int kOpenFlags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
 bool is_transient(const StoreError& e) {
   const int primary = e.code() & 0xff;
   return primary == SQLITE_BUSY || primary == SQLITE_LOCKED;
+}
+
+// A failure of the disk rather than of the operation (disk full, I/O error): the same write
+// succeeds once space is freed or the device is back. Returns SQLite's code, or 0.
+int storage_failure(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const StoreError& e) {
+    const int primary = e.code() & 0xff;
+    if (primary == SQLITE_FULL || primary == SQLITE_IOERR || primary == SQLITE_CANTOPEN)
+      return e.code();
+  } catch (...) {
+  }
+  return 0;
+}
+
+std::string utc_text(int64_t ms) {
+  const std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char out[32];
+  std::strftime(out, sizeof out, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return out;
 }
 
 Job read_job(const Statement& s) {
@@ -138,10 +162,16 @@ struct WriteContext {
   std::vector<Transition> transitions;
   std::vector<int64_t> rejected_starts;
   CountDeltas counts;
+  // Undoes changes to the store's memory (jobs held, starts written) if the transaction rolls
+  // back: a write that is retried later must find that memory as it was.
+  std::vector<std::function<void()>> on_rollback;
 };
 
 // One unit of work for the writer. apply() may run more than once (a batch that fails is rolled
 // back and its operations replayed one by one), so it keeps its results in its own state.
+// An operation without `failed` is a background write (the end of an attempt, log lines, a
+// start, progress, a heartbeat): nobody waits for it, so a failure of the disk (full, I/O
+// error) must not drop it. It is kept, in order, and retried with backoff until it commits.
 struct WriteOp {
   std::function<void(WriteContext&)> apply;
   std::function<void()> committed;                  // optional
@@ -169,6 +199,15 @@ class SqliteStore final : public Store {
   }
 
   ~SqliteStore() override { close(); }
+
+  std::string health() override {
+    std::lock_guard lock(mutex_);
+    if (!failing_since_ms_) return "ok";
+    const int64_t for_s = std::max<int64_t>(0, now_ms() - failing_since_ms_) / 1000;
+    return "degraded: writes failing since " + utc_text(failing_since_ms_) + " (" +
+           std::to_string(for_s) + " s): " + failing_error_ + "; " +
+           std::to_string(stalled_count_) + " write(s) kept and retried";
+  }
 
   void set_commit_listener(CommitListener listener) override {
     std::lock_guard lock(mutex_);
@@ -302,7 +341,7 @@ class SqliteStore final : public Store {
                        s.bind(4, p.message).bind(5, now).bind(6, p.rowid);
                        s.bind(7, p.stage.empty() ? std::optional<std::string>{}
                                                  : std::optional<std::string>{p.stage});
-                       s.bind(8, p.outcome_json);
+                       s.bind(8, p.outcome_json).bind(9, p.attempt);
                        s.run();
                      }
                    },
@@ -506,6 +545,36 @@ class SqliteStore final : public Store {
     ScopedReset r(s);
     std::vector<WorkerInfo> out;
     while (s.step()) out.push_back(read_worker(s));
+    return out;
+  }
+
+  void publish_types(const std::string& worker_id, const std::vector<PublishedType>& types,
+                     int64_t now) override {
+    submit_and_wait(kUpdates, [&](WriteContext& w) {
+      for (const auto& t : types) {
+        Statement& s = w.statements.get(sql::kPublishType);
+        ScopedReset r(s);
+        s.bind(1, worker_id).bind(2, t.type).bind(3, t.options_json).bind(4, now).run();
+      }
+      {
+        Statement& s = w.statements.get(sql::kUnpublishTypes);
+        ScopedReset r(s);
+        s.bind(1, worker_id).bind(2, now).run();
+      }
+      Statement& s = w.statements.get(sql::kDeleteSupersededTypes);
+      ScopedReset r(s);
+      s.bind(1, worker_id).run();
+    });
+  }
+
+  std::vector<PublishedType> published_types() override {
+    auto reader = readers_.acquire(*this);
+    Statement& s = reader->statements.get(sql::kListPublishedTypes);
+    ScopedReset r(s);
+    std::vector<PublishedType> out;
+    while (s.step())
+      out.push_back(
+          PublishedType{s.get_text(0), s.get_text(1), s.get_text(2), s.get_int(3), s.get_int(4)});
     return out;
   }
 
@@ -910,6 +979,8 @@ class SqliteStore final : public Store {
     return deleted;
   }
 
+  // While the disk fails, writes kept for a retry count as done here (flush returns; they commit
+  // once the disk works again, and health() says "degraded" until then).
   void flush() override {
     write_pending_stats();  // the windowed figures too
     std::unique_lock lock(mutex_);
@@ -949,27 +1020,33 @@ class SqliteStore final : public Store {
   class ReaderPool {
    public:
     struct Lease {
+      sqlite::ForkShield shield;  // a read holds WAL locks too (see sqlite_db.hpp)
       ReaderPool* pool;
       std::unique_ptr<Reader> reader;
       Reader* operator->() { return reader.get(); }
       ~Lease() {
         if (reader) pool->release(std::move(reader));
       }
-      Lease(ReaderPool* p, std::unique_ptr<Reader> r) : pool(p), reader(std::move(r)) {}
+      Lease(ReaderPool* p, std::unique_ptr<Reader> r, sqlite::ForkShield s)
+          : shield(std::move(s)), pool(p), reader(std::move(r)) {}
       Lease(Lease&&) = default;
     };
     Lease acquire(SqliteStore& store) {
+      // The shield first, never while holding mutex_: a lease ending inside its shield takes
+      // mutex_, so waiting for a fork with mutex_ held would deadlock.
+      sqlite::ForkShield shield;
       std::unique_lock lock(mutex_);
       cv_.wait(lock, [&] { return !idle_.empty() || open_ < store.options_.readers; });
       if (!idle_.empty()) {
         auto r = std::move(idle_.back());
         idle_.pop_back();
-        return Lease(this, std::move(r));
+        return Lease(this, std::move(r), std::move(shield));
       }
       ++open_;
       lock.unlock();
       try {
-        return Lease(this, std::make_unique<Reader>(store.path_, store.options_.busy_timeout_ms));
+        return Lease(this, std::make_unique<Reader>(store.path_, store.options_.busy_timeout_ms),
+                     std::move(shield));
       } catch (...) {
         lock.lock();
         --open_;
@@ -997,8 +1074,11 @@ class SqliteStore final : public Store {
   void apply_finish(WriteContext& w, const Outcome& o, bool coalesced) {
     bool start_written = false;
     if (o.claimed_in_memory) {
-      held_.erase(o.rowid);
-      start_written = starts_written_.erase(o.rowid) > 0;
+      const int64_t rowid = o.rowid;
+      if (held_.erase(rowid)) w.on_rollback.emplace_back([this, rowid] { held_.insert(rowid); });
+      start_written = starts_written_.erase(rowid) > 0;
+      if (start_written)
+        w.on_rollback.emplace_back([this, rowid] { starts_written_.insert(rowid); });
     }
     const bool requeue = o.to == Status::queued;
     auto bind_common = [&](Statement& s) {
@@ -1028,7 +1108,7 @@ class SqliteStore final : public Store {
       Statement& s = w.statements.get(sql::kFinishRunning);
       ScopedReset r(s);
       bind_common(s);
-      s.bind(15, o.owner).bind(17, o.release ? 1 : 0);
+      s.bind(15, o.owner).bind(17, o.release ? 1 : 0).bind(22, o.attempt);
       s.run();
       return w.db.changes() > 0;
     };
@@ -1041,7 +1121,10 @@ class SqliteStore final : public Store {
       from = held_first ? Status::running : Status::queued;
       written = held_first ? finish_running() : finish_held();
     }
-    if (!written) return;  // lease lost, or cancelled from outside
+    if (!written) {  // lease lost, cancelled from outside, or the end of a stale attempt
+      refuse_stale_end(w, o);
+      return;
+    }
     w.counts.move(o.job_type, from, o.to);
     if (coalesced && !start_written)
       w.transitions.push_back(Transition{o.job_id, o.job_type, Status::queued, Status::running,
@@ -1050,6 +1133,21 @@ class SqliteStore final : public Store {
                                        o.progress, o.result_json, o.error, o.at});
     if (o.started_at && !o.release)
       w.transitions.back().run_ms = std::max<int64_t>(0, o.at - o.started_at);
+  }
+
+  // An end that matched nothing: if the job is running another attempt (taken back and claimed
+  // again since, even by this owner), the end is a stale attempt's, refused: say so.
+  void refuse_stale_end(WriteContext& w, const Outcome& o) {
+    Statement& q = w.statements.get(sql::kStatusById);
+    ScopedReset r(q);
+    q.bind(1, o.job_id);
+    if (!q.step() || q.get_text(2) != "running" || q.get_int(3) == o.attempt) return;
+    const int64_t current = q.get_int(3);
+    std::fprintf(stderr,
+                 "jobforge: refused the end (%s) of attempt %d of job %s: the job is running "
+                 "attempt %lld now\n",
+                 std::string(to_string(o.to)).c_str(), o.attempt, o.job_id.c_str(),
+                 static_cast<long long>(current));
   }
 
   static bool other_live_worker(WriteContext& w, const std::string& self_id,
@@ -1478,19 +1576,50 @@ class SqliteStore final : public Store {
   void writer_loop() {
     std::vector<WriteOp> batch;
     std::vector<StartInfo> starts;
+    std::optional<std::chrono::steady_clock::time_point> give_up_at;  // closing with stalled writes
     for (;;) {
       {
         std::unique_lock lock(mutex_);
-        work_cv_.wait(lock, [&] { return !queue_.empty() || !pending_starts_.empty() || closed_; });
-        if (queue_.empty() && pending_starts_.empty() && closed_) break;
+        auto ready = [&] {
+          return !queue_.empty() || !pending_starts_.empty() || closed_ || retry_now_;
+        };
+        if (stalled_count_ == 0) {
+          work_cv_.wait(lock, ready);
+        } else {
+          work_cv_.wait_until(lock, retry_at_, ready);
+          if (std::chrono::steady_clock::now() >= retry_at_) retry_now_ = true;
+        }
+        if (queue_.empty() && pending_starts_.empty() && closed_) {
+          if (stalled_count_ == 0) break;
+          const auto now = std::chrono::steady_clock::now();
+          if (!give_up_at) give_up_at = now + kStallCloseBudget;
+          if (now >= *give_up_at) {
+            std::fprintf(stderr,
+                         "jobforge: closing '%s' with %zu write(s) that could not be made (%s): "
+                         "given up; their jobs are recovered when their leases expire\n",
+                         path_.c_str(), stalled_count_, failing_error_.c_str());
+            break;
+          }
+          if (!retry_now_ && now < retry_at_) {
+            lock.unlock();
+            std::this_thread::sleep_until(std::min(retry_at_, *give_up_at));
+            lock.lock();
+          }
+          retry_now_ = true;
+        }
       }
       // The role is taken before the batch leaves the queue: a caller committing its own write
       // (try_commit_here) then can never overtake operations queued before it.
       std::unique_lock role(writer_role_);
+      bool retry_stalled = false;
+      size_t popped = 0;
       {
         std::unique_lock lock(mutex_);
-        if (queue_.empty() && pending_starts_.empty()) continue;  // a caller took it meanwhile
-        if (options_.group_commit_window_us > 0 &&
+        if (queue_.empty() && pending_starts_.empty() && !retry_now_ && !closed_)
+          continue;  // a caller took it meanwhile
+        retry_stalled = stalled_.empty() || retry_now_;
+        retry_now_ = false;
+        if (options_.group_commit_window_us > 0 && !queue_.empty() &&
             queue_.size() < static_cast<size_t>(options_.max_batch_ops)) {
           work_cv_.wait_for(lock, std::chrono::microseconds(options_.group_commit_window_us), [&] {
             return queue_.size() >= static_cast<size_t>(options_.max_batch_ops) || closed_;
@@ -1502,6 +1631,7 @@ class SqliteStore final : public Store {
           batch.push_back(std::move(queue_.front()));
           queue_.pop_front();
         }
+        popped = n;
         starts.clear();
         for (auto& [rowid, start] : pending_starts_) starts.push_back(std::move(start));
         pending_starts_.clear();
@@ -1509,13 +1639,39 @@ class SqliteStore final : public Store {
       }
       // Jobs that outlasted the commit window: their running state goes first in this batch.
       if (!starts.empty()) batch.insert(batch.begin(), write_starts_op(std::move(starts)));
-      std::stable_sort(batch.begin(), batch.end(),
-                       [](const WriteOp& a, const WriteOp& b) { return a.phase < b.phase; });
-      run_batch(batch);
+      if (retry_stalled) {
+        // The stalled writes first (they were submitted first), then the new ones.
+        if (!stalled_.empty()) {
+          batch.insert(batch.begin(), std::make_move_iterator(stalled_.begin()),
+                       std::make_move_iterator(stalled_.end()));
+          stalled_.clear();
+        }
+        std::stable_sort(batch.begin(), batch.end(),
+                         [](const WriteOp& a, const WriteOp& b) { return a.phase < b.phase; });
+        run_batch(batch);
+      } else {
+        // Before the next retry: background writes join the stalled ones (in order), callers'
+        // writes are tried now (a caller gets its answer or its error at once).
+        std::vector<WriteOp> callers;
+        for (auto& op : batch) {
+          if (op.failed)
+            callers.push_back(std::move(op));
+          else
+            stalled_.push_back(std::move(op));
+        }
+        std::stable_sort(callers.begin(), callers.end(),
+                         [](const WriteOp& a, const WriteOp& b) { return a.phase < b.phase; });
+        run_batch(callers);
+      }
       role.unlock();
       {
         std::lock_guard lock(mutex_);
-        completed_ += batch.size() - (starts_in_flight_ ? 1 : 0);
+        stalled_count_ = stalled_.size();
+        if (stalled_count_ && retry_stalled) {  // the retry failed: back off
+          retry_at_ = std::chrono::steady_clock::now() + stall_delay_;
+          stall_delay_ = std::min(stall_delay_ * 2, std::chrono::milliseconds(kStallMaxDelay));
+        }
+        completed_ += popped;
         starts_in_flight_ = 0;
         done_cv_.notify_all();
       }
@@ -1557,6 +1713,8 @@ class SqliteStore final : public Store {
                          continue;
                        }
                        starts_written_.insert(st.rowid);
+                       w.on_rollback.emplace_back(
+                           [this, rowid = st.rowid] { starts_written_.erase(rowid); });
                        w.counts.move(st.job_type, Status::queued, Status::running);
                        w.transitions.push_back(Transition{st.job_id, st.job_type, Status::queued,
                                                           Status::running, st.attempt, 0, {}, {},
@@ -1567,27 +1725,109 @@ class SqliteStore final : public Store {
   }
 
   // Runs the operations in one transaction. If one fails, the whole batch is rolled back and each
-  // operation is replayed in a transaction of its own, so only the bad one fails.
+  // operation is replayed in a transaction of its own, so only the bad one fails. When the disk
+  // fails (full, I/O error), background writes are kept in stalled_ (in order) for a retry and
+  // only the callers get the error (each caller's operation is tried once alone).
   void run_batch(std::vector<WriteOp>& batch) {
     if (batch.empty()) return;
     std::exception_ptr error;
     if (try_commit(batch.data(), batch.size(), &error)) return;
+    if (storage_failure(error)) {
+      note_write_failure(error);
+      for (auto& op : batch) {
+        if (!op.failed) {
+          stall(std::move(op));
+          continue;
+        }
+        std::exception_ptr op_error;
+        if (batch.size() == 1)
+          op_error = error;
+        else if (try_commit(&op, 1, &op_error))
+          continue;
+        if (storage_failure(op_error)) note_write_failure(op_error);
+        report_failure(op, op_error);
+      }
+      return;
+    }
     if (batch.size() == 1) {
       report_failure(batch[0], error);
       return;
     }
     for (auto& op : batch) {
       std::exception_ptr op_error;
-      if (!try_commit(&op, 1, &op_error)) report_failure(op, op_error);
+      if (try_commit(&op, 1, &op_error)) continue;
+      if (storage_failure(op_error)) {
+        note_write_failure(op_error);
+        if (!op.failed) {
+          stall(std::move(op));
+          continue;
+        }
+      }
+      report_failure(op, op_error);
     }
+  }
+
+  // ---- writes that failed for the disk's sake ------------------------------------------------
+  // Background writes that hit a failing disk wait in stalled_, in submission order, and are
+  // retried with backoff (kStallFirstDelay doubling to kStallMaxDelay) in one transaction, ahead
+  // of the writes submitted since; a caller's write meanwhile is tried alone, at once, and gets
+  // the error if it fails too. health() reports "degraded" from the first failure to the commit
+  // that empties stalled_. At close the stalled writes are retried for kStallCloseBudget more,
+  // then given up (their jobs stay running under leases that expire, and are recovered).
+  static constexpr auto kStallFirstDelay = std::chrono::milliseconds(50);
+  static constexpr auto kStallMaxDelay = std::chrono::milliseconds(2'000);
+  static constexpr auto kStallCloseBudget = std::chrono::seconds(10);
+
+  void stall(WriteOp op) {  // writer role
+    stalled_.push_back(std::move(op));
+    std::lock_guard lock(mutex_);
+    stalled_count_ = stalled_.size();
+  }
+
+  void note_write_failure(const std::exception_ptr& error) {
+    const int code = storage_failure(error);
+    std::lock_guard lock(mutex_);
+    if (!failing_since_ms_) {
+      failing_since_ms_ = now_ms();
+      std::string what;
+      try {
+        std::rethrow_exception(error);
+      } catch (const std::exception& e) {
+        what = e.what();
+      }
+      std::fprintf(stderr, "jobforge: writes to '%s' are failing (%s); kept and retried\n",
+                   path_.c_str(), what.c_str());
+    }
+    failing_error_ = sqlite3_errstr(code);
+    failing_.store(true, std::memory_order_release);
+  }
+
+  // After a commit: the disk works again once nothing is left to retry.
+  void note_write_ok() {  // writer role
+    if (!failing_.load(std::memory_order_acquire)) return;
+    std::lock_guard lock(mutex_);
+    if (!stalled_.empty()) {  // a caller's write went through: retry the stalled ones now
+      retry_now_ = true;
+      work_cv_.notify_one();
+      return;
+    }
+    if (failing_since_ms_)
+      std::fprintf(stderr, "jobforge: writes to '%s' succeed again (failing for %lld ms)\n",
+                   path_.c_str(), static_cast<long long>(now_ms() - failing_since_ms_));
+    failing_since_ms_ = 0;
+    failing_error_.clear();
+    stall_delay_ = kStallFirstDelay;
+    failing_.store(false, std::memory_order_release);
   }
 
   bool try_commit(WriteOp* ops, size_t n, std::exception_ptr* error) {
     for (int attempt = 0;; ++attempt) {
-      WriteContext w{writer_db_, writer_statements_, {}, {}, {}};
+      WriteContext w{writer_db_, writer_statements_, {}, {}, {}, {}};
       window_stats::SumsByBucket fresh_stats;
       bool flush_stats = false;
+      const int64_t changes_before = sqlite3_total_changes64(writer_db_.handle());
       try {
+        sqlite::ForkShield shield;  // no fork() while the write lock is held (see sqlite_db.hpp)
         sqlite::Transaction txn(writer_db_);
         for (size_t i = 0; i < n; ++i) ops[i].apply(w);
         if (!w.transitions.empty()) apply_workflow_effects(w);
@@ -1598,6 +1838,7 @@ class SqliteStore final : public Store {
         write_counts(w);
         txn.commit();
       } catch (const StoreError& e) {
+        for (auto it = w.on_rollback.rbegin(); it != w.on_rollback.rend(); ++it) (*it)();
         if (is_transient(e) && attempt < 200) {
           std::this_thread::sleep_for(std::chrono::milliseconds(std::min(5 * (attempt + 1), 100)));
           continue;
@@ -1605,9 +1846,12 @@ class SqliteStore final : public Store {
         *error = std::current_exception();
         return false;
       } catch (...) {
+        for (auto it = w.on_rollback.rbegin(); it != w.on_rollback.rend(); ++it) (*it)();
         *error = std::current_exception();
         return false;
       }
+      // Only a commit that wrote something proves the disk takes writes again.
+      if (sqlite3_total_changes64(writer_db_.handle()) != changes_before) note_write_ok();
       if (flush_stats) {
         pending_stats_.clear();
         last_stats_flush_ = std::chrono::steady_clock::now();
@@ -1733,6 +1977,15 @@ class SqliteStore final : public Store {
   uint64_t submitted_ = 0, completed_ = 0;
   bool closed_ = false, writer_exited_ = false;
   std::unordered_map<int64_t, StartInfo> pending_starts_;  // guarded by mutex_
+  std::deque<WriteOp> stalled_;  // background writes the disk refused; writer role only
+  // Guarded by mutex_: the stalled writes' count, their next retry, and the failing state.
+  size_t stalled_count_ = 0;
+  bool retry_now_ = false;
+  std::chrono::steady_clock::time_point retry_at_{};
+  std::chrono::milliseconds stall_delay_{kStallFirstDelay};
+  int64_t failing_since_ms_ = 0;  // Unix ms of the first failure, 0 while writes succeed
+  std::string failing_error_;
+  std::atomic<bool> failing_{false};
   size_t starts_in_flight_ = 0;                            // guarded by mutex_
   std::unordered_set<int64_t> held_;  // jobs claimed in memory; writer thread only
   std::unordered_set<int64_t> starts_written_;  // held jobs whose start is written; writer only
@@ -1786,6 +2039,7 @@ class SqliteStore final : public Store {
         checkpoint_wanted_ = false;
       }
       try {
+        sqlite::ForkShield shield;
         if (!db) {
           db = std::make_unique<Database>(path_, SQLITE_OPEN_READWRITE, options_.busy_timeout_ms);
           configure(*db);  // the same synchronous setting: a checkpoint syncs the file

@@ -18,14 +18,11 @@ without one, a line per finished step. Ctrl-C cancels the pipeline's jobs and ex
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -210,24 +207,6 @@ class _Display:
             time.sleep(0.1)
 
 
-@contextlib.contextmanager
-def _store_whole():
-    """Holds back Ctrl-C while jobs are being stored, so that the job objects are known (and
-    cancelled) when it is raised: a SIGINT that lands in the store call would otherwise raise
-    after the jobs are written but before Python holds them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
-
-
 def run(
     root: str,
     *,
@@ -279,44 +258,44 @@ def _pipeline(engine, root, out, chunk, system_scan, retention, hidden, progress
     batches: list[Any] = []
     try:
         with _Display(engine, progress, console) as display:
-            with _store_whole():
-                scan = engine.enqueue(
-                    "scan",
-                    {"paths": [root], "hidden": "include" if hidden else "skip"},
-                    priority=PRIORITY_SYSTEM_SCAN if system_scan else PRIORITY_SCAN,
-                    user_initiated=not system_scan,
-                )
-                pipeline_jobs.append(scan)
+            # A Ctrl-C that lands in an enqueue leaves what it stored in the exception's `jobs`
+            # (see the except below); a batch keeps its stored parent in `.job`.
+            scan = engine.enqueue(
+                "scan",
+                {"paths": [root], "hidden": "include" if hidden else "skip"},
+                priority=PRIORITY_SYSTEM_SCAN if system_scan else PRIORITY_SCAN,
+                user_initiated=not system_scan,
+            )
+            pipeline_jobs.append(scan)
             scan = display.follow("scan", scan)
             outcome = Outcome(scan=scan)
             if scan.status != "completed":
                 return outcome
             paths = [f["path"] for f in scan.result["files"]]
             outcome.files = len(paths)
-            with _store_whole():
-                stage = engine.batch("batch_stage", {"root": root, "files": len(paths)},
-                                     priority=PRIORITY_ANALYSIS)  # fmt: skip
-                batches.append(stage)  # stage.job is set once it is stored
-                with stage:
-                    for path in paths:
-                        stage.enqueue(
-                            "stat", {"path": path}, priority=PRIORITY_ANALYSIS, max_attempts=3
-                        )
-                chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-                sums = engine.batch("batch_checksum", {"root": root, "files": len(paths)},
-                                    priority=PRIORITY_ANALYSIS)  # fmt: skip
-                batches.append(sums)
-                with sums:
-                    for part in chunks:
-                        sums.enqueue("checksum", {"paths": part, "algorithms": ["sha256"]},
-                                     priority=PRIORITY_ANALYSIS, max_attempts=3)  # fmt: skip
-                export = engine.enqueue(
-                    "export",
-                    {"root": root, "out": out, "stage_batch": stage.job.id,
-                     "checksum_batch": sums.job.id, "files": len(paths), "chunks": len(chunks)},
-                    priority=PRIORITY_EXPORT, depends_on=[stage.job, sums.job], run_anyway=True,
-                )  # fmt: skip
-                pipeline_jobs.append(export)
+            stage = engine.batch("batch_stage", {"root": root, "files": len(paths)},
+                                 priority=PRIORITY_ANALYSIS)  # fmt: skip
+            batches.append(stage)  # stage.job is set once it is stored
+            with stage:
+                for path in paths:
+                    stage.enqueue(
+                        "stat", {"path": path}, priority=PRIORITY_ANALYSIS, max_attempts=3
+                    )
+            chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+            sums = engine.batch("batch_checksum", {"root": root, "files": len(paths)},
+                                priority=PRIORITY_ANALYSIS)  # fmt: skip
+            batches.append(sums)
+            with sums:
+                for part in chunks:
+                    sums.enqueue("checksum", {"paths": part, "algorithms": ["sha256"]},
+                                 priority=PRIORITY_ANALYSIS, max_attempts=3)  # fmt: skip
+            export = engine.enqueue(
+                "export",
+                {"root": root, "out": out, "stage_batch": stage.job.id,
+                 "checksum_batch": sums.job.id, "files": len(paths), "chunks": len(chunks)},
+                priority=PRIORITY_EXPORT, depends_on=[stage.job, sums.job], run_anyway=True,
+            )  # fmt: skip
+            pipeline_jobs.append(export)
             outcome.stage_batch, outcome.checksum_batch = display.follow_many(
                 [("stage files", stage.job), ("checksum", sums.job)]
             )
@@ -324,14 +303,14 @@ def _pipeline(engine, root, out, chunk, system_scan, retention, hidden, progress
             if outcome.ok:
                 outcome.manifest = outcome.export.result
             if retention is not None:
-                with _store_whole():
-                    cleanup = engine.enqueue("cleanup", {"older_than_ms": int(retention * 1000)},
-                                             priority=PRIORITY_CLEANUP, user_initiated=False)  # fmt: skip
-                    pipeline_jobs.append(cleanup)
+                cleanup = engine.enqueue("cleanup", {"older_than_ms": int(retention * 1000)},
+                                         priority=PRIORITY_CLEANUP, user_initiated=False)  # fmt: skip
+                pipeline_jobs.append(cleanup)
                 outcome.cleanup = display.follow("cleanup", cleanup)
             return outcome
-    except KeyboardInterrupt:
-        for job in pipeline_jobs + [b.job for b in batches if b.job is not None]:
+    except KeyboardInterrupt as exc:
+        stored = pipeline_jobs + [b.job for b in batches if b.job is not None]
+        for job in stored + getattr(exc, "jobs", []):
             job.cancel()  # a batch parent's cancel cancels its children
         raise
 

@@ -319,3 +319,33 @@ def test_a_blocked_callback_delays_only_itself_and_reports_what_it_dropped(
     assert len(blocked_seen) > 1  # what was queued for it came after the block
     assert not slow._queue._items
     assert slow.dropped == dropped
+
+
+def test_a_quiet_subscription_gives_its_callback_thread_back(engine, monkeypatch, wait_until):
+    # One job.on_progress per job must not keep one thread per job for ever: a subscription's
+    # callback thread ends once its events stop, and the next event starts another.
+    import jobforge.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_SUBSCRIBER_IDLE_EXIT", 1.0)
+    _register_short_job(engine)
+    engine.start()
+    before = threading.active_count()
+    seen = []
+    jobs = [engine.enqueue("short", {"n": i}) for i in range(20)]
+    for job in jobs:
+        job.on_status(lambda ev: seen.append(ev.job_id))
+    for job in jobs:
+        job.wait(timeout=WAIT)
+    engine.flush_events()
+
+    def events_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("jobforge-events")]
+
+    wait_until(lambda: not events_threads(), timeout=WAIT, what="idle callback threads ended")
+    assert threading.active_count() <= before
+    # A later event still reaches a subscription whose thread ended.
+    late = []
+    sub = engine.on("job-completed", lambda ev: late.append(ev.job_id))
+    job = engine.enqueue("short", {"n": 99}).wait(timeout=WAIT)
+    wait_until(lambda: job.id in late, what="event after the idle exit")
+    sub.unsubscribe()

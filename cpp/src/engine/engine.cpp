@@ -920,7 +920,7 @@ struct Engine::Impl {
   // window again, measured from the end of the gap plus a reconnection backoff: each had the
   // same outage and needs time to reconnect and heartbeat before anyone judges it
   // (docs/workers.md, "Outages and clocks").
-  bool is_dead(const WorkerInfo& w) {
+  bool is_dead(const WorkerInfo& w) const {
     if (w.hostname == hostname && w.pid > 0 && kill(static_cast<pid_t>(w.pid), 0) != 0 &&
         errno == ESRCH)
       return true;
@@ -2029,8 +2029,8 @@ struct Engine::Impl {
     int64_t heartbeat_at;
     Clock::time_point changed, seen;
   };
-  std::mutex peers_mutex;
-  std::unordered_map<std::string, PeerWatch> peers;
+  mutable std::mutex peers_mutex;
+  mutable std::unordered_map<std::string, PeerWatch> peers;
   // When recover_orphans last committed (a write of ours reached the store).
   std::atomic<Clock::time_point> last_write_ok{Clock::now()};
 

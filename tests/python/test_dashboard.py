@@ -259,6 +259,24 @@ def test_requests_for_another_host_name_are_refused(served):
     assert err.value.code == 400
 
 
+def test_a_host_header_with_a_malformed_port_is_refused(served):
+    """Only a numeric port may follow the host: 'localhost:80@attacker.example' names no
+    loopback host (it was read as 'localhost')."""
+    _, server, _ = served
+    import http.client
+
+    for host, status in [("localhost:80@attacker.example", 400), ("localhost:x", 400),
+                         ("localhost:8765", 200), ("[::1]:8765", 200)]:  # fmt: skip
+        con = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            con.putrequest("GET", "/api/overview", skip_host=True)
+            con.putheader("Host", host)
+            con.endheaders()
+            assert con.getresponse().status == status, host
+        finally:
+            con.close()
+
+
 # -- live feed ------------------------------------------------------------------------------------
 
 
@@ -625,6 +643,29 @@ def test_wrong_tokens_are_throttled_per_client_address(served):
     assert request_from(server.port, f"/api/jobs/{job.id}/cancel", "127.0.0.2")[0] == 200
     # Reads never needed the token on loopback: they are not throttled.
     assert request(url + "/api/overview")[0] == 200
+
+
+def test_throttle_does_not_trust_x_forwarded_for(served):
+    """A client that names a new address in X-Forwarded-For for every guess is still one
+    address: the server's peer address counts, not a header the client writes."""
+    import http.client
+
+    from jobforge.dashboard.app import AUTH_FAILURES
+
+    engine, server, url = served
+    statuses = []
+    for i in range(AUTH_FAILURES + 2):
+        con = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            con.request("POST", "/api/auth", headers={
+                "Authorization": f"Bearer wrong-token-{i:010d}",
+                "X-Forwarded-For": f"10.0.0.{i + 1}", "Forwarded": f"for=10.0.0.{i + 1}",
+            })  # fmt: skip
+            statuses.append(con.getresponse().status)
+        finally:
+            con.close()
+    assert statuses[:AUTH_FAILURES] == [403] * AUTH_FAILURES, statuses
+    assert statuses[AUTH_FAILURES:] == [429, 429], statuses
 
 
 def request_from(port, path, source):

@@ -203,6 +203,22 @@ def test_redacted_urls():
         assert _redacted(url) == shown, url
 
 
+def test_percent_encoded_password_parameter_names_are_redacted(pg_url):
+    """libpq percent-decodes query parameter names too: ?%70assword= is a password."""
+    from jobforge.engine import _redacted
+
+    for name in ("%70assword", "p%61ssword", "%73slpassword", "PASS%57ORD"):
+        assert _redacted(f"postgresql://h/db?{name}={SECRET}&x=1") == (
+            f"postgresql://h/db?{name}=***&x=1"
+        ), name
+    engine = jobforge.Engine(pg_url + f"&%70assword={SECRET}")  # libpq takes it: it connects
+    try:
+        for text in (repr(engine), engine.path, json.dumps(engine.health()), engine.metrics_text()):
+            assert_no_secret(text)
+    finally:
+        engine.close()
+
+
 def test_no_password_in_repr_path_health_metrics(secret_url):
     engine = jobforge.Engine(secret_url, workers=1)
     try:

@@ -15,9 +15,23 @@ struct Span {
   size_t begin = 0, end = 0;  // [begin, end) of a secret in the URL
 };
 
+std::string percent_decoded(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
 // Where the secrets of a PostgreSQL URL are: the password of the user info (up to the last '@'
 // before the query, so a stray '@' or '/' in it stays hidden) and the values of the password=
-// and sslpassword= parameters.
+// and sslpassword= parameters (their names percent-decoded, as libpq reads them).
 std::vector<Span> secret_spans(const std::string& url) {
   std::vector<Span> spans;
   if (!is_postgres_url(url)) return spans;
@@ -35,7 +49,7 @@ std::vector<Span> secret_spans(const std::string& url) {
     if (next == std::string::npos) next = url.size();
     const size_t eq = url.find('=', key);
     if (eq < next) {
-      std::string name = url.substr(key, eq - key);
+      std::string name = percent_decoded(url.substr(key, eq - key));  // libpq decodes names
       std::transform(name.begin(), name.end(), name.begin(),
                      [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
       if (name == "password" || name == "sslpassword") spans.push_back({eq + 1, next});
@@ -43,20 +57,6 @@ std::vector<Span> secret_spans(const std::string& url) {
     p = next;
   }
   return spans;
-}
-
-std::string percent_decoded(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
-      i += 2;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
 }
 
 void replace_all(std::string& text, const std::string& what, const std::string& with) {

@@ -308,8 +308,12 @@ def _host_name(header: str) -> str:
     """The host of a ``Host`` header, without port or IPv6 brackets, lower case."""
     host = header.strip().lower()
     if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, _, rest = host[1:].partition("]")
+        return name if not rest or (rest[:1] == ":" and rest[1:].isdigit()) else host
+    if host.count(":") == 1:
+        name, port = host.split(":")
+        return name if port.isdigit() else host  # not a port: the whole text, which no name is
+    return host
 
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
@@ -1023,6 +1027,6 @@ def make_server(
     sock.listen(128)
     config = uvicorn.Config(
         dashboard.app, log_level=log_level, timeout_graceful_shutdown=1, access_log=False,
-        lifespan="on",
+        lifespan="on", proxy_headers=False,  # the peer address, not X-Forwarded-For
     )  # fmt: skip
     return DashboardServer(dashboard, uvicorn.Server(config), sock, owns_engine)

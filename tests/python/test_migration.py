@@ -222,3 +222,31 @@ def test_migrated_database_opens_again(make_engine, seed_rows):
 
     assert second.stats()["total"] == 4
     assert second.get(seed_rows["completed"]["id"]).result == {"ok": True}
+
+
+def test_processes_opening_a_new_file_at_once_all_get_the_migrated_schema(tmp_path):
+    # Worker processes started together on a new file: each used to read user_version 0 and
+    # run the migrations, and all but one failed ("duplicate column name: run_at").
+    import subprocess
+    import sys
+
+    db = tmp_path / "jobs.db"
+    start = time.time() + 1.5
+    code = (
+        "import sys, time, jobforge\n"
+        "while time.time() < float(sys.argv[2]): pass\n"
+        "e = jobforge.Engine(sys.argv[1])\n"
+        "e.enqueue('noop')\n"
+        "print('ok')\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(db), str(start)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0 and out.strip() == "ok", err
+    import jobforge
+
+    assert jobforge.Engine(str(db)).counts()["total"] == 6

@@ -1479,7 +1479,24 @@ class SqliteStore final : public Store {
   }
 
   void migrate() {
+    if (writer_db_.query_int("PRAGMA user_version") >= sql::kSchemaVersion) {
+      check_version(writer_db_.query_int("PRAGMA user_version"));
+      return;
+    }
+    // Several processes may open a new file at once (worker processes started together): the
+    // version is read again under the write lock, so one of them migrates and the others find
+    // the work done, instead of running a migration twice ("duplicate column name").
+    sqlite::Transaction txn(writer_db_);
     const int64_t version = writer_db_.query_int("PRAGMA user_version");
+    check_version(version);
+    for (int v = static_cast<int>(version) + 1; v <= sql::kSchemaVersion; ++v) {
+      writer_db_.exec(sql::kMigrations[v - 1]);
+      writer_db_.exec(("PRAGMA user_version = " + std::to_string(v)).c_str());
+    }
+    txn.commit();
+  }
+
+  void check_version(int64_t version) const {
     if (version < 0)
       throw StoreError(SQLITE_CORRUPT, "database '" + path_ + "' has schema version " +
                                            std::to_string(version) +
@@ -1488,12 +1505,6 @@ class SqliteStore final : public Store {
       throw StoreError(SQLITE_ERROR, "database '" + path_ + "' has schema version " +
                                          std::to_string(version) + ", newer than this jobforge (" +
                                          std::to_string(sql::kSchemaVersion) + ")");
-    for (int v = static_cast<int>(version) + 1; v <= sql::kSchemaVersion; ++v) {
-      sqlite::Transaction txn(writer_db_);
-      writer_db_.exec(sql::kMigrations[v - 1]);
-      writer_db_.exec(("PRAGMA user_version = " + std::to_string(v)).c_str());
-      txn.commit();
-    }
   }
 
   void submit(WriteOp op) {

@@ -352,7 +352,7 @@ struct Engine::Impl {
   // Reads the published types: per type, the entry of the live worker that published its
   // options last (ties: the greater worker id); with no live one, the entry refreshed last (the
   // worker that served the type most recently).
-  std::map<std::string, KnownType, std::less<>> read_published() const {
+  std::map<std::string, KnownType, std::less<>> read_published() {
     const auto rows = store->published_types();
     std::map<std::string, WorkerInfo, std::less<>> workers_by_id;
     if (!rows.empty())
@@ -383,7 +383,7 @@ struct Engine::Impl {
   // published it. Cached for kPublishedTtl; a miss re-reads the table (at most every poll_ms,
   // unless the caller must know: an enqueue that is refused otherwise).
   static constexpr auto kPublishedTtl = std::chrono::seconds(2);
-  std::optional<ProcessorOptions> published_options(const std::string& type, bool must_know) const {
+  std::optional<ProcessorOptions> published_options(const std::string& type, bool must_know) {
     std::lock_guard lock(published_mutex);
     const auto now = Clock::now();
     const bool fresh = published_read && now - *published_read < kPublishedTtl;
@@ -399,7 +399,7 @@ struct Engine::Impl {
   }
 
   // Of these types, those with due jobs that no live worker serves (read now, not cached).
-  std::vector<std::string> unserved_types(const std::vector<std::string>& candidates) const {
+  std::vector<std::string> unserved_types(const std::vector<std::string>& candidates) {
     const auto known = read_published();
     std::vector<std::string> out;
     const int64_t now = now_ms();
@@ -415,7 +415,7 @@ struct Engine::Impl {
   // ---- enqueue -----------------------------------------------------------------------------
 
   // Resolves a spec against the processor's and the engine's defaults and validates every field.
-  NewJob resolve(const JobSpec& spec, int64_t now, bool allow_unknown = false) const {
+  NewJob resolve(const JobSpec& spec, int64_t now, bool allow_unknown = false) {
     if (spec.type.empty()) throw ValidationError("type", "job type must not be empty");
     auto reg = registration(spec.type);
     std::optional<ProcessorOptions> published;

@@ -929,8 +929,8 @@ TEST_P(StoreTest, FinishAsReleaseRequeuesWithoutUsingTheAttempt) {
   EXPECT_EQ(got->attempts, 0);
 }
 
-// Issue 21 item 3: the lease of attempt 1 ran out (a stalled worker), the job was taken back and
-// the same worker claimed it again (attempt 2 running); then attempt 1's end and progress arrive.
+// Issue 21 item 3: the owner of attempt 1 was judged dead (a stalled worker), the job was taken
+// back and the same worker claimed it again (attempt 2 running); then attempt 1's end and progress arrive.
 // The owner matches, the attempt does not: neither may be applied.
 TEST_P(StoreTest, EndOfAStaleAttemptIsRefusedAfterTheSameOwnerClaimedTheJobAgain) {
   auto store = open();
@@ -940,7 +940,9 @@ TEST_P(StoreTest, EndOfAStaleAttemptIsRefusedAfterTheSameOwnerClaimedTheJobAgain
   auto first = store->claim(claim_request("owner-a"));  // lease until kT0 + 60 s
   ASSERT_EQ(first.size(), 1u);
   ASSERT_EQ(first[0].attempts, 1);
-  ASSERT_EQ(store->recover_orphans(kT0 + 61'000, "other", [](const WorkerInfo&) { return false; }),
+  // The owner was judged dead (frozen past its lease, say) and its job taken back.
+  ASSERT_EQ(store->recover_orphans(kT0 + 61'000, "other",
+                                   [](const WorkerInfo& w) { return w.id == "owner-a"; }),
             1);
   auto second = store->claim(claim_request("owner-a", 1, kT0 + 61'000));
   ASSERT_EQ(second.size(), 1u);
@@ -987,7 +989,9 @@ TEST_P(StoreTest, RetryOfAStaleAttemptIsRefused) {
   store->insert({job});
   auto first = store->claim(claim_request("owner-a"));
   ASSERT_EQ(first.size(), 1u);
-  ASSERT_EQ(store->recover_orphans(kT0 + 61'000, "other", [](const WorkerInfo&) { return false; }),
+  // The owner was judged dead (frozen past its lease, say) and its job taken back.
+  ASSERT_EQ(store->recover_orphans(kT0 + 61'000, "other",
+                                   [](const WorkerInfo& w) { return w.id == "owner-a"; }),
             1);
   auto second = store->claim(claim_request("owner-a", 1, kT0 + 61'000));
   ASSERT_EQ(second.size(), 1u);

@@ -361,9 +361,7 @@ struct Engine::Impl {
     for (const auto& row : rows) {
       auto w = workers_by_id.find(row.worker_id);
       const bool live = w != workers_by_id.end() && w->second.state == "running" &&
-                        (w->second.id == worker_id ||
-                         // is_dead updates the peers' watch (its own mutex): not a visible change
-                         !const_cast<Impl*>(this)->is_dead(w->second));
+                        (w->second.id == worker_id || !is_dead(w->second));
       auto [it, inserted] = out.try_emplace(row.type);
       KnownType& best = it->second;
       const auto key = [live](int64_t published_at, int64_t refreshed_at) {

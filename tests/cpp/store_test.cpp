@@ -1533,12 +1533,14 @@ TEST_F(SqliteStoreTest, EndOfAJobThatTheFullDiskRefusedIsKeptAndCommitsOnceSpace
   })) << store->health();
   EXPECT_TRUE(jobforge::testing::eventually([&] { return store->health() == "ok"; }))
       << store->health();
-  {
+  // The listener runs after the commit, on the writer: it may still be on its way.
+  const auto completed = [&] {
     std::lock_guard lock(m);
-    int completed = 0;
-    for (const auto& t : heard) completed += t.to == Status::completed;
-    EXPECT_EQ(completed, 2);
-  }
+    int n = 0;
+    for (const auto& t : heard) n += t.to == Status::completed;
+    return n;
+  };
+  EXPECT_TRUE(jobforge::testing::eventually([&] { return completed() == 2; })) << completed();
   // Nothing lost: the log lines (written before the ends), the counters, the rows.
   for (const auto& job : claimed) {
     LogQuery q;

@@ -2081,12 +2081,23 @@ void Store::unsupported(const char* what) {
 }
 
 std::unique_ptr<Store> open_sqlite_store(const std::string& path, const SqliteOptions& options) {
-  try {
-    return std::make_unique<SqliteStore>(path, options);
-  } catch (const StoreError& e) {
-    const std::string what = e.what();
-    if (what.find(path) != std::string::npos) throw;
-    throw StoreError(e.code(), "cannot open database '" + path + "': " + what);
+  // Processes opening a new file at once contend for its first write (the switch to WAL and the
+  // migrations), and SQLite answers some of those contentions with SQLITE_BUSY at once rather
+  // than through the busy handler: try again until the busy timeout has passed.
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(std::max(options.busy_timeout_ms, 1000));
+  for (int delay_ms = 1;; delay_ms = std::min(delay_ms * 2, 50)) {
+    try {
+      return std::make_unique<SqliteStore>(path, options);
+    } catch (const StoreError& e) {
+      const bool busy = (e.code() & 0xff) == SQLITE_BUSY;
+      if (!busy || std::chrono::steady_clock::now() >= deadline) {
+        const std::string what = e.what();
+        if (what.find(path) != std::string::npos) throw;
+        throw StoreError(e.code(), "cannot open database '" + path + "': " + what);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
   }
 }
 
